@@ -1,0 +1,49 @@
+//! berth-engine: everything `berthd` does behind the HTTP layer — the image store,
+//! containers, events and, later, the VM supervisor and plugin wiring.
+//!
+//! The API crate holds an `Arc<Engine>` and calls one engine verb per request.
+
+pub mod error;
+pub mod events;
+pub mod images;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+pub use error::{Error, Result};
+
+/// Engine-wide settings, filled by `berthd` from flags and its TOML config.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Persistent state: images, containers, volumes (dockerd's `--data-root`).
+    pub data_root: PathBuf,
+    /// Runtime state: sockets, per-container runtime dirs (dockerd's `--exec-root`).
+    pub exec_root: PathBuf,
+}
+
+pub struct Engine {
+    pub config: EngineConfig,
+    pub events: Arc<events::EventBus>,
+    pub images: Arc<images::ImageStore>,
+    pub started: std::time::SystemTime,
+}
+
+impl Engine {
+    /// Open (or create) the state under the configured roots and clean up whatever a
+    /// previous run left half-done.
+    pub async fn open(config: EngineConfig) -> Result<Arc<Engine>> {
+        std::fs::create_dir_all(&config.data_root)?;
+        std::fs::create_dir_all(&config.exec_root)?;
+        let events = Arc::new(events::EventBus::new());
+        let images = Arc::new(images::ImageStore::open(
+            &config.data_root.join("images"),
+            events.clone(),
+        )?);
+        Ok(Arc::new(Engine {
+            config,
+            events,
+            images,
+            started: std::time::SystemTime::now(),
+        }))
+    }
+}
