@@ -1,0 +1,3 @@
+pub mod bus;
+pub mod legacy;
+pub mod virtio;

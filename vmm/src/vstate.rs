@@ -1,0 +1,139 @@
+//! KVM VM and vCPU setup and the vCPU run loop.
+
+use std::sync::Arc;
+
+use kvm_bindings::{
+    kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
+};
+use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
+use vm_memory::{Address, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+
+use crate::arch::layout::{KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS};
+use crate::arch::{cpuid, regs};
+use crate::devices::bus::Bus;
+use crate::error::{Error, Result};
+use crate::state::{ExitReason, VmmShared};
+
+/// Opens /dev/kvm and creates a VM with the in-kernel LAPIC/IOAPIC/PIC and PIT.
+pub fn create_vm(mem: &GuestMemoryMmap) -> Result<(Kvm, VmFd)> {
+    let kvm = Kvm::new().map_err(Error::NoKvm)?;
+    let vm = kvm.create_vm().map_err(Error::kvm("KVM_CREATE_VM"))?;
+    vm.set_tss_address(KVM_TSS_ADDRESS as usize)
+        .map_err(Error::kvm("KVM_SET_TSS_ADDR"))?;
+    vm.set_identity_map_address(KVM_IDENTITY_MAP_ADDRESS)
+        .map_err(Error::kvm("KVM_SET_IDENTITY_MAP_ADDR"))?;
+    vm.create_irq_chip()
+        .map_err(Error::kvm("KVM_CREATE_IRQCHIP"))?;
+    let pit = kvm_pit_config {
+        flags: KVM_PIT_SPEAKER_DUMMY,
+        ..Default::default()
+    };
+    vm.create_pit2(pit).map_err(Error::kvm("KVM_CREATE_PIT2"))?;
+    for (slot, region) in mem.iter().enumerate() {
+        let host = mem
+            .get_host_address(region.start_addr())
+            .map_err(|e| Error::Memory(e.to_string()))?;
+        let r = kvm_userspace_memory_region {
+            slot: slot as u32,
+            guest_phys_addr: region.start_addr().raw_value(),
+            memory_size: region.len(),
+            userspace_addr: host as u64,
+            flags: 0,
+        };
+        // SAFETY: the region stays mapped for the VM's lifetime (we own `mem`
+        // for as long as the VmFd lives).
+        unsafe { vm.set_user_memory_region(r) }
+            .map_err(Error::kvm("KVM_SET_USER_MEMORY_REGION"))?;
+    }
+    Ok((kvm, vm))
+}
+
+/// Creates and configures vCPU `id` (CPUID, MSRs, FPU, LAPIC LINTs).
+pub fn create_vcpu(kvm: &Kvm, vm: &VmFd, id: u8, nr_vcpus: u8) -> Result<VcpuFd> {
+    let vcpu = vm
+        .create_vcpu(u64::from(id))
+        .map_err(Error::kvm("KVM_CREATE_VCPU"))?;
+    let mut cpuid = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(Error::kvm("KVM_GET_SUPPORTED_CPUID"))?;
+    cpuid::filter_cpuid(&mut cpuid, id, nr_vcpus);
+    vcpu.set_cpuid2(&cpuid)
+        .map_err(Error::kvm("KVM_SET_CPUID2"))?;
+    regs::setup_msrs(&vcpu)?;
+    regs::setup_fpu(&vcpu)?;
+    regs::set_lint(&vcpu)?;
+    Ok(vcpu)
+}
+
+/// Runs one vCPU until the VM stops.
+pub struct VcpuRunner {
+    pub id: u8,
+    pub fd: VcpuFd,
+    pub pio: Bus,
+    pub mmio: Bus,
+    pub shared: Arc<VmmShared>,
+}
+
+impl VcpuRunner {
+    pub fn run(&mut self) {
+        if self.id == 0 {
+            self.shared.mark_first_run();
+        }
+        while !self.shared.stopping() {
+            if let Some(reason) = self.run_once() {
+                self.shared.request_exit(reason);
+                return;
+            }
+        }
+    }
+
+    /// One KVM_RUN; returns Some when the VM must stop.
+    fn run_once(&mut self) -> Option<ExitReason> {
+        match self.fd.run() {
+            Ok(exit) => match exit {
+                VcpuExit::IoIn(port, data) => {
+                    self.pio.read(u64::from(port), data);
+                    None
+                }
+                VcpuExit::IoOut(port, data) => {
+                    self.pio.write(u64::from(port), data);
+                    None
+                }
+                VcpuExit::MmioRead(addr, data) => {
+                    self.mmio.read(addr, data);
+                    None
+                }
+                VcpuExit::MmioWrite(addr, data) => {
+                    self.mmio.write(addr, data);
+                    None
+                }
+                VcpuExit::Hlt => Some(ExitReason::Halted),
+                VcpuExit::Shutdown => Some(ExitReason::TripleFault),
+                VcpuExit::SystemEvent(kind, _) => match kind {
+                    kvm_bindings::KVM_SYSTEM_EVENT_RESET => Some(ExitReason::Reset),
+                    kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN => Some(ExitReason::Shutdown),
+                    k => Some(ExitReason::VcpuError(format!(
+                        "unexpected system event {k}"
+                    ))),
+                },
+                VcpuExit::Intr => None,
+                VcpuExit::FailEntry(reason, cpu) => Some(ExitReason::VcpuError(format!(
+                    "KVM_EXIT_FAIL_ENTRY reason {reason:#x} on cpu {cpu}"
+                ))),
+                VcpuExit::InternalError => Some(ExitReason::VcpuError(format!(
+                    "KVM internal error on vcpu {}",
+                    self.id
+                ))),
+                other => Some(ExitReason::VcpuError(format!(
+                    "unhandled exit on vcpu {}: {other:?}",
+                    self.id
+                ))),
+            },
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => None,
+            Err(e) => Some(ExitReason::VcpuError(format!(
+                "KVM_RUN on vcpu {}: {e}",
+                self.id
+            ))),
+        }
+    }
+}
