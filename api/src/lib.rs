@@ -1,1 +1,104 @@
-//! placeholder
+//! berth-api: the Docker Engine REST API over the berth engine.
+//!
+//! One router per resource under `routes/`; handlers parse, call one engine verb and
+//! shape the reply. Versioning, headers and error shape are handled once, here.
+
+pub mod error;
+pub mod query;
+pub mod routes;
+pub mod stream;
+pub mod version;
+
+use std::convert::Infallible;
+use std::path::Path;
+use std::sync::Arc;
+
+use axum::extract::Request;
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use berth_engine::Engine;
+use futures::future::BoxFuture;
+use tower::Service;
+
+pub type AppState = Arc<Engine>;
+
+/// The complete service: version rewrite → router → common headers.
+#[derive(Clone)]
+pub struct ApiService {
+    router: Router,
+}
+
+impl ApiService {
+    pub fn new(engine: Arc<Engine>) -> Self {
+        ApiService {
+            router: routes::router().with_state(engine),
+        }
+    }
+}
+
+impl Service<Request> for ApiService {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Response, Infallible>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        let mut router = self.router.clone();
+        Box::pin(async move {
+            let method = req.method().clone();
+            let path = req.uri().path().to_string();
+            let mut resp = match version::rewrite(req) {
+                Ok(req) => router.call(req).await.into_response(),
+                Err(e) => e.into_response(),
+            };
+            version::stamp_headers(resp.headers_mut());
+            tracing::debug!(%method, %path, status = resp.status().as_u16(), "request");
+            Ok(resp)
+        })
+    }
+}
+
+/// Bind the API socket: a stale file is replaced, and the socket is made accessible
+/// to root and its group only (like `/var/run/docker.sock`).
+pub fn bind_unix(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
+    use anyhow::Context;
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("remove stale {}", path.display())),
+    }
+    let listener =
+        tokio::net::UnixListener::bind(path).with_context(|| format!("bind {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+    Ok(listener)
+}
+
+/// Serve the API on a bound listener until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::UnixListener,
+    engine: Arc<Engine>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let svc = ApiService::new(engine);
+    let server = axum::serve(
+        listener,
+        axum::ServiceExt::<Request>::into_make_service(svc),
+    );
+    // Long-lived streams (events, logs -f, attach) would keep a graceful drain waiting
+    // forever, so on shutdown we stop accepting and drop open connections, as dockerd does.
+    tokio::select! {
+        r = server => r?,
+        _ = shutdown => {}
+    }
+    Ok(())
+}

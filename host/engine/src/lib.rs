@@ -46,4 +46,10 @@ impl Engine {
             started: std::time::SystemTime::now(),
         }))
     }
+
+    /// Flush what must survive and release daemon-side resources. Containers in
+    /// process isolation keep running (live restore).
+    pub async fn shutdown(&self) {
+        tracing::info!("engine shut down");
+    }
 }

@@ -1,0 +1,20 @@
+//! Routers, one module per Docker resource. Paths here carry no `/v1.N` prefix.
+
+use axum::http::StatusCode;
+use axum::Router;
+
+use crate::error::ApiError;
+use crate::AppState;
+
+pub mod images;
+pub mod system;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .merge(system::router())
+        .merge(images::router())
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "page not found") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+        })
+}

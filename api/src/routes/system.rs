@@ -1,0 +1,307 @@
+//! `/_ping`, `/version`, `/info`, `/events`, `/system/df`.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use bollard_stubs::models::{SystemVersion, SystemVersionComponents, SystemVersionPlatform};
+use bytes::Bytes;
+use futures::StreamExt;
+use serde::Deserialize;
+
+use crate::error::{ApiError, ApiResult};
+use crate::query::{Filters, Q};
+use crate::version::{API_VERSION, MIN_API_VERSION};
+use crate::AppState;
+use berth_engine::events::Event;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/_ping", get(ping).head(ping))
+        .route("/version", get(version))
+        .route("/events", get(events))
+}
+
+async fn ping() -> Response {
+    let mut resp = (StatusCode::OK, "OK").into_response();
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache, no-store, must-revalidate"),
+    );
+    h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    // Classic builder only: BuildKit's /session and /grpc are not served.
+    h.insert("builder-version", HeaderValue::from_static("1"));
+    h.insert("swarm", HeaderValue::from_static("inactive"));
+    resp
+}
+
+pub fn kernel_version() -> String {
+    nix_uname().unwrap_or_default()
+}
+
+fn nix_uname() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
+async fn version() -> Json<SystemVersion> {
+    let engine_version = env!("CARGO_PKG_VERSION").to_string();
+    let details: std::collections::HashMap<String, String> = [
+        ("ApiVersion", API_VERSION),
+        ("MinAPIVersion", MIN_API_VERSION),
+        ("Os", "linux"),
+        ("Arch", std::env::consts::ARCH),
+        ("KernelVersion", &kernel_version()),
+        (
+            "GitCommit",
+            option_env!("BERTH_GIT_COMMIT").unwrap_or("unknown"),
+        ),
+        ("GoVersion", "n/a (rust)"),
+        ("Experimental", "false"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    Json(SystemVersion {
+        platform: Some(SystemVersionPlatform {
+            name: "berth".into(),
+        }),
+        components: Some(vec![SystemVersionComponents {
+            name: "Engine".into(),
+            version: engine_version.clone(),
+            details: Some(details),
+        }]),
+        version: Some(engine_version),
+        api_version: Some(API_VERSION.into()),
+        min_api_version: Some(MIN_API_VERSION.into()),
+        git_commit: Some(option_env!("BERTH_GIT_COMMIT").unwrap_or("unknown").into()),
+        go_version: Some("n/a (rust)".into()),
+        os: Some("linux".into()),
+        arch: Some(go_arch().into()),
+        kernel_version: Some(kernel_version()),
+        experimental: Some(false),
+        build_time: None,
+    })
+}
+
+/// Docker reports Go's architecture names.
+pub fn go_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    }
+}
+
+#[derive(Deserialize)]
+struct EventsQuery {
+    since: Option<String>,
+    until: Option<String>,
+    filters: Option<String>,
+}
+
+/// Docker timestamps: unix seconds with optional fraction, or RFC 3339.
+pub fn parse_timestamp(s: &str) -> Result<i64, ApiError> {
+    let bad = || ApiError::bad_request(format!("invalid timestamp: {s}"));
+    if let Ok(f) = s.parse::<f64>() {
+        return Ok((f * 1e9) as i64);
+    }
+    let t = humantime_rfc3339(s).ok_or_else(bad)?;
+    Ok(t)
+}
+
+fn humantime_rfc3339(s: &str) -> Option<i64> {
+    // Minimal RFC 3339 parser: YYYY-MM-DDTHH:MM:SS[.frac](Z|±HH:MM)
+    let (date, rest) = s.split_once('T')?;
+    let mut d = date.split('-');
+    let (y, mo, da): (i64, i64, i64) = (
+        d.next()?.parse().ok()?,
+        d.next()?.parse().ok()?,
+        d.next()?.parse().ok()?,
+    );
+    let tz_pos = rest.find(['Z', '+', '-']).unwrap_or(rest.len());
+    let (time, tz) = rest.split_at(tz_pos);
+    let mut t = time.split(':');
+    let h: i64 = t.next()?.parse().ok()?;
+    let mi: i64 = t.next()?.parse().ok()?;
+    let sec_f: f64 = t.next().unwrap_or("0").parse().ok()?;
+    let offset = match tz {
+        "" | "Z" => 0,
+        _ => {
+            let sign = if tz.starts_with('-') { -1 } else { 1 };
+            let (oh, om) = tz[1..].split_once(':')?;
+            sign * (oh.parse::<i64>().ok()? * 3600 + om.parse::<i64>().ok()? * 60)
+        }
+    };
+    let days = days_from_civil(y, mo, da);
+    let secs = days * 86400 + h * 3600 + mi * 60 - offset;
+    Some(secs * 1_000_000_000 + (sec_f * 1e9) as i64)
+}
+
+/// Days since 1970-01-01 (Howard Hinnant's algorithm).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = if y >= 0 { y } else { y - 399 } / 400;
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146097 + doe - 719468
+}
+
+fn event_matches(f: &Filters, e: &Event) -> bool {
+    let any = |key: &str, vals: &[&str]| {
+        let want = f.get(key);
+        want.is_empty() || want.iter().any(|w| vals.contains(&w.as_str()))
+    };
+    let attr = |k: &str| e.actor.attributes.get(k).map(|s| s.as_str()).unwrap_or("");
+    let id = e.actor.id.as_str();
+    let short_match = |key: &str, typ: &str, names: &[&str]| {
+        let want = f.get(key);
+        if want.is_empty() {
+            return true;
+        }
+        e.typ == typ
+            && want.iter().any(|w| {
+                names.contains(&w.as_str()) || (w.len() >= 3 && id.starts_with(w.as_str()))
+            })
+    };
+    let labels: std::collections::HashMap<String, String> = e
+        .actor
+        .attributes
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    any("type", &[&e.typ])
+        && any(
+            "event",
+            &[&e.action, e.action.split(':').next().unwrap_or("")],
+        )
+        && short_match("container", "container", &[attr("name"), id])
+        && (f.get("image").is_empty()
+            || f.get("image")
+                .iter()
+                .any(|w| [attr("image"), attr("name"), id].contains(&w.as_str())))
+        && short_match("volume", "volume", &[id])
+        && short_match("network", "network", &[attr("name"), id])
+        && any("scope", &[&e.scope])
+        && f.match_labels("label", &labels)
+}
+
+async fn events(State(engine): State<AppState>, Q(q): Q<EventsQuery>) -> ApiResult<Response> {
+    let filters = Filters::parse(q.filters.as_deref())?;
+    filters.validate(&[
+        "container",
+        "daemon",
+        "event",
+        "image",
+        "label",
+        "network",
+        "node",
+        "plugin",
+        "scope",
+        "service",
+        "type",
+        "volume",
+        "config",
+        "secret",
+    ])?;
+    let since = q
+        .since
+        .as_deref()
+        .filter(|s| !s.is_empty())
+        .map(parse_timestamp)
+        .transpose()?;
+    let until = q
+        .until
+        .as_deref()
+        .filter(|s| !s.is_empty())
+        .map(parse_timestamp)
+        .transpose()?;
+    let (history, rx) = engine.events.subscribe();
+    let now_nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos() as i64;
+    let replay: Vec<Event> = match since {
+        Some(s) => history
+            .into_iter()
+            .filter(|e| e.time_nano >= s && until.is_none_or(|u| e.time_nano <= u))
+            .filter(|e| event_matches(&filters, e))
+            .collect(),
+        None => Vec::new(),
+    };
+    let encode = |e: &Event| {
+        let mut v = serde_json::to_vec(e).unwrap_or_default();
+        v.push(b'\n');
+        Ok::<_, std::convert::Infallible>(Bytes::from(v))
+    };
+    let head = futures::stream::iter(replay.iter().map(encode).collect::<Vec<_>>());
+    let body: futures::stream::BoxStream<'static, Result<Bytes, std::convert::Infallible>> =
+        match until {
+            // `until` in the past: replay only, then end.
+            Some(u) if u <= now_nanos => head.boxed(),
+            _ => {
+                let filters2 = filters.clone();
+                let live = tokio_stream::wrappers::BroadcastStream::new(rx)
+                    .filter_map(move |r| {
+                        let keep = match &r {
+                            Ok(e) => {
+                                event_matches(&filters2, e)
+                                    && until.is_none_or(|u| e.time_nano <= u)
+                            }
+                            Err(_) => false,
+                        };
+                        futures::future::ready(if keep { r.ok() } else { None })
+                    })
+                    .map(move |e| encode(&e));
+                let live = match until {
+                    Some(u) => {
+                        let dur = Duration::from_nanos((u - now_nanos).max(0) as u64);
+                        tokio_stream::StreamExt::timeout(live, dur)
+                            .take_while(|r| futures::future::ready(r.is_ok()))
+                            .filter_map(|r| futures::future::ready(r.ok()))
+                            .boxed()
+                    }
+                    None => live.boxed(),
+                };
+                head.chain(live).boxed()
+            }
+        };
+    let mut resp = Response::new(Body::from_stream(body));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Ok(resp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps() {
+        assert_eq!(parse_timestamp("10").unwrap(), 10_000_000_000);
+        assert_eq!(parse_timestamp("1.5").unwrap(), 1_500_000_000);
+        assert_eq!(
+            parse_timestamp("1970-01-02T00:00:00Z").unwrap(),
+            86_400_000_000_000
+        );
+        assert_eq!(
+            parse_timestamp("1970-01-02T01:00:00+01:00").unwrap(),
+            86_400_000_000_000
+        );
+        assert!(parse_timestamp("yesterday").is_err());
+    }
+}

@@ -1,0 +1,166 @@
+//! Daemon configuration: dockerd-style flags over an optional TOML file over
+//! built-in defaults.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use serde::Deserialize;
+
+pub const DEFAULT_HOST: &str = "unix:///run/berth/berth.sock";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "berthd",
+    version,
+    about = "berth: a Docker-API container engine with microVM isolation"
+)]
+pub struct Flags {
+    /// Daemon socket(s) to listen on, e.g. unix:///run/berth/berth.sock (repeatable).
+    #[arg(short = 'H', long = "host")]
+    pub hosts: Vec<String>,
+    /// Root directory of persistent state.
+    #[arg(long)]
+    pub data_root: Option<PathBuf>,
+    /// Root directory of runtime state (sockets, per-container run dirs).
+    #[arg(long)]
+    pub exec_root: Option<PathBuf>,
+    /// Path to write the daemon's PID to.
+    #[arg(short = 'p', long)]
+    pub pidfile: Option<PathBuf>,
+    /// Log level: trace, debug, info, warn, error, fatal.
+    #[arg(short = 'l', long)]
+    pub log_level: Option<String>,
+    /// TOML configuration file.
+    #[arg(long)]
+    pub config_file: Option<PathBuf>,
+}
+
+/// The TOML file: the same settings as the flags, dockerd's names.
+#[derive(Deserialize, Debug, Default)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct FileConfig {
+    pub hosts: Option<Vec<String>>,
+    pub data_root: Option<PathBuf>,
+    pub exec_root: Option<PathBuf>,
+    pub pidfile: Option<PathBuf>,
+    pub log_level: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub sockets: Vec<PathBuf>,
+    pub data_root: PathBuf,
+    pub exec_root: PathBuf,
+    pub pidfile: PathBuf,
+    pub log_level: String,
+}
+
+impl Config {
+    pub fn resolve(flags: Flags) -> Result<Config> {
+        let file = match &flags.config_file {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .with_context(|| format!("read config file {}", p.display()))?;
+                toml::from_str::<FileConfig>(&text)
+                    .with_context(|| format!("parse config file {}", p.display()))?
+            }
+            None => FileConfig::default(),
+        };
+        let hosts = if !flags.hosts.is_empty() {
+            flags.hosts
+        } else {
+            file.hosts.unwrap_or_else(|| vec![DEFAULT_HOST.to_string()])
+        };
+        let sockets = hosts
+            .iter()
+            .map(|h| parse_host(h))
+            .collect::<Result<Vec<_>>>()?;
+        let data_root = flags
+            .data_root
+            .or(file.data_root)
+            .unwrap_or_else(|| PathBuf::from("/var/lib/berth"));
+        let exec_root = flags
+            .exec_root
+            .or(file.exec_root)
+            .unwrap_or_else(|| PathBuf::from("/run/berth"));
+        let pidfile = flags
+            .pidfile
+            .or(file.pidfile)
+            .unwrap_or_else(|| exec_root.join("berthd.pid"));
+        let log_level = flags
+            .log_level
+            .or(file.log_level)
+            .unwrap_or_else(|| "info".into());
+        Ok(Config {
+            sockets,
+            data_root: absolute(data_root)?,
+            exec_root: absolute(exec_root)?,
+            pidfile: absolute(pidfile)?,
+            log_level,
+        })
+    }
+}
+
+fn absolute(p: PathBuf) -> Result<PathBuf> {
+    Ok(if p.is_absolute() {
+        p
+    } else {
+        std::env::current_dir()?.join(p)
+    })
+}
+
+/// `unix:///path` (or a bare absolute path) → the socket path. TCP is refused: an
+/// unauthenticated remote Docker API is root on the host.
+pub fn parse_host(h: &str) -> Result<PathBuf> {
+    if let Some(p) = h.strip_prefix("unix://") {
+        if p.is_empty() {
+            return Ok(PathBuf::from("/run/berth/berth.sock"));
+        }
+        return Ok(PathBuf::from(p));
+    }
+    if h.starts_with('/') {
+        return Ok(PathBuf::from(h));
+    }
+    bail!("unsupported host {h:?}: only unix:///path sockets are served")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_parse() {
+        assert_eq!(
+            parse_host("unix:///tmp/x.sock").unwrap(),
+            PathBuf::from("/tmp/x.sock")
+        );
+        assert!(parse_host("tcp://0.0.0.0:2375").is_err());
+    }
+
+    #[test]
+    fn flags_override_file() {
+        let dir = std::env::temp_dir().join(format!("berth-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("c.toml");
+        std::fs::write(
+            &f,
+            "data-root = \"/a\"\nlog-level = \"debug\"\nhosts = [\"unix:///x.sock\"]\n",
+        )
+        .unwrap();
+        let flags = Flags::parse_from([
+            "berthd",
+            "--config-file",
+            f.to_str().unwrap(),
+            "--data-root",
+            "/b",
+        ]);
+        let c = Config::resolve(flags).unwrap();
+        assert_eq!(c.data_root, PathBuf::from("/b"));
+        assert_eq!(c.log_level, "debug");
+        assert_eq!(c.sockets, vec![PathBuf::from("/x.sock")]);
+        std::fs::write(&f, "bogus = 1\n").unwrap();
+        let flags = Flags::parse_from(["berthd", "--config-file", f.to_str().unwrap()]);
+        assert!(Config::resolve(flags).is_err());
+    }
+}

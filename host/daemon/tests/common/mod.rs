@@ -1,0 +1,222 @@
+//! Test harness: a real `berthd` on a temporary socket and data root, driven by the
+//! real `docker` CLI and by `bollard`.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub mod images;
+
+pub const DOCKER_CLI: &str = "/usr/local/bin/docker";
+
+pub struct TestDaemon {
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+    pub data_root: PathBuf,
+    pub exec_root: PathBuf,
+    child: Option<Child>,
+    /// Daemon stderr goes here; printed when a test fails to help debugging.
+    pub log_path: PathBuf,
+}
+
+impl TestDaemon {
+    pub fn start() -> TestDaemon {
+        Self::start_with(&[])
+    }
+
+    /// Start with extra flags.
+    pub fn start_with(extra: &[&str]) -> TestDaemon {
+        // Short paths: unix socket paths are limited to 108 bytes.
+        let dir = tempfile::Builder::new()
+            .prefix("berth-t")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let socket = dir.path().join("d.sock");
+        let data_root = dir.path().join("data");
+        let exec_root = dir.path().join("run");
+        let log_path = dir.path().join("berthd.log");
+        let mut d = TestDaemon {
+            dir,
+            socket,
+            data_root,
+            exec_root,
+            child: None,
+            log_path,
+        };
+        d.spawn(extra);
+        d
+    }
+
+    fn spawn(&mut self, extra: &[&str]) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_berthd"))
+            .arg("-H")
+            .arg(format!("unix://{}", self.socket.display()))
+            .arg("--data-root")
+            .arg(&self.data_root)
+            .arg("--exec-root")
+            .arg(&self.exec_root)
+            .arg("--pidfile")
+            .arg(self.dir.path().join("berthd.pid"))
+            .arg("--log-level")
+            .arg("debug")
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("spawn berthd");
+        // Wait for the ready line.
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut r = BufReader::new(stdout);
+            let mut line = String::new();
+            while r.read_line(&mut line).unwrap_or(0) > 0 {
+                if line.contains("listening") {
+                    let _ = tx.send(());
+                }
+                line.clear();
+            }
+        });
+        if rx.recv_timeout(Duration::from_secs(30)).is_err() {
+            let _ = child.kill();
+            panic!("berthd did not start:\n{}", self.log());
+        }
+        self.child = Some(child);
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    pub fn host(&self) -> String {
+        format!("unix://{}", self.socket.display())
+    }
+
+    /// Run the real docker CLI against this daemon.
+    pub fn docker(&self, args: &[&str]) -> Output {
+        self.docker_cmd(args).output().expect("run docker CLI")
+    }
+
+    pub fn docker_cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(DOCKER_CLI);
+        c.env("DOCKER_HOST", self.host())
+            .env("DOCKER_CONFIG", self.dir.path().join("docker-config"))
+            .env_remove("DOCKER_API_VERSION")
+            .args(args);
+        c
+    }
+
+    /// Run docker and assert success; returns stdout.
+    pub fn docker_ok(&self, args: &[&str]) -> String {
+        let out = self.docker(args);
+        assert!(
+            out.status.success(),
+            "docker {:?} failed ({}):\nstdout: {}\nstderr: {}\n--- berthd log tail ---\n{}",
+            args,
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            tail(&self.log(), 40)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Run docker and assert failure; returns stderr.
+    pub fn docker_err(&self, args: &[&str]) -> String {
+        let out = self.docker(args);
+        assert!(
+            !out.status.success(),
+            "docker {:?} unexpectedly succeeded:\n{}",
+            args,
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    pub fn bollard(&self) -> bollard::Docker {
+        bollard::Docker::connect_with_unix(
+            self.socket.to_str().unwrap(),
+            120,
+            bollard::API_DEFAULT_VERSION,
+        )
+        .unwrap()
+    }
+
+    /// SIGTERM and wait; returns once the process is gone.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            unsafe { libc_kill(c.id() as i32, 15) };
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < deadline {
+                if c.try_wait().unwrap().is_some() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGKILL: the daemon dies without any cleanup.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn(&[]);
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+}
+
+impl Drop for TestDaemon {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- berthd log tail ---\n{}", tail(&self.log(), 60));
+        }
+        self.stop();
+    }
+}
+
+extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
+pub fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A shared scratch dir for artefacts built once per test binary.
+pub fn cache_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let d = std::env::temp_dir().join(format!("berth-test-cache-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    })
+}

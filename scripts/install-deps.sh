@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs the Debian packages berth's build, daemon and test suite use. Idempotent:
+# only missing packages are installed, and apt's lists are refreshed only then.
+set -euo pipefail
+
+PKGS=(
+  busybox-static   # test images (no network: images are built from it)
+  docker-registry  # a real OCI registry on 127.0.0.1 for pull/push tests
+  docker.io        # reference dockerd 20.10 + runc for benches
+  qemu-system-x86  # guest kernel + agent tests under TCG
+  cpio curl file iproute2 e2fsprogs tar xz-utils zstd
+)
+# Extra packages named by callers: scripts/install-deps.sh pkg...
+PKGS+=("$@")
+
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "install-deps: installing ${missing[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  # docker.io would start its own dockerd through systemd/init; we only want the binaries.
+  printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  rm -f /usr/sbin/policy-rc.d
+fi

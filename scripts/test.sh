@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh clone: installs what is needed, builds the WASM
+# plugins, then runs every crate's unit and integration tests (real berthd, real
+# docker CLI, real KVM where it works, real wasmtime).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/install-deps.sh
+if [ -x scripts/build-plugins.sh ]; then bash scripts/build-plugins.sh; fi
+cargo build --workspace --bins
+cargo test --workspace --no-fail-fast -- --test-threads "${BERTH_TEST_THREADS:-4}"
