@@ -3,6 +3,8 @@
 pub mod block;
 pub mod mmio;
 pub mod net;
+#[cfg(test)]
+pub(crate) mod testutil;
 pub mod vsock;
 
 use std::os::unix::io::RawFd;
