@@ -1,0 +1,325 @@
+//! berth's default log driver: Docker's json-file format on disk, inside the
+//! plugin's own data directory (`/data/containers/<id>/<id>-json.log`), with
+//! `max-size` / `max-file` rotation and `docker logs` (tail/since/until/follow).
+
+mod jsonl;
+mod opts;
+
+use std::cell::RefCell;
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+
+wit_bindgen::generate!({
+    path: "../../wit/0.1.0",
+    world: "log-plugin",
+});
+
+use exports::berth::driver::lifecycle;
+use exports::berth::driver::log_driver::{
+    self, ContainerInfo, DriverError, LogEntry, LogReader, LogSession, Options, PartialMeta, ReadBatch,
+    ReadConfig, Source,
+};
+use opts::Opts;
+
+const ROOT: &str = "/data/containers";
+/// Largest reply a single `next` builds (the host caps replies too).
+const MAX_BATCH_BYTES: usize = 4 << 20;
+
+fn fail(e: std::io::Error) -> DriverError {
+    DriverError::Failed(e.to_string())
+}
+
+fn check_id(id: &str) -> Result<(), DriverError> {
+    let ok = !id.is_empty()
+        && id.len() <= 128
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+        && !id.starts_with('.');
+    ok.then_some(()).ok_or_else(|| DriverError::Invalid(format!("invalid container id {id:?}")))
+}
+
+fn log_path(id: &str) -> String {
+    format!("{ROOT}/{id}/{id}-json.log")
+}
+
+struct Plugin;
+
+impl lifecycle::Guest for Plugin {
+    fn init(_config: Options) -> Result<(), DriverError> {
+        fs::create_dir_all(ROOT).map_err(fail)
+    }
+}
+
+struct WState {
+    path: String,
+    file: File,
+    size: u64,
+    opts: Opts,
+    /// Pre-encoded `"attrs":{...},` fragment (empty when no labels are selected).
+    attrs: Vec<u8>,
+}
+
+impl WState {
+    fn rotate(&mut self) -> Result<(), DriverError> {
+        let n = self.opts.max_file;
+        if n > 1 {
+            for i in (1..n - 1).rev() {
+                let from = format!("{}.{i}", self.path);
+                if fs::metadata(&from).is_ok() {
+                    fs::rename(&from, format!("{}.{}", self.path, i + 1)).map_err(fail)?;
+                }
+            }
+            fs::rename(&self.path, format!("{}.1", self.path)).map_err(fail)?;
+        }
+        self.file = OpenOptions::new().create(true).write(true).truncate(true).open(&self.path).map_err(fail)?;
+        self.size = 0;
+        Ok(())
+    }
+}
+
+struct Session {
+    st: RefCell<WState>,
+}
+
+fn encode(buf: &mut Vec<u8>, e: &LogEntry, attrs: &[u8]) {
+    buf.extend_from_slice(b"{\"log\":");
+    jsonl::push_json_str(buf, &e.line, e.partial.is_none());
+    buf.extend_from_slice(match e.source {
+        Source::Stdout => b",\"stream\":\"stdout\",",
+        Source::Stderr => b",\"stream\":\"stderr\",",
+    });
+    buf.extend_from_slice(attrs);
+    buf.extend_from_slice(b"\"time\":\"");
+    jsonl::push_time(buf, e.time_nano);
+    buf.extend_from_slice(b"\"}\n");
+}
+
+impl log_driver::GuestLogSession for Session {
+    fn write(&self, entries: Vec<LogEntry>) -> Result<(), DriverError> {
+        let st = &mut *self.st.borrow_mut();
+        let cap = entries.iter().map(|e| e.line.len() + 80 + st.attrs.len()).sum();
+        let mut buf = Vec::with_capacity(cap);
+        for e in &entries {
+            let start = buf.len();
+            encode(&mut buf, e, &st.attrs);
+            let max = st.opts.max_size;
+            if max > 0 && st.size + start as u64 > 0 && st.size + buf.len() as u64 > max {
+                st.file.write_all(&buf[..start]).map_err(fail)?;
+                st.size += start as u64;
+                st.rotate()?;
+                buf.drain(..start);
+            }
+        }
+        st.file.write_all(&buf).map_err(fail)?;
+        st.size += buf.len() as u64;
+        Ok(())
+    }
+
+    fn close(&self) -> Result<(), DriverError> {
+        self.st.borrow_mut().file.flush().map_err(fail)
+    }
+}
+
+struct RState {
+    /// Oldest rotated file first, live file last.
+    files: Vec<String>,
+    idx: usize,
+    offset: u64,
+    skip: u64,
+    since: Option<i64>,
+    until: Option<i64>,
+    follow: bool,
+    done: bool,
+}
+
+enum Step {
+    Entry(LogEntry),
+    Skip,
+    Stop,
+}
+
+impl RState {
+    fn judge(&mut self, line: &[u8], count_only: bool) -> Step {
+        let Some(p) = jsonl::parse_line(line) else { return Step::Skip };
+        if self.until.is_some_and(|u| p.time_nano > u) {
+            return Step::Stop;
+        }
+        if self.since.is_some_and(|s| p.time_nano < s) {
+            return Step::Skip;
+        }
+        if count_only {
+            return Step::Entry(LogEntry { source: Source::Stdout, time_nano: 0, line: Vec::new(), partial: None });
+        }
+        if self.skip > 0 {
+            self.skip -= 1;
+            return Step::Skip;
+        }
+        let mut log = p.log;
+        let partial = if log.last() == Some(&b'\n') {
+            log.pop();
+            None
+        } else {
+            Some(PartialMeta { id: String::new(), ordinal: 0, last: false })
+        };
+        let source = if p.stderr { Source::Stderr } else { Source::Stdout };
+        Step::Entry(LogEntry { source, time_nano: p.time_nano, line: log, partial })
+    }
+
+    /// Read whole lines from the current position into `out`. Returns true when the
+    /// reader should report eof.
+    fn fill(&mut self, out: &mut Vec<LogEntry>, max: usize) -> Result<bool, DriverError> {
+        let mut bytes = 0usize;
+        let mut chunk_cap = 256 << 10;
+        while !self.done && out.len() < max && bytes < MAX_BATCH_BYTES {
+            let Some(path) = self.files.get(self.idx).cloned() else {
+                self.done = true;
+                break;
+            };
+            let last = self.idx + 1 == self.files.len();
+            let mut f = match File::open(&path) {
+                Ok(f) => f,
+                Err(_) if last => return Ok(!self.follow),
+                Err(_) => {
+                    self.idx += 1;
+                    self.offset = 0;
+                    continue;
+                }
+            };
+            let len = f.metadata().map_err(fail)?.len();
+            if last && len < self.offset {
+                self.offset = 0; // rotated or truncated under us
+            }
+            if self.offset >= len {
+                if last {
+                    return Ok(!self.follow);
+                }
+                self.idx += 1;
+                self.offset = 0;
+                continue;
+            }
+            f.seek(SeekFrom::Start(self.offset)).map_err(fail)?;
+            let want = ((len - self.offset) as usize).min(chunk_cap);
+            let mut chunk = vec![0u8; want];
+            f.read_exact(&mut chunk).map_err(fail)?;
+            let mut used = 0;
+            while let Some(nl) = chunk[used..].iter().position(|&b| b == b'\n') {
+                let line = &chunk[used..used + nl];
+                used += nl + 1;
+                match self.judge(line, false) {
+                    Step::Entry(e) => {
+                        bytes += e.line.len() + 32;
+                        out.push(e);
+                    }
+                    Step::Skip => {}
+                    Step::Stop => {
+                        self.done = true;
+                        break;
+                    }
+                }
+                if out.len() >= max || bytes >= MAX_BATCH_BYTES {
+                    break;
+                }
+            }
+            self.offset += used as u64;
+            if used == 0 {
+                if want < chunk_cap || chunk_cap >= 64 << 20 {
+                    // Incomplete last line: still being written (live file) or torn (rotated).
+                    if last {
+                        return Ok(!self.follow);
+                    }
+                    self.idx += 1;
+                    self.offset = 0;
+                } else {
+                    chunk_cap *= 2;
+                }
+            }
+        }
+        Ok(self.done)
+    }
+
+    fn count_matching(&mut self) -> u64 {
+        let mut n = 0;
+        for path in &self.files.clone() {
+            let Ok(data) = fs::read(path) else { continue };
+            for line in data.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+                match self.judge(line, true) {
+                    Step::Entry(_) => n += 1,
+                    Step::Skip => {}
+                    Step::Stop => return n,
+                }
+            }
+        }
+        n
+    }
+}
+
+struct Reader {
+    st: RefCell<RState>,
+}
+
+impl log_driver::GuestLogReader for Reader {
+    fn next(&self, max_entries: u32) -> Result<ReadBatch, DriverError> {
+        let mut entries = Vec::new();
+        let eof = self.st.borrow_mut().fill(&mut entries, max_entries.max(1) as usize)?;
+        Ok(ReadBatch { entries, eof })
+    }
+}
+
+impl log_driver::Guest for Plugin {
+    type LogSession = Session;
+    type LogReader = Reader;
+
+    fn read_logs_supported() -> bool {
+        true
+    }
+
+    fn validate_options(opts: Options) -> Result<(), DriverError> {
+        Opts::parse(&opts).map(|_| ())
+    }
+
+    fn start_logging(info: ContainerInfo) -> Result<LogSession, DriverError> {
+        check_id(&info.id)?;
+        let opts = Opts::parse(&info.log_opts)?;
+        let attrs = opts.attrs(&info.labels);
+        fs::create_dir_all(format!("{ROOT}/{}", info.id)).map_err(fail)?;
+        let path = log_path(&info.id);
+        let file = OpenOptions::new().create(true).append(true).open(&path).map_err(fail)?;
+        let size = file.metadata().map_err(fail)?.len();
+        let st = WState { path, file, size, opts, attrs };
+        Ok(LogSession::new(Session { st: RefCell::new(st) }))
+    }
+
+    fn read_logs(info: ContainerInfo, config: ReadConfig) -> Result<LogReader, DriverError> {
+        check_id(&info.id)?;
+        let base = log_path(&info.id);
+        let mut files: Vec<String> = (1..=1000)
+            .map(|i| format!("{base}.{i}"))
+            .take_while(|p| fs::metadata(p).is_ok())
+            .collect();
+        files.reverse();
+        files.push(base);
+        let mut st = RState {
+            files,
+            idx: 0,
+            offset: 0,
+            skip: 0,
+            since: config.since_nano,
+            until: config.until_nano,
+            follow: config.follow,
+            done: false,
+        };
+        if let Some(tail) = config.tail {
+            st.skip = st.count_matching().saturating_sub(tail as u64);
+        }
+        Ok(LogReader::new(Reader { st: RefCell::new(st) }))
+    }
+
+    fn remove_logs(container_id: String) -> Result<(), DriverError> {
+        check_id(&container_id)?;
+        match fs::remove_dir_all(format!("{ROOT}/{container_id}")) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(fail(e)),
+            _ => Ok(()),
+        }
+    }
+}
+
+export!(Plugin);

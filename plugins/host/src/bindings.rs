@@ -1,0 +1,22 @@
+//! Host bindings, one module per supported `berth:driver` version. Released WIT
+//! versions are frozen; a new version gets a new module here and a new variant in
+//! [`crate::version::InterfaceVersion`].
+
+pub mod v0_1_0 {
+    pub mod log {
+        wasmtime::component::bindgen!({
+            path: "../wit/0.1.0",
+            world: "log-plugin",
+        });
+    }
+    pub mod volume {
+        wasmtime::component::bindgen!({
+            path: "../wit/0.1.0",
+            world: "volume-plugin",
+            with: {
+                "berth:driver/types": super::log::berth::driver::types,
+                "berth:driver/host": super::log::berth::driver::host,
+            },
+        });
+    }
+}
