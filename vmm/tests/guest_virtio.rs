@@ -44,7 +44,10 @@ fn run(mode: BootMode) {
     let (mut vm, cap) = tiny_vm(1, 4);
     let blk = Block::new(disk.as_path(), true, "disk0").unwrap();
     let (base, gsi, transport) = vm.add_virtio_device(Box::new(blk)).unwrap();
-    assert_eq!(vm.cmdline_devices(), format!("virtio_mmio.device=4K@{base:#x}:{gsi}"));
+    assert_eq!(
+        vm.cmdline_devices(),
+        format!("virtio_mmio.device=4K@{base:#x}:{gsi}")
+    );
     let m = vm.memory().clone();
 
     // The driver's request, prepared in guest RAM: read sector 1.
@@ -59,11 +62,21 @@ fn run(mode: BootMode) {
 
     let mut a = Asm::new(mode);
     a.mov_ebx(base as u32).mov_edi(RESULTS);
-    a.load(0x000).save(0).load(0x004).save(4).load(0x008).save(8).load(0x00c).save(12);
+    a.load(0x000)
+        .save(0)
+        .load(0x004)
+        .save(4)
+        .load(0x008)
+        .save(8)
+        .load(0x00c)
+        .save(12);
     a.store(0x070, 1).store(0x070, 3);
     a.store(0x014, 1).load(0x010).save(16);
     a.store(0x014, 0).load(0x010).save(20);
-    a.store(0x024, 1).store(0x020, 1).store(0x024, 0).store(0x020, 0);
+    a.store(0x024, 1)
+        .store(0x020, 1)
+        .store(0x024, 0)
+        .store(0x020, 0);
     a.store(0x070, 0xb).load(0x070).save(24);
     a.store(0x030, 0).load(0x034).save(28);
     a.store(0x038, 8)
@@ -79,7 +92,9 @@ fn run(mode: BootMode) {
     a.store(0x070, 0xf).load(0x070).save(36);
     a.load(0x100).save(40);
     // Notify queue 0, wait for the used ring, read and ack the interrupt.
-    a.store(0x050, 0).mov_esi((USED + 2) as u32).spin_until_word(1);
+    a.store(0x050, 0)
+        .mov_esi((USED + 2) as u32)
+        .spin_until_word(1);
     a.load(0x060).save(44).store(0x064, 1).load(0x060).save(48);
     a.print("virtio ok\n").reset();
     vm.load_raw(&a.code, CODE_ADDR, mode).unwrap();
@@ -87,7 +102,10 @@ fn run(mode: BootMode) {
     let exit = wait_with_deadline(vm.start().unwrap(), Duration::from_secs(30));
     assert_eq!(exit, ExitReason::Reset, "serial: {:?}", cap.text());
     assert_eq!(cap.text(), "virtio ok\n");
-    let r = |off: u64| m.read_obj::<u32>(GuestAddress(u64::from(RESULTS) + off)).unwrap();
+    let r = |off: u64| {
+        m.read_obj::<u32>(GuestAddress(u64::from(RESULTS) + off))
+            .unwrap()
+    };
     assert_eq!(r(0), 0x7472_6976, "magic");
     assert_eq!(r(4), 2, "version");
     assert_eq!(r(8), 2, "device id (block)");
@@ -105,7 +123,11 @@ fn run(mode: BootMode) {
     m.read_slice(&mut data, GuestAddress(DATA)).unwrap();
     assert_eq!(&data[..], &content[512..1024]);
     assert_eq!(m.read_obj::<u8>(GuestAddress(STATUS)).unwrap(), 0);
-    assert_eq!(m.read_obj::<u32>(GuestAddress(USED + 8)).unwrap(), 513, "used len");
+    assert_eq!(
+        m.read_obj::<u32>(GuestAddress(USED + 8)).unwrap(),
+        513,
+        "used len"
+    );
     assert!(transport.lock().unwrap().is_activated());
 }
 
