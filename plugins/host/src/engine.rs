@@ -98,7 +98,9 @@ pub fn load_component(engine: &Engine, cache_dir: &Path, wasm: &[u8]) -> Result<
         }
     }
     let bytes = engine.precompile_component(wasm).map_err(|e| format!("compiling component: {e:#}"))?;
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = path.with_extension(format!("tmp{}-{seq}", std::process::id()));
     std::fs::write(&tmp, &bytes).map_err(|e| format!("writing {}: {e}", tmp.display()))?;
     std::fs::rename(&tmp, &path).map_err(|e| format!("renaming {}: {e}", tmp.display()))?;
     // SAFETY: as above; just produced by precompile_component on this engine.

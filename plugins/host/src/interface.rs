@@ -114,7 +114,7 @@ pub fn check(engine: &Engine, component: &Component, manifest: &Manifest) -> Res
     for want in required_exports {
         let full = format!("berth:driver/{want}@{version}");
         if ty.get_export(engine, &full).is_none() {
-            return Err(format!("component does not export {full}"));
+            return Err(format!("component does not export {full}: not a {kind} plugin"));
         }
     }
 

@@ -143,7 +143,7 @@ pub struct Runner {
     pre: Pre,
     live: Option<Live>,
     health: Health,
-    /// Bumped on every instantiation; resources from older generations are dead.
+    /// Bumped whenever an instance is dropped; resources from older generations are dead.
     pub generation: u64,
     /// Log sessions' plugin-side resources: id -> (generation, resource).
     pub log_sessions: HashMap<u64, (u64, ResourceAny)>,
@@ -213,7 +213,6 @@ impl Runner {
             Err(e) => return Err(self.fail(e, String::new())),
         };
         self.live = Some(Live { store, inst });
-        self.generation += 1;
         self.shared.stats.instantiations.fetch_add(1, Ordering::Relaxed);
         let config = self.shared.manifest.config.clone();
         let init = self.raw_call(|store, inst| match inst {
@@ -221,13 +220,13 @@ impl Runner {
             Inst::Volume(v) => v.berth_driver_lifecycle().call_init(store, &config),
         })?;
         if let Err(e) = init {
-            self.live = None;
+            self.drop_live();
             self.note_failure();
             let e = PluginError::from(e);
             return Err(PluginError::Failed(format!("plugin {} init failed: {e}", self.name())));
         }
-        if self.generation > 1 {
-            tracing::info!(plugin = self.name(), generation = self.generation, "plugin instance restarted");
+        if self.shared.stats.instantiations.load(Ordering::Relaxed) > 1 {
+            tracing::info!(plugin = self.name(), "plugin instance restarted");
         }
         Ok(())
     }
@@ -298,9 +297,15 @@ impl Runner {
         }
     }
 
+    /// Forget the instance; resources handed out by it are dead from now on.
+    fn drop_live(&mut self) {
+        self.live = None;
+        self.generation += 1;
+    }
+
     /// Drop the instance after a trap/timeout and schedule a restart.
     fn fail(&mut self, e: wasmtime::Error, stderr: String) -> PluginError {
-        self.live = None;
+        self.drop_live();
         self.note_failure();
         let plugin = self.name().to_string();
         let err = if matches!(e.downcast_ref::<Trap>(), Some(Trap::Interrupt)) {
@@ -391,7 +396,7 @@ pub fn request_blocking<R: Send + 'static>(
 impl Runner {
     /// Drop the live instance (if any) and create a fresh one; for benches.
     pub fn reinstantiate(&mut self) -> Result<(), PluginError> {
-        self.live = None;
+        self.drop_live();
         self.health.retry_at = None;
         self.ensure_live()
     }

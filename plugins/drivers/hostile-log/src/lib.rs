@@ -112,7 +112,14 @@ impl log_driver::Guest for Plugin {
         true
     }
 
-    fn validate_options(_opts: Options) -> Result<(), DriverError> {
+    /// `--log-opt do=<loop|oom|panic|trap|flood|slow>` misbehaves right here, so the
+    /// failure comes back to the caller of this call.
+    fn validate_options(opts: Options) -> Result<(), DriverError> {
+        for (k, v) in opts {
+            if k == "do" {
+                misbehave(v.as_bytes());
+            }
+        }
         Ok(())
     }
 
