@@ -404,11 +404,11 @@ impl LoopCtx {
                 )?;
             }
             if let Some(fd) = t.backend_fd() {
-                add(
-                    fd,
-                    TOK_BACKEND | d as u64,
-                    EventSet::IN | EventSet::EDGE_TRIGGERED,
-                )?;
+                let mut ev = EventSet::IN;
+                if t.backend_edge_triggered() {
+                    ev |= EventSet::EDGE_TRIGGERED;
+                }
+                add(fd, TOK_BACKEND | d as u64, ev)?;
             }
         }
         Ok(ep)

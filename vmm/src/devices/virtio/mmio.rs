@@ -103,6 +103,10 @@ impl MmioTransport {
         self.device.backend_fd()
     }
 
+    pub fn backend_edge_triggered(&self) -> bool {
+        self.device.backend_edge_triggered()
+    }
+
     pub fn is_activated(&self) -> bool {
         self.activated
     }

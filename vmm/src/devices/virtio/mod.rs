@@ -70,6 +70,12 @@ pub trait VirtioDevice: Send {
     fn backend_fd(&self) -> Option<RawFd> {
         None
     }
+    /// Edge-triggered backends must be drained; level-triggered ones (the
+    /// default) may leave work pending without spinning only if they stop
+    /// asking for the event.
+    fn backend_edge_triggered(&self) -> bool {
+        false
+    }
     /// The backend fd is readable/writable. Returns true when used buffers were added.
     fn process_backend(&mut self, _mem: &GuestMemoryMmap, _queues: &mut [Queue]) -> bool {
         false
