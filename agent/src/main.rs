@@ -1,1 +1,200 @@
-fn main() {}
+//! berth-agent: runs one container.
+//!
+//! `berth-agent serve --socket PATH --exec-dir DIR [--id ID] [--daemonize] [--log FILE]`
+//! — process mode: listens on a unix socket; with `--daemonize` it detaches (new session, stdio
+//! to the log) and prints the detached agent's pid once the socket is listening.
+mod capabilities;
+mod cgroups;
+mod init;
+mod namespaces;
+mod process;
+mod rootfs;
+mod seccomp;
+mod server;
+mod state;
+mod stdio;
+mod top;
+mod tty;
+mod user;
+mod util;
+
+use std::{
+    os::{fd::AsRawFd, unix::net::UnixListener},
+    path::PathBuf,
+    sync::Arc,
+};
+
+use anyhow::{bail, Context, Result};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use tracing::{error, info};
+
+use crate::state::Agent;
+
+struct ServeArgs {
+    socket: PathBuf,
+    exec_dir: PathBuf,
+    id: String,
+    daemonize: bool,
+    log: Option<PathBuf>,
+}
+
+fn parse_serve(args: &[String]) -> Result<ServeArgs> {
+    let mut socket = None;
+    let mut exec_dir = None;
+    let mut id = String::new();
+    let mut daemonize = false;
+    let mut log = None;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut val = || {
+            it.next()
+                .cloned()
+                .with_context(|| format!("{a} needs a value"))
+        };
+        match a.as_str() {
+            "--socket" => socket = Some(PathBuf::from(val()?)),
+            "--exec-dir" => exec_dir = Some(PathBuf::from(val()?)),
+            "--id" => id = val()?,
+            "--log" => log = Some(PathBuf::from(val()?)),
+            "--daemonize" => daemonize = true,
+            other => bail!("unknown argument {other:?}"),
+        }
+    }
+    let socket = socket.context("--socket is required")?;
+    let exec_dir = exec_dir
+        .or_else(|| socket.parent().map(PathBuf::from))
+        .context("--exec-dir is required")?;
+    Ok(ServeArgs {
+        socket,
+        exec_dir,
+        id,
+        daemonize,
+        log,
+    })
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let res = match args.first().map(String::as_str) {
+        Some("serve") => parse_serve(&args[1..]).and_then(serve),
+        Some("--version") => {
+            println!("berth-agent {} (protocol {})", env!("CARGO_PKG_VERSION"), berth_agent_protocol::PROTOCOL_VERSION);
+            Ok(())
+        }
+        _ => Err(anyhow::anyhow!("usage: berth-agent serve --socket PATH --exec-dir DIR [--id ID] [--daemonize] [--log FILE]")),
+    };
+    if let Err(e) = res {
+        eprintln!("berth-agent: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn serve(args: ServeArgs) -> Result<()> {
+    // Nothing the launcher leaked may stay open in the agent (and later in containers).
+    // SAFETY: closes fds >= 3, none of which we own yet.
+    unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
+    std::fs::create_dir_all(&args.exec_dir)
+        .with_context(|| format!("creating {}", args.exec_dir.display()))?;
+    let _ = std::fs::remove_file(&args.socket);
+    let listener = UnixListener::bind(&args.socket)
+        .with_context(|| format!("binding {}", args.socket.display()))?;
+    if args.daemonize {
+        daemonize(args.log.as_deref())?;
+    }
+    init_logging();
+    info!(id = %args.id, socket = %args.socket.display(), "agent listening");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let socket = args.socket.clone();
+    let res = rt.block_on(run(args, listener));
+    let _ = std::fs::remove_file(&socket);
+    res
+}
+
+/// Detaches from the launcher: the parent prints the child's pid (the socket is already
+/// listening) and exits; the child starts a new session with stdio on the log.
+fn daemonize(log: Option<&std::path::Path>) -> Result<()> {
+    use nix::unistd::{fork, setsid, ForkResult};
+    // SAFETY: still single-threaded (no runtime yet).
+    match unsafe { fork() }.context("fork")? {
+        ForkResult::Parent { child } => {
+            println!("{child}");
+            std::process::exit(0);
+        }
+        ForkResult::Child => {
+            setsid().context("setsid")?;
+            let null = std::fs::File::open("/dev/null")?;
+            let out = match log {
+                Some(p) => std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)?,
+                None => std::fs::OpenOptions::new().write(true).open("/dev/null")?,
+            };
+            // SAFETY: dup2 onto stdio of fds we own.
+            unsafe {
+                libc::dup2(null.as_raw_fd(), 0);
+                libc::dup2(out.as_raw_fd(), 1);
+                libc::dup2(out.as_raw_fd(), 2);
+            }
+            std::env::set_current_dir("/")?;
+            Ok(())
+        }
+    }
+}
+
+fn init_logging() {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .try_init();
+}
+
+async fn run(args: ServeArgs, listener: UnixListener) -> Result<()> {
+    let agent = Agent::new(args.exec_dir.clone())?;
+    // Register for SIGCHLD before any child can exist.
+    let mut sigchld = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child())?;
+    let reaper_agent = agent.clone();
+    tokio::spawn(async move {
+        loop {
+            reap(&reaper_agent);
+            if sigchld.recv().await.is_none() {
+                break;
+            }
+        }
+    });
+    listener.set_nonblocking(true)?;
+    let listener = tokio::net::UnixListener::from_std(listener)?;
+    loop {
+        tokio::select! {
+            conn = listener.accept() => match conn {
+                Ok((stream, _)) => {
+                    tokio::spawn(server::serve_conn(agent.clone(), stream));
+                }
+                Err(e) => error!("accept: {e}"),
+            },
+            _ = agent.shutdown.notified() => break,
+        }
+    }
+    // Let the Shutdown reply reach the host.
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    info!("agent shutting down");
+    Ok(())
+}
+
+fn reap(agent: &Arc<Agent>) {
+    loop {
+        match waitpid(nix::unistd::Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(pid, code)) => agent.on_exit(pid.as_raw(), code, None),
+            Ok(WaitStatus::Signaled(pid, sig, _)) => {
+                agent.on_exit(pid.as_raw(), 128 + sig as i32, Some(sig as i32))
+            }
+            Ok(WaitStatus::StillAlive) | Err(_) => return,
+            Ok(_) => continue,
+        }
+    }
+}

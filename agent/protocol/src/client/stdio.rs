@@ -1,0 +1,157 @@
+//! Output streams and stdin writers of the host client.
+use std::{
+    pin::Pin,
+    task::{Context, Poll},
+};
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use super::{AgentClient, OutputItem};
+use crate::{Frame, FrameKind, ProcessId, ProtocolError, MAX_DATA_CHUNK, OUTPUT_WINDOW};
+
+/// Which stream a chunk came from. With a tty everything is `Stdout`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StdStream {
+    Stdout,
+    Stderr,
+}
+
+impl StdStream {
+    /// Docker's stdcopy stream byte (1 = stdout, 2 = stderr).
+    pub fn stdcopy_id(self) -> u8 {
+        match self {
+            StdStream::Stdout => 1,
+            StdStream::Stderr => 2,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct OutputChunk {
+    pub stream: StdStream,
+    pub data: Bytes,
+}
+
+/// Output of one process run. Ends (`None`) after the run's output is complete — the process's
+/// `Exited` event has been sent before that — or when the connection is lost
+/// ([`completed`](Self::completed) tells which). Also a `futures_core::Stream`.
+pub struct OutputStream {
+    process: ProcessId,
+    rx: mpsc::UnboundedReceiver<OutputItem>,
+    tx: mpsc::UnboundedSender<Frame>,
+    unacked: u32,
+    completed: bool,
+    finished: bool,
+}
+
+impl OutputStream {
+    pub(crate) fn new(
+        process: ProcessId,
+        rx: mpsc::UnboundedReceiver<OutputItem>,
+        tx: mpsc::UnboundedSender<Frame>,
+    ) -> Self {
+        OutputStream {
+            process,
+            rx,
+            tx,
+            unacked: 0,
+            completed: false,
+            finished: false,
+        }
+    }
+
+    pub fn process(&self) -> ProcessId {
+        self.process
+    }
+
+    /// True once the agent said the output is complete (vs. the connection dropping).
+    pub fn completed(&self) -> bool {
+        self.completed
+    }
+
+    pub async fn recv(&mut self) -> Option<OutputChunk> {
+        std::future::poll_fn(|cx| self.poll_next_chunk(cx)).await
+    }
+
+    fn poll_next_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Option<OutputChunk>> {
+        if self.finished {
+            return Poll::Ready(None);
+        }
+        match self.rx.poll_recv(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Some(OutputItem::Data(stream, data))) => {
+                // Return window to the agent in batches of a quarter window.
+                self.unacked += data.len() as u32;
+                if self.unacked >= OUTPUT_WINDOW / 4 {
+                    let _ = self.tx.send(Frame::credit(self.process.0, self.unacked));
+                    self.unacked = 0;
+                }
+                Poll::Ready(Some(OutputChunk { stream, data }))
+            }
+            Poll::Ready(Some(OutputItem::Eof)) => {
+                self.completed = true;
+                self.finished = true;
+                Poll::Ready(None)
+            }
+            Poll::Ready(None) => {
+                self.finished = true;
+                Poll::Ready(None)
+            }
+        }
+    }
+}
+
+impl futures_core::Stream for OutputStream {
+    type Item = OutputChunk;
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<OutputChunk>> {
+        self.get_mut().poll_next_chunk(cx)
+    }
+}
+
+/// Writes a process's stdin; each write completes when the agent has written it to the process.
+pub struct StdinWriter {
+    process: ProcessId,
+    tx: mpsc::UnboundedSender<Frame>,
+    acks: mpsc::UnboundedReceiver<Result<(), String>>,
+    client: AgentClient,
+}
+
+impl StdinWriter {
+    pub(crate) fn new(
+        process: ProcessId,
+        tx: mpsc::UnboundedSender<Frame>,
+        acks: mpsc::UnboundedReceiver<Result<(), String>>,
+        client: AgentClient,
+    ) -> Self {
+        StdinWriter {
+            process,
+            tx,
+            acks,
+            client,
+        }
+    }
+
+    pub async fn write(&mut self, data: &[u8]) -> Result<(), ProtocolError> {
+        for chunk in data.chunks(MAX_DATA_CHUNK) {
+            self.tx
+                .send(Frame::new(
+                    FrameKind::Stdin,
+                    self.process.0,
+                    Bytes::copy_from_slice(chunk),
+                ))
+                .map_err(|_| ProtocolError::Closed)?;
+            match self.acks.recv().await {
+                Some(Ok(())) => {}
+                Some(Err(msg)) => return Err(ProtocolError::Io(std::io::Error::other(msg))),
+                None => return Err(ProtocolError::Closed),
+            }
+        }
+        Ok(())
+    }
+
+    /// Closes the process's stdin.
+    pub async fn close(self) -> Result<(), ProtocolError> {
+        self.client.close_stdin(self.process).await
+    }
+}

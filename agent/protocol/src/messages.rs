@@ -1,0 +1,262 @@
+//! Control messages (JSON payloads of `Hello`, `Request`, `Response`, `Event` frames).
+use serde::{Deserialize, Serialize};
+
+use crate::spec::{ContainerSpec, ExecSpec};
+
+/// Handle of a process inside one agent. [`ProcessId::INIT`] is the container's main process;
+/// execs get ids from 1 up, never reused within an agent's life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ProcessId(pub u32);
+
+impl ProcessId {
+    pub const INIT: ProcessId = ProcessId(0);
+}
+
+impl std::fmt::Display for ProcessId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// Identifies this protocol on the wire.
+pub const MAGIC: &str = "berth-agent";
+
+/// First frame from the client.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Hello {
+    pub magic: String,
+    pub version: u32,
+    /// Free text for the agent's log (e.g. `berthd 0.1.0`).
+    #[serde(default)]
+    pub client: String,
+}
+
+/// The agent's answer to [`Hello`]. On `Err` the agent closes the connection.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum HelloReply {
+    Ok {
+        version: u32,
+        agent_version: String,
+        /// The agent's pid (in its own pid namespace; in process mode the host pid).
+        agent_pid: u32,
+    },
+    Err {
+        version: u32,
+        message: String,
+    },
+}
+
+/// Client -> agent requests. Each gets exactly one `Response` frame with the same id; `Wait`'s
+/// comes when the process exits.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// Register the container. Nothing runs until `Start { INIT }`. Once per agent.
+    Create {
+        spec: Box<ContainerSpec>,
+    },
+    /// Start a created/exited container (`INIT`: a new run, fresh namespaces) or a created exec.
+    /// Replies once the process has exec'd; an exec failure replies `ExecFailed` (127/126).
+    Start {
+        process: ProcessId,
+    },
+    /// Register an exec in the running container; start it with `Start`.
+    Exec {
+        spec: Box<ExecSpec>,
+    },
+    /// Deliver output of `process` (its current run, or its next one when the current run's output
+    /// was already delivered) as `Stdout`/`Stderr` frames, then `OutputEof`.
+    /// Output produced before this is buffered (bounded) in the agent.
+    Subscribe {
+        process: ProcessId,
+    },
+    /// Close the process's stdin pipe (StdinOnce). A no-op for a tty.
+    CloseStdin {
+        process: ProcessId,
+    },
+    /// `kill(2)` the process (for `INIT` while paused with SIGKILL, the cgroup is thawed after).
+    Signal {
+        process: ProcessId,
+        signal: i32,
+    },
+    Resize {
+        process: ProcessId,
+        rows: u16,
+        cols: u16,
+    },
+    /// Replies `Exited` when the process's current run has exited (at once if it already has).
+    Wait {
+        process: ProcessId,
+    },
+    State,
+    Stats,
+    Top,
+    Pause,
+    Resume,
+    /// Kill everything, remove cgroups, reply, and exit the agent.
+    Shutdown,
+}
+
+/// Successful replies.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Response {
+    Ok,
+    /// `pid` is the process's pid as seen by the agent (host pid in process mode).
+    Started {
+        pid: u32,
+    },
+    ExecCreated {
+        process: ProcessId,
+    },
+    Exited {
+        status: ExitStatus,
+    },
+    State {
+        state: AgentState,
+    },
+    Stats {
+        stats: Stats,
+    },
+    Top {
+        top: Top,
+    },
+}
+
+/// Payload of a `Response` frame.
+pub type Reply = Result<Response, RemoteError>;
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    NotFound,
+    /// Wrong state (not running, already created, paused, ...).
+    Conflict,
+    InvalidArgument,
+    /// The process could not be executed; `exit_code` is 127 (not found) or 126 (not executable).
+    ExecFailed,
+    Internal,
+}
+
+/// An error reported by the agent.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, thiserror::Error)]
+#[error("{message}")]
+pub struct RemoteError {
+    pub kind: ErrorKind,
+    pub message: String,
+    #[serde(default)]
+    pub exit_code: Option<i32>,
+}
+
+impl RemoteError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        RemoteError {
+            kind,
+            message: message.into(),
+            exit_code: None,
+        }
+    }
+}
+
+/// Unsolicited agent -> client messages.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    /// A process run ended. Sent before that run's `OutputEof`.
+    Exited {
+        process: ProcessId,
+        status: ExitStatus,
+    },
+    /// A memory cgroup OOM kill happened in the container.
+    Oom,
+}
+
+/// How a process run ended.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ExitStatus {
+    /// Exit code; `128 + signal` when killed by a signal (so SIGKILL/OOM = 137).
+    pub code: i32,
+    /// The terminating signal, if any.
+    #[serde(default)]
+    pub signal: Option<i32>,
+    /// The container's memory cgroup OOM-killed a process during this run.
+    #[serde(default)]
+    pub oom_killed: bool,
+    /// Unix time in nanoseconds.
+    #[serde(default)]
+    pub started_at_ns: Option<u64>,
+    pub finished_at_ns: u64,
+    /// Why the process could not run (Docker's message), if it never exec'd.
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ProcessStatus {
+    Created,
+    Running,
+    Paused,
+    Exited,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ProcessState {
+    pub process: ProcessId,
+    pub status: ProcessStatus,
+    /// Agent-visible pid while running (or the last pid).
+    #[serde(default)]
+    pub pid: Option<u32>,
+    #[serde(default)]
+    pub started_at_ns: Option<u64>,
+    /// Set once exited.
+    #[serde(default)]
+    pub exit: Option<ExitStatus>,
+    pub tty: bool,
+}
+
+/// Everything a reconnecting host needs.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AgentState {
+    /// `None` before `Create`.
+    pub container_id: Option<String>,
+    pub paused: bool,
+    /// INIT first, then execs by id.
+    pub processes: Vec<ProcessState>,
+}
+
+impl AgentState {
+    pub fn process(&self, id: ProcessId) -> Option<&ProcessState> {
+        self.processes.iter().find(|p| p.process == id)
+    }
+}
+
+/// Resource usage of the container's cgroup.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Stats {
+    pub read_at_ns: u64,
+    pub memory_usage: u64,
+    pub memory_max_usage: u64,
+    /// `u64::MAX`-ish huge number when unlimited, as the kernel reports it.
+    pub memory_limit: u64,
+    /// Page cache (`memory.stat` cache / file).
+    pub memory_cache: u64,
+    pub cpu_usage_ns: u64,
+    pub cpu_user_ns: u64,
+    pub cpu_system_ns: u64,
+    /// Total host (or guest) CPU time from /proc/stat, for Docker's `system_cpu_usage`.
+    pub system_cpu_usage_ns: u64,
+    pub online_cpus: u32,
+    pub pids_current: u64,
+    /// 0 = unlimited.
+    pub pids_limit: u64,
+}
+
+/// `ps`-like process list (Docker's `ContainerTopOKBody`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Top {
+    pub titles: Vec<String>,
+    pub processes: Vec<Vec<String>>,
+}

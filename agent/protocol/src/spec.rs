@@ -1,0 +1,213 @@
+//! What the host asks the agent to run: the container spec and exec spec.
+//!
+//! The host resolves everything that needs the image or daemon state (merged env/cmd, hosts file
+//! contents, layer paths, mount sources); the agent only applies it.
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// A container, sent once with [`Request::Create`](crate::Request::Create).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ContainerSpec {
+    /// Container id (used for the cgroup name).
+    pub id: String,
+    pub rootfs: Rootfs,
+    /// `--read-only`: the root filesystem is remounted read-only after setup.
+    #[serde(default)]
+    pub readonly_rootfs: bool,
+    /// The main process.
+    pub process: ProcessSpec,
+    /// Set in the container's UTS namespace.
+    #[serde(default)]
+    pub hostname: String,
+    #[serde(default)]
+    pub domainname: String,
+    /// Contents for /etc/hosts, /etc/resolv.conf, /etc/hostname. `None` leaves the image's file.
+    #[serde(default)]
+    pub etc_hosts: Option<String>,
+    #[serde(default)]
+    pub etc_resolv_conf: Option<String>,
+    #[serde(default)]
+    pub etc_hostname: Option<String>,
+    /// Extra mounts, applied in order after the standard ones.
+    #[serde(default)]
+    pub mounts: Vec<Mount>,
+    #[serde(default)]
+    pub network: NetworkSpec,
+    #[serde(default)]
+    pub security: SecuritySpec,
+    #[serde(default)]
+    pub resources: Resources,
+    /// Parent cgroup (relative to each hierarchy's root). Default `berth`.
+    #[serde(default)]
+    pub cgroup_parent: Option<String>,
+    /// Docker `--init`: run a tiny init as PID 1 that reaps zombies and forwards signals.
+    #[serde(default)]
+    pub init: bool,
+}
+
+/// The container's root filesystem.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Rootfs {
+    /// The agent mounts an overlay in the container's private mount namespace.
+    /// `lower` is bottom-to-top (image layer order); `upper` and `work` must be on the same fs.
+    Overlay {
+        lower: Vec<PathBuf>,
+        upper: PathBuf,
+        work: PathBuf,
+    },
+    /// A prepared directory (the host copied/unpacked it); bind-mounted as the root.
+    Dir { path: PathBuf },
+    /// A block device (VM guests): mounted with `fstype` and comma-separated `options`.
+    Block {
+        device: PathBuf,
+        fstype: String,
+        #[serde(default)]
+        options: String,
+    },
+}
+
+impl Default for Rootfs {
+    fn default() -> Self {
+        Rootfs::Dir {
+            path: PathBuf::from("/"),
+        }
+    }
+}
+
+/// A process to run: the container's main process or an exec.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ProcessSpec {
+    /// argv; `args[0]` is looked up in the container's `PATH` when it has no `/`.
+    pub args: Vec<String>,
+    /// `KEY=VALUE`. `PATH` and `HOME` are added when missing (Docker's defaults).
+    #[serde(default)]
+    pub env: Vec<String>,
+    /// Working directory inside the container; created if missing. Empty = `/`.
+    #[serde(default)]
+    pub cwd: String,
+    /// Docker's `user[:group]`, names or numbers, resolved against the container's /etc/passwd and
+    /// /etc/group. Empty = root.
+    #[serde(default)]
+    pub user: String,
+    /// `--group-add`: extra groups (names or numbers).
+    #[serde(default)]
+    pub additional_groups: Vec<String>,
+    #[serde(default)]
+    pub tty: bool,
+    /// Keep a stdin pipe open (Docker `OpenStdin` / exec `AttachStdin`); otherwise stdin is /dev/null.
+    #[serde(default)]
+    pub open_stdin: bool,
+    /// Initial tty size `(rows, cols)`.
+    #[serde(default)]
+    pub console_size: Option<(u16, u16)>,
+}
+
+/// An extra process in a running container ([`Request::Exec`](crate::Request::Exec)).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ExecSpec {
+    pub process: ProcessSpec,
+    /// Docker `exec --privileged`: all capabilities, no seccomp.
+    #[serde(default)]
+    pub privileged: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum MountKind {
+    /// Bind mount of a host (or guest) path; recursive.
+    Bind { source: PathBuf },
+    /// A fresh tmpfs; `options` like `size=64m,mode=1777`.
+    Tmpfs {
+        #[serde(default)]
+        options: String,
+    },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Mount {
+    pub kind: MountKind,
+    /// Absolute path inside the container (symlinks are resolved inside the rootfs).
+    pub destination: String,
+    #[serde(default)]
+    pub readonly: bool,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "mode", rename_all = "snake_case")]
+pub enum NetworkSpec {
+    /// A new network namespace with only `lo` (up). Docker's `none`, and the base for others.
+    #[default]
+    Isolated,
+    /// Join an existing network namespace (e.g. `/run/berth/netns/<id>` prepared by the host).
+    Join { path: PathBuf },
+    /// Share the agent's network namespace (Docker `--network host`).
+    Host,
+}
+
+/// Docker's security options.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct SecuritySpec {
+    /// `--privileged`: all capabilities, no seccomp, no masked paths, rw /sys.
+    #[serde(default)]
+    pub privileged: bool,
+    /// `--cap-add` (names with or without `CAP_`, or `ALL`).
+    #[serde(default)]
+    pub cap_add: Vec<String>,
+    /// `--cap-drop` (names or `ALL`).
+    #[serde(default)]
+    pub cap_drop: Vec<String>,
+    #[serde(default)]
+    pub seccomp: SeccompMode,
+    /// `--security-opt no-new-privileges`.
+    #[serde(default)]
+    pub no_new_privileges: bool,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SeccompMode {
+    /// The agent's equivalent of Docker's default profile (see the agent's `seccomp.rs`).
+    #[default]
+    Default,
+    /// `--security-opt seccomp=unconfined`.
+    Unconfined,
+}
+
+/// cgroup limits, in Docker's units. `None` = unlimited / not set.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Resources {
+    /// `--memory`, bytes.
+    #[serde(default)]
+    pub memory: Option<i64>,
+    /// `--memory-swap`, bytes of memory+swap; -1 = unlimited. The host applies Docker's default
+    /// (2x memory) when the user gave only `--memory`.
+    #[serde(default)]
+    pub memory_swap: Option<i64>,
+    /// `--memory-reservation`, bytes.
+    #[serde(default)]
+    pub memory_reservation: Option<i64>,
+    /// `--cpus` as NanoCPUs (1e9 = one CPU); converted to quota/period 100ms.
+    #[serde(default)]
+    pub nano_cpus: Option<i64>,
+    /// `--cpu-quota` / `--cpu-period`, microseconds.
+    #[serde(default)]
+    pub cpu_quota: Option<i64>,
+    #[serde(default)]
+    pub cpu_period: Option<u64>,
+    /// `--cpu-shares` (v1 shares; mapped to cpu.weight on v2).
+    #[serde(default)]
+    pub cpu_shares: Option<u64>,
+    /// `--cpuset-cpus`, `--cpuset-mems`.
+    #[serde(default)]
+    pub cpuset_cpus: Option<String>,
+    #[serde(default)]
+    pub cpuset_mems: Option<String>,
+    /// `--pids-limit`; <= 0 = unlimited.
+    #[serde(default)]
+    pub pids_limit: Option<i64>,
+    /// `--oom-kill-disable`.
+    #[serde(default)]
+    pub oom_kill_disable: bool,
+}

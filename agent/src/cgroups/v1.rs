@@ -1,0 +1,206 @@
+//! cgroup v1: `/sys/fs/cgroup/<controller>/<parent>/<id>` for each mounted controller.
+use std::{
+    fs, io,
+    path::{Path, PathBuf},
+};
+
+use berth_agent_protocol::{Resources, Stats};
+
+use super::{read_keyed, read_pids, read_u64, rmdir, write};
+
+const ROOT: &str = "/sys/fs/cgroup";
+const CONTROLLERS: &[&str] = &[
+    "memory", "cpu", "cpuacct", "cpuset", "pids", "freezer", "devices", "blkio",
+];
+
+/// Docker's default device allow-list (character devices of the minimal /dev, ptys, mknod of any).
+const DEVICE_ALLOW: &[&str] = &[
+    "c *:* m",
+    "b *:* m",
+    "c 1:3 rwm",
+    "c 1:5 rwm",
+    "c 1:7 rwm",
+    "c 1:8 rwm",
+    "c 1:9 rwm",
+    "c 5:0 rwm",
+    "c 5:1 rwm",
+    "c 5:2 rwm",
+    "c 136:* rwm",
+    "c 10:200 rwm",
+];
+
+pub struct CgroupV1 {
+    dirs: Vec<(&'static str, PathBuf)>,
+}
+
+impl CgroupV1 {
+    pub fn create(
+        parent: &str,
+        id: &str,
+        res: &Resources,
+        restrict_devices: bool,
+    ) -> io::Result<Self> {
+        let mut dirs = Vec::new();
+        for ctrl in CONTROLLERS {
+            let base = Path::new(ROOT).join(ctrl);
+            if !base.join("cgroup.procs").exists() {
+                continue;
+            }
+            let dir = base.join(parent.trim_matches('/')).join(id);
+            if *ctrl == "cpuset" {
+                // New cpuset cgroups start empty; inherit each level from its parent.
+                let mut cur = base.clone();
+                for comp in Path::new(parent.trim_matches('/')).join(id).components() {
+                    let next = cur.join(comp);
+                    fs::create_dir_all(&next)?;
+                    for f in ["cpuset.cpus", "cpuset.mems"] {
+                        if fs::read_to_string(next.join(f))
+                            .unwrap_or_default()
+                            .trim()
+                            .is_empty()
+                        {
+                            write(&next.join(f), fs::read_to_string(cur.join(f))?.trim())?;
+                        }
+                    }
+                    cur = next;
+                }
+            } else {
+                fs::create_dir_all(&dir)?;
+            }
+            dirs.push((*ctrl, dir));
+        }
+        let cg = CgroupV1 { dirs };
+        if let Err(e) = cg.apply(res, restrict_devices) {
+            let _ = cg.remove();
+            return Err(e);
+        }
+        Ok(cg)
+    }
+
+    fn dir(&self, ctrl: &str) -> Option<&Path> {
+        self.dirs
+            .iter()
+            .find(|(c, _)| *c == ctrl)
+            .map(|(_, d)| d.as_path())
+    }
+
+    fn apply(&self, res: &Resources, restrict_devices: bool) -> io::Result<()> {
+        if let Some(d) = self.dir("memory") {
+            if let Some(m) = res.memory.filter(|m| *m > 0) {
+                write(&d.join("memory.limit_in_bytes"), &m.to_string())?;
+            }
+            if let Some(s) = res.memory_swap.filter(|s| *s != 0) {
+                if d.join("memory.memsw.limit_in_bytes").exists() {
+                    write(&d.join("memory.memsw.limit_in_bytes"), &s.to_string())?;
+                }
+            }
+            if let Some(r) = res.memory_reservation.filter(|r| *r > 0) {
+                write(&d.join("memory.soft_limit_in_bytes"), &r.to_string())?;
+            }
+            if res.oom_kill_disable {
+                write(&d.join("memory.oom_control"), "1")?;
+            }
+        }
+        if let Some(d) = self.dir("cpu") {
+            if let Some((quota, period)) = super::cpu_quota_period(res) {
+                write(&d.join("cpu.cfs_period_us"), &period.to_string())?;
+                write(&d.join("cpu.cfs_quota_us"), &quota.to_string())?;
+            }
+            if let Some(s) = res.cpu_shares.filter(|s| *s > 0) {
+                write(&d.join("cpu.shares"), &s.to_string())?;
+            }
+        }
+        if let Some(d) = self.dir("cpuset") {
+            if let Some(c) = res.cpuset_cpus.as_deref().filter(|c| !c.is_empty()) {
+                write(&d.join("cpuset.cpus"), c)?;
+            }
+            if let Some(m) = res.cpuset_mems.as_deref().filter(|m| !m.is_empty()) {
+                write(&d.join("cpuset.mems"), m)?;
+            }
+        }
+        if let Some(d) = self.dir("pids") {
+            if let Some(p) = res.pids_limit.filter(|p| *p > 0) {
+                write(&d.join("pids.max"), &p.to_string())?;
+            }
+        }
+        if restrict_devices {
+            if let Some(d) = self.dir("devices") {
+                write(&d.join("devices.deny"), "a")?;
+                for rule in DEVICE_ALLOW {
+                    write(&d.join("devices.allow"), rule)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn add_pid(&self, pid: i32) -> io::Result<()> {
+        for (_, d) in &self.dirs {
+            write(&d.join("cgroup.procs"), &pid.to_string())?;
+        }
+        Ok(())
+    }
+
+    pub fn pids(&self) -> Vec<i32> {
+        let d = self
+            .dir("pids")
+            .or_else(|| self.dir("memory"))
+            .or_else(|| self.dirs.first().map(|(_, d)| d.as_path()));
+        d.map(|d| read_pids(&d.join("cgroup.procs")))
+            .unwrap_or_default()
+    }
+
+    pub fn set_frozen(&self, frozen: bool) -> io::Result<()> {
+        let d = self
+            .dir("freezer")
+            .ok_or_else(|| io::Error::other("freezer cgroup not available"))?;
+        let want = if frozen { "FROZEN" } else { "THAWED" };
+        for _ in 0..1000 {
+            write(&d.join("freezer.state"), want)?;
+            if fs::read_to_string(d.join("freezer.state"))?.trim() == want {
+                return Ok(());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        Err(io::Error::other(format!("freezer did not reach {want}")))
+    }
+
+    pub fn oom_kills(&self) -> u64 {
+        self.dir("memory")
+            .map(|d| read_keyed(&d.join("memory.oom_control"), "oom_kill"))
+            .unwrap_or(0)
+    }
+
+    pub fn stats(&self) -> Stats {
+        let mut s = Stats::default();
+        if let Some(d) = self.dir("memory") {
+            s.memory_usage = read_u64(&d.join("memory.usage_in_bytes"));
+            s.memory_max_usage = read_u64(&d.join("memory.max_usage_in_bytes"));
+            s.memory_limit = read_u64(&d.join("memory.limit_in_bytes"));
+            s.memory_cache = read_keyed(&d.join("memory.stat"), "total_cache");
+        }
+        if let Some(d) = self.dir("cpuacct") {
+            s.cpu_usage_ns = read_u64(&d.join("cpuacct.usage"));
+            // cpuacct.stat is in USER_HZ ticks.
+            // SAFETY: sysconf has no preconditions.
+            let tick_ns = 1_000_000_000 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+            s.cpu_user_ns = read_keyed(&d.join("cpuacct.stat"), "user") * tick_ns;
+            s.cpu_system_ns = read_keyed(&d.join("cpuacct.stat"), "system") * tick_ns;
+        }
+        if let Some(d) = self.dir("pids") {
+            s.pids_current = read_u64(&d.join("pids.current"));
+            s.pids_limit = read_u64(&d.join("pids.max"));
+        }
+        s
+    }
+
+    pub fn remove(&self) -> io::Result<()> {
+        let mut res = Ok(());
+        for (_, d) in &self.dirs {
+            if let Err(e) = rmdir(d) {
+                res = Err(e);
+            }
+        }
+        res
+    }
+}

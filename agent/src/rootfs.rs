@@ -1,0 +1,383 @@
+//! The container's filesystem: rootfs mount, /proc, /sys, /dev, /etc files, user mounts,
+//! masked paths, pivot_root, read-only root. Runs in the container's fresh mount namespace, so
+//! every mount disappears with the container.
+use std::{
+    fs, io,
+    os::unix::fs::{symlink, PermissionsExt},
+    path::{Path, PathBuf},
+};
+
+use berth_agent_protocol::{ContainerSpec, MountKind, Rootfs};
+use nix::{
+    mount::{mount, umount2, MntFlags, MsFlags},
+    sys::stat::{makedev, mknod, Mode, SFlag},
+    unistd::{chdir, pivot_root},
+};
+
+use crate::util::{errno_io, secure_join};
+
+/// Docker's default masked and read-only paths (non-privileged containers).
+const MASKED: &[&str] = &[
+    "/proc/asound",
+    "/proc/acpi",
+    "/proc/interrupts",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+];
+const READONLY: &[&str] = &[
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+
+fn ctx<T>(r: nix::Result<T>, what: impl FnOnce() -> String) -> io::Result<T> {
+    r.map_err(|e| io::Error::new(errno_io(e).kind(), format!("{}: {e}", what())))
+}
+
+fn do_mount(
+    src: Option<&str>,
+    target: &Path,
+    fstype: Option<&str>,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> io::Result<()> {
+    ctx(mount(src, target, fstype, flags, data), || {
+        format!(
+            "mount {} on {}",
+            src.or(fstype).unwrap_or("-"),
+            target.display()
+        )
+    })
+}
+
+/// The mountpoint of the rootfs inside the exec dir.
+pub fn rootfs_mountpoint(exec_dir: &Path) -> PathBuf {
+    exec_dir.join("rootfs")
+}
+
+/// Files the host supplied for /etc, written into the exec dir and bind-mounted.
+pub fn write_etc_files(
+    spec: &ContainerSpec,
+    exec_dir: &Path,
+) -> io::Result<Vec<(PathBuf, &'static str)>> {
+    let mut out = Vec::new();
+    for (content, name, dest) in [
+        (&spec.etc_hosts, "hosts", "/etc/hosts"),
+        (&spec.etc_resolv_conf, "resolv.conf", "/etc/resolv.conf"),
+        (&spec.etc_hostname, "hostname", "/etc/hostname"),
+    ] {
+        if let Some(c) = content {
+            let p = exec_dir.join(name);
+            fs::write(&p, c)?;
+            fs::set_permissions(&p, fs::Permissions::from_mode(0o644))?;
+            out.push((p, dest));
+        }
+    }
+    Ok(out)
+}
+
+/// Sets up everything and pivots into the new root. Called in the init child after
+/// `unshare(CLONE_NEWNS)`.
+pub fn setup(
+    spec: &ContainerSpec,
+    exec_dir: &Path,
+    etc_files: &[(PathBuf, &'static str)],
+) -> io::Result<()> {
+    let privileged = spec.security.privileged;
+    do_mount(
+        None,
+        Path::new("/"),
+        None,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None,
+    )?;
+    let root = rootfs_mountpoint(exec_dir);
+    fs::create_dir_all(&root)?;
+    match &spec.rootfs {
+        Rootfs::Overlay { lower, upper, work } => {
+            if lower.is_empty() {
+                return Err(io::Error::other(
+                    "overlay rootfs needs at least one lower dir",
+                ));
+            }
+            // overlayfs lists lowerdir top-first; the spec is bottom-to-top.
+            let lowers: Vec<String> = lower
+                .iter()
+                .rev()
+                .map(|p| p.display().to_string())
+                .collect();
+            let opts = format!(
+                "lowerdir={},upperdir={},workdir={}",
+                lowers.join(":"),
+                upper.display(),
+                work.display()
+            );
+            do_mount(
+                Some("overlay"),
+                &root,
+                Some("overlay"),
+                MsFlags::empty(),
+                Some(&opts),
+            )?;
+        }
+        Rootfs::Dir { path } => {
+            do_mount(
+                Some(&path.display().to_string()),
+                &root,
+                None,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None,
+            )?;
+        }
+        Rootfs::Block {
+            device,
+            fstype,
+            options,
+        } => {
+            let data = (!options.is_empty()).then_some(options.as_str());
+            do_mount(
+                Some(&device.display().to_string()),
+                &root,
+                Some(fstype),
+                MsFlags::empty(),
+                data,
+            )?;
+        }
+    }
+    let nodev = MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC | MsFlags::MS_NODEV;
+    let dir = |p: &str| -> io::Result<PathBuf> {
+        let d = secure_join(&root, p)?;
+        fs::create_dir_all(&d)?;
+        Ok(d)
+    };
+    do_mount(Some("proc"), &dir("/proc")?, Some("proc"), nodev, None)?;
+    let sys_flags = if privileged {
+        nodev
+    } else {
+        nodev | MsFlags::MS_RDONLY
+    };
+    let sys = dir("/sys")?;
+    if mount(Some("sysfs"), &sys, Some("sysfs"), sys_flags, None::<&str>).is_err() {
+        // sysfs cannot be mounted when the netns is not ours (e.g. joined); bind the agent's.
+        do_mount(
+            Some("/sys"),
+            &sys,
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None,
+        )?;
+        if !privileged {
+            do_mount(
+                None,
+                &sys,
+                None,
+                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | nodev,
+                None,
+            )?;
+        }
+    }
+    let dev = dir("/dev")?;
+    do_mount(
+        Some("tmpfs"),
+        &dev,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
+        Some("mode=755,size=65536k"),
+    )?;
+    setup_dev(&dev)?;
+    do_mount(
+        Some("devpts"),
+        &dir("/dev/pts")?,
+        Some("devpts"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
+    )?;
+    do_mount(
+        Some("shm"),
+        &dir("/dev/shm")?,
+        Some("tmpfs"),
+        nodev,
+        Some("mode=1777,size=65536k"),
+    )?;
+    do_mount(
+        Some("mqueue"),
+        &dir("/dev/mqueue")?,
+        Some("mqueue"),
+        nodev,
+        None,
+    )?;
+
+    for (src, dest) in etc_files {
+        let target = secure_join(&root, dest)?;
+        ensure_file(&target)?;
+        do_mount(
+            Some(&src.display().to_string()),
+            &target,
+            None,
+            MsFlags::MS_BIND,
+            None,
+        )?;
+    }
+    for m in &spec.mounts {
+        let target = secure_join(&root, &m.destination)?;
+        match &m.kind {
+            MountKind::Bind { source } => {
+                let meta = fs::metadata(source).map_err(|e| {
+                    io::Error::new(e.kind(), format!("bind source {}: {e}", source.display()))
+                })?;
+                if meta.is_dir() {
+                    fs::create_dir_all(&target)?;
+                } else {
+                    ensure_file(&target)?;
+                }
+                let src = source.display().to_string();
+                do_mount(
+                    Some(&src),
+                    &target,
+                    None,
+                    MsFlags::MS_BIND | MsFlags::MS_REC,
+                    None,
+                )?;
+                if m.readonly {
+                    do_mount(
+                        None,
+                        &target,
+                        None,
+                        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+                        None,
+                    )?;
+                }
+            }
+            MountKind::Tmpfs { options } => {
+                fs::create_dir_all(&target)?;
+                let mut flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+                if m.readonly {
+                    flags |= MsFlags::MS_RDONLY;
+                }
+                let data = (!options.is_empty()).then_some(options.as_str());
+                do_mount(Some("tmpfs"), &target, Some("tmpfs"), flags, data)?;
+            }
+        }
+    }
+    if !privileged {
+        for p in MASKED {
+            let target = root.join(p.trim_start_matches('/'));
+            match fs::symlink_metadata(&target) {
+                Ok(m) if m.is_dir() => do_mount(
+                    Some("tmpfs"),
+                    &target,
+                    Some("tmpfs"),
+                    MsFlags::MS_RDONLY,
+                    None,
+                )?,
+                Ok(_) => do_mount(
+                    Some(&dev.join("null").display().to_string()),
+                    &target,
+                    None,
+                    MsFlags::MS_BIND,
+                    None,
+                )?,
+                Err(_) => {}
+            }
+        }
+        for p in READONLY {
+            let target = root.join(p.trim_start_matches('/'));
+            if target.exists() {
+                let s = target.display().to_string();
+                do_mount(
+                    Some(&s),
+                    &target,
+                    None,
+                    MsFlags::MS_BIND | MsFlags::MS_REC,
+                    None,
+                )?;
+                do_mount(
+                    None,
+                    &target,
+                    None,
+                    MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | nodev,
+                    None,
+                )?;
+            }
+        }
+    }
+    enter_root(&root)?;
+    if spec.readonly_rootfs {
+        do_mount(
+            None,
+            Path::new("/"),
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+            None,
+        )?;
+    }
+    Ok(())
+}
+
+fn ensure_file(target: &Path) -> io::Result<()> {
+    if !target.exists() {
+        if let Some(parent) = target.parent() {
+            fs::create_dir_all(parent)?;
+        }
+        fs::write(target, b"")?;
+    }
+    Ok(())
+}
+
+/// Minimal device set (Docker's), created with mknod (we are real root in process mode and in
+/// the guest).
+fn setup_dev(dev: &Path) -> io::Result<()> {
+    for (name, major, minor) in [
+        ("null", 1, 3),
+        ("zero", 1, 5),
+        ("full", 1, 7),
+        ("random", 1, 8),
+        ("urandom", 1, 9),
+        ("tty", 5, 0),
+    ] {
+        let p = dev.join(name);
+        ctx(
+            mknod(
+                &p,
+                SFlag::S_IFCHR,
+                Mode::from_bits_truncate(0o666),
+                makedev(major, minor),
+            ),
+            || format!("mknod {}", p.display()),
+        )?;
+        // mknod honours the umask; make the mode exact.
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o666))?;
+    }
+    for (link, target) in [
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+        ("ptmx", "pts/ptmx"),
+        ("core", "/proc/kcore"),
+    ] {
+        symlink(target, dev.join(link))?;
+    }
+    Ok(())
+}
+
+/// pivot_root into `root` and detach the old root (runc's `pivot_root(".", ".")` trick: no
+/// temporary directory needed inside the image).
+fn enter_root(root: &Path) -> io::Result<()> {
+    ctx(chdir(root), || format!("chdir {}", root.display()))?;
+    ctx(pivot_root(".", "."), || "pivot_root".into())?;
+    ctx(umount2(".", MntFlags::MNT_DETACH), || {
+        "detach old root".into()
+    })?;
+    ctx(chdir("/"), || "chdir /".into())?;
+    Ok(())
+}

@@ -1,0 +1,223 @@
+//! The default seccomp filter: an equivalent of Docker's default profile written as a deny-list.
+//!
+//! Docker's profile allows ~350 syscalls and returns EPERM for the rest; most of what it leaves
+//! out is either obsolete or gated on a capability the default set does not have. We allow
+//! everything except that list (x86_64 only; other ABIs — i386 `int 0x80`, x32 — are denied
+//! wholesale so they cannot bypass the list):
+//! - always denied: keyring (`add_key`, `keyctl`, `request_key`), `userfaultfd`, `io_uring_*`,
+//!   obsolete calls (`uselib`, `ustat`, `sysfs`, `_sysctl`, `nfsservctl`, ...), `personality`
+//!   other than the harmless values;
+//! - denied unless the container has the capability Docker gates them on: SYS_ADMIN (`mount`,
+//!   `umount2`, `unshare`, `setns`, `pivot_root`, new-mount-API calls, `quotactl`, `fanotify_init`,
+//!   `name_to_handle_at`, `bpf`, `perf_event_open`, `lookup_dcookie`, `vhangup`, and `clone` with
+//!   namespace flags), SYS_BOOT (`reboot`, `kexec_*`), SYS_MODULE (module calls), SYS_RAWIO
+//!   (`iopl`, `ioperm`), SYS_TIME (`settimeofday`, `clock_settime`, `clock_adjtime`), SYS_PACCT
+//!   (`acct`), SYS_NICE (NUMA policy calls), SYSLOG (`syslog`), DAC_READ_SEARCH
+//!   (`open_by_handle_at`), SYS_PTRACE is not needed (ptrace is allowed on kernels >= 4.8, as
+//!   Docker does).
+//! - `clone3` returns ENOSYS without SYS_ADMIN (its flags live in memory and cannot be checked),
+//!   so libc falls back to `clone`, whose flags we can check — Docker does the same.
+use std::io;
+
+use crate::capabilities::cap_number;
+
+const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
+const SECCOMP_RET_ALLOW: u32 = 0x7fff_0000;
+const SECCOMP_RET_ERRNO: u32 = 0x0005_0000;
+const CLONE_NS_FLAGS: u32 = 0x7E02_0000;
+const X32_SYSCALL_BIT: u32 = 0x4000_0000;
+
+// BPF opcodes.
+const BPF_LD_W_ABS: u16 = 0x20;
+const BPF_JEQ_K: u16 = 0x15;
+const BPF_JGE_K: u16 = 0x35;
+const BPF_JSET_K: u16 = 0x45;
+const BPF_RET_K: u16 = 0x06;
+
+fn always_denied() -> Vec<i64> {
+    use libc::*;
+    vec![
+        SYS_add_key,
+        SYS_keyctl,
+        SYS_request_key,
+        SYS_userfaultfd,
+        SYS_uselib,
+        SYS_ustat,
+        SYS_sysfs,
+        SYS__sysctl,
+        SYS_nfsservctl,
+        174, /* create_module */
+        177, /* get_kernel_syms */
+        178, /* query_module */
+        SYS_swapon,
+        SYS_swapoff,
+        SYS_io_uring_setup,
+        SYS_io_uring_enter,
+        SYS_io_uring_register,
+        SYS_afs_syscall,
+        SYS_tuxcall,
+        SYS_security,
+        SYS_vserver,
+        SYS_getpmsg,
+        SYS_putpmsg,
+    ]
+}
+
+fn gated() -> Vec<(&'static str, Vec<i64>)> {
+    use libc::*;
+    vec![
+        (
+            "SYS_ADMIN",
+            vec![
+                SYS_mount,
+                SYS_umount2,
+                SYS_unshare,
+                SYS_setns,
+                SYS_pivot_root,
+                SYS_quotactl,
+                SYS_fanotify_init,
+                SYS_name_to_handle_at,
+                SYS_bpf,
+                SYS_perf_event_open,
+                SYS_lookup_dcookie,
+                SYS_vhangup,
+                SYS_open_tree,
+                SYS_move_mount,
+                SYS_fsopen,
+                SYS_fsconfig,
+                SYS_fsmount,
+                SYS_fspick,
+                SYS_mount_setattr,
+            ],
+        ),
+        (
+            "SYS_BOOT",
+            vec![SYS_reboot, SYS_kexec_load, SYS_kexec_file_load],
+        ),
+        (
+            "SYS_MODULE",
+            vec![SYS_init_module, SYS_finit_module, SYS_delete_module],
+        ),
+        ("SYS_RAWIO", vec![SYS_iopl, SYS_ioperm]),
+        (
+            "SYS_TIME",
+            vec![SYS_settimeofday, SYS_clock_settime, SYS_clock_adjtime],
+        ),
+        ("SYS_PACCT", vec![SYS_acct]),
+        (
+            "SYS_NICE",
+            vec![
+                SYS_mbind,
+                SYS_set_mempolicy,
+                SYS_migrate_pages,
+                SYS_move_pages,
+            ],
+        ),
+        ("SYSLOG", vec![SYS_syslog]),
+        ("DAC_READ_SEARCH", vec![SYS_open_by_handle_at]),
+    ]
+}
+
+fn stmt(code: u16, k: u32) -> libc::sock_filter {
+    libc::sock_filter {
+        code,
+        jt: 0,
+        jf: 0,
+        k,
+    }
+}
+
+fn jump(code: u16, k: u32, jt: u8, jf: u8) -> libc::sock_filter {
+    libc::sock_filter { code, jt, jf, k }
+}
+
+/// Builds the filter for a container whose capability mask is `caps`.
+pub fn build_filter(caps: u64) -> Vec<libc::sock_filter> {
+    let has = |name: &str| caps & (1u64 << cap_number(name).expect("known cap")) != 0;
+    let mut denied = always_denied();
+    for (cap, calls) in gated() {
+        if !has(cap) {
+            denied.extend(calls);
+        }
+    }
+    let eperm = SECCOMP_RET_ERRNO | libc::EPERM as u32;
+    let enosys = SECCOMP_RET_ERRNO | libc::ENOSYS as u32;
+    let mut p = vec![
+        stmt(BPF_LD_W_ABS, 4), // seccomp_data.arch
+        jump(BPF_JEQ_K, AUDIT_ARCH_X86_64, 1, 0),
+        stmt(BPF_RET_K, eperm),
+        stmt(BPF_LD_W_ABS, 0), // seccomp_data.nr
+        jump(BPF_JGE_K, X32_SYSCALL_BIT, 0, 1),
+        stmt(BPF_RET_K, eperm),
+    ];
+    for nr in denied {
+        p.push(jump(BPF_JEQ_K, nr as u32, 0, 1));
+        p.push(stmt(BPF_RET_K, eperm));
+    }
+    // personality(2): only the values Docker allows (PER_LINUX, PER_LINUX32, UNAME26 variants, query).
+    p.push(jump(BPF_JEQ_K, libc::SYS_personality as u32, 0, 8));
+    p.push(stmt(BPF_LD_W_ABS, 16)); // args[0], low word
+    for (i, v) in [0u32, 0x8, 0x20000, 0x20008, 0xffff_ffff]
+        .iter()
+        .enumerate()
+    {
+        p.push(jump(BPF_JEQ_K, *v, (5 - i) as u8, 0));
+    }
+    p.push(stmt(BPF_RET_K, eperm));
+    p.push(stmt(BPF_RET_K, SECCOMP_RET_ALLOW));
+    if !has("SYS_ADMIN") {
+        p.push(jump(BPF_JEQ_K, libc::SYS_clone3 as u32, 0, 1));
+        p.push(stmt(BPF_RET_K, enosys));
+        p.push(jump(BPF_JEQ_K, libc::SYS_clone as u32, 0, 3));
+        p.push(stmt(BPF_LD_W_ABS, 16)); // clone flags (x86_64: args[0])
+        p.push(jump(BPF_JSET_K, CLONE_NS_FLAGS, 0, 1));
+        p.push(stmt(BPF_RET_K, eperm));
+    }
+    p.push(stmt(BPF_RET_K, SECCOMP_RET_ALLOW));
+    p
+}
+
+/// Installs `filter` on the calling thread (needs CAP_SYS_ADMIN or no_new_privs).
+pub fn install(filter: &[libc::sock_filter]) -> io::Result<()> {
+    let prog = libc::sock_fprog {
+        len: filter.len() as u16,
+        filter: filter.as_ptr() as *mut libc::sock_filter,
+    };
+    // SAFETY: `prog` points to a valid filter that outlives the call (the kernel copies it).
+    let rc = unsafe {
+        libc::prctl(
+            libc::PR_SET_SECCOMP,
+            libc::SECCOMP_MODE_FILTER as libc::c_ulong,
+            &prog as *const _ as libc::c_ulong,
+            0,
+            0,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filter_shape() {
+        let default_caps = crate::capabilities::compute(false, &[], &[]).unwrap();
+        let f = build_filter(default_caps);
+        assert!(
+            f.len() < 4096,
+            "BPF programs are limited to 4096 instructions"
+        );
+        let has_nr = |f: &[libc::sock_filter], nr: i64| {
+            f.iter().any(|i| i.code == BPF_JEQ_K && i.k == nr as u32)
+        };
+        assert!(has_nr(&f, libc::SYS_mount));
+        assert!(has_nr(&f, libc::SYS_keyctl));
+        let admin = build_filter(default_caps | 1 << cap_number("SYS_ADMIN").unwrap());
+        assert!(!has_nr(&admin, libc::SYS_mount));
+        assert!(has_nr(&admin, libc::SYS_keyctl));
+    }
+}
