@@ -24,7 +24,11 @@ fn base_config() -> Config {
 
 /// Build the engine, trying the pooling allocator first (it reserves address space
 /// up front and may fail on small-VA hosts); returns whether pooling is in use.
-pub fn build_engine(pooling: bool, max_memory: usize, max_instances: u32) -> Result<(Engine, bool), HostError> {
+pub fn build_engine(
+    pooling: bool,
+    max_memory: usize,
+    max_instances: u32,
+) -> Result<(Engine, bool), HostError> {
     if pooling {
         let mut pool = PoolingAllocationConfig::default();
         pool.total_component_instances(max_instances)
@@ -39,7 +43,9 @@ pub fn build_engine(pooling: bool, max_memory: usize, max_instances: u32) -> Res
         c.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         match Engine::new(&c) {
             Ok(e) => return Ok((e, true)),
-            Err(e) => tracing::warn!("pooling allocator unavailable, using on-demand allocation: {e:#}"),
+            Err(e) => {
+                tracing::warn!("pooling allocator unavailable, using on-demand allocation: {e:#}")
+            }
         }
     }
     let e = Engine::new(&base_config()).map_err(|e| HostError::Engine(format!("{e:#}")))?;
@@ -49,17 +55,21 @@ pub fn build_engine(pooling: bool, max_memory: usize, max_instances: u32) -> Res
 /// Increment the engine's epoch every [`TICK`] until the engine is dropped.
 pub fn spawn_ticker(engine: &Engine) {
     let weak = engine.weak();
-    let _ = std::thread::Builder::new().name("wasm-epoch".into()).spawn(move || loop {
-        std::thread::sleep(TICK);
-        match weak.upgrade() {
-            Some(e) => e.increment_epoch(),
-            None => break,
-        }
-    });
+    let _ = std::thread::Builder::new()
+        .name("wasm-epoch".into())
+        .spawn(move || loop {
+            std::thread::sleep(TICK);
+            match weak.upgrade() {
+                Some(e) => e.increment_epoch(),
+                None => break,
+            }
+        });
 }
 
 pub fn ticks(d: Duration) -> u64 {
-    (d.as_millis() as u64).div_ceil(TICK.as_millis() as u64).max(1)
+    (d.as_millis() as u64)
+        .div_ceil(TICK.as_millis() as u64)
+        .max(1)
 }
 
 /// Where a component came from.
@@ -84,7 +94,11 @@ pub fn cache_path(cache_dir: &Path, engine: &Engine, wasm: &[u8]) -> PathBuf {
 /// Compile `wasm` once per content hash and engine configuration; later loads map
 /// the cached artifact. Only artifacts this process wrote into `cache_dir` are
 /// deserialized (they are native code).
-pub fn load_component(engine: &Engine, cache_dir: &Path, wasm: &[u8]) -> Result<(Component, CacheOutcome), String> {
+pub fn load_component(
+    engine: &Engine,
+    cache_dir: &Path,
+    wasm: &[u8],
+) -> Result<(Component, CacheOutcome), String> {
     let path = cache_path(cache_dir, engine, wasm);
     if path.exists() {
         // SAFETY: the file is in the daemon-owned cache dir and named by the hash of
@@ -97,13 +111,16 @@ pub fn load_component(engine: &Engine, cache_dir: &Path, wasm: &[u8]) -> Result<
             }
         }
     }
-    let bytes = engine.precompile_component(wasm).map_err(|e| format!("compiling component: {e:#}"))?;
+    let bytes = engine
+        .precompile_component(wasm)
+        .map_err(|e| format!("compiling component: {e:#}"))?;
     static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let tmp = path.with_extension(format!("tmp{}-{seq}", std::process::id()));
     std::fs::write(&tmp, &bytes).map_err(|e| format!("writing {}: {e}", tmp.display()))?;
     std::fs::rename(&tmp, &path).map_err(|e| format!("renaming {}: {e}", tmp.display()))?;
     // SAFETY: as above; just produced by precompile_component on this engine.
-    let c = unsafe { Component::deserialize_file(engine, &path) }.map_err(|e| format!("loading compiled component: {e:#}"))?;
+    let c = unsafe { Component::deserialize_file(engine, &path) }
+        .map_err(|e| format!("loading compiled component: {e:#}"))?;
     Ok((c, CacheOutcome::Compiled))
 }

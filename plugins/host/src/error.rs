@@ -81,11 +81,17 @@ impl PluginError {
     }
 
     pub(crate) fn bad_reply(plugin: &str, message: impl Into<String>) -> Self {
-        PluginError::BadReply { plugin: plugin.to_string(), message: message.into() }
+        PluginError::BadReply {
+            plugin: plugin.to_string(),
+            message: message.into(),
+        }
     }
 
     pub(crate) fn unavailable(plugin: &str, message: impl Into<String>) -> Self {
-        PluginError::Unavailable { plugin: plugin.to_string(), message: message.into() }
+        PluginError::Unavailable {
+            plugin: plugin.to_string(),
+            message: message.into(),
+        }
     }
 }
 
@@ -116,7 +122,10 @@ pub struct LoadError {
 
 impl LoadError {
     pub(crate) fn new(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
-        LoadError { path: path.into(), message: message.into() }
+        LoadError {
+            path: path.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -124,7 +133,10 @@ impl LoadError {
 #[derive(Debug, thiserror::Error)]
 pub enum HostError {
     #[error("creating {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("wasmtime engine: {0}")]
     Engine(String),
 }

@@ -19,7 +19,7 @@ use crate::interface;
 use crate::kv::Kv;
 use crate::log::LogDriverHandle;
 use crate::manifest::{Manifest, PluginKind};
-use crate::plugin::{request_blocking, run_worker, Job, Pre, PluginStats, Runner, Shared};
+use crate::plugin::{request_blocking, run_worker, Job, PluginStats, Pre, Runner, Shared};
 use crate::stdio::BoundedPipe;
 use crate::store::StoreState;
 use crate::volume::VolumeDriverHandle;
@@ -66,7 +66,10 @@ fn mkdir_private(p: &Path) -> Result<(), HostError> {
         .recursive(true)
         .mode(0o700)
         .create(p)
-        .map_err(|source| HostError::Io { path: p.to_path_buf(), source })
+        .map_err(|source| HostError::Io {
+            path: p.to_path_buf(),
+            source,
+        })
 }
 
 fn engine_err(e: wasmtime::Error) -> HostError {
@@ -84,7 +87,8 @@ impl PluginHost {
         spawn_ticker(&engine);
         let mut log_linker = Linker::<StoreState>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut log_linker).map_err(engine_err)?;
-        LogPlugin::add_to_linker::<StoreState, HasSelf<StoreState>>(&mut log_linker, |s| s).map_err(engine_err)?;
+        LogPlugin::add_to_linker::<StoreState, HasSelf<StoreState>>(&mut log_linker, |s| s)
+            .map_err(engine_err)?;
         let mut volume_linker = Linker::<StoreState>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut volume_linker).map_err(engine_err)?;
         VolumePlugin::add_to_linker::<StoreState, HasSelf<StoreState>>(&mut volume_linker, |s| s)
@@ -118,9 +122,18 @@ impl PluginHost {
         let mut errors = Vec::new();
         let entries = match std::fs::read_dir(dir) {
             Ok(rd) => rd,
-            Err(e) => return vec![LoadError::new(dir, format!("reading plugin directory: {e}"))],
+            Err(e) => {
+                return vec![LoadError::new(
+                    dir,
+                    format!("reading plugin directory: {e}"),
+                )]
+            }
         };
-        let mut dirs: Vec<PathBuf> = entries.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.is_dir()).collect();
+        let mut dirs: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .filter(|p| p.is_dir())
+            .collect();
         dirs.sort();
         for d in dirs {
             if let Err(e) = self.load(&d) {
@@ -133,23 +146,43 @@ impl PluginHost {
 
     /// Load one plugin directory. Fails if a plugin of that name is already loaded.
     pub fn load(&self, dir: &Path) -> Result<PluginInfo, LoadError> {
-        let _serial = self.inner.load_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let _serial = self
+            .inner
+            .load_lock
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         let err = |m: String| LoadError::new(dir, m);
         let manifest = Manifest::load(dir).map_err(err)?;
-        if self.inner.plugins.read().unwrap_or_else(|p| p.into_inner()).contains_key(&manifest.name) {
-            return Err(err(format!("a plugin named {:?} is already loaded", manifest.name)));
+        if self
+            .inner
+            .plugins
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(&manifest.name)
+        {
+            return Err(err(format!(
+                "a plugin named {:?} is already loaded",
+                manifest.name
+            )));
         }
         if manifest.kind == PluginKind::Network {
-            return Err(err("network driver plugins are not served by this berthd yet".into()));
+            return Err(err(
+                "network driver plugins are not served by this berthd yet".into(),
+            ));
         }
         let wasm_path = dir.join("plugin.wasm");
-        let size = std::fs::metadata(&wasm_path).map_err(|e| err(format!("plugin.wasm: {e}")))?.len();
+        let size = std::fs::metadata(&wasm_path)
+            .map_err(|e| err(format!("plugin.wasm: {e}")))?
+            .len();
         if size > MAX_COMPONENT_BYTES {
-            return Err(err(format!("plugin.wasm is {size} bytes (max {MAX_COMPONENT_BYTES})")));
+            return Err(err(format!(
+                "plugin.wasm is {size} bytes (max {MAX_COMPONENT_BYTES})"
+            )));
         }
         let wasm = std::fs::read(&wasm_path).map_err(|e| err(format!("plugin.wasm: {e}")))?;
         let engine = &self.inner.engine;
-        let (component, cache) = load_component(engine, &self.inner.cfg.cache_dir, &wasm).map_err(err)?;
+        let (component, cache) =
+            load_component(engine, &self.inner.cfg.cache_dir, &wasm).map_err(err)?;
         let version = interface::check(engine, &component, &manifest).map_err(err)?;
 
         let cfg = &self.inner.cfg;
@@ -161,15 +194,25 @@ impl PluginHost {
             Some(mib) => ((mib as usize) << 20).min(host_max),
             None => host_max,
         };
-        let ipre = linker.instantiate_pre(&component).map_err(|e| err(format!("linking: {e:#}")))?;
+        let ipre = linker
+            .instantiate_pre(&component)
+            .map_err(|e| err(format!("linking: {e:#}")))?;
         let pre = match manifest.kind {
-            PluginKind::Log => Pre::Log(LogPluginPre::new(ipre).map_err(|e| err(format!("{e:#}")))?),
+            PluginKind::Log => {
+                Pre::Log(LogPluginPre::new(ipre).map_err(|e| err(format!("{e:#}")))?)
+            }
             _ => Pre::Volume(VolumePluginPre::new(ipre).map_err(|e| err(format!("{e:#}")))?),
         };
         let root = cfg.data_root.join("plugins").join(&manifest.name);
         mkdir_private(&root).map_err(|e| err(e.to_string()))?;
-        let root = root.canonicalize().map_err(|e| err(format!("{}: {e}", root.display())))?;
-        let kv = Kv::open(cfg.data_root.join("plugin-state").join(format!("{}.kv.json", manifest.name)));
+        let root = root
+            .canonicalize()
+            .map_err(|e| err(format!("{}: {e}", root.display())))?;
+        let kv = Kv::open(
+            cfg.data_root
+                .join("plugin-state")
+                .join(format!("{}.kv.json", manifest.name)),
+        );
         let shared = Arc::new(Shared {
             name: manifest.name.clone(),
             kind: manifest.kind,
@@ -196,7 +239,11 @@ impl PluginHost {
         request_blocking(&shared, &tx, move |r| {
             r.ensure_live()?;
             if kind == PluginKind::Log {
-                let yes = r.call(|s, i| i.log().berth_driver_log_driver().call_read_logs_supported(s))?;
+                let yes = r.call(|s, i| {
+                    i.log()
+                        .berth_driver_log_driver()
+                        .call_read_logs_supported(s)
+                })?;
                 r.shared.reads_logs.store(yes, Ordering::Relaxed);
             }
             Ok::<_, PluginError>(())
@@ -215,52 +262,98 @@ impl PluginHost {
             .plugins
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(manifest.name, Loaded { info: info.clone(), shared, tx });
+            .insert(
+                manifest.name,
+                Loaded {
+                    info: info.clone(),
+                    shared,
+                    tx,
+                },
+            );
         Ok(info)
     }
 
     /// Stop and forget a plugin (its worker flushes open log sessions, then exits).
     pub fn unload(&self, name: &str) -> bool {
-        self.inner.plugins.write().unwrap_or_else(|p| p.into_inner()).remove(name).is_some()
+        self.inner
+            .plugins
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name)
+            .is_some()
     }
 
     /// All loaded plugins, sorted by name.
     pub fn list(&self) -> Vec<PluginInfo> {
-        self.inner.plugins.read().unwrap_or_else(|p| p.into_inner()).values().map(|l| l.info.clone()).collect()
+        self.inner
+            .plugins
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .map(|l| l.info.clone())
+            .collect()
     }
 
     /// Names of loaded plugins of one kind (`docker info` Plugins.Log / Plugins.Volume).
     pub fn names(&self, kind: PluginKind) -> Vec<String> {
-        self.list().into_iter().filter(|p| p.kind == kind).map(|p| p.name).collect()
+        self.list()
+            .into_iter()
+            .filter(|p| p.kind == kind)
+            .map(|p| p.name)
+            .collect()
     }
 
     pub fn stats(&self, name: &str) -> Option<PluginStats> {
-        self.inner.plugins.read().unwrap_or_else(|p| p.into_inner()).get(name).map(|l| l.shared.snapshot())
+        self.inner
+            .plugins
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .map(|l| l.shared.snapshot())
     }
 
     /// Host directory holding a plugin's data (its only WASI preopen).
     pub fn data_dir(&self, name: &str) -> Option<PathBuf> {
-        self.inner.plugins.read().unwrap_or_else(|p| p.into_inner()).get(name).map(|l| l.shared.root.clone())
+        self.inner
+            .plugins
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .map(|l| l.shared.root.clone())
     }
 
     pub fn log_driver(&self, name: &str) -> Option<LogDriverHandle> {
         let map = self.inner.plugins.read().unwrap_or_else(|p| p.into_inner());
         let l = map.get(name).filter(|l| l.info.kind == PluginKind::Log)?;
-        Some(LogDriverHandle { shared: l.shared.clone(), tx: l.tx.clone() })
+        Some(LogDriverHandle {
+            shared: l.shared.clone(),
+            tx: l.tx.clone(),
+        })
     }
 
     pub fn volume_driver(&self, name: &str) -> Option<VolumeDriverHandle> {
         let map = self.inner.plugins.read().unwrap_or_else(|p| p.into_inner());
-        let l = map.get(name).filter(|l| l.info.kind == PluginKind::Volume)?;
-        Some(VolumeDriverHandle { shared: l.shared.clone(), tx: l.tx.clone() })
+        let l = map
+            .get(name)
+            .filter(|l| l.info.kind == PluginKind::Volume)?;
+        Some(VolumeDriverHandle {
+            shared: l.shared.clone(),
+            tx: l.tx.clone(),
+        })
     }
 
     /// Time one fresh instantiation + `init` of a loaded plugin from its `InstancePre`
     /// (used by benches; the running instance is replaced by the new one).
-    pub fn bench_instantiate(&self, name: &str, iterations: u32) -> Result<Vec<Duration>, PluginError> {
+    pub fn bench_instantiate(
+        &self,
+        name: &str,
+        iterations: u32,
+    ) -> Result<Vec<Duration>, PluginError> {
         let (shared, tx) = {
             let map = self.inner.plugins.read().unwrap_or_else(|p| p.into_inner());
-            let l = map.get(name).ok_or_else(|| PluginError::NotFound(format!("no plugin {name}")))?;
+            let l = map
+                .get(name)
+                .ok_or_else(|| PluginError::NotFound(format!("no plugin {name}")))?;
             (l.shared.clone(), l.tx.clone())
         };
         request_blocking(&shared, &tx, move |r| {

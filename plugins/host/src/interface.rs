@@ -68,16 +68,24 @@ fn split_version(name: &str) -> (&str, Option<&str>) {
 fn driver_interfaces(kind: PluginKind) -> (&'static [&'static str], &'static [&'static str]) {
     match kind {
         PluginKind::Log => (&["types", "host"], &["lifecycle", "log-driver"]),
-        PluginKind::Volume => (&["types", "host", "volume-host"], &["lifecycle", "volume-driver"]),
-        PluginKind::Network => {
-            (&["types", "host", "net-host"], &["lifecycle", "network-driver", "ipam-driver"])
-        }
+        PluginKind::Volume => (
+            &["types", "host", "volume-host"],
+            &["lifecycle", "volume-driver"],
+        ),
+        PluginKind::Network => (
+            &["types", "host", "net-host"],
+            &["lifecycle", "network-driver", "ipam-driver"],
+        ),
     }
 }
 
 /// Check the component's exports match its kind and a supported version, and that
 /// every import is on the kind's allowlist (plus the manifest's grants).
-pub fn check(engine: &Engine, component: &Component, manifest: &Manifest) -> Result<InterfaceVersion, String> {
+pub fn check(
+    engine: &Engine,
+    component: &Component,
+    manifest: &Manifest,
+) -> Result<InterfaceVersion, String> {
     let kind = manifest.kind;
     let ty = component.component_type();
     let (allowed_driver_imports, required_exports) = driver_interfaces(kind);
@@ -99,11 +107,17 @@ pub fn check(engine: &Engine, component: &Component, manifest: &Manifest) -> Res
         }
     }
     let version = version.ok_or_else(|| {
-        format!("component exports no berth:driver/{} interface: not a {kind} plugin", required_exports[1])
+        format!(
+            "component exports no berth:driver/{} interface: not a {kind} plugin",
+            required_exports[1]
+        )
     })?;
     let parsed = InterfaceVersion::parse(&version).ok_or_else(|| {
         let supported: Vec<_> = InterfaceVersion::ALL.iter().map(|v| v.as_str()).collect();
-        format!("interface berth:driver@{version} is not supported by this berthd (supported: {})", supported.join(", "))
+        format!(
+            "interface berth:driver@{version} is not supported by this berthd (supported: {})",
+            supported.join(", ")
+        )
     })?;
     if version != manifest.interface_version {
         return Err(format!(
@@ -114,7 +128,9 @@ pub fn check(engine: &Engine, component: &Component, manifest: &Manifest) -> Res
     for want in required_exports {
         let full = format!("berth:driver/{want}@{version}");
         if ty.get_export(engine, &full).is_none() {
-            return Err(format!("component does not export {full}: not a {kind} plugin"));
+            return Err(format!(
+                "component does not export {full}: not a {kind} plugin"
+            ));
         }
     }
 
@@ -137,7 +153,9 @@ pub fn check(engine: &Engine, component: &Component, manifest: &Manifest) -> Res
         }
     }
     if !refused.is_empty() {
-        let hint = if refused.iter().any(|n| n.starts_with("wasi:sockets/")) && manifest.network_allow.is_empty() {
+        let hint = if refused.iter().any(|n| n.starts_with("wasi:sockets/"))
+            && manifest.network_allow.is_empty()
+        {
             " (wasi:sockets needs a [grants] network entry in manifest.toml)"
         } else {
             ""

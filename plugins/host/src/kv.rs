@@ -32,7 +32,10 @@ impl Kv {
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default();
-        let map: BTreeMap<String, Vec<u8>> = map.into_iter().filter_map(|(k, v)| Some((k, unhex(&v)?))).collect();
+        let map: BTreeMap<String, Vec<u8>> = map
+            .into_iter()
+            .filter_map(|(k, v)| Some((k, unhex(&v)?)))
+            .collect();
         let total = map.iter().map(|(k, v)| k.len() + v.len()).sum();
         Kv { path, map, total }
     }
@@ -41,7 +44,9 @@ impl Kv {
         let enc: BTreeMap<&String, String> = self.map.iter().map(|(k, v)| (k, hex(v))).collect();
         let bytes = serde_json::to_vec(&enc).map_err(|e| e.to_string())?;
         let tmp = self.path.with_extension("tmp");
-        std::fs::write(&tmp, bytes).and_then(|_| std::fs::rename(&tmp, &self.path)).map_err(|e| e.to_string())
+        std::fs::write(&tmp, bytes)
+            .and_then(|_| std::fs::rename(&tmp, &self.path))
+            .map_err(|e| e.to_string())
     }
 
     pub fn get(&self, key: &str) -> Option<Vec<u8>> {
@@ -76,7 +81,12 @@ impl Kv {
     }
 
     pub fn keys(&self, prefix: &str) -> Vec<String> {
-        self.map.keys().filter(|k| k.starts_with(prefix)).take(MAX_ENTRIES).cloned().collect()
+        self.map
+            .keys()
+            .filter(|k| k.starts_with(prefix))
+            .take(MAX_ENTRIES)
+            .cloned()
+            .collect()
     }
 }
 

@@ -88,7 +88,10 @@ pub use engine::TICK;
 pub use error::{ErrorKind, HostError, LoadError, PluginError};
 pub use host::{PluginHost, PluginInfo};
 pub use interface::InterfaceVersion;
-pub use log::{ContainerLogInfo, LogDriverHandle, LogEntry, LogReader, LogSession, LogSource, LogStats, PartialMeta, ReadConfig};
+pub use log::{
+    ContainerLogInfo, LogDriverHandle, LogEntry, LogReader, LogSession, LogSource, LogStats,
+    PartialMeta, ReadConfig,
+};
 pub use manifest::{Manifest, PluginKind};
 pub use plugin::PluginStats;
 pub use volume::{DiskFormat, MountSource, VolumeDriverHandle, VolumeInfo, VolumeScope};

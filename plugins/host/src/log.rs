@@ -44,7 +44,12 @@ pub struct LogEntry {
 
 impl LogEntry {
     pub fn new(source: LogSource, time_nano: i64, line: impl Into<Vec<u8>>) -> Self {
-        LogEntry { source, time_nano, line: line.into(), partial: None }
+        LogEntry {
+            source,
+            time_nano,
+            line: line.into(),
+            partial: None,
+        }
     }
 
     fn cost(&self) -> usize {
@@ -59,7 +64,11 @@ impl LogEntry {
             },
             time_nano: self.time_nano,
             line: self.line,
-            partial: self.partial.map(|p| wit::PartialMeta { id: p.id, ordinal: p.ordinal, last: p.last }),
+            partial: self.partial.map(|p| wit::PartialMeta {
+                id: p.id,
+                ordinal: p.ordinal,
+                last: p.last,
+            }),
         }
     }
 
@@ -71,7 +80,11 @@ impl LogEntry {
             },
             time_nano: e.time_nano,
             line: e.line,
-            partial: e.partial.map(|p| PartialMeta { id: p.id, ordinal: p.ordinal, last: p.last }),
+            partial: e.partial.map(|p| PartialMeta {
+                id: p.id,
+                ordinal: p.ordinal,
+                last: p.last,
+            }),
         }
     }
 }
@@ -151,7 +164,13 @@ impl SessionShared {
     }
 
     fn pending(&self) -> bool {
-        self.closing.load(Ordering::Relaxed) || !self.buf.lock().unwrap_or_else(|p| p.into_inner()).q.is_empty()
+        self.closing.load(Ordering::Relaxed)
+            || !self
+                .buf
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .q
+                .is_empty()
     }
 
     fn drop_n(&self, plugin: &Shared, n: u64) {
@@ -161,7 +180,10 @@ impl SessionShared {
 }
 
 /// Docker's generic, daemon-side log options: consumed here, not sent to plugins.
-fn split_host_opts(opts: &[(String, String)], default_buf: usize) -> Result<(Vec<(String, String)>, usize), PluginError> {
+fn split_host_opts(
+    opts: &[(String, String)],
+    default_buf: usize,
+) -> Result<(Vec<(String, String)>, usize), PluginError> {
     let mut rest = Vec::new();
     let mut buf = default_buf;
     for (k, v) in opts {
@@ -172,7 +194,9 @@ fn split_host_opts(opts: &[(String, String)], default_buf: usize) -> Result<(Vec
             "max-buffer-size" => {
                 buf = parse_size(v)
                     .filter(|n| (1..=(1 << 30)).contains(n))
-                    .ok_or_else(|| PluginError::Invalid(format!("invalid max-buffer-size {v:?}")))?;
+                    .ok_or_else(|| {
+                        PluginError::Invalid(format!("invalid max-buffer-size {v:?}"))
+                    })?;
             }
             _ => rest.push((k.clone(), v.clone())),
         }
@@ -182,7 +206,10 @@ fn split_host_opts(opts: &[(String, String)], default_buf: usize) -> Result<(Vec
 
 /// Docker's `units.RAMInBytes`: binary multipliers (`1m` = 1 MiB).
 fn parse_size(s: &str) -> Option<usize> {
-    let t = s.trim().trim_end_matches(['b', 'B']).trim_end_matches(['i', 'I']);
+    let t = s
+        .trim()
+        .trim_end_matches(['b', 'B'])
+        .trim_end_matches(['i', 'I']);
     let (num, shift) = match t.chars().last()? {
         'k' | 'K' => (&t[..t.len() - 1], 10),
         'm' | 'M' => (&t[..t.len() - 1], 20),
@@ -215,8 +242,12 @@ impl LogDriverHandle {
         let (rest, _) = split_host_opts(opts, self.shared.cfg.log_buffer_bytes)?;
         crate::validate::check_options(&rest).map_err(PluginError::Invalid)?;
         request(&self.shared, &self.tx, move |r| {
-            r.call(|s, i| i.log().berth_driver_log_driver().call_validate_options(s, &rest))?
-                .map_err(PluginError::from)
+            r.call(|s, i| {
+                i.log()
+                    .berth_driver_log_driver()
+                    .call_validate_options(s, &rest)
+            })?
+            .map_err(PluginError::from)
         })
         .await
     }
@@ -228,12 +259,18 @@ impl LogDriverHandle {
         let (rest, max_bytes) = split_host_opts(&info.log_opts, self.shared.cfg.log_buffer_bytes)?;
         crate::validate::check_options(&rest).map_err(PluginError::Invalid)?;
         crate::validate::check_options(&info.labels).map_err(PluginError::Invalid)?;
-        let info = ContainerLogInfo { log_opts: rest, ..info };
+        let info = ContainerLogInfo {
+            log_opts: rest,
+            ..info
+        };
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
         let session = Arc::new(SessionShared {
             id,
             info,
-            buf: Mutex::new(Buf { q: VecDeque::new(), bytes: 0 }),
+            buf: Mutex::new(Buf {
+                q: VecDeque::new(),
+                bytes: 0,
+            }),
             max_bytes,
             accepted: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
@@ -245,16 +282,29 @@ impl LogDriverHandle {
         let s2 = session.clone();
         request(&self.shared, &self.tx, move |r| {
             r.start_session(&s2)?;
-            r.shared.sessions.lock().unwrap_or_else(|p| p.into_inner()).insert(s2.id, s2.clone());
+            r.shared
+                .sessions
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(s2.id, s2.clone());
             Ok(())
         })
         .await?;
-        Ok(LogSession { session, plugin: self.shared.clone(), tx: self.tx.clone(), closed: false })
+        Ok(LogSession {
+            session,
+            plugin: self.shared.clone(),
+            tx: self.tx.clone(),
+            closed: false,
+        })
     }
 
     /// `/LogDriver.ReadLogs`: entries arrive on the returned reader; with `follow`
     /// it stays open until dropped. Every batch is re-validated by the host.
-    pub async fn read_logs(&self, info: ContainerLogInfo, config: ReadConfig) -> Result<LogReader, PluginError> {
+    pub async fn read_logs(
+        &self,
+        info: ContainerLogInfo,
+        config: ReadConfig,
+    ) -> Result<LogReader, PluginError> {
         crate::validate::check_name("container id", &info.id).map_err(PluginError::Invalid)?;
         let wit_cfg = wit::ReadConfig {
             since_nano: config.since_nano,
@@ -266,7 +316,11 @@ impl LogDriverHandle {
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
         request(&self.shared, &self.tx, move |r| {
             let res = r
-                .call(|s, i| i.log().berth_driver_log_driver().call_read_logs(s, &wit_info, wit_cfg))?
+                .call(|s, i| {
+                    i.log()
+                        .berth_driver_log_driver()
+                        .call_read_logs(s, &wit_info, wit_cfg)
+                })?
                 .map_err(PluginError::from)?;
             r.readers.insert(id, (r.generation, res));
             Ok(())
@@ -298,7 +352,11 @@ impl LogDriverHandle {
                     }
                 }
             }
-            let _ = submit(&shared, &tx, Box::new(move |r: &mut Runner| r.drop_reader(id)));
+            let _ = submit(
+                &shared,
+                &tx,
+                Box::new(move |r: &mut Runner| r.drop_reader(id)),
+            );
         });
         Ok(LogReader { rx: erx })
     }
@@ -308,7 +366,8 @@ impl LogDriverHandle {
         crate::validate::check_name("container id", container_id).map_err(PluginError::Invalid)?;
         let id = container_id.to_string();
         request(&self.shared, &self.tx, move |r| {
-            r.call(|s, i| i.log().berth_driver_log_driver().call_remove_logs(s, &id))?.map_err(PluginError::from)
+            r.call(|s, i| i.log().berth_driver_log_driver().call_remove_logs(s, &id))?
+                .map_err(PluginError::from)
         })
         .await
     }
@@ -393,13 +452,20 @@ impl LogSession {
     pub async fn close(mut self) -> Result<LogStats, PluginError> {
         self.closed = true;
         let (otx, orx) = tokio::sync::oneshot::channel();
-        *self.session.close_tx.lock().unwrap_or_else(|p| p.into_inner()) = Some(otx);
+        *self
+            .session
+            .close_tx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(otx);
         self.session.closing.store(true, Ordering::Release);
         let _ = self.tx.try_send(Box::new(|_| {}));
         let limit = self.plugin.cfg.log_call_timeout * 8 + Duration::from_secs(2);
         match tokio::time::timeout(limit, orx).await {
             Ok(Ok(stats)) => Ok(stats),
-            _ => Err(PluginError::unavailable(&self.plugin.name, "log session did not close in time")),
+            _ => Err(PluginError::unavailable(
+                &self.plugin.name,
+                "log session did not close in time",
+            )),
         }
     }
 }
@@ -415,14 +481,23 @@ impl Drop for LogSession {
 
 impl Runner {
     pub(crate) fn logs_pending(&self) -> bool {
-        self.shared.sessions.lock().unwrap_or_else(|p| p.into_inner()).values().any(|s| s.pending())
+        self.shared
+            .sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .any(|s| s.pending())
     }
 
     /// Start (or re-start, after an instance restart) the plugin-side session.
     pub(crate) fn start_session(&mut self, s: &SessionShared) -> Result<(), PluginError> {
         let info = s.info.to_wit();
         let res = self
-            .call(|st, i| i.log().berth_driver_log_driver().call_start_logging(st, &info))?
+            .call(|st, i| {
+                i.log()
+                    .berth_driver_log_driver()
+                    .call_start_logging(st, &info)
+            })?
             .map_err(PluginError::from)?;
         self.log_sessions.insert(s.id, (self.generation, res));
         Ok(())
@@ -430,8 +505,14 @@ impl Runner {
 
     /// Push buffered entries of every session to the plugin, one batch each.
     pub(crate) fn pump_logs(&mut self) {
-        let sessions: Vec<Arc<SessionShared>> =
-            self.shared.sessions.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+        let sessions: Vec<Arc<SessionShared>> = self
+            .shared
+            .sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
         for s in sessions {
             s.wake_pending.store(false, Ordering::Release);
             if !s.pending() {
@@ -443,17 +524,26 @@ impl Runner {
                 }
                 continue;
             }
-            let current = self.log_sessions.get(&s.id).is_some_and(|(g, _)| *g == self.generation);
+            let current = self
+                .log_sessions
+                .get(&s.id)
+                .is_some_and(|(g, _)| *g == self.generation);
             if !current {
                 if let Err(e) = self.ensure_live().and_then(|_| {
-                    if self.log_sessions.get(&s.id).is_some_and(|(g, _)| *g == self.generation) {
+                    if self
+                        .log_sessions
+                        .get(&s.id)
+                        .is_some_and(|(g, _)| *g == self.generation)
+                    {
                         Ok(())
                     } else {
                         self.start_session(&s)
                     }
                 }) {
                     tracing::warn!(plugin = self.name(), container = %s.info.id, "cannot (re)start log session: {e}");
-                    if matches!(e, PluginError::Unavailable { .. }) && !s.closing.load(Ordering::Acquire) {
+                    if matches!(e, PluginError::Unavailable { .. })
+                        && !s.closing.load(Ordering::Acquire)
+                    {
                         continue; // keep buffering until the plugin is back
                     }
                     self.discard_buffer(&s);
@@ -467,7 +557,12 @@ impl Runner {
             if !batch.is_empty() {
                 let n = batch.len() as u64;
                 let res = self.log_sessions[&s.id].1;
-                match self.call(|st, i| i.log().berth_driver_log_driver().log_session().call_write(st, res, &batch)) {
+                match self.call(|st, i| {
+                    i.log()
+                        .berth_driver_log_driver()
+                        .log_session()
+                        .call_write(st, res, &batch)
+                }) {
                     Ok(Ok(())) => {
                         s.delivered.fetch_add(n, Ordering::Relaxed);
                     }
@@ -486,7 +581,10 @@ impl Runner {
     }
 
     fn take_batch(&self, s: &SessionShared) -> Vec<wit::LogEntry> {
-        let (max_n, max_b) = (self.shared.cfg.log_batch_entries, self.shared.cfg.log_batch_bytes);
+        let (max_n, max_b) = (
+            self.shared.cfg.log_batch_entries,
+            self.shared.cfg.log_batch_bytes,
+        );
         let mut b = s.buf.lock().unwrap_or_else(|p| p.into_inner());
         let mut out = Vec::with_capacity(b.q.len().min(max_n));
         let mut bytes = 0;
@@ -519,20 +617,35 @@ impl Runner {
         if let Some((g, res)) = self.log_sessions.remove(&s.id) {
             if call_close && g == self.generation {
                 let _ = self.call(|st, i| {
-                    let r = i.log().berth_driver_log_driver().log_session().call_close(&mut *st, res);
+                    let r = i
+                        .log()
+                        .berth_driver_log_driver()
+                        .log_session()
+                        .call_close(&mut *st, res);
                     res.resource_drop(&mut *st)?;
                     r
                 });
             }
         }
-        self.shared.sessions.lock().unwrap_or_else(|p| p.into_inner()).remove(&s.id);
+        self.shared
+            .sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&s.id);
         if let Some(tx) = s.close_tx.lock().unwrap_or_else(|p| p.into_inner()).take() {
             let _ = tx.send(s.stats());
         }
     }
 
     pub(crate) fn shutdown_logs(&mut self) {
-        let sessions: Vec<_> = self.shared.sessions.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+        let sessions: Vec<_> = self
+            .shared
+            .sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
         for s in sessions {
             s.closing.store(true, Ordering::Release);
         }
@@ -545,26 +658,44 @@ impl Runner {
     }
 
     /// One validated batch from reader `id`.
-    pub(crate) fn reader_next(&mut self, id: u64, max: u32) -> Result<(Vec<LogEntry>, bool), PluginError> {
+    pub(crate) fn reader_next(
+        &mut self,
+        id: u64,
+        max: u32,
+    ) -> Result<(Vec<LogEntry>, bool), PluginError> {
         let Some(&(g, res)) = self.readers.get(&id) else {
             return Err(PluginError::unavailable(self.name(), "log reader is gone"));
         };
         if g != self.generation {
             self.readers.remove(&id);
-            return Err(PluginError::unavailable(self.name(), "plugin restarted while reading logs"));
+            return Err(PluginError::unavailable(
+                self.name(),
+                "plugin restarted while reading logs",
+            ));
         }
         let batch = self
-            .call(|st, i| i.log().berth_driver_log_driver().log_reader().call_next(st, res, max))
+            .call(|st, i| {
+                i.log()
+                    .berth_driver_log_driver()
+                    .log_reader()
+                    .call_next(st, res, max)
+            })
             .inspect_err(|_| {
                 self.readers.remove(&id);
             })?
             .map_err(PluginError::from)?;
         if let Err(msg) = validate_batch(&batch, max) {
-            self.shared.stats.bad_replies.fetch_add(1, Ordering::Relaxed);
+            self.shared
+                .stats
+                .bad_replies
+                .fetch_add(1, Ordering::Relaxed);
             self.drop_reader(id);
             return Err(PluginError::bad_reply(self.name(), msg));
         }
-        Ok((batch.entries.into_iter().map(LogEntry::from_wit).collect(), batch.eof))
+        Ok((
+            batch.entries.into_iter().map(LogEntry::from_wit).collect(),
+            batch.eof,
+        ))
     }
 
     pub(crate) fn drop_reader(&mut self, id: u64) {
@@ -578,17 +709,28 @@ impl Runner {
 
 fn validate_batch(b: &wit::ReadBatch, max: u32) -> Result<(), String> {
     if b.entries.len() > max as usize {
-        return Err(format!("{} entries for a request of at most {max}", b.entries.len()));
+        return Err(format!(
+            "{} entries for a request of at most {max}",
+            b.entries.len()
+        ));
     }
     for e in &b.entries {
         if e.line.len() > MAX_LINE_BYTES {
-            return Err(format!("log line of {} bytes (max {MAX_LINE_BYTES})", e.line.len()));
+            return Err(format!(
+                "log line of {} bytes (max {MAX_LINE_BYTES})",
+                e.line.len()
+            ));
         }
         if e.time_nano < 0 {
             return Err(format!("negative timestamp {}", e.time_nano));
         }
-        if e.partial.as_ref().is_some_and(|p| p.id.len() > MAX_PARTIAL_ID) {
-            return Err(format!("partial-meta id longer than {MAX_PARTIAL_ID} bytes"));
+        if e.partial
+            .as_ref()
+            .is_some_and(|p| p.id.len() > MAX_PARTIAL_ID)
+        {
+            return Err(format!(
+                "partial-meta id longer than {MAX_PARTIAL_ID} bytes"
+            ));
         }
     }
     Ok(())

@@ -80,25 +80,37 @@ pub fn valid_plugin_name(name: &str) -> bool {
     !b.is_empty()
         && b.len() <= 64
         && b[0].is_ascii_alphanumeric()
-        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b"-_.".contains(c))
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b"-_.".contains(c))
 }
 
 impl Manifest {
     pub fn parse(text: &str) -> Result<Manifest, String> {
         let raw: RawManifest = toml::from_str(text).map_err(|e| format!("manifest.toml: {e}"))?;
         if !valid_plugin_name(&raw.name) {
-            return Err(format!("invalid plugin name {:?} (use [a-z0-9][a-z0-9._-]*, at most 64)", raw.name));
+            return Err(format!(
+                "invalid plugin name {:?} (use [a-z0-9][a-z0-9._-]*, at most 64)",
+                raw.name
+            ));
         }
         let version = raw
             .interface
             .strip_prefix("berth:driver@")
-            .ok_or_else(|| format!("interface {:?} must look like berth:driver@0.1.0", raw.interface))?
+            .ok_or_else(|| {
+                format!(
+                    "interface {:?} must look like berth:driver@0.1.0",
+                    raw.interface
+                )
+            })?
             .to_string();
         let network_allow = raw
             .grants
             .network
             .iter()
-            .map(|a| a.parse::<SocketAddr>().map_err(|_| format!("grants.network entry {a:?} is not ip:port")))
+            .map(|a| {
+                a.parse::<SocketAddr>()
+                    .map_err(|_| format!("grants.network entry {a:?} is not ip:port"))
+            })
             .collect::<Result<Vec<_>, _>>()?;
         if raw.kind == PluginKind::Network && !network_allow.is_empty() {
             return Err("network drivers cannot be granted sockets".into());
@@ -112,7 +124,12 @@ impl Manifest {
                     toml::Value::Integer(i) => i.to_string(),
                     toml::Value::Boolean(b) => b.to_string(),
                     toml::Value::Float(f) => f.to_string(),
-                    other => return Err(format!("config.{k}: only scalars are allowed, got {}", other.type_str())),
+                    other => {
+                        return Err(format!(
+                            "config.{k}: only scalars are allowed, got {}",
+                            other.type_str()
+                        ))
+                    }
                 };
                 Ok((k, v))
             })
@@ -129,7 +146,8 @@ impl Manifest {
     }
 
     pub fn load(dir: &Path) -> Result<Manifest, String> {
-        let text = std::fs::read_to_string(dir.join("manifest.toml")).map_err(|e| format!("manifest.toml: {e}"))?;
+        let text = std::fs::read_to_string(dir.join("manifest.toml"))
+            .map_err(|e| format!("manifest.toml: {e}"))?;
         Manifest::parse(&text)
     }
 }
@@ -159,7 +177,10 @@ n = 3
         assert_eq!(m.interface_version, "0.1.0");
         assert_eq!(m.network_allow, vec!["127.0.0.1:514".parse().unwrap()]);
         assert_eq!(m.limits.memory_mib, Some(32));
-        assert_eq!(m.config, vec![("a".into(), "b".into()), ("n".into(), "3".into())]);
+        assert_eq!(
+            m.config,
+            vec![("a".into(), "b".into()), ("n".into(), "3".into())]
+        );
     }
 
     #[test]

@@ -185,7 +185,10 @@ impl Runner {
             if now < until {
                 return Err(PluginError::unavailable(
                     self.name(),
-                    format!("circuit breaker open for another {} ms after repeated crashes", (until - now).as_millis()),
+                    format!(
+                        "circuit breaker open for another {} ms after repeated crashes",
+                        (until - now).as_millis()
+                    ),
                 ));
             }
             self.health.breaker_until = None;
@@ -198,11 +201,15 @@ impl Runner {
             if now < at {
                 return Err(PluginError::unavailable(
                     self.name(),
-                    format!("restarting after a crash; retry in {} ms", (at - now).as_millis()),
+                    format!(
+                        "restarting after a crash; retry in {} ms",
+                        (at - now).as_millis()
+                    ),
                 ));
             }
         }
-        let mut store = new_store(&self.engine, &self.shared).map_err(|e| PluginError::Failed(format!("{e:#}")))?;
+        let mut store = new_store(&self.engine, &self.shared)
+            .map_err(|e| PluginError::Failed(format!("{e:#}")))?;
         store.set_epoch_deadline(ticks(self.shared.call_budget()));
         let inst = match &self.pre {
             Pre::Log(p) => p.instantiate(&mut store).map(Inst::Log),
@@ -213,7 +220,10 @@ impl Runner {
             Err(e) => return Err(self.fail(e, String::new())),
         };
         self.live = Some(Live { store, inst });
-        self.shared.stats.instantiations.fetch_add(1, Ordering::Relaxed);
+        self.shared
+            .stats
+            .instantiations
+            .fetch_add(1, Ordering::Relaxed);
         let config = self.shared.manifest.config.clone();
         let init = self.raw_call(|store, inst| match inst {
             Inst::Log(l) => l.berth_driver_lifecycle().call_init(store, &config),
@@ -223,7 +233,10 @@ impl Runner {
             self.drop_live();
             self.note_failure();
             let e = PluginError::from(e);
-            return Err(PluginError::Failed(format!("plugin {} init failed: {e}", self.name())));
+            return Err(PluginError::Failed(format!(
+                "plugin {} init failed: {e}",
+                self.name()
+            )));
         }
         if self.shared.stats.instantiations.load(Ordering::Relaxed) > 1 {
             tracing::info!(plugin = self.name(), "plugin instance restarted");
@@ -265,14 +278,21 @@ impl Runner {
     fn drain_stderr(&mut self) -> String {
         let (bytes, dropped) = self.shared.stderr.take();
         if dropped > 0 {
-            self.shared.stats.stderr_dropped.fetch_add(dropped, Ordering::Relaxed);
+            self.shared
+                .stats
+                .stderr_dropped
+                .fetch_add(dropped, Ordering::Relaxed);
         }
         if bytes.is_empty() {
             return String::new();
         }
         let text = String::from_utf8_lossy(&bytes);
         for line in text.lines().take(20) {
-            tracing::warn!(plugin = self.name(), "stderr: {}", crate::validate::truncate(line.to_string(), 512));
+            tracing::warn!(
+                plugin = self.name(),
+                "stderr: {}",
+                crate::validate::truncate(line.to_string(), 512)
+            );
         }
         let tail: Vec<&str> = text.lines().rev().take(3).collect();
         crate::validate::truncate(tail.into_iter().rev().collect::<Vec<_>>().join(" | "), 1024)
@@ -283,17 +303,29 @@ impl Runner {
         let cfg = &self.shared.cfg;
         self.health.consecutive += 1;
         self.health.recent.push_back(now);
-        while self.health.recent.front().is_some_and(|t| now.duration_since(*t) > cfg.breaker_window) {
+        while self
+            .health
+            .recent
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > cfg.breaker_window)
+        {
             self.health.recent.pop_front();
         }
         let exp = self.health.consecutive.saturating_sub(1).min(16);
-        let backoff = cfg.restart_backoff.saturating_mul(1 << exp).min(cfg.restart_backoff_max);
+        let backoff = cfg
+            .restart_backoff
+            .saturating_mul(1 << exp)
+            .min(cfg.restart_backoff_max);
         self.health.retry_at = Some(now + backoff);
         if self.health.recent.len() as u32 >= cfg.breaker_threshold {
             self.health.breaker_until = Some(now + cfg.breaker_cooldown);
             self.health.recent.clear();
             self.shared.circuit_open.store(true, Ordering::Relaxed);
-            tracing::error!(plugin = self.name(), "circuit breaker opened for {:?}", cfg.breaker_cooldown);
+            tracing::error!(
+                plugin = self.name(),
+                "circuit breaker opened for {:?}",
+                cfg.breaker_cooldown
+            );
         }
     }
 
@@ -310,11 +342,16 @@ impl Runner {
         let plugin = self.name().to_string();
         let err = if matches!(e.downcast_ref::<Trap>(), Some(Trap::Interrupt)) {
             self.shared.stats.timeouts.fetch_add(1, Ordering::Relaxed);
-            PluginError::Timeout { plugin, millis: self.shared.call_budget().as_millis() as u64 }
+            PluginError::Timeout {
+                plugin,
+                millis: self.shared.call_budget().as_millis() as u64,
+            }
         } else {
             self.shared.stats.traps.fetch_add(1, Ordering::Relaxed);
             let mut message = format!("{e}");
-            if let Some(Trap::MemoryOutOfBounds | Trap::AllocationTooLarge) = e.downcast_ref::<Trap>() {
+            if let Some(Trap::MemoryOutOfBounds | Trap::AllocationTooLarge) =
+                e.downcast_ref::<Trap>()
+            {
                 message.push_str(" (memory limit)");
             }
             if let Some(root) = e.chain().last() {
@@ -326,7 +363,10 @@ impl Runner {
             if !stderr.is_empty() {
                 message = format!("{message}; stderr: {stderr}");
             }
-            PluginError::Trapped { plugin, message: crate::validate::truncate(message, 2048) }
+            PluginError::Trapped {
+                plugin,
+                message: crate::validate::truncate(message, 2048),
+            }
         };
         tracing::warn!(plugin = self.name(), "{err}; instance dropped");
         err
@@ -336,8 +376,13 @@ impl Runner {
 /// The worker thread: run jobs in order; between jobs, push buffered log entries.
 pub fn run_worker(mut runner: Runner, rx: Receiver<Job>) {
     loop {
-        let busy = runner.shared.kind == PluginKind::Log && runner.logs_pending() && runner.available();
-        let wait = if busy { Duration::ZERO } else { Duration::from_millis(20) };
+        let busy =
+            runner.shared.kind == PluginKind::Log && runner.logs_pending() && runner.available();
+        let wait = if busy {
+            Duration::ZERO
+        } else {
+            Duration::from_millis(20)
+        };
         match rx.recv_timeout(wait) {
             Ok(job) => job(&mut runner),
             Err(RecvTimeoutError::Timeout) => {}
@@ -367,14 +412,24 @@ pub async fn request<R: Send + 'static>(
     f: impl FnOnce(&mut Runner) -> Result<R, PluginError> + Send + 'static,
 ) -> Result<R, PluginError> {
     let (otx, orx) = tokio::sync::oneshot::channel();
-    submit(shared, tx, Box::new(move |r| {
-        let _ = otx.send(f(r));
-    }))?;
+    submit(
+        shared,
+        tx,
+        Box::new(move |r| {
+            let _ = otx.send(f(r));
+        }),
+    )?;
     let limit = shared.call_budget() * 4 + Duration::from_secs(2);
     match tokio::time::timeout(limit, orx).await {
         Ok(Ok(r)) => r,
-        Ok(Err(_)) => Err(PluginError::unavailable(&shared.name, "plugin worker stopped")),
-        Err(_) => Err(PluginError::unavailable(&shared.name, format!("no answer within {limit:?}"))),
+        Ok(Err(_)) => Err(PluginError::unavailable(
+            &shared.name,
+            "plugin worker stopped",
+        )),
+        Err(_) => Err(PluginError::unavailable(
+            &shared.name,
+            format!("no answer within {limit:?}"),
+        )),
     }
 }
 
@@ -385,12 +440,17 @@ pub fn request_blocking<R: Send + 'static>(
     f: impl FnOnce(&mut Runner) -> Result<R, PluginError> + Send + 'static,
 ) -> Result<R, PluginError> {
     let (otx, orx) = std::sync::mpsc::sync_channel(1);
-    submit(shared, tx, Box::new(move |r| {
-        let _ = otx.send(f(r));
-    }))?;
+    submit(
+        shared,
+        tx,
+        Box::new(move |r| {
+            let _ = otx.send(f(r));
+        }),
+    )?;
     let limit = shared.call_budget() * 4 + Duration::from_secs(2);
-    orx.recv_timeout(limit)
-        .map_err(|_| PluginError::unavailable(&shared.name, format!("no answer within {limit:?}")))?
+    orx.recv_timeout(limit).map_err(|_| {
+        PluginError::unavailable(&shared.name, format!("no answer within {limit:?}"))
+    })?
 }
 
 impl Runner {

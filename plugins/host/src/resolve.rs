@@ -16,7 +16,8 @@ pub enum Expect {
 }
 
 fn open_at(dir: Option<&OwnedFd>, name: &[u8], flags: i32, mode: u32) -> std::io::Result<OwnedFd> {
-    let c = CString::new(name).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    let c =
+        CString::new(name).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
     let dirfd = dir.map_or(libc::AT_FDCWD, |d| d.as_raw_fd());
     // SAFETY: plain syscall on a valid C string; the returned fd is owned by us.
     let fd = unsafe { libc::openat(dirfd, c.as_ptr(), flags | libc::O_CLOEXEC, mode) };
@@ -45,13 +46,23 @@ pub fn open_dir_beneath(root: &Path, rel: &str) -> Result<OwnedFd, String> {
 }
 
 fn walk(root: &Path, rel: &str, expect: Expect) -> Result<(OwnedFd, libc::stat), String> {
-    let mut cur = open_at(None, root.as_os_str().as_bytes(), libc::O_PATH | libc::O_DIRECTORY, 0)
-        .map_err(|e| format!("plugin root {}: {e}", root.display()))?;
+    let mut cur = open_at(
+        None,
+        root.as_os_str().as_bytes(),
+        libc::O_PATH | libc::O_DIRECTORY,
+        0,
+    )
+    .map_err(|e| format!("plugin root {}: {e}", root.display()))?;
     let comps: Vec<&str> = rel.split('/').filter(|c| !c.is_empty()).collect();
     let mut st = fstat(&cur).map_err(|e| e.to_string())?;
     for (i, comp) in comps.iter().enumerate() {
-        let next = open_at(Some(&cur), comp.as_bytes(), libc::O_PATH | libc::O_NOFOLLOW, 0)
-            .map_err(|e| format!("{rel:?}: component {comp:?}: {e}"))?;
+        let next = open_at(
+            Some(&cur),
+            comp.as_bytes(),
+            libc::O_PATH | libc::O_NOFOLLOW,
+            0,
+        )
+        .map_err(|e| format!("{rel:?}: component {comp:?}: {e}"))?;
         st = fstat(&next).map_err(|e| e.to_string())?;
         let fmt = st.st_mode & libc::S_IFMT;
         if fmt == libc::S_IFLNK {
@@ -90,7 +101,13 @@ pub fn create_file(root: &Path, rel: &str) -> Result<(File, PathBuf), String> {
         return Err(format!("{rel:?} has no file name"));
     }
     let dir = if parent.is_empty() {
-        open_at(None, root.as_os_str().as_bytes(), libc::O_PATH | libc::O_DIRECTORY, 0).map_err(|e| e.to_string())?
+        open_at(
+            None,
+            root.as_os_str().as_bytes(),
+            libc::O_PATH | libc::O_DIRECTORY,
+            0,
+        )
+        .map_err(|e| e.to_string())?
     } else {
         open_dir_beneath(root, parent)?
     };
@@ -116,19 +133,31 @@ mod tests {
         std::fs::write(root.join("v/file"), b"x").unwrap();
         std::os::unix::fs::symlink("/etc", root.join("v/link")).unwrap();
         std::os::unix::fs::symlink("ok", root.join("v/inner")).unwrap();
-        assert_eq!(resolve(root, "v/ok", Expect::Dir).unwrap(), root.join("v/ok"));
-        assert_eq!(resolve(root, "v//ok", Expect::Dir).unwrap(), root.join("v/ok"));
+        assert_eq!(
+            resolve(root, "v/ok", Expect::Dir).unwrap(),
+            root.join("v/ok")
+        );
+        assert_eq!(
+            resolve(root, "v//ok", Expect::Dir).unwrap(),
+            root.join("v/ok")
+        );
         assert!(resolve(root, "v/file", Expect::File).is_ok());
         assert!(resolve(root, "v/file", Expect::Dir).is_err());
         assert!(resolve(root, "v/link", Expect::Dir).is_err());
         assert!(resolve(root, "v/link/passwd", Expect::File).is_err());
-        assert!(resolve(root, "v/inner", Expect::Dir).is_err(), "even in-root symlinks are refused");
+        assert!(
+            resolve(root, "v/inner", Expect::Dir).is_err(),
+            "even in-root symlinks are refused"
+        );
         assert!(resolve(root, "../etc", Expect::Dir).is_err());
         assert!(resolve(root, "/etc", Expect::Dir).is_err());
         assert!(resolve(root, "v/missing", Expect::Dir).is_err());
         assert!(create_file(root, "v/link/evil").is_err());
         let (_f, p) = create_file(root, "v/ok/new.img").unwrap();
         assert!(p.starts_with(root));
-        assert!(create_file(root, "v/ok/new.img").is_err(), "must not exist yet");
+        assert!(
+            create_file(root, "v/ok/new.img").is_err(),
+            "must not exist yet"
+        );
     }
 }

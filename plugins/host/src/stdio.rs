@@ -25,7 +25,10 @@ pub struct BoundedPipe {
 
 impl BoundedPipe {
     pub fn new(cap: usize) -> Self {
-        BoundedPipe { buf: Arc::default(), cap }
+        BoundedPipe {
+            buf: Arc::default(),
+            cap,
+        }
     }
 
     fn push(&self, bytes: &[u8]) {
@@ -77,7 +80,11 @@ impl Pollable for BoundedPipe {
 }
 
 impl AsyncWrite for BoundedPipe {
-    fn poll_write(self: Pin<&mut Self>, _cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         self.push(buf);
         Poll::Ready(Ok(buf.len()))
     }

@@ -29,11 +29,17 @@ pub struct Bucket {
 
 impl Bucket {
     pub fn new(per_sec: f64, burst: f64) -> Self {
-        Bucket { tokens: burst, cap: burst, per_sec, last: Instant::now() }
+        Bucket {
+            tokens: burst,
+            cap: burst,
+            per_sec,
+            last: Instant::now(),
+        }
     }
     pub fn take(&mut self) -> bool {
         let now = Instant::now();
-        self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * self.per_sec).min(self.cap);
+        self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * self.per_sec)
+            .min(self.cap);
         self.last = now;
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
@@ -59,7 +65,10 @@ pub struct StoreState {
 
 impl WasiView for StoreState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 
@@ -130,7 +139,10 @@ impl types::Host for StoreState {}
 impl host::Host for StoreState {
     fn log(&mut self, level: host::Level, msg: String) {
         if !self.log_bucket.take() {
-            self.plugin.stats.log_dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.plugin
+                .stats
+                .log_dropped
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return;
         }
         let msg = crate::validate::truncate(msg, 1024);
@@ -145,24 +157,41 @@ impl host::Host for StoreState {
     }
 
     fn kv_get(&mut self, key: String) -> Option<Vec<u8>> {
-        self.plugin.kv.lock().unwrap_or_else(|p| p.into_inner()).get(&key)
+        self.plugin
+            .kv
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
     }
 
     fn kv_set(&mut self, key: String, value: Vec<u8>) -> Result<(), DriverError> {
         if !self.kv_bucket.take() {
             return Err(DriverError::Denied("kv-set rate limit exceeded".into()));
         }
-        self.plugin.kv.lock().unwrap_or_else(|p| p.into_inner()).set(key, value).map_err(DriverError::Denied)
+        self.plugin
+            .kv
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .set(key, value)
+            .map_err(DriverError::Denied)
     }
 
     fn kv_delete(&mut self, key: String) {
         if self.kv_bucket.take() {
-            self.plugin.kv.lock().unwrap_or_else(|p| p.into_inner()).delete(&key);
+            self.plugin
+                .kv
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .delete(&key);
         }
     }
 
     fn kv_keys(&mut self, prefix: String) -> Vec<String> {
-        self.plugin.kv.lock().unwrap_or_else(|p| p.into_inner()).keys(&prefix)
+        self.plugin
+            .kv
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys(&prefix)
     }
 }
 
@@ -208,33 +237,42 @@ impl volume_host::Host for StoreState {
         fs: volume_host::FsKind,
     ) -> Result<(), DriverError> {
         if !self.op_bucket.take() {
-            return Err(DriverError::Busy("create-disk-image rate limit exceeded".into()));
+            return Err(DriverError::Busy(
+                "create-disk-image rate limit exceeded".into(),
+            ));
         }
         if format != volume_host::ImageFormat::Raw {
-            return Err(DriverError::Unsupported("only raw disk images are supported".into()));
+            return Err(DriverError::Unsupported(
+                "only raw disk images are supported".into(),
+            ));
         }
         if !(1 << 20..=MAX_DISK).contains(&size_bytes) {
-            return Err(DriverError::Invalid(format!("disk size {size_bytes} outside 1 MiB..=1 TiB")));
+            return Err(DriverError::Invalid(format!(
+                "disk size {size_bytes} outside 1 MiB..=1 TiB"
+            )));
         }
         let started = Instant::now();
         let root = self.plugin.root.clone();
         let (file, host_path) = resolve::create_file(&root, &path).map_err(DriverError::Denied)?;
-        let made = file.set_len(size_bytes).map_err(|e| e.to_string()).and_then(|_| {
-            drop(file);
-            let mkfs = match fs {
-                volume_host::FsKind::Ext4 => "mkfs.ext4",
-                volume_host::FsKind::Xfs => "mkfs.xfs",
-                volume_host::FsKind::None => return Ok(()),
-            };
-            let mut cmd = Command::new(mkfs);
-            if fs == volume_host::FsKind::Ext4 {
-                cmd.args(["-q", "-F", "-E", "lazy_itable_init=1,lazy_journal_init=1"]);
-            } else {
-                cmd.args(["-q", "-f"]);
-            }
-            cmd.arg(&host_path);
-            run_with_timeout(cmd, Duration::from_secs(60))
-        });
+        let made = file
+            .set_len(size_bytes)
+            .map_err(|e| e.to_string())
+            .and_then(|_| {
+                drop(file);
+                let mkfs = match fs {
+                    volume_host::FsKind::Ext4 => "mkfs.ext4",
+                    volume_host::FsKind::Xfs => "mkfs.xfs",
+                    volume_host::FsKind::None => return Ok(()),
+                };
+                let mut cmd = Command::new(mkfs);
+                if fs == volume_host::FsKind::Ext4 {
+                    cmd.args(["-q", "-F", "-E", "lazy_itable_init=1,lazy_journal_init=1"]);
+                } else {
+                    cmd.args(["-q", "-f"]);
+                }
+                cmd.arg(&host_path);
+                run_with_timeout(cmd, Duration::from_secs(60))
+            });
         self.bill_blocking(started);
         made.map_err(|e| {
             let _ = std::fs::remove_file(&host_path);
@@ -243,11 +281,15 @@ impl volume_host::Host for StoreState {
     }
 
     fn resize_disk_image(&mut self, path: String, size_bytes: u64) -> Result<(), DriverError> {
-        Err(DriverError::Unsupported(format!("resize-disk-image {path} to {size_bytes}: not implemented by this host")))
+        Err(DriverError::Unsupported(format!(
+            "resize-disk-image {path} to {size_bytes}: not implemented by this host"
+        )))
     }
 
     fn set_quota(&mut self, dir: String, _bytes: Option<u64>) -> Result<(), DriverError> {
-        Err(DriverError::Unsupported(format!("set-quota {dir}: not implemented by this host")))
+        Err(DriverError::Unsupported(format!(
+            "set-quota {dir}: not implemented by this host"
+        )))
     }
 
     fn disk_usage(&mut self, path: String) -> Result<u64, DriverError> {
@@ -264,7 +306,9 @@ impl volume_host::Host for StoreState {
         let mut seen = 0usize;
         use std::os::unix::fs::MetadataExt;
         while let Some(p) = stack.pop() {
-            let Ok(md) = std::fs::symlink_metadata(&p) else { continue };
+            let Ok(md) = std::fs::symlink_metadata(&p) else {
+                continue;
+            };
             total += md.blocks() * 512;
             seen += 1;
             if seen > 1_000_000 {

@@ -30,7 +30,11 @@ pub fn check_name(what: &str, s: &str) -> Result<(), String> {
     if s.is_empty() || s.len() > 255 {
         return Err(format!("{what} must be 1..=255 bytes"));
     }
-    if s.bytes().any(|b| b == 0 || b == b'/' || b.is_ascii_control()) || s == "." || s == ".." {
+    if s.bytes()
+        .any(|b| b == 0 || b == b'/' || b.is_ascii_control())
+        || s == "."
+        || s == ".."
+    {
         return Err(format!("{what} {s:?} contains forbidden characters"));
     }
     Ok(())
@@ -39,13 +43,18 @@ pub fn check_name(what: &str, s: &str) -> Result<(), String> {
 /// A plugin-relative path: non-empty, relative, no `.`/`..` components, no NUL.
 pub fn check_relative_path(p: &str) -> Result<(), String> {
     if p.is_empty() || p.len() > MAX_PATH_BYTES {
-        return Err(format!("path length {} not in 1..={MAX_PATH_BYTES}", p.len()));
+        return Err(format!(
+            "path length {} not in 1..={MAX_PATH_BYTES}",
+            p.len()
+        ));
     }
     if p.as_bytes().contains(&0) {
         return Err("path contains NUL".into());
     }
     if p.starts_with('/') {
-        return Err(format!("absolute path {p:?} (must be relative to the plugin root)"));
+        return Err(format!(
+            "absolute path {p:?} (must be relative to the plugin root)"
+        ));
     }
     if p.split('/').any(|c| c == ".." || c == ".") {
         return Err(format!("path {p:?} has '.' or '..' components"));
@@ -55,10 +64,18 @@ pub fn check_relative_path(p: &str) -> Result<(), String> {
 
 pub fn check_options(opts: &[(String, String)]) -> Result<(), String> {
     if opts.len() > MAX_STATUS_PAIRS {
-        return Err(format!("{} option pairs (max {MAX_STATUS_PAIRS})", opts.len()));
+        return Err(format!(
+            "{} option pairs (max {MAX_STATUS_PAIRS})",
+            opts.len()
+        ));
     }
-    if opts.iter().any(|(k, v)| k.len() > MAX_STATUS_BYTES || v.len() > MAX_STATUS_BYTES) {
-        return Err(format!("option key or value longer than {MAX_STATUS_BYTES} bytes"));
+    if opts
+        .iter()
+        .any(|(k, v)| k.len() > MAX_STATUS_BYTES || v.len() > MAX_STATUS_BYTES)
+    {
+        return Err(format!(
+            "option key or value longer than {MAX_STATUS_BYTES} bytes"
+        ));
     }
     Ok(())
 }

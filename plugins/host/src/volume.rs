@@ -27,7 +27,11 @@ pub enum MountSource {
     /// A directory: bind-mount it (process isolation) or share it over virtio-fs.
     Directory(PathBuf),
     /// A disk image to attach as a virtio-blk device (microVM isolation).
-    Disk { path: PathBuf, format: DiskFormat, read_only: bool },
+    Disk {
+        path: PathBuf,
+        format: DiskFormat,
+        read_only: bool,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,7 +72,11 @@ impl VolumeDriverHandle {
 
     pub async fn capabilities(&self) -> Result<VolumeScope, PluginError> {
         request(&self.shared, &self.tx, |r| {
-            let c = r.call(|s, i| i.volume().berth_driver_volume_driver().call_get_capabilities(s))?;
+            let c = r.call(|s, i| {
+                i.volume()
+                    .berth_driver_volume_driver()
+                    .call_get_capabilities(s)
+            })?;
             Ok(match c.scope {
                 wit::Scope::Local => VolumeScope::Local,
                 wit::Scope::Global => VolumeScope::Global,
@@ -83,8 +91,12 @@ impl VolumeDriverHandle {
         check_options(opts).map_err(invalid)?;
         let (name, opts) = (name.to_string(), opts.to_vec());
         request(&self.shared, &self.tx, move |r| {
-            r.call(|s, i| i.volume().berth_driver_volume_driver().call_create(s, &name, &opts))?
-                .map_err(PluginError::from)
+            r.call(|s, i| {
+                i.volume()
+                    .berth_driver_volume_driver()
+                    .call_create(s, &name, &opts)
+            })?
+            .map_err(PluginError::from)
         })
         .await
     }
@@ -93,7 +105,12 @@ impl VolumeDriverHandle {
         check_name("volume name", name).map_err(invalid)?;
         let name = name.to_string();
         request(&self.shared, &self.tx, move |r| {
-            r.call(|s, i| i.volume().berth_driver_volume_driver().call_remove(s, &name))?.map_err(PluginError::from)
+            r.call(|s, i| {
+                i.volume()
+                    .berth_driver_volume_driver()
+                    .call_remove(s, &name)
+            })?
+            .map_err(PluginError::from)
         })
         .await
     }
@@ -105,7 +122,11 @@ impl VolumeDriverHandle {
         let (name, caller) = (name.to_string(), caller_id.to_string());
         request(&self.shared, &self.tx, move |r| {
             let src = r
-                .call(|s, i| i.volume().berth_driver_volume_driver().call_mount(s, &name, &caller))?
+                .call(|s, i| {
+                    i.volume()
+                        .berth_driver_volume_driver()
+                        .call_mount(s, &name, &caller)
+                })?
                 .map_err(PluginError::from)?;
             r.host_source(&src)
         })
@@ -117,8 +138,12 @@ impl VolumeDriverHandle {
         check_name("caller id", caller_id).map_err(invalid)?;
         let (name, caller) = (name.to_string(), caller_id.to_string());
         request(&self.shared, &self.tx, move |r| {
-            r.call(|s, i| i.volume().berth_driver_volume_driver().call_unmount(s, &name, &caller))?
-                .map_err(PluginError::from)
+            r.call(|s, i| {
+                i.volume()
+                    .berth_driver_volume_driver()
+                    .call_unmount(s, &name, &caller)
+            })?
+            .map_err(PluginError::from)
         })
         .await
     }
@@ -156,7 +181,10 @@ impl VolumeDriverHandle {
                 .call(|s, i| i.volume().berth_driver_volume_driver().call_list(s))?
                 .map_err(PluginError::from)?;
             if vs.len() > MAX_VOLUMES {
-                return Err(r.bad_reply(format!("{} volumes in one list reply (max {MAX_VOLUMES})", vs.len())));
+                return Err(r.bad_reply(format!(
+                    "{} volumes in one list reply (max {MAX_VOLUMES})",
+                    vs.len()
+                )));
             }
             let mut seen = std::collections::HashSet::new();
             let mut out = Vec::with_capacity(vs.len());
@@ -174,7 +202,10 @@ impl VolumeDriverHandle {
 
 impl Runner {
     fn bad_reply(&self, msg: String) -> PluginError {
-        self.shared.stats.bad_replies.fetch_add(1, Ordering::Relaxed);
+        self.shared
+            .stats
+            .bad_replies
+            .fetch_add(1, Ordering::Relaxed);
         tracing::warn!(plugin = self.name(), "rejected reply: {msg}");
         PluginError::bad_reply(self.name(), msg)
     }
@@ -186,12 +217,17 @@ impl Runner {
                 .map(MountSource::Directory)
                 .map_err(|e| self.bad_reply(format!("mount source: {e}"))),
             wit::MountSource::Disk(d) => {
-                let path = resolve(root, &d.path, Expect::File).map_err(|e| self.bad_reply(format!("disk image: {e}")))?;
+                let path = resolve(root, &d.path, Expect::File)
+                    .map_err(|e| self.bad_reply(format!("disk image: {e}")))?;
                 let format = match d.format {
                     ImageFormat::Raw => DiskFormat::Raw,
                     ImageFormat::Qcow2 => DiskFormat::Qcow2,
                 };
-                Ok(MountSource::Disk { path, format, read_only: d.read_only })
+                Ok(MountSource::Disk {
+                    path,
+                    format,
+                    read_only: d.read_only,
+                })
             }
         }
     }
@@ -200,6 +236,11 @@ impl Runner {
         check_name("volume name", &v.name).map_err(|e| self.bad_reply(e))?;
         check_options(&v.status).map_err(|e| self.bad_reply(e))?;
         let source = v.source.as_ref().map(|s| self.host_source(s)).transpose()?;
-        Ok(VolumeInfo { name: v.name, source, created_nano: v.created_nano, status: v.status })
+        Ok(VolumeInfo {
+            name: v.name,
+            source,
+            created_nano: v.created_nano,
+            status: v.status,
+        })
     }
 }

@@ -9,7 +9,11 @@ use berth_plugin_host::*;
 use common::*;
 
 fn info(id: &str) -> ContainerLogInfo {
-    ContainerLogInfo { id: id.into(), name: format!("/{id}"), ..Default::default() }
+    ContainerLogInfo {
+        id: id.into(),
+        name: format!("/{id}"),
+        ..Default::default()
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -26,15 +30,24 @@ async fn infinite_loop_is_stopped_and_other_plugins_keep_serving() {
     // While the hostile plugin spins on its own thread, json-file answers promptly.
     tokio::time::sleep(Duration::from_millis(50)).await;
     let t0 = Instant::now();
-    good.validate_options(&opts(&[("max-size", "1m")])).await.unwrap();
-    assert!(t0.elapsed() < Duration::from_millis(200), "json-file stalled: {:?}", t0.elapsed());
+    good.validate_options(&opts(&[("max-size", "1m")]))
+        .await
+        .unwrap();
+    assert!(
+        t0.elapsed() < Duration::from_millis(200),
+        "json-file stalled: {:?}",
+        t0.elapsed()
+    );
     assert!(!looping.is_finished(), "loop finished too early");
 
     let err = looping.await.unwrap().unwrap_err();
     let took = started.elapsed();
     assert!(matches!(err, PluginError::Timeout { .. }), "{err:?}");
     assert_eq!(err.http_status(), 503);
-    assert!(took >= Duration::from_millis(290) && took < Duration::from_secs(2), "deadline not honoured: {took:?}");
+    assert!(
+        took >= Duration::from_millis(290) && took < Duration::from_secs(2),
+        "deadline not honoured: {took:?}"
+    );
     assert_eq!(t.host.stats("hostile-log").unwrap().timeouts, 1);
 
     // The instance is re-created after the backoff and serves again.
@@ -48,7 +61,10 @@ async fn memory_bomb_is_refused_at_the_cap() {
     let t = host_with(&["hostile-log"], |c| c.log_memory_limit = 16 << 20);
     let bad = t.host.log_driver("hostile-log").unwrap();
     let t0 = Instant::now();
-    let err = bad.validate_options(&opts(&[("do", "oom")])).await.unwrap_err();
+    let err = bad
+        .validate_options(&opts(&[("do", "oom")]))
+        .await
+        .unwrap_err();
     assert!(t0.elapsed() < Duration::from_secs(2));
     match &err {
         PluginError::Trapped { message, .. } => {
@@ -58,23 +74,34 @@ async fn memory_bomb_is_refused_at_the_cap() {
     }
     assert_eq!(t.host.stats("hostile-log").unwrap().traps, 1);
     tokio::time::sleep(Duration::from_millis(30)).await;
-    bad.validate_options(&[]).await.expect("restarted after the memory bomb");
+    bad.validate_options(&[])
+        .await
+        .expect("restarted after the memory bomb");
 }
 
 #[tokio::test]
 async fn panic_and_trap_restart_the_instance_and_surface_the_error() {
     let t = host_with(&["hostile-log"], |_| {});
     let bad = t.host.log_driver("hostile-log").unwrap();
-    let err = bad.validate_options(&opts(&[("do", "panic")])).await.unwrap_err();
+    let err = bad
+        .validate_options(&opts(&[("do", "panic")]))
+        .await
+        .unwrap_err();
     match &err {
         PluginError::Trapped { message, .. } => {
-            assert!(message.contains("hostile plugin panicked on request"), "panic text missing: {message}")
+            assert!(
+                message.contains("hostile plugin panicked on request"),
+                "panic text missing: {message}"
+            )
         }
         other => panic!("expected a trap, got {other:?}"),
     }
     assert_eq!(err.http_status(), 500);
     tokio::time::sleep(Duration::from_millis(30)).await;
-    let err = bad.validate_options(&opts(&[("do", "trap")])).await.unwrap_err();
+    let err = bad
+        .validate_options(&opts(&[("do", "trap")]))
+        .await
+        .unwrap_err();
     assert!(matches!(err, PluginError::Trapped { .. }), "{err:?}");
     tokio::time::sleep(Duration::from_millis(60)).await;
     bad.validate_options(&[]).await.unwrap();
@@ -94,26 +121,41 @@ async fn repeated_crashes_open_the_circuit_breaker() {
     let bad = t.host.log_driver("hostile-log").unwrap();
     for _ in 0..3 {
         tokio::time::sleep(Duration::from_millis(10)).await;
-        let e = bad.validate_options(&opts(&[("do", "panic")])).await.unwrap_err();
+        let e = bad
+            .validate_options(&opts(&[("do", "panic")]))
+            .await
+            .unwrap_err();
         assert!(matches!(e, PluginError::Trapped { .. }), "{e:?}");
     }
     let e = bad.validate_options(&[]).await.unwrap_err();
     match &e {
-        PluginError::Unavailable { message, .. } => assert!(message.contains("circuit breaker"), "{message}"),
+        PluginError::Unavailable { message, .. } => {
+            assert!(message.contains("circuit breaker"), "{message}")
+        }
         other => panic!("expected breaker, got {other:?}"),
     }
     assert!(t.host.stats("hostile-log").unwrap().circuit_open);
     tokio::time::sleep(Duration::from_millis(450)).await;
-    bad.validate_options(&[]).await.expect("breaker closes after the cooldown");
+    bad.validate_options(&[])
+        .await
+        .expect("breaker closes after the cooldown");
 }
 
 #[tokio::test]
 async fn output_flood_is_rate_limited() {
-    let t = host_with(&["hostile-log"], |c| c.log_call_timeout = Duration::from_secs(5));
+    let t = host_with(&["hostile-log"], |c| {
+        c.log_call_timeout = Duration::from_secs(5)
+    });
     let bad = t.host.log_driver("hostile-log").unwrap();
     let t0 = Instant::now();
-    bad.validate_options(&opts(&[("do", "flood")])).await.expect("flooding is not fatal");
-    assert!(t0.elapsed() < Duration::from_secs(3), "flood took {:?}", t0.elapsed());
+    bad.validate_options(&opts(&[("do", "flood")]))
+        .await
+        .expect("flooding is not fatal");
+    assert!(
+        t0.elapsed() < Duration::from_secs(3),
+        "flood took {:?}",
+        t0.elapsed()
+    );
     let s = t.host.stats("hostile-log").unwrap();
     assert!(s.log_messages_dropped >= 99_000, "{s:?}");
     // 16 MiB written to stderr, at most 64 KiB kept.
@@ -126,13 +168,19 @@ async fn oversized_and_malformed_log_replies_are_rejected() {
     let t = host_with(&["hostile-log"], |_| {});
     let bad = t.host.log_driver("hostile-log").unwrap();
     for mode in ["too-many", "huge-line", "bad-partial", "negative-time"] {
-        let mut rd = bad.read_logs(info(mode), ReadConfig::default()).await.unwrap();
+        let mut rd = bad
+            .read_logs(info(mode), ReadConfig::default())
+            .await
+            .unwrap();
         match rd.recv().await {
             Some(Err(PluginError::BadReply { message, .. })) => assert!(!message.is_empty()),
             other => panic!("{mode}: expected a rejected reply, got {other:?}"),
         }
     }
-    let mut rd = bad.read_logs(info("fine"), ReadConfig::default()).await.unwrap();
+    let mut rd = bad
+        .read_logs(info("fine"), ReadConfig::default())
+        .await
+        .unwrap();
     assert_eq!(rd.recv().await.unwrap().unwrap().line, b"fine");
     assert!(rd.recv().await.is_none());
     assert_eq!(t.host.stats("hostile-log").unwrap().bad_replies, 4);
@@ -153,8 +201,15 @@ async fn log_sessions_survive_a_plugin_crash() {
     assert_eq!(stats.accepted, 3);
     let file = t.host.data_dir("hostile-log").unwrap().join("c1.log");
     let text = std::fs::read_to_string(file).unwrap();
-    assert!(text.contains("after"), "{text:?} {stats:?} {:?}", t.host.stats("hostile-log"));
-    assert!(stats.delivered >= 1 && stats.delivered + stats.dropped == 3, "{stats:?}");
+    assert!(
+        text.contains("after"),
+        "{text:?} {stats:?} {:?}",
+        t.host.stats("hostile-log")
+    );
+    assert!(
+        stats.delivered >= 1 && stats.delivered + stats.dropped == 3,
+        "{stats:?}"
+    );
     assert!(t.host.stats("hostile-log").unwrap().traps >= 1);
 }
 
@@ -180,11 +235,23 @@ async fn volume_path_escapes_are_rejected() {
             Err(PluginError::BadReply { .. }) => {}
             other => panic!("{name}: expected rejection, got {other:?}"),
         }
-        assert!(matches!(vol.path(name).await, Err(PluginError::BadReply { .. })), "{name}");
+        assert!(
+            matches!(vol.path(name).await, Err(PluginError::BadReply { .. })),
+            "{name}"
+        );
     }
-    assert_eq!(vol.mount("good", "c1").await.unwrap(), MountSource::Directory(root.join("volumes/good")));
-    assert!(matches!(vol.get("imposter").await, Err(PluginError::BadReply { .. })));
-    assert!(matches!(vol.list().await, Err(PluginError::BadReply { .. })), "200k volumes accepted");
+    assert_eq!(
+        vol.mount("good", "c1").await.unwrap(),
+        MountSource::Directory(root.join("volumes/good"))
+    );
+    assert!(matches!(
+        vol.get("imposter").await,
+        Err(PluginError::BadReply { .. })
+    ));
+    assert!(
+        matches!(vol.list().await, Err(PluginError::BadReply { .. })),
+        "200k volumes accepted"
+    );
 }
 
 fn stage_syslog(tmp: &std::path::Path, grant: Option<u16>) -> std::path::PathBuf {
@@ -226,9 +293,15 @@ async fn granted_network_reaches_only_the_granted_address() {
         log_opts: opts(&[("syslog-address", &format!("tcp://127.0.0.1:{other_port}"))]),
         ..info("c2")
     };
-    assert!(matches!(drv.start(denied).await, Err(PluginError::Denied(_))));
+    assert!(matches!(
+        drv.start(denied).await,
+        Err(PluginError::Denied(_))
+    ));
 
-    let ok = ContainerLogInfo { log_opts: opts(&[("syslog-address", &format!("tcp://127.0.0.1:{port}"))]), ..info("c1") };
+    let ok = ContainerLogInfo {
+        log_opts: opts(&[("syslog-address", &format!("tcp://127.0.0.1:{port}"))]),
+        ..info("c1")
+    };
     let s = drv.start(ok).await.unwrap();
     let (mut conn, _) = listener.accept().unwrap();
     s.send(LogEntry::new(LogSource::Stdout, 1, "hello syslog"));
@@ -245,13 +318,25 @@ fn wrong_kind_or_version_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = stage(tmp.path(), &["json-file"]).join("json-file");
     let host = PluginHost::new(test_config(tmp.path())).unwrap();
-    std::fs::write(dir.join("manifest.toml"), "name = \"x\"\nkind = \"volume\"\ninterface = \"berth:driver@0.1.0\"\n").unwrap();
+    std::fs::write(
+        dir.join("manifest.toml"),
+        "name = \"x\"\nkind = \"volume\"\ninterface = \"berth:driver@0.1.0\"\n",
+    )
+    .unwrap();
     let e = host.load(&dir).unwrap_err();
     assert!(e.message.contains("not a volume plugin"), "{e}");
-    std::fs::write(dir.join("manifest.toml"), "name = \"x\"\nkind = \"log\"\ninterface = \"berth:driver@0.2.0\"\n").unwrap();
+    std::fs::write(
+        dir.join("manifest.toml"),
+        "name = \"x\"\nkind = \"log\"\ninterface = \"berth:driver@0.2.0\"\n",
+    )
+    .unwrap();
     let e = host.load(&dir).unwrap_err();
     assert!(e.message.contains("0.2.0"), "{e}");
     std::fs::write(dir.join("plugin.wasm"), b"\0asm garbage").unwrap();
-    std::fs::write(dir.join("manifest.toml"), "name = \"x\"\nkind = \"log\"\ninterface = \"berth:driver@0.1.0\"\n").unwrap();
+    std::fs::write(
+        dir.join("manifest.toml"),
+        "name = \"x\"\nkind = \"log\"\ninterface = \"berth:driver@0.1.0\"\n",
+    )
+    .unwrap();
     assert!(host.load(&dir).is_err());
 }

@@ -10,7 +10,10 @@ use std::time::Duration;
 use berth_plugin_host::{PluginHost, PluginHostConfig};
 
 pub fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
 }
 
 /// Build every plugin with scripts/build-plugins.sh into target/test-plugins.
@@ -89,5 +92,8 @@ pub fn host_with(names: &[&str], tweak: impl FnOnce(&mut PluginHostConfig)) -> T
 }
 
 pub fn opts(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
