@@ -110,7 +110,9 @@ struct PendingHost {
 
 pub struct Muxer {
     guest_cid: u64,
-    uds_path: PathBuf,
+    /// Prefix for guest-initiated connections (`<base>_<port>`); differs
+    /// from uds_path only inside a chroot jail.
+    connect_base: PathBuf,
     listener: UnixListener,
     epoll: Epoll,
     conns: HashMap<Key, Conn>,
@@ -147,7 +149,7 @@ impl Muxer {
             .map_err(|e| err(format!("epoll_ctl: {e}")))?;
         Ok(Self {
             guest_cid,
-            uds_path: uds_path.to_path_buf(),
+            connect_base: uds_path.to_path_buf(),
             listener,
             epoll,
             conns: HashMap::new(),
@@ -156,6 +158,10 @@ impl Muxer {
             ctrl: VecDeque::new(),
             next_port: FIRST_HOST_PORT,
         })
+    }
+
+    pub fn set_connect_base(&mut self, base: PathBuf) {
+        self.connect_base = base;
     }
 
     pub fn epoll_fd(&self) -> RawFd {
@@ -471,7 +477,7 @@ impl Muxer {
             self.push_ctrl(key, OP_RST, 0);
             return;
         }
-        let path = format!("{}_{}", self.uds_path.display(), key.0);
+        let path = format!("{}_{}", self.connect_base.display(), key.0);
         match UnixStream::connect(&path) {
             Ok(s) if s.set_nonblocking(true).is_ok() => {
                 if self.add_conn(key, Conn::new(s, State::Established)) {
@@ -570,11 +576,5 @@ impl Muxer {
                 .ctl(ControlOperation::Delete, fd, EpollEvent::default());
         }
         self.ctrl.clear();
-    }
-}
-
-impl Drop for Muxer {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.uds_path);
     }
 }
