@@ -4,6 +4,7 @@
 //! shape the reply. Versioning, headers and error shape are handled once, here.
 
 pub mod error;
+pub mod hijack;
 pub mod query;
 pub mod routes;
 pub mod stream;

@@ -1,9 +1,445 @@
-//! Image endpoints (being written; see issue 2).
+//! Image endpoints: list, inspect, history, tag, remove, prune, pull/import
+//! (`/images/create`), push, load and save.
+//!
+//! Image names contain `/` (`127.0.0.1:5000/bb:1`), so everything under `/images/`
+//! that is not a fixed path is routed through one wildcard and split on the verb
+//! suffix (`/json`, `/history`, `/tag`, `/push`, `/get`).
 
-use axum::Router;
+use std::future::Future;
+use std::io::Write;
+use std::sync::Arc;
 
+use axum::body::Body;
+use axum::extract::{Path, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use berth_engine::images::{
+    ImageStore, ImportOptions, ImportSource, ListOptions, Progress, RegistryAuth,
+};
+use bytes::Bytes;
+use futures::TryStreamExt;
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+use crate::error::{ApiError, ApiResult};
+use crate::query::{parse_bool, Filters};
+use crate::stream::{error_message, json_stream};
 use crate::AppState;
 
 pub fn router() -> Router<AppState> {
     Router::new()
+        .route("/images/json", get(list))
+        .route("/images/create", post(create))
+        .route("/images/load", post(load))
+        .route("/images/get", get(save_many))
+        .route("/images/prune", post(prune))
+        .route(
+            "/images/{*rest}",
+            get(get_named).post(post_named).delete(delete_named),
+        )
+}
+
+/// All query pairs, repeated keys kept (`names=a&names=b`, `changes=…&changes=…`).
+fn pairs(req_query: Option<&str>) -> ApiResult<Vec<(String, String)>> {
+    serde_urlencoded::from_str(req_query.unwrap_or(""))
+        .map_err(|e| ApiError::bad_request(format!("invalid query parameters: {e}")))
+}
+
+struct QueryPairs(Vec<(String, String)>);
+
+impl QueryPairs {
+    fn from(req: &Request) -> ApiResult<Self> {
+        Ok(QueryPairs(pairs(req.uri().query())?))
+    }
+    fn get(&self, k: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .rev()
+            .find(|(a, _)| a == k)
+            .map(|(_, v)| v.as_str())
+    }
+    fn all(&self, k: &str) -> Vec<String> {
+        self.0
+            .iter()
+            .filter(|(a, _)| a == k)
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+    fn str(&self, k: &str) -> String {
+        self.get(k).unwrap_or("").to_string()
+    }
+    fn bool(&self, k: &str) -> bool {
+        self.get(k).map(parse_bool).unwrap_or(false)
+    }
+}
+
+fn store(state: &AppState) -> Arc<ImageStore> {
+    state.images.clone()
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> berth_engine::Result<T> + Send + 'static,
+) -> ApiResult<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(ApiError::from)
+}
+
+fn auth_from(headers: &HeaderMap) -> RegistryAuth {
+    headers
+        .get("x-registry-auth")
+        .and_then(|v| v.to_str().ok())
+        .map(RegistryAuth::from_header)
+        .unwrap_or_default()
+}
+
+fn body_reader(body: Body) -> impl tokio::io::AsyncRead + Unpin + Send {
+    tokio_util::io::StreamReader::new(body.into_data_stream().map_err(std::io::Error::other))
+}
+
+/// Run a progress-reporting engine operation. An error before the first message is a
+/// plain HTTP error (as dockerd answers when nothing was streamed yet); after it, an
+/// in-band `errorDetail` message. If the client goes away, the engine sees its
+/// progress channel closed and stops.
+async fn progress_stream<F, Fut, T>(op: F) -> Response
+where
+    F: FnOnce(Progress) -> Fut,
+    Fut: Future<Output = berth_engine::Result<T>> + Send + 'static,
+    T: Send + 'static,
+{
+    let (tx, mut rx) = mpsc::channel::<Value>(64);
+    let task = tokio::spawn(op(Progress::new(tx)));
+    let first = match rx.recv().await {
+        Some(v) => v,
+        None => {
+            return match task.await {
+                Ok(Ok(_)) => json_stream(mpsc::channel(1).1),
+                Ok(Err(e)) => ApiError::from(e).into_response(),
+                Err(e) => ApiError::internal(e.to_string()).into_response(),
+            }
+        }
+    };
+    let (out_tx, out_rx) = mpsc::channel::<Value>(64);
+    tokio::spawn(async move {
+        if out_tx.send(first).await.is_err() {
+            return;
+        }
+        while let Some(v) = rx.recv().await {
+            if out_tx.send(v).await.is_err() {
+                return; // client gone: dropping rx makes the engine stop
+            }
+        }
+        match task.await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                let msg = ApiError::from(e).message;
+                let _ = out_tx.send(error_message(&msg)).await;
+            }
+            Err(e) => {
+                let _ = out_tx.send(error_message(&e.to_string())).await;
+            }
+        }
+    });
+    json_stream(out_rx)
+}
+
+// ---- list / inspect / history ------------------------------------------------------
+
+async fn list(State(state): State<AppState>, req: Request) -> ApiResult<Response> {
+    let q = QueryPairs::from(&req)?;
+    let filters = Filters::parse(q.get("filters"))?;
+    filters.validate(&["dangling", "label", "before", "since", "reference", "until"])?;
+    let dangling = match filters.get("dangling").as_slice() {
+        [] => None,
+        [v] if v == "true" || v == "1" => Some(true),
+        [v] if v == "false" || v == "0" => Some(false),
+        _ => {
+            return Err(ApiError::bad_request(
+                "invalid filter 'dangling': must be true or false",
+            ))
+        }
+    };
+    let opts = ListOptions {
+        all: q.bool("all"),
+        dangling,
+        reference: filters.get("reference"),
+        label: filters.get("label"),
+        before: filters.get("before").into_iter().next(),
+        since: filters.get("since").into_iter().next(),
+        until: filters
+            .get("until")
+            .first()
+            .map(|u| parse_until(u))
+            .transpose()?,
+    };
+    let s = store(&state);
+    let images = blocking(move || s.list(&opts)).await?;
+    Ok(Json(images).into_response())
+}
+
+/// `until`: unix timestamp, RFC 3339 date, or a Go duration ago (`24h`, `10m`).
+fn parse_until(v: &str) -> ApiResult<i64> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    if let Ok(n) = v.split('.').next().unwrap_or("").parse::<i64>() {
+        return Ok(n);
+    }
+    if let Ok(t) = chrono_like_rfc3339(v) {
+        return Ok(t);
+    }
+    let mut total = 0f64;
+    let mut num = String::new();
+    let mut any = false;
+    for c in v.chars() {
+        if c.is_ascii_digit() || c == '.' {
+            num.push(c);
+            continue;
+        }
+        let n: f64 = num
+            .parse()
+            .map_err(|_| ApiError::bad_request(format!("invalid until value {v:?}")))?;
+        num.clear();
+        total += n * match c {
+            'h' => 3600.0,
+            'm' => 60.0,
+            's' => 1.0,
+            _ => return Err(ApiError::bad_request(format!("invalid until value {v:?}"))),
+        };
+        any = true;
+    }
+    if !any || !num.is_empty() {
+        return Err(ApiError::bad_request(format!("invalid until value {v:?}")));
+    }
+    Ok(now - total as i64)
+}
+
+fn chrono_like_rfc3339(v: &str) -> Result<i64, ()> {
+    // YYYY-MM-DDTHH:MM:SS(Z) is all docker sends; compute the epoch without a date crate.
+    let b = v.as_bytes();
+    if b.len() < 19 || b[4] != b'-' || b[7] != b'-' || (b[10] != b'T' && b[10] != b' ') {
+        return Err(());
+    }
+    let n = |s: &str| s.parse::<i64>().map_err(|_| ());
+    let (y, mo, d) = (n(&v[0..4])?, n(&v[5..7])?, n(&v[8..10])?);
+    let (h, mi, s) = (n(&v[11..13])?, n(&v[14..16])?, n(&v[17..19])?);
+    // Days from civil (Howard Hinnant).
+    let y2 = if mo <= 2 { y - 1 } else { y };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let doy = (153 * (if mo > 2 { mo - 3 } else { mo + 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146097 + doe - 719468;
+    Ok(days * 86400 + h * 3600 + mi * 60 + s)
+}
+
+async fn get_named(
+    State(state): State<AppState>,
+    Path(rest): Path<String>,
+    req: Request,
+) -> ApiResult<Response> {
+    let s = store(&state);
+    if let Some(name) = rest.strip_suffix("/json") {
+        let name = name.to_string();
+        let v = blocking(move || s.inspect(&name)).await?;
+        return Ok(Json(v).into_response());
+    }
+    if let Some(name) = rest.strip_suffix("/history") {
+        let name = name.to_string();
+        let v = blocking(move || s.history(&name)).await?;
+        return Ok(Json(v).into_response());
+    }
+    if let Some(name) = rest.strip_suffix("/get") {
+        let _ = req;
+        return save(s, vec![name.to_string()]).await;
+    }
+    Err(ApiError::not_found("page not found"))
+}
+
+async fn post_named(
+    State(state): State<AppState>,
+    Path(rest): Path<String>,
+    req: Request,
+) -> ApiResult<Response> {
+    let q = QueryPairs::from(&req)?;
+    let s = store(&state);
+    if let Some(name) = rest.strip_suffix("/tag") {
+        let name = name.to_string();
+        let (repo, tag) = (q.str("repo"), q.str("tag"));
+        if repo.is_empty() {
+            return Err(ApiError::bad_request(
+                "repository name must have at least one component",
+            ));
+        }
+        blocking(move || s.tag(&name, &repo, &tag)).await?;
+        return Ok(StatusCode::CREATED.into_response());
+    }
+    if let Some(name) = rest.strip_suffix("/push") {
+        let name = name.to_string();
+        let tag = q.str("tag");
+        let auth = auth_from(req.headers());
+        return Ok(
+            progress_stream(move |p| async move { s.push(&name, &tag, &auth, p).await }).await,
+        );
+    }
+    Err(ApiError::not_found("page not found"))
+}
+
+async fn delete_named(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    req: Request,
+) -> ApiResult<Response> {
+    let q = QueryPairs::from(&req)?;
+    let (force, noprune) = (q.bool("force"), q.bool("noprune"));
+    let s = store(&state);
+    let items = blocking(move || s.remove(&name, force, noprune)).await?;
+    Ok(Json(items).into_response())
+}
+
+async fn prune(State(state): State<AppState>, req: Request) -> ApiResult<Response> {
+    let q = QueryPairs::from(&req)?;
+    let filters = Filters::parse(q.get("filters"))?;
+    filters.validate(&["dangling", "until", "label", "label!"])?;
+    let dangling_only = match filters.get("dangling").first().map(String::as_str) {
+        None => true,
+        Some(v) => parse_bool(v),
+    };
+    let until = filters
+        .get("until")
+        .first()
+        .map(|u| parse_until(u))
+        .transpose()?;
+    let (labels, not_labels) = (filters.get("label"), filters.get("label!"));
+    let s = store(&state);
+    let rep = blocking(move || s.prune(dangling_only, until, &labels, &not_labels)).await?;
+    Ok(Json(rep).into_response())
+}
+
+// ---- pull / import / push / load / save ----------------------------------------------
+
+async fn create(State(state): State<AppState>, req: Request) -> ApiResult<Response> {
+    let q = QueryPairs::from(&req)?;
+    let s = store(&state);
+    let from_image = q.str("fromImage");
+    let from_src = q.str("fromSrc");
+    if !from_image.is_empty() {
+        let tag = q.str("tag");
+        let auth = auth_from(req.headers());
+        return Ok(progress_stream(
+            move |p| async move { s.pull(&from_image, &tag, &auth, p).await },
+        )
+        .await);
+    }
+    if from_src.is_empty() {
+        return Err(ApiError::bad_request(
+            "fromImage or fromSrc must be specified",
+        ));
+    }
+    let opts = ImportOptions {
+        repo: q.str("repo"),
+        tag: q.str("tag"),
+        message: q.str("message"),
+        changes: q.all("changes"),
+    };
+    let src = if from_src == "-" {
+        ImportSource::Body(Box::new(body_reader(req.into_body())))
+    } else if from_src.starts_with("http://") || from_src.starts_with("https://") {
+        ImportSource::Url(from_src)
+    } else {
+        ImportSource::Url(format!("http://{from_src}"))
+    };
+    Ok(progress_stream(move |p| async move { s.import(src, opts, p).await }).await)
+}
+
+async fn load(State(state): State<AppState>, req: Request) -> ApiResult<Response> {
+    let s = store(&state);
+    let body = body_reader(req.into_body());
+    Ok(progress_stream(move |p| async move { s.load(body, p).await }).await)
+}
+
+async fn save_many(State(state): State<AppState>, req: Request) -> ApiResult<Response> {
+    let q = QueryPairs::from(&req)?;
+    let names = q.all("names");
+    if names.is_empty() {
+        return Err(ApiError::bad_request("no images specified"));
+    }
+    save(store(&state), names).await
+}
+
+/// A `Write` that feeds a streaming response body from a blocking thread.
+struct ChanWriter {
+    tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
+    buf: Vec<u8>,
+}
+
+const CHUNK: usize = 256 * 1024;
+
+impl Write for ChanWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= CHUNK {
+            self.flush()?;
+        }
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        if !self.buf.is_empty() {
+            let chunk = Bytes::from(std::mem::take(&mut self.buf));
+            self.tx.blocking_send(Ok(chunk)).map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::BrokenPipe, "client disconnected")
+            })?;
+        }
+        Ok(())
+    }
+}
+
+async fn save(s: Arc<ImageStore>, names: Vec<String>) -> ApiResult<Response> {
+    // Unknown names are a 404 before any byte is sent.
+    {
+        let (s, names) = (s.clone(), names.clone());
+        blocking(move || names.iter().try_for_each(|n| s.resolve(n).map(|_| ()))).await?;
+    }
+    let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(8);
+    tokio::task::spawn_blocking(move || {
+        let mut w = ChanWriter {
+            tx: tx.clone(),
+            buf: Vec::with_capacity(CHUNK),
+        };
+        let r = s
+            .save(&names, &mut w)
+            .and_then(|_| w.flush().map_err(Into::into));
+        if let Err(e) = r {
+            tracing::warn!(error = %e, "image save failed mid-stream");
+            let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
+        }
+    });
+    let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
+    let mut resp = Response::new(body);
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/x-tar"),
+    );
+    Ok(resp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn until_values() {
+        assert_eq!(parse_until("1700000000").unwrap(), 1_700_000_000);
+        assert_eq!(parse_until("2023-11-14T22:13:20Z").unwrap(), 1_700_000_000);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        assert!((parse_until("1h30m").unwrap() - (now - 5400)).abs() < 5);
+        assert!(parse_until("soon").is_err());
+    }
 }

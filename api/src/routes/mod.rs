@@ -6,6 +6,8 @@ use axum::Router;
 use crate::error::ApiError;
 use crate::AppState;
 
+pub mod containers;
+pub mod exec;
 pub mod images;
 pub mod system;
 
@@ -13,6 +15,8 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .merge(system::router())
         .merge(images::router())
+        .merge(containers::router())
+        .merge(exec::router())
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "page not found") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")

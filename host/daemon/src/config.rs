@@ -34,6 +34,9 @@ pub struct Flags {
     /// TOML configuration file.
     #[arg(long)]
     pub config_file: Option<PathBuf>,
+    /// The berth-agent binary (default: next to berthd, or $BERTH_AGENT).
+    #[arg(long)]
+    pub agent_bin: Option<PathBuf>,
 }
 
 /// The TOML file: the same settings as the flags, dockerd's names.
@@ -45,6 +48,7 @@ pub struct FileConfig {
     pub exec_root: Option<PathBuf>,
     pub pidfile: Option<PathBuf>,
     pub log_level: Option<String>,
+    pub agent_bin: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -54,6 +58,7 @@ pub struct Config {
     pub exec_root: PathBuf,
     pub pidfile: PathBuf,
     pub log_level: String,
+    pub agent_bin: Option<PathBuf>,
 }
 
 impl Config {
@@ -92,7 +97,13 @@ impl Config {
             .log_level
             .or(file.log_level)
             .unwrap_or_else(|| "info".into());
+        let agent_bin = flags
+            .agent_bin
+            .or(file.agent_bin)
+            .map(absolute)
+            .transpose()?;
         Ok(Config {
+            agent_bin,
             sockets,
             data_root: absolute(data_root)?,
             exec_root: absolute(exec_root)?,

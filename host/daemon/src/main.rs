@@ -74,6 +74,7 @@ async fn run(config: Config) -> Result<()> {
     let engine = berth_engine::Engine::open(berth_engine::EngineConfig {
         data_root: config.data_root.clone(),
         exec_root: config.exec_root.clone(),
+        agent_bin: config.agent_bin.clone(),
     })
     .await
     .context("open engine state")?;

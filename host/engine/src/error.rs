@@ -45,6 +45,10 @@ impl Error {
     pub fn conflict(msg: impl Into<String>) -> Self {
         Error::Conflict(msg.into())
     }
+    /// Docker reports conflicting create options as 400 (invalid parameter).
+    pub fn conflict_invalid(msg: impl Into<String>) -> Self {
+        Error::InvalidArgument(msg.into())
+    }
     pub fn internal(msg: impl std::fmt::Display) -> Self {
         Error::Internal(anyhow::anyhow!("{msg}"))
     }

@@ -3,9 +3,12 @@
 //!
 //! The API crate holds an `Arc<Engine>` and calls one engine verb per request.
 
+pub mod containers;
 pub mod error;
 pub mod events;
+pub mod fsutil;
 pub mod images;
+pub mod logs;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -19,12 +22,15 @@ pub struct EngineConfig {
     pub data_root: PathBuf,
     /// Runtime state: sockets, per-container runtime dirs (dockerd's `--exec-root`).
     pub exec_root: PathBuf,
+    /// The `berth-agent` binary; found next to `berthd` when unset.
+    pub agent_bin: Option<PathBuf>,
 }
 
 pub struct Engine {
     pub config: EngineConfig,
     pub events: Arc<events::EventBus>,
     pub images: Arc<images::ImageStore>,
+    pub containers: Arc<containers::Containers>,
     pub started: std::time::SystemTime,
 }
 
@@ -39,10 +45,30 @@ impl Engine {
             &config.data_root.join("images"),
             events.clone(),
         )?);
+        let containers = containers::Containers::open(
+            containers::ContainerPaths {
+                data_root: config.data_root.clone(),
+                exec_root: config.exec_root.clone(),
+                agent_bin: config
+                    .agent_bin
+                    .clone()
+                    .unwrap_or_else(containers::runtime_default_agent_bin),
+            },
+            events.clone(),
+            images.clone(),
+        )?;
+        {
+            let c = Arc::downgrade(&containers);
+            images.set_in_use_hook(Arc::new(move |id: &str| {
+                c.upgrade().is_some_and(|c| c.image_in_use(id))
+            }));
+        }
+        containers.restore().await;
         Ok(Arc::new(Engine {
             config,
             events,
             images,
+            containers,
             started: std::time::SystemTime::now(),
         }))
     }

@@ -1,0 +1,304 @@
+//! Containers: records on disk, lifecycle verbs, stdio fan-out and execs.
+//!
+//! Every container is served by its own `berth-agent` (in process isolation a detached
+//! process on the host; in microVM isolation PID 1 of the guest). The engine talks to
+//! it over the versioned agent protocol; one agent lives for one run of the container.
+
+mod create;
+mod exec;
+mod lifecycle;
+pub mod record;
+mod runtime;
+mod spec;
+pub mod stdio;
+pub mod validate;
+mod volumes;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+
+use berth_agent_protocol::client::AgentClient;
+use tokio::sync::watch;
+
+pub use create::CreateRequest;
+pub use exec::{ExecConfig, ExecInstance, ExecStartOpts, ExecStarted, ExecState};
+pub use lifecycle::{signal_number, WaitCondition};
+pub use record::{ContainerRecord, Isolation, MountRecord, Status};
+pub use stdio::{AttachOpts, Attachment};
+
+use crate::events::EventBus;
+use crate::images::ImageStore;
+use crate::logs::{LogDrivers, LogInfo};
+use crate::{Error, Result};
+
+/// What waiters see when a run ends.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ExitNotice {
+    /// Increments on every exit (and on removal), so `next-exit` can wait for a change.
+    pub seq: u64,
+    pub code: i64,
+    pub error: Option<String>,
+}
+
+/// One container in memory: its record plus the live handles of its current run.
+pub struct Container {
+    pub id: String,
+    rec: Mutex<ContainerRecord>,
+    /// Exits (and removal) for `wait`.
+    exits: watch::Sender<ExitNotice>,
+    removed: watch::Sender<bool>,
+    /// True while the main process runs (logs -f ends when it turns false).
+    running: watch::Sender<bool>,
+    /// The agent of the current run.
+    agent: Mutex<Option<AgentClient>>,
+    /// Serializes lifecycle transitions (start/stop/remove/restart).
+    op: tokio::sync::Mutex<()>,
+    pub(crate) attachers: stdio::Attachers,
+    /// `docker stop`/`rm` cancelled any restart policy for the current run.
+    stop_requested: Mutex<bool>,
+    /// Restart backoff in ms (in memory, like dockerd's restart manager).
+    backoff: Mutex<u64>,
+}
+
+impl Container {
+    fn new(rec: ContainerRecord) -> Arc<Container> {
+        let running = rec.state.status.is_running();
+        Arc::new(Container {
+            id: rec.id.clone(),
+            rec: Mutex::new(rec),
+            exits: watch::channel(ExitNotice::default()).0,
+            removed: watch::channel(false).0,
+            running: watch::channel(running).0,
+            agent: Mutex::new(None),
+            op: tokio::sync::Mutex::new(()),
+            attachers: Default::default(),
+            stop_requested: Mutex::new(false),
+            backoff: Mutex::new(0),
+        })
+    }
+
+    /// A snapshot of the record.
+    pub fn record(&self) -> ContainerRecord {
+        self.rec.lock().unwrap().clone()
+    }
+
+    pub fn status(&self) -> Status {
+        self.rec.lock().unwrap().state.status
+    }
+
+    pub fn name(&self) -> String {
+        self.rec.lock().unwrap().name.clone()
+    }
+
+    fn update<R>(&self, f: impl FnOnce(&mut ContainerRecord) -> R) -> R {
+        let mut r = self.rec.lock().unwrap();
+        r.generation += 1;
+        f(&mut r)
+    }
+
+    pub(crate) fn agent(&self) -> Option<AgentClient> {
+        self.agent.lock().unwrap().clone()
+    }
+
+    pub fn running_watch(&self) -> watch::Receiver<bool> {
+        self.running.subscribe()
+    }
+}
+
+/// Where things live and which binaries to use.
+#[derive(Debug, Clone)]
+pub struct ContainerPaths {
+    pub data_root: PathBuf,
+    pub exec_root: PathBuf,
+    /// The static `berth-agent` binary.
+    pub agent_bin: PathBuf,
+}
+
+pub struct Containers {
+    pub(crate) paths: ContainerPaths,
+    map: RwLock<HashMap<String, Arc<Container>>>,
+    pub(crate) execs: Mutex<HashMap<String, Arc<ExecInstance>>>,
+    pub(crate) events: Arc<EventBus>,
+    pub(crate) images: Arc<ImageStore>,
+    pub(crate) log_drivers: RwLock<LogDrivers>,
+    pub default_log_driver: RwLock<String>,
+    /// `overlay` when the kernel can mount overlayfs on the data root, else `copy`.
+    pub storage_driver: &'static str,
+    pub default_isolation: Isolation,
+    /// Reasons microVM isolation is unavailable on this host (empty when available).
+    pub microvm_unavailable: Option<String>,
+}
+
+impl Containers {
+    pub(crate) fn open(
+        paths: ContainerPaths,
+        events: Arc<EventBus>,
+        images: Arc<ImageStore>,
+    ) -> Result<Arc<Containers>> {
+        let dir = paths.data_root.join("containers");
+        std::fs::create_dir_all(&dir)?;
+        std::fs::create_dir_all(paths.exec_root.join("containers"))?;
+        let storage_driver = if runtime::overlay_supported(&paths.data_root) {
+            "overlay"
+        } else {
+            "copy"
+        };
+        let microvm_unavailable = runtime::microvm_unavailable_reason();
+        let mut map = HashMap::new();
+        for entry in std::fs::read_dir(&dir)?.flatten() {
+            let p = entry.path().join("container.json");
+            crate::fsutil::clean_temp_files(&entry.path());
+            match std::fs::read(&p)
+                .map_err(anyhow::Error::from)
+                .and_then(|b| {
+                    serde_json::from_slice::<ContainerRecord>(&b).map_err(anyhow::Error::from)
+                }) {
+                Ok(rec) => {
+                    map.insert(rec.id.clone(), Container::new(rec));
+                }
+                Err(e) => {
+                    tracing::warn!(path = %p.display(), "skipping unreadable container record: {e:#}");
+                }
+            }
+        }
+        tracing::info!(count = map.len(), storage_driver, "containers loaded");
+        Ok(Arc::new(Containers {
+            paths,
+            map: RwLock::new(map),
+            execs: Mutex::new(HashMap::new()),
+            events,
+            images,
+            log_drivers: RwLock::new(LogDrivers::builtin()),
+            default_log_driver: RwLock::new("json-file".into()),
+            storage_driver,
+            default_isolation: Isolation::Process,
+            microvm_unavailable,
+        }))
+    }
+
+    /// Docker's lookup: full id, exact name (with or without `/`), then unique id prefix.
+    pub fn get(&self, name_or_id: &str) -> Result<Arc<Container>> {
+        let key = name_or_id.strip_prefix('/').unwrap_or(name_or_id);
+        let map = self.map.read().unwrap();
+        if let Some(c) = map.get(key) {
+            return Ok(c.clone());
+        }
+        if let Some(c) = map.values().find(|c| c.name() == key) {
+            return Ok(c.clone());
+        }
+        if !key.is_empty() && key.bytes().all(|b| b.is_ascii_hexdigit()) {
+            let mut hits = map.values().filter(|c| c.id.starts_with(key));
+            if let Some(c) = hits.next() {
+                if hits.next().is_some() {
+                    return Err(Error::invalid(format!(
+                        "multiple IDs found with provided prefix: {key}"
+                    )));
+                }
+                return Ok(c.clone());
+            }
+        }
+        Err(Error::not_found(format!("No such container: {name_or_id}")))
+    }
+
+    pub fn all(&self) -> Vec<Arc<Container>> {
+        self.map.read().unwrap().values().cloned().collect()
+    }
+
+    pub fn counts(&self) -> (usize, usize, usize, usize) {
+        let all = self.all();
+        let running = all.iter().filter(|c| c.status() == Status::Running).count();
+        let paused = all.iter().filter(|c| c.status() == Status::Paused).count();
+        (all.len(), running, paused, all.len() - running - paused)
+    }
+
+    /// Whether any container uses the image (for `rmi`).
+    pub fn image_in_use(&self, image_id: &str) -> bool {
+        self.map
+            .read()
+            .unwrap()
+            .values()
+            .any(|c| c.rec.lock().unwrap().image_id == image_id)
+    }
+
+    pub(crate) fn container_dir(&self, id: &str) -> PathBuf {
+        ContainerRecord::dir(&self.paths.data_root, id)
+    }
+
+    pub(crate) fn run_dir(&self, id: &str) -> PathBuf {
+        self.paths.exec_root.join("containers").join(id)
+    }
+
+    /// Persist the record atomically.
+    pub(crate) fn save(&self, c: &Container) -> Result<()> {
+        let bytes = {
+            let r = c.rec.lock().unwrap();
+            serde_json::to_vec_pretty(&*r).map_err(|e| Error::internal(e))?
+        };
+        crate::fsutil::write_atomic(&self.container_dir(&c.id).join("container.json"), &bytes)?;
+        Ok(())
+    }
+
+    pub fn register_log_driver(&self, driver: Arc<dyn crate::logs::LogDriver>) {
+        self.log_drivers.write().unwrap().register(driver);
+    }
+
+    pub fn log_driver_names(&self) -> Vec<String> {
+        self.log_drivers.read().unwrap().names()
+    }
+
+    pub(crate) fn log_info(&self, rec: &ContainerRecord) -> LogInfo {
+        LogInfo {
+            container_id: rec.id.clone(),
+            container_name: rec.name.clone(),
+            image_id: rec.image_id.clone(),
+            image_name: rec.image_ref.clone(),
+            labels: rec.config.labels.clone().unwrap_or_default(),
+            opts: rec.log_opts.clone(),
+            dir: self.container_dir(&rec.id),
+        }
+    }
+
+    /// Read a container's logs through its driver.
+    pub fn logs(
+        &self,
+        c: &Container,
+        mut opts: crate::logs::ReadOpts,
+    ) -> Result<tokio::sync::mpsc::Receiver<crate::logs::LogEntry>> {
+        let rec = c.record();
+        let driver = self.log_drivers.read().unwrap().get(&rec.log_driver)?;
+        if opts.follow.is_some() {
+            opts.follow = Some(c.running_watch());
+        }
+        driver.read(&self.log_info(&rec), opts)
+    }
+
+    fn remove_from_map(&self, id: &str) {
+        self.map.write().unwrap().remove(id);
+    }
+
+    pub fn publish(&self, c: &ContainerRecord, action: &str, extra: &[(&str, String)]) {
+        let mut attrs: Vec<(String, String)> = vec![
+            ("image".into(), c.image_ref.clone()),
+            ("name".into(), c.name.clone()),
+        ];
+        if let Some(labels) = &c.config.labels {
+            for (k, v) in labels {
+                attrs.push((k.clone(), v.clone()));
+            }
+        }
+        for (k, v) in extra {
+            attrs.push((k.to_string(), v.clone()));
+        }
+        self.events.publish("container", action, &c.id, attrs);
+    }
+}
+
+/// 64 random hex digits, as Docker's ids.
+pub fn new_id() -> String {
+    use rand::RngCore;
+    let mut b = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut b);
+    hex::encode(b)
+}
+pub use runtime::default_agent_bin as runtime_default_agent_bin;

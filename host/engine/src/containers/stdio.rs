@@ -1,0 +1,114 @@
+//! The container's output path: agent → pump → (log driver, attached clients).
+//!
+//! One pump per run. Lines go to the log driver first; then each attached client gets
+//! the raw chunk through a bounded channel, so a slow client slows the container (as
+//! with Docker) instead of growing memory. When the run's output ends, every attached
+//! client's channel closes, which ends its attach stream.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use berth_agent_protocol::client::{OutputChunk, OutputStream, StdStream};
+use tokio::sync::mpsc;
+
+use super::{Container, Containers};
+use crate::logs::{LineSplitter, LogWriter, Source};
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AttachOpts {
+    pub stdin: bool,
+    pub stdout: bool,
+    pub stderr: bool,
+}
+
+/// What an attach request gets: the output of the current or next run.
+pub struct Attachment {
+    pub output: mpsc::Receiver<OutputChunk>,
+    pub tty: bool,
+    id: u64,
+    container: Arc<Container>,
+}
+
+impl Drop for Attachment {
+    fn drop(&mut self) {
+        self.container.attachers.detach(self.id);
+    }
+}
+
+#[derive(Clone)]
+struct Attacher {
+    id: u64,
+    tx: mpsc::Sender<OutputChunk>,
+    stdout: bool,
+    stderr: bool,
+}
+
+#[derive(Default)]
+pub(crate) struct Attachers {
+    list: Mutex<Vec<Attacher>>,
+    next: AtomicU64,
+}
+
+impl Attachers {
+    fn add(&self, a: Attacher) {
+        self.list.lock().unwrap().push(a);
+    }
+    fn detach(&self, id: u64) {
+        self.list.lock().unwrap().retain(|a| a.id != id);
+    }
+    fn snapshot(&self) -> Vec<Attacher> {
+        self.list.lock().unwrap().clone()
+    }
+    /// End of a run's output: every attached stream ends.
+    fn close_all(&self) {
+        self.list.lock().unwrap().clear();
+    }
+}
+
+/// Chunks buffered per attached client before the pump waits for it.
+const ATTACH_BUFFER: usize = 64;
+
+impl Containers {
+    /// Attach to the container's output (before or during a run).
+    pub fn attach(&self, c: &Arc<Container>, opts: AttachOpts) -> Attachment {
+        let (tx, rx) = mpsc::channel(ATTACH_BUFFER);
+        let id = c.attachers.next.fetch_add(1, Ordering::Relaxed);
+        c.attachers.add(Attacher {
+            id,
+            tx,
+            stdout: opts.stdout,
+            stderr: opts.stderr,
+        });
+        Attachment {
+            output: rx,
+            tty: c.record().config.tty.unwrap_or(false),
+            id,
+            container: c.clone(),
+        }
+    }
+}
+
+/// Move one run's output into the log driver and the attached clients.
+pub(crate) async fn pump(c: Arc<Container>, mut out: OutputStream, mut log: Box<dyn LogWriter>) {
+    let mut split = LineSplitter::default();
+    while let Some(chunk) = out.recv().await {
+        let source = match chunk.stream {
+            StdStream::Stdout => Source::Stdout,
+            StdStream::Stderr => Source::Stderr,
+        };
+        split.push(source, &chunk.data, |e| log.write(&e));
+        log.flush();
+        for a in c.attachers.snapshot() {
+            let wanted = match chunk.stream {
+                StdStream::Stdout => a.stdout,
+                StdStream::Stderr => a.stderr,
+            };
+            if wanted && a.tx.send(chunk.clone()).await.is_err() {
+                c.attachers.detach(a.id);
+            }
+        }
+    }
+    split.finish(|e| log.write(&e));
+    log.flush();
+    c.attachers.close_all();
+}

@@ -1,0 +1,185 @@
+//! Create-time validation with Docker's wording, so clients see the errors they know.
+
+use bollard_stubs::models::{HostConfig, RestartPolicyNameEnum};
+
+use crate::{Error, Result};
+
+/// Docker's container name rule: `/?[a-zA-Z0-9][a-zA-Z0-9_.-]+`.
+pub fn validate_name(name: &str) -> Result<String> {
+    let n = name.strip_prefix('/').unwrap_or(name);
+    let ok = n.len() >= 2
+        && n.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && n.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+    if !ok {
+        return Err(Error::invalid(format!(
+            "Invalid container name ({name}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed"
+        )));
+    }
+    Ok(n.to_string())
+}
+
+pub fn online_cpus() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+/// Parse a cpuset list like `0-2,4` into CPU numbers.
+pub fn parse_cpuset(s: &str) -> Option<Vec<usize>> {
+    let mut out = Vec::new();
+    for part in s.split(',') {
+        let part = part.trim();
+        if let Some((a, b)) = part.split_once('-') {
+            let (a, b): (usize, usize) = (a.parse().ok()?, b.parse().ok()?);
+            if a > b {
+                return None;
+            }
+            out.extend(a..=b);
+        } else {
+            out.push(part.parse().ok()?);
+        }
+    }
+    Some(out)
+}
+
+pub fn validate_host_config(hc: &HostConfig) -> Result<()> {
+    const MIN_MEMORY: i64 = 6 * 1024 * 1024;
+    let memory = hc.memory.unwrap_or(0);
+    if memory < 0 {
+        return Err(Error::invalid(
+            "Invalid memory limit: must be a positive number",
+        ));
+    }
+    if memory > 0 && memory < MIN_MEMORY {
+        return Err(Error::invalid("Minimum memory limit allowed is 6MB"));
+    }
+    let swap = hc.memory_swap.unwrap_or(0);
+    if swap > 0 && memory == 0 {
+        return Err(Error::invalid(
+            "You should always set the Memory limit when using Memoryswap limit",
+        ));
+    }
+    if swap > 0 && swap < memory {
+        return Err(Error::invalid(
+            "Minimum memoryswap limit should be larger than memory limit, see usage",
+        ));
+    }
+    if let Some(sw) = hc.memory_swappiness {
+        if sw != -1 && !(0..=100).contains(&sw) {
+            return Err(Error::invalid(format!(
+                "Invalid value: {sw}, valid memory swappiness range is 0-100"
+            )));
+        }
+    }
+    let ncpu = online_cpus();
+    if let Some(n) = hc.nano_cpus.filter(|n| *n != 0) {
+        if hc.cpu_quota.unwrap_or(0) > 0 || hc.cpu_period.unwrap_or(0) > 0 {
+            return Err(Error::conflict_invalid(
+                "Conflicting options: Nano CPUs and CPU Period cannot both be set",
+            ));
+        }
+        if n < 10_000_000 || n > ncpu as i64 * 1_000_000_000 {
+            return Err(Error::invalid(format!(
+                "Range of CPUs is from 0.01 to {ncpu}.00, as there are only {ncpu} CPUs available"
+            )));
+        }
+    }
+    if let Some(p) = hc.cpu_period.filter(|p| *p != 0) {
+        if !(1000..=1_000_000).contains(&p) {
+            return Err(Error::invalid(
+                "CPU cfs period can not be less than 1ms (i.e. 1000) or larger than 1s (i.e. 1000000)",
+            ));
+        }
+    }
+    if let Some(q) = hc.cpu_quota.filter(|q| *q > 0) {
+        if q < 1000 {
+            return Err(Error::invalid(
+                "CPU cfs quota can not be less than 1ms (i.e. 1000)",
+            ));
+        }
+    }
+    if hc.cpu_shares.unwrap_or(0) < 0 {
+        return Err(Error::invalid(
+            "Invalid CPU shares: must be a positive number",
+        ));
+    }
+    if let Some(set) = hc.cpuset_cpus.as_deref().filter(|s| !s.is_empty()) {
+        let cpus = parse_cpuset(set)
+            .ok_or_else(|| Error::invalid(format!("Invalid value {set} for cpuset cpus")))?;
+        if cpus.iter().any(|c| *c >= ncpu) {
+            return Err(Error::invalid(format!(
+                "Requested CPUs are not available - requested {set}, available: 0-{}",
+                ncpu - 1
+            )));
+        }
+    }
+    if let Some(rp) = &hc.restart_policy {
+        let name = rp.name.unwrap_or(RestartPolicyNameEnum::EMPTY);
+        let max = rp.maximum_retry_count.unwrap_or(0);
+        if max < 0 {
+            return Err(Error::invalid(
+                "invalid restart policy: maximum retry count cannot be negative",
+            ));
+        }
+        if max > 0 && name != RestartPolicyNameEnum::ON_FAILURE {
+            return Err(Error::invalid(format!(
+                "invalid restart policy: maximum retry count can only be used with 'on-failure'"
+            )));
+        }
+        if hc.auto_remove.unwrap_or(false)
+            && !matches!(
+                name,
+                RestartPolicyNameEnum::EMPTY | RestartPolicyNameEnum::NO
+            )
+        {
+            return Err(Error::invalid(
+                "can't create 'AutoRemove' container with restart policy",
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert_eq!(validate_name("/web-1").unwrap(), "web-1");
+        assert!(validate_name("a").is_err());
+        assert!(validate_name("-x").is_err());
+        assert!(validate_name("a/b").is_err());
+    }
+
+    #[test]
+    fn limits() {
+        let hc = |f: &dyn Fn(&mut HostConfig)| {
+            let mut h = HostConfig::default();
+            f(&mut h);
+            validate_host_config(&h)
+        };
+        assert!(hc(&|h| h.memory = Some(1024))
+            .unwrap_err()
+            .to_string()
+            .contains("Minimum memory limit"));
+        assert!(hc(&|h| h.memory_swap = Some(64 << 20)).is_err());
+        assert!(hc(&|h| {
+            h.memory = Some(64 << 20);
+            h.memory_swap = Some(32 << 20)
+        })
+        .is_err());
+        assert!(hc(&|h| h.memory = Some(64 << 20)).is_ok());
+        assert!(hc(&|h| h.nano_cpus = Some(1_000_000_000 * 1000))
+            .unwrap_err()
+            .to_string()
+            .contains("Range of CPUs"));
+        assert!(hc(&|h| h.cpuset_cpus = Some("x".into())).is_err());
+        assert!(hc(&|h| h.cpuset_cpus = Some("0-999".into()))
+            .unwrap_err()
+            .to_string()
+            .contains("not available"));
+        assert_eq!(parse_cpuset("0-2,4"), Some(vec![0, 1, 2, 4]));
+    }
+}

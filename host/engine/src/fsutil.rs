@@ -1,0 +1,132 @@
+//! Small filesystem helpers shared by the stores.
+
+use std::io::Write;
+use std::path::Path;
+
+/// Write `bytes` to `path` so that a crash leaves either the old or the new content:
+/// temp file in the same dir, fsync, rename, fsync the dir.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("f"),
+        std::process::id()
+    ));
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// Remove leftovers of interrupted [`write_atomic`] calls in `dir`.
+pub fn clean_temp_files(dir: &Path) {
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with('.') && name.contains(".tmp-") {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+}
+
+/// RFC 3339 UTC with nanoseconds, as Docker prints times.
+pub fn rfc3339_nanos(t: std::time::SystemTime) -> String {
+    let d = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs() as i64;
+    let (days, rem) = (secs.div_euclid(86400), secs.rem_euclid(86400));
+    let (y, m, dd) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{dd:02}T{:02}:{:02}:{:02}.{:09}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60,
+        d.subsec_nanos()
+    )
+}
+
+pub fn now_rfc3339() -> String {
+    rfc3339_nanos(std::time::SystemTime::now())
+}
+
+/// Parse what [`rfc3339_nanos`] writes (UTC, `Z`) back to unix nanoseconds.
+pub fn parse_rfc3339_utc(s: &str) -> Option<i128> {
+    let (date, time) = s.strip_suffix('Z')?.split_once('T')?;
+    let mut d = date.split('-');
+    let y: i64 = d.next()?.parse().ok()?;
+    let m: i64 = d.next()?.parse().ok()?;
+    let dd: i64 = d.next()?.parse().ok()?;
+    let (hms, frac) = time.split_once('.').unwrap_or((time, "0"));
+    let mut t = hms.split(':');
+    let h: i64 = t.next()?.parse().ok()?;
+    let mi: i64 = t.next()?.parse().ok()?;
+    let se: i64 = t.next()?.parse().ok()?;
+    let mut nanos: i128 = 0;
+    for (i, c) in frac.chars().take(9).enumerate() {
+        nanos += (c.to_digit(10)? as i128) * 10i128.pow(8 - i as u32);
+    }
+    let days = days_from_civil(y, m, dd);
+    Some(((days * 86400 + h * 3600 + mi * 60 + se) as i128) * 1_000_000_000 + nanos)
+}
+
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = if y >= 0 { y } else { y - 399 } / 400;
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146097 + doe - 719468
+}
+
+/// Howard Hinnant's civil_from_days.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719468;
+    let era = if z >= 0 { z } else { z - 146096 } / 146097;
+    let doe = z - era * 146097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_roundtrip() {
+        let t = std::time::UNIX_EPOCH + std::time::Duration::new(1_700_000_000, 123_456_789);
+        let s = rfc3339_nanos(t);
+        assert_eq!(s, "2023-11-14T22:13:20.123456789Z");
+        assert_eq!(parse_rfc3339_utc(&s), Some(1_700_000_000_123_456_789));
+        assert_eq!(
+            parse_rfc3339_utc("0001-01-01T00:00:00Z").map(|n| n < 0),
+            Some(true)
+        );
+    }
+
+    #[test]
+    fn atomic_write_replaces() {
+        let d = std::env::temp_dir().join(format!("berth-fsutil-{}", std::process::id()));
+        let p = d.join("x.json");
+        write_atomic(&p, b"one").unwrap();
+        write_atomic(&p, b"two").unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"two");
+        std::fs::write(d.join(".x.json.tmp-1"), b"junk").unwrap();
+        clean_temp_files(&d);
+        assert!(!d.join(".x.json.tmp-1").exists());
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+}
