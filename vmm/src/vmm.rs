@@ -206,11 +206,15 @@ impl MicroVm {
             path: kpath.clone(),
             reason: e.to_string(),
         })?;
+        let ksize = kf.metadata().map(|m| m.len()).unwrap_or(0);
+        let mem_size = self.mem_size;
         let loaded = boot::load_kernel(&self.mem, &mut kf, &kpath).map_err(|e| match e {
-            Error::Kernel { path, reason }
-                if reason.contains("memory") || reason.contains("Memory") =>
-            {
-                Error::Memory(format!("kernel {path} does not fit: {reason}"))
+            // A load failure with an image bigger than RAM is a memory problem.
+            Error::Kernel { path, reason } if ksize > mem_size.saturating_sub(HIMEM_START) => {
+                Error::Memory(format!(
+                "{} MiB of guest memory is too small for kernel {path} ({ksize} bytes): {reason}",
+                mem_size >> 20
+            ))
             }
             e => e,
         })?;

@@ -168,3 +168,4 @@ pub fn wait_with_deadline(running: RunningVm, limit: Duration) -> ExitReason {
     watchdog.join().unwrap();
     r
 }
+pub mod kernel;
