@@ -127,7 +127,7 @@ fn registry_err(r: &Reference, e: OciDistributionError) -> Error {
             let text = envelope
                 .errors
                 .iter()
-                .map(|x| format!("{:?}: {}", x.code, x.message))
+                .map(|x| format!("{}: {}", code_text(&x.code), x.message))
                 .collect::<Vec<_>>()
                 .join(", ");
             if envelope.errors.iter().any(|x| {
@@ -174,6 +174,19 @@ fn registry_err(r: &Reference, e: OciDistributionError) -> Error {
         }
         other => Error::internal(format!("{shown}: {other}")),
     }
+}
+
+/// `ManifestUnknown` → `manifest unknown` (the registry's own wording for the code).
+fn code_text(code: &oci_client::errors::OciErrorCode) -> String {
+    let dbg = format!("{code:?}");
+    let mut out = String::new();
+    for (i, c) in dbg.chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            out.push(' ');
+        }
+        out.push(c.to_ascii_lowercase());
+    }
+    out
 }
 
 fn short(d: &str) -> String {
@@ -229,7 +242,7 @@ impl ImageStore {
         }
         let tag_or_digest = r.tag.clone().or(r.digest.clone()).unwrap_or_default();
         progress
-            .send(json!({ "status": format!("Pulling from {}", r.familiar_name()), "id": tag_or_digest }))
+            .send(json!({ "status": format!("Pulling from {}", r.path), "id": tag_or_digest }))
             .await?;
         let had_image = self.state.lock().unwrap().images.contains_key(&id);
         let mut guard = self.pending_guard();
