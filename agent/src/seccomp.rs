@@ -220,4 +220,92 @@ mod tests {
         assert!(!has_nr(&admin, libc::SYS_mount));
         assert!(has_nr(&admin, libc::SYS_keyctl));
     }
+
+    /// Runs `f` in a forked child with `filter` installed; returns the child's exit code.
+    fn in_child(filter: Vec<libc::sock_filter>, f: fn() -> i32) -> i32 {
+        // SAFETY: the child only makes raw syscalls and _exits.
+        unsafe {
+            let pid = libc::fork();
+            assert!(pid >= 0);
+            if pid == 0 {
+                libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+                if install(&filter).is_err() {
+                    libc::_exit(100);
+                }
+                libc::_exit(f());
+            }
+            let mut status = 0;
+            libc::waitpid(pid, &mut status, 0);
+            assert!(libc::WIFEXITED(status), "child died: {status}");
+            libc::WEXITSTATUS(status)
+        }
+    }
+
+    fn errno_of(rc: libc::c_long) -> i32 {
+        if rc == -1 {
+            io::Error::last_os_error().raw_os_error().unwrap_or(0)
+        } else {
+            0
+        }
+    }
+
+    #[test]
+    fn filter_denies_in_a_real_process() {
+        let default_caps = crate::capabilities::compute(false, &[], &[]).unwrap();
+        // Each check sets one bit of the exit code when it misbehaves.
+        let code = in_child(build_filter(default_caps), || {
+            let mut bad = 0;
+            // SAFETY: syscalls with invalid or harmless arguments.
+            unsafe {
+                if errno_of(libc::syscall(libc::SYS_keyctl, 0, 0, 0, 0, 0)) != libc::EPERM {
+                    bad |= 1;
+                }
+                if errno_of(libc::syscall(libc::SYS_clone3, 0, 0)) != libc::ENOSYS {
+                    bad |= 2;
+                }
+                if errno_of(libc::syscall(libc::SYS_personality, 0x0040000)) != libc::EPERM {
+                    bad |= 4;
+                }
+                if libc::syscall(libc::SYS_personality, 0xffff_ffffu32 as libc::c_long) == -1 {
+                    bad |= 8;
+                }
+                if libc::syscall(libc::SYS_getpid) <= 0 {
+                    bad |= 16;
+                }
+                // Even root with CAP_SYS_ADMIN is refused by the filter.
+                if errno_of(libc::syscall(libc::SYS_unshare, libc::CLONE_NEWUTS)) != libc::EPERM {
+                    bad |= 32;
+                }
+                if errno_of(libc::syscall(
+                    libc::SYS_clone,
+                    (libc::CLONE_NEWNET | libc::SIGCHLD) as libc::c_long,
+                    0,
+                    0,
+                    0,
+                    0,
+                )) != libc::EPERM
+                {
+                    bad |= 64;
+                }
+            }
+            bad
+        });
+        assert_eq!(code, 0, "seccomp checks failed (bitmask {code:#b})");
+    }
+
+    #[test]
+    fn sys_admin_reopens_what_docker_gates_on_it() {
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("SKIP: needs root to observe unshare succeeding");
+            return;
+        }
+        let caps = crate::capabilities::compute(false, &["SYS_ADMIN".into()], &[]).unwrap();
+        let code = in_child(build_filter(caps), || {
+            // SAFETY: unshare of a UTS namespace in a throwaway child.
+            let rc = unsafe { libc::syscall(libc::SYS_unshare, libc::CLONE_NEWUTS) };
+            let keyctl = unsafe { libc::syscall(libc::SYS_keyctl, 0, 0, 0, 0, 0) };
+            i32::from(rc != 0) | (i32::from(errno_of(keyctl) != libc::EPERM) << 1)
+        });
+        assert_eq!(code, 0);
+    }
 }

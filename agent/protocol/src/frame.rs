@@ -182,78 +182,6 @@ impl Encoder<Frame> for FrameCodec {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn encode(f: Frame) -> BytesMut {
-        let mut b = BytesMut::new();
-        FrameCodec::default().encode(f, &mut b).unwrap();
-        b
-    }
-
-    #[test]
-    fn roundtrip_and_partial_input() {
-        let f = Frame::new(FrameKind::Stdout, 7, &b"hello"[..]);
-        let bytes = encode(f.clone());
-        assert_eq!(&bytes[..HEADER_LEN], &[16, 0, 0, 0, 7, 0, 0, 0, 5]);
-        let mut codec = FrameCodec::default();
-        // Feed one byte at a time: nothing until the last byte arrives.
-        let mut buf = BytesMut::new();
-        for (i, b) in bytes.iter().enumerate() {
-            buf.put_u8(*b);
-            let got = codec.decode(&mut buf).unwrap();
-            if i + 1 < bytes.len() {
-                assert!(got.is_none(), "decoded early at byte {i}");
-            } else {
-                assert_eq!(got, Some(f.clone()));
-            }
-        }
-        assert!(buf.is_empty());
-    }
-
-    #[test]
-    fn several_frames_in_one_buffer() {
-        let mut buf = encode(Frame::credit(1, 4096));
-        buf.extend_from_slice(&encode(Frame::new(FrameKind::OutputEof, 1, Bytes::new())));
-        let mut codec = FrameCodec::default();
-        let a = codec.decode(&mut buf).unwrap().unwrap();
-        assert_eq!(a.credit_value().unwrap(), 4096);
-        let b = codec.decode(&mut buf).unwrap().unwrap();
-        assert_eq!(b.kind, FrameKind::OutputEof);
-        assert!(codec.decode(&mut buf).unwrap().is_none());
-    }
-
-    #[test]
-    fn oversized_frames_rejected_from_header_alone() {
-        let mut codec = FrameCodec::with_max_payload(16);
-        let mut buf = BytesMut::new();
-        buf.put_u8(FrameKind::Stdin as u8);
-        buf.put_u32(0);
-        buf.put_u32(17);
-        match codec.decode(&mut buf) {
-            Err(ProtocolError::FrameTooLarge { len: 17, max: 16 }) => {}
-            other => panic!("expected FrameTooLarge, got {other:?}"),
-        }
-        let mut out = BytesMut::new();
-        assert!(codec
-            .encode(Frame::new(FrameKind::Stdin, 0, vec![0u8; 17]), &mut out)
-            .is_err());
-        assert!(codec
-            .encode(Frame::new(FrameKind::Stdin, 0, vec![0u8; 16]), &mut out)
-            .is_ok());
-    }
-
-    #[test]
-    fn unknown_kind_rejected() {
-        let mut buf = BytesMut::from(&[99u8, 0, 0, 0, 0, 0, 0, 0, 0][..]);
-        assert!(matches!(
-            FrameCodec::default().decode(&mut buf),
-            Err(ProtocolError::UnknownFrameKind(99))
-        ));
-    }
-}
-
 /// Reads frames from any async byte stream.
 pub struct FrameReader<R> {
     io: R,
@@ -329,5 +257,77 @@ impl<W: tokio::io::AsyncWrite + Unpin> FrameWriter<W> {
         use tokio::io::AsyncWriteExt;
         self.io.shutdown().await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encode(f: Frame) -> BytesMut {
+        let mut b = BytesMut::new();
+        FrameCodec::default().encode(f, &mut b).unwrap();
+        b
+    }
+
+    #[test]
+    fn roundtrip_and_partial_input() {
+        let f = Frame::new(FrameKind::Stdout, 7, &b"hello"[..]);
+        let bytes = encode(f.clone());
+        assert_eq!(&bytes[..HEADER_LEN], &[16, 0, 0, 0, 7, 0, 0, 0, 5]);
+        let mut codec = FrameCodec::default();
+        // Feed one byte at a time: nothing until the last byte arrives.
+        let mut buf = BytesMut::new();
+        for (i, b) in bytes.iter().enumerate() {
+            buf.put_u8(*b);
+            let got = codec.decode(&mut buf).unwrap();
+            if i + 1 < bytes.len() {
+                assert!(got.is_none(), "decoded early at byte {i}");
+            } else {
+                assert_eq!(got, Some(f.clone()));
+            }
+        }
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn several_frames_in_one_buffer() {
+        let mut buf = encode(Frame::credit(1, 4096));
+        buf.extend_from_slice(&encode(Frame::new(FrameKind::OutputEof, 1, Bytes::new())));
+        let mut codec = FrameCodec::default();
+        let a = codec.decode(&mut buf).unwrap().unwrap();
+        assert_eq!(a.credit_value().unwrap(), 4096);
+        let b = codec.decode(&mut buf).unwrap().unwrap();
+        assert_eq!(b.kind, FrameKind::OutputEof);
+        assert!(codec.decode(&mut buf).unwrap().is_none());
+    }
+
+    #[test]
+    fn oversized_frames_rejected_from_header_alone() {
+        let mut codec = FrameCodec::with_max_payload(16);
+        let mut buf = BytesMut::new();
+        buf.put_u8(FrameKind::Stdin as u8);
+        buf.put_u32(0);
+        buf.put_u32(17);
+        match codec.decode(&mut buf) {
+            Err(ProtocolError::FrameTooLarge { len: 17, max: 16 }) => {}
+            other => panic!("expected FrameTooLarge, got {other:?}"),
+        }
+        let mut out = BytesMut::new();
+        assert!(codec
+            .encode(Frame::new(FrameKind::Stdin, 0, vec![0u8; 17]), &mut out)
+            .is_err());
+        assert!(codec
+            .encode(Frame::new(FrameKind::Stdin, 0, vec![0u8; 16]), &mut out)
+            .is_ok());
+    }
+
+    #[test]
+    fn unknown_kind_rejected() {
+        let mut buf = BytesMut::from(&[99u8, 0, 0, 0, 0, 0, 0, 0, 0][..]);
+        assert!(matches!(
+            FrameCodec::default().decode(&mut buf),
+            Err(ProtocolError::UnknownFrameKind(99))
+        ));
     }
 }
