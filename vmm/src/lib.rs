@@ -10,6 +10,7 @@ pub mod config;
 pub mod control;
 pub mod devices;
 pub mod error;
+pub mod fuzz;
 pub mod jail;
 pub mod memory;
 pub mod seccomp;

@@ -87,7 +87,7 @@ mod tests {
         let tss = kvm_segment_from_gdt(GDT_PROTECTED[3], 3);
         assert_eq!(tss.limit, 0x67);
         assert_eq!(tss.s, 0);
-        let entry = gdt_entry(0x809b, 0x1234_5678, 0x9abc);
+        let entry = gdt_entry(0x009b, 0x1234_5678, 0x9abc);
         assert_eq!(get_base(entry), 0x1234_5678);
         assert_eq!(get_limit(entry), 0x9abc);
     }

@@ -80,7 +80,8 @@ impl Block {
             Ok(s) => s,
             Err(_) => return 0,
         };
-        let offset = req.sector * SECTOR_SIZE;
+        // Only IN/OUT use it, and their range was checked; FLUSH/GET_ID carry any sector.
+        let offset = req.sector.saturating_mul(SECTOR_SIZE);
         let status = match req.kind {
             RequestType::In => {
                 let mut buf = vec![0u8; req.data_len];

@@ -229,3 +229,17 @@ fn process_queue_completes_every_chain() {
     // Nothing new: no interrupt needed.
     assert!(!blk.process_queue(&m, std::slice::from_mut(&mut q), 0));
 }
+
+#[test]
+fn flush_and_get_id_ignore_huge_sector() {
+    // Found by the fixed-seed fuzz test: sector * 512 overflowed.
+    let m = mem();
+    let (_t, mut blk) = disk(1, false);
+    let vq = MockSplitQueue::new(&m, 16);
+    header(&m, VIRTIO_BLK_T_FLUSH, u64::MAX);
+    let chain = vq
+        .build_desc_chain(&[desc(HDR, 16, 0), desc(STATUS, 1, F_WRITE)])
+        .unwrap();
+    assert_eq!(blk.handle_chain(&m, chain), 1);
+    assert_eq!(status(&m), VIRTIO_BLK_S_OK);
+}

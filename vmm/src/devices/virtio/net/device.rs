@@ -1,7 +1,9 @@
 //! virtio-net device model.
 
 use std::io::{ErrorKind, Read, Write};
+
 use std::os::unix::io::{AsRawFd, RawFd};
+use virtio_queue::DescriptorChain;
 
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::GuestMemoryMmap;
@@ -15,7 +17,7 @@ pub const NET_QUEUE_SIZE: u16 = 256;
 pub const NET_HDR_LEN: usize = 12;
 const VIRTIO_NET_F_MAC: u64 = 1 << 5;
 /// Largest frame without offloads: header + 64 KiB (generous vs the MTU).
-const MAX_FRAME: usize = NET_HDR_LEN + 65_550;
+pub const MAX_FRAME: usize = NET_HDR_LEN + 65_550;
 const RXQ: usize = 0;
 const TXQ: usize = 1;
 
@@ -30,6 +32,57 @@ pub fn parse_mac(s: &str) -> Result<[u8; 6]> {
         mac[i] = u8::from_str_radix(p, 16).map_err(|_| bad())?;
     }
     Ok(mac)
+}
+
+/// Reads a TX chain into a frame (vnet header + Ethernet frame); None for
+/// malformed chains or frames outside [NET_HDR_LEN, MAX_FRAME].
+pub fn read_tx_frame(
+    mem: &GuestMemoryMmap,
+    chain: DescriptorChain<&GuestMemoryMmap>,
+    frame: &mut Vec<u8>,
+) -> bool {
+    frame.clear();
+    let mut r = match chain.reader(mem) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::debug!("virtio-net: malformed TX chain: {e}");
+            return false;
+        }
+    };
+    let n = r.available_bytes();
+    if !(NET_HDR_LEN..=MAX_FRAME).contains(&n) {
+        tracing::debug!("virtio-net: dropping TX frame of {n} bytes");
+        return false;
+    }
+    frame.resize(n, 0);
+    r.read_exact(frame).is_ok()
+}
+
+/// Writes `frame` into an RX chain; returns the used length (0 when the
+/// chain is malformed or too small).
+pub fn write_rx_frame(
+    mem: &GuestMemoryMmap,
+    chain: DescriptorChain<&GuestMemoryMmap>,
+    frame: &[u8],
+) -> u32 {
+    match chain.writer(mem) {
+        Ok(mut w) if w.available_bytes() >= frame.len() => match w.write_all(frame) {
+            Ok(()) => frame.len() as u32,
+            Err(_) => 0,
+        },
+        Ok(w) => {
+            tracing::debug!(
+                "virtio-net: RX buffer of {} bytes too small for a {}-byte frame",
+                w.available_bytes(),
+                frame.len()
+            );
+            0
+        }
+        Err(e) => {
+            tracing::debug!("virtio-net: malformed RX chain: {e}");
+            0
+        }
+    }
 }
 
 pub struct Net {
@@ -63,22 +116,10 @@ impl Net {
         let mut frame = Vec::with_capacity(2048);
         while let Some(chain) = q.pop_descriptor_chain(mem) {
             let head = chain.head_index();
-            frame.clear();
-            match chain.reader(mem) {
-                Ok(mut r) => {
-                    let n = r.available_bytes();
-                    if (NET_HDR_LEN..=MAX_FRAME).contains(&n) {
-                        frame.resize(n, 0);
-                        if r.read_exact(&mut frame).is_ok() {
-                            if let Err(e) = self.tap.write_frame(&frame) {
-                                tracing::debug!("virtio-net: TAP write failed: {e}");
-                            }
-                        }
-                    } else {
-                        tracing::debug!("virtio-net: dropping TX frame of {n} bytes");
-                    }
+            if read_tx_frame(mem, chain, &mut frame) {
+                if let Err(e) = self.tap.write_frame(&frame) {
+                    tracing::debug!("virtio-net: TAP write failed: {e}");
                 }
-                Err(e) => tracing::debug!("virtio-net: malformed TX chain: {e}"),
             }
             if q.add_used(mem, head, 0).is_err() {
                 break;
@@ -116,24 +157,7 @@ impl Net {
                 break;
             };
             let head = chain.head_index();
-            let len = match chain.writer(mem) {
-                Ok(mut w) if w.available_bytes() >= frame.len() => match w.write_all(&frame) {
-                    Ok(()) => frame.len() as u32,
-                    Err(_) => 0,
-                },
-                Ok(w) => {
-                    tracing::debug!(
-                        "virtio-net: RX buffer of {} bytes too small for a {}-byte frame",
-                        w.available_bytes(),
-                        frame.len()
-                    );
-                    0
-                }
-                Err(e) => {
-                    tracing::debug!("virtio-net: malformed RX chain: {e}");
-                    0
-                }
-            };
+            let len = write_rx_frame(mem, chain, &frame);
             if q.add_used(mem, head, len).is_err() {
                 q.go_to_previous_position();
                 break;

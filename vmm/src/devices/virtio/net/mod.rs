@@ -4,7 +4,9 @@
 mod device;
 mod tap;
 
-pub use device::{parse_mac, Net, NET_HDR_LEN, NET_QUEUE_SIZE};
+pub use device::{
+    parse_mac, read_tx_frame, write_rx_frame, Net, MAX_FRAME, NET_HDR_LEN, NET_QUEUE_SIZE,
+};
 pub use tap::Tap;
 
 #[cfg(test)]

@@ -41,6 +41,7 @@ fn tmpdir() -> PathBuf {
         std::process::id(),
         rand_suffix()
     ));
+    let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
 }
