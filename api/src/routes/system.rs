@@ -8,6 +8,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+
 use bollard_stubs::models::{SystemVersion, SystemVersionComponents, SystemVersionPlatform};
 use bytes::Bytes;
 use futures::StreamExt;
@@ -24,6 +25,179 @@ pub fn router() -> Router<AppState> {
         .route("/_ping", get(ping).head(ping))
         .route("/version", get(version))
         .route("/events", get(events))
+        .route("/info", get(info))
+        .route("/system/df", get(df))
+}
+
+/// A stable daemon ID, kept under the data root (dockerd's engine-id).
+fn engine_id(engine: &AppState) -> String {
+    let p = engine.config.data_root.join("engine-id");
+    if let Ok(id) = std::fs::read_to_string(&p) {
+        return id.trim().to_string();
+    }
+    let id = berth_engine::containers::new_id();
+    let _ = berth_engine::fsutil::write_atomic(&p, id.as_bytes());
+    id
+}
+
+fn mem_total() -> i64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<i64>().ok())
+        })
+        .map(|kb| kb * 1024)
+        .unwrap_or(0)
+}
+
+fn os_release() -> (String, String) {
+    let text = std::fs::read_to_string("/etc/os-release").unwrap_or_default();
+    let get = |k: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{k}=")))
+            .map(|v| v.trim_matches('"').to_string())
+            .unwrap_or_default()
+    };
+    (get("PRETTY_NAME"), get("VERSION_ID"))
+}
+
+fn cgroup_version() -> &'static str {
+    if std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        "2"
+    } else {
+        "1"
+    }
+}
+
+async fn info(State(engine): State<AppState>) -> ApiResult<Response> {
+    use bollard_stubs::models::{PluginsInfo, SystemInfo};
+    let (all, running, paused, stopped) = engine.containers.counts();
+    let images = engine
+        .images
+        .list(&berth_engine::images::ListOptions::default())
+        .map(|l| l.len())
+        .unwrap_or(0);
+    let (os, os_version) = os_release();
+    let containers = &engine.containers;
+    let mut warnings = Vec::new();
+    if let Some(why) = &containers.microvm_unavailable {
+        warnings.push(format!(
+            "WARNING: microvm isolation unavailable: {why}; containers run with process isolation"
+        ));
+    }
+    let info = SystemInfo {
+        id: Some(engine_id(&engine)),
+        containers: Some(all as i64),
+        containers_running: Some(running as i64),
+        containers_paused: Some(paused as i64),
+        containers_stopped: Some(stopped as i64),
+        images: Some(images as i64),
+        driver: Some(containers.storage_driver.to_string()),
+        driver_status: Some(vec![
+            vec!["Backing Filesystem".into(), "extfs".into()],
+            vec!["Supports d_type".into(), "true".into()],
+        ]),
+        docker_root_dir: Some(engine.config.data_root.display().to_string()),
+        plugins: Some(PluginsInfo {
+            volume: Some(Vec::new()),
+            network: Some(vec!["host".into(), "null".into()]),
+            authorization: None,
+            log: Some(containers.log_driver_names()),
+        }),
+        memory_limit: Some(true),
+        swap_limit: Some(true),
+        cpu_cfs_period: Some(true),
+        cpu_cfs_quota: Some(true),
+        cpu_shares: Some(true),
+        cpu_set: Some(true),
+        pids_limit: Some(true),
+        oom_kill_disable: Some(cgroup_version() == "1"),
+        ipv4_forwarding: Some(false),
+        debug: Some(false),
+        nfd: Some(
+            std::fs::read_dir("/proc/self/fd")
+                .map(|d| d.count() as i64)
+                .unwrap_or(0),
+        ),
+        n_goroutines: Some(0),
+        system_time: Some(berth_engine::fsutil::now_rfc3339()),
+        logging_driver: Some(containers.default_log_driver.read().unwrap().clone()),
+        n_events_listener: Some(0),
+        kernel_version: Some(kernel_version()),
+        operating_system: Some(os),
+        os_version: Some(os_version),
+        os_type: Some("linux".into()),
+        architecture: Some(std::env::consts::ARCH.into()),
+        ncpu: Some(
+            std::thread::available_parallelism()
+                .map(|n| n.get() as i64)
+                .unwrap_or(1),
+        ),
+        mem_total: Some(mem_total()),
+        index_server_address: Some("https://index.docker.io/v1/".into()),
+        name: Some(
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .unwrap_or_default()
+                .trim()
+                .to_string(),
+        ),
+        labels: Some(Vec::new()),
+        experimental_build: Some(false),
+        server_version: Some(env!("CARGO_PKG_VERSION").into()),
+        default_runtime: Some("berth".into()),
+        live_restore_enabled: Some(true),
+        init_binary: Some(String::new()),
+        security_options: Some(vec!["name=seccomp,profile=builtin".into()]),
+        warnings: Some(warnings),
+        swarm: Some(bollard_stubs::models::SwarmInfo {
+            local_node_state: Some(bollard_stubs::models::LocalNodeState::INACTIVE),
+            node_id: Some(String::new()),
+            node_addr: Some(String::new()),
+            control_available: Some(false),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let mut v = serde_json::to_value(&info).map_err(|e| ApiError::internal(e.to_string()))?;
+    // Fields whose model enums don't know our values.
+    v["CgroupDriver"] = "cgroupfs".into();
+    v["CgroupVersion"] = cgroup_version().into();
+    v["Isolation"] = containers.default_isolation.as_str().into();
+    v["Runtimes"] = serde_json::json!({
+        "berth": { "path": containers.paths_agent_bin() },
+    });
+    Ok(Json(v).into_response())
+}
+
+async fn df(State(engine): State<AppState>) -> ApiResult<Json<serde_json::Value>> {
+    let du = engine.images.disk_usage()?;
+    let containers: Vec<serde_json::Value> = engine
+        .containers
+        .all()
+        .iter()
+        .map(|c| {
+            let r = c.record();
+            let size = engine.containers.container_rw_size(&r.id);
+            serde_json::json!({
+                "Id": r.id, "Names": [format!("/{}", r.name)], "Image": r.image_ref, "ImageID": r.image_id,
+                "Command": std::iter::once(r.path.clone()).chain(r.args.clone()).collect::<Vec<_>>().join(" "),
+                "Created": berth_engine::fsutil::parse_rfc3339_utc(&r.created).map(|n| (n / 1_000_000_000) as i64).unwrap_or(0),
+                "State": r.state.status.as_str(), "Status": super::containers::status_string(&r),
+                "SizeRw": size, "SizeRootFs": size, "Labels": r.config.labels.clone().unwrap_or_default(),
+                "Mounts": [],
+            })
+        })
+        .collect();
+    Ok(Json(serde_json::json!({
+        "LayersSize": du.layers_size,
+        "Images": du.images,
+        "Containers": containers,
+        "Volumes": [],
+        "BuildCache": [],
+    })))
 }
 
 async fn ping() -> Response {

@@ -231,7 +231,7 @@ impl Containers {
                         st.running = false;
                         st.exit_code = Some(code);
                     }
-                    let _ = inst.done.send(true);
+                    let _ = inst.done.send_replace(true);
                     events.publish(
                         "container",
                         "exec_die",
@@ -267,7 +267,7 @@ impl Containers {
                     let mut st = e.state.lock().unwrap();
                     st.exit_code = Some(code);
                 }
-                let _ = e.done.send(true);
+                let _ = e.done.send_replace(true);
                 Ok(ExecStarted {
                     output: None,
                     stdin: None,

@@ -189,7 +189,7 @@ impl Containers {
             r.state.oom_killed = false;
             r.state.started_at = crate::fsutil::now_rfc3339();
         });
-        let _ = c.running.send(true);
+        let _ = c.running.send_replace(true);
         self.save(c)?;
         self.publish(&c.record(), "start", &[]);
         self.spawn_monitor(c.clone(), agent, Some(pump));
@@ -222,6 +222,13 @@ impl Containers {
             // The agent kills leftovers, releases cgroups and mounts, and exits.
             let _ = tokio::time::timeout(Duration::from_secs(10), agent.shutdown()).await;
             *c.agent.lock().unwrap() = None;
+            let rec = c.record();
+            if rec.isolation == super::record::Isolation::Process {
+                let _ = tokio::task::spawn_blocking(move || {
+                    super::runtime::release_process_cgroups(&rec)
+                })
+                .await;
+            }
             this.on_exit(&c, status).await;
         });
     }
@@ -240,7 +247,7 @@ impl Containers {
             r.state.error = status.error.clone().unwrap_or_default();
             r.state.finished_at = crate::fsutil::now_rfc3339();
         });
-        let _ = c.running.send(false);
+        let _ = c.running.send_replace(false);
         let _ = self.save(c);
         let rec = c.record();
         if status.oom_killed {
@@ -355,7 +362,7 @@ impl Containers {
                     r.state.status = Status::Exited;
                     r.state.has_been_manually_stopped = true;
                 });
-                let _ = c.running.send(false);
+                let _ = c.running.send_replace(false);
                 self.save(c)?;
                 self.publish(&c.record(), "stop", &[]);
                 return Ok(());
@@ -632,7 +639,7 @@ impl Containers {
                 n.error = Some(e.clone());
             }
         });
-        let _ = c.removed.send(true);
+        let _ = c.removed.send_replace(true);
         Ok(())
     }
 
@@ -820,7 +827,7 @@ impl Containers {
                         Status::Running
                     };
                 });
-                let _ = c.running.send(true);
+                let _ = c.running.send_replace(true);
                 let _ = self.save(c);
                 tracing::info!(id = %c.id, "re-adopted running container");
                 self.spawn_monitor(c.clone(), agent, Some(pump));

@@ -138,7 +138,7 @@ impl Containers {
     ) -> Result<Arc<Containers>> {
         let dir = paths.data_root.join("containers");
         std::fs::create_dir_all(&dir)?;
-        std::fs::create_dir_all(paths.exec_root.join("containers"))?;
+        std::fs::create_dir_all(paths.exec_root.join("c"))?;
         let storage_driver = if runtime::overlay_supported(&paths.data_root) {
             "overlay"
         } else {
@@ -225,8 +225,10 @@ impl Containers {
         ContainerRecord::dir(&self.paths.data_root, id)
     }
 
+    /// Runtime dir of a container (agent socket and log). Keyed by the first 16 hex
+    /// digits so the agent's socket path stays under the 108-byte `sun_path` limit.
     pub(crate) fn run_dir(&self, id: &str) -> PathBuf {
-        self.paths.exec_root.join("containers").join(id)
+        self.paths.exec_root.join("c").join(&id[..16.min(id.len())])
     }
 
     /// Persist the record atomically.
@@ -302,3 +304,15 @@ pub fn new_id() -> String {
     hex::encode(b)
 }
 pub use runtime::default_agent_bin as runtime_default_agent_bin;
+
+impl Containers {
+    pub fn paths_agent_bin(&self) -> String {
+        self.paths.agent_bin.display().to_string()
+    }
+
+    /// Bytes in the container's writable layer (`SizeRw`).
+    pub fn container_rw_size(&self, id: &str) -> u64 {
+        let dir = self.container_dir(id);
+        lifecycle::dir_size(&dir.join("upper")) + lifecycle::dir_size(&dir.join("rootfs"))
+    }
+}

@@ -182,3 +182,46 @@ pub fn default_agent_bin() -> std::path::PathBuf {
     }
     std::path::PathBuf::from("berth-agent")
 }
+
+/// After a process-isolation run ends, make sure its cgroups are gone even if the
+/// agent died before it could remove them: kill stragglers, then rmdir (the agent
+/// normally did both already, and then this only stats a few absent paths).
+pub(crate) fn release_process_cgroups(rec: &ContainerRecord) {
+    let parent = rec
+        .host_config
+        .cgroup_parent
+        .clone()
+        .filter(|p| !p.is_empty())
+        .unwrap_or_else(|| "berth".into());
+    let parent = parent.trim_matches('/').to_string();
+    let Ok(roots) = std::fs::read_dir("/sys/fs/cgroup") else {
+        return;
+    };
+    let mut dirs: Vec<std::path::PathBuf> = Vec::new();
+    for r in roots.flatten() {
+        dirs.push(r.path().join(&parent).join(&rec.id));
+    }
+    // cgroup v2 (unified at the root).
+    dirs.push(Path::new("/sys/fs/cgroup").join(&parent).join(&rec.id));
+    for d in dirs.iter().filter(|d| d.is_dir()) {
+        for attempt in 0..50 {
+            if let Ok(procs) = std::fs::read_to_string(d.join("cgroup.procs")) {
+                for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                    // SAFETY: kill(2) on a pid listed in the container's own cgroup.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+            }
+            // A frozen cgroup must be thawed for SIGKILL to take effect.
+            let _ = std::fs::write(d.join("freezer.state"), "THAWED");
+            let _ = std::fs::write(d.join("cgroup.freeze"), "0");
+            match std::fs::remove_dir(d) {
+                Ok(()) => break,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
+                Err(e) if attempt == 49 => {
+                    tracing::warn!(cgroup = %d.display(), "cannot remove cgroup: {e}")
+                }
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
+            }
+        }
+    }
+}
