@@ -19,14 +19,28 @@ use serde_json::{json, Value};
 // ---- helpers ---------------------------------------------------------------------------
 
 fn sha256_hex(data: &[u8]) -> String {
-    let mut c = Command::new("sha256sum").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    let mut c = Command::new("sha256sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
     c.stdin.take().unwrap().write_all(data).unwrap();
     let out = c.wait_with_output().unwrap();
-    String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap().to_string()
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
 }
 
 /// A tar member with a raw name and link name (the tar crate's setters refuse `..`).
-fn raw_entry(b: &mut tar::Builder<Vec<u8>>, name: &str, kind: tar::EntryType, data: &[u8], link: Option<&str>) {
+fn raw_entry(
+    b: &mut tar::Builder<Vec<u8>>,
+    name: &str,
+    kind: tar::EntryType,
+    data: &[u8],
+    link: Option<&str>,
+) {
     let mut h = tar::Header::new_old();
     {
         let old = h.as_old_mut();
@@ -37,7 +51,11 @@ fn raw_entry(b: &mut tar::Builder<Vec<u8>>, name: &str, kind: tar::EntryType, da
     }
     h.set_entry_type(kind);
     h.set_size(data.len() as u64);
-    h.set_mode(if kind == tar::EntryType::Directory { 0o755 } else { 0o644 });
+    h.set_mode(if kind == tar::EntryType::Directory {
+        0o755
+    } else {
+        0o644
+    });
     h.set_mtime(1_700_000_000);
     h.set_cksum();
     b.append(&h, data).unwrap();
@@ -52,7 +70,12 @@ fn tar_of(f: impl FnOnce(&mut tar::Builder<Vec<u8>>)) -> Vec<u8> {
 /// A docker-archive (`manifest.json`) holding one image made of `layers`.
 /// `diff_ids` overrides the config's diff IDs (to forge a mismatch).
 fn docker_archive(tag: &str, layers: &[Vec<u8>], diff_ids: Option<Vec<String>>) -> Vec<u8> {
-    let diffs = diff_ids.unwrap_or_else(|| layers.iter().map(|l| format!("sha256:{}", sha256_hex(l))).collect());
+    let diffs = diff_ids.unwrap_or_else(|| {
+        layers
+            .iter()
+            .map(|l| format!("sha256:{}", sha256_hex(l)))
+            .collect()
+    });
     let cfg = serde_json::to_vec(&json!({
         "architecture": "amd64", "os": "linux", "created": "2025-01-01T00:00:00Z",
         "config": { "Cmd": ["/bin/sh"], "Labels": { "test": "images" } },
@@ -70,13 +93,22 @@ fn docker_archive(tag: &str, layers: &[Vec<u8>], diff_ids: Option<Vec<String>>) 
         }
         raw_entry(b, &cfg_name, tar::EntryType::Regular, &cfg, None);
         let m = json!([{ "Config": cfg_name, "RepoTags": [tag], "Layers": paths }]);
-        raw_entry(b, "manifest.json", tar::EntryType::Regular, &serde_json::to_vec(&m).unwrap(), None);
+        raw_entry(
+            b,
+            "manifest.json",
+            tar::EntryType::Regular,
+            &serde_json::to_vec(&m).unwrap(),
+            None,
+        );
     })
 }
 
 /// Deterministic pseudo-random bytes (incompressible, so sizes are honest).
 fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407) | 1;
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407)
+        | 1;
     (0..len)
         .map(|_| {
             x ^= x << 13;
@@ -90,12 +122,24 @@ fn noise(len: usize, seed: u64) -> Vec<u8> {
 fn data_layer(name: &str, size: usize, seed: u64) -> Vec<u8> {
     tar_of(|b| {
         raw_entry(b, "data/", tar::EntryType::Directory, b"", None);
-        raw_entry(b, &format!("data/{name}"), tar::EntryType::Regular, &noise(size, seed), None);
+        raw_entry(
+            b,
+            &format!("data/{name}"),
+            tar::EntryType::Regular,
+            &noise(size, seed),
+            None,
+        );
     })
 }
 
 fn docker_load_bytes(d: &TestDaemon, data: &[u8]) -> std::process::Output {
-    let mut c = d.docker_cmd(&["load"]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut c = d
+        .docker_cmd(&["load"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let mut stdin = c.stdin.take().unwrap();
     let data = data.to_vec();
     let w = std::thread::spawn(move || {
@@ -107,7 +151,12 @@ fn docker_load_bytes(d: &TestDaemon, data: &[u8]) -> std::process::Output {
 }
 
 fn dir_entries(p: &Path) -> Vec<String> {
-    std::fs::read_dir(p).map(|r| r.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect()).unwrap_or_default()
+    std::fs::read_dir(p)
+        .map(|r| {
+            r.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// No image, no layer dir, no temp file left in the daemon's store.
@@ -115,8 +164,16 @@ fn assert_store_empty(d: &TestDaemon) {
     let ids = d.docker_ok(&["images", "-aq"]);
     assert!(ids.trim().is_empty(), "images left: {ids}");
     let root = d.data_root.join("images");
-    assert_eq!(dir_entries(&root.join("layers")), Vec::<String>::new(), "layer dirs left");
-    assert_eq!(dir_entries(&root.join("tmp")), Vec::<String>::new(), "temp files left");
+    assert_eq!(
+        dir_entries(&root.join("layers")),
+        Vec::<String>::new(),
+        "layer dirs left"
+    );
+    assert_eq!(
+        dir_entries(&root.join("tmp")),
+        Vec::<String>::new(),
+        "temp files left"
+    );
 }
 
 /// A loopback `docker-registry` (Debian's distribution 2.8) on a free port.
@@ -134,7 +191,11 @@ impl Drop for Registry {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn ensure_registry_installed() -> bool {
@@ -162,7 +223,10 @@ fn start_registry(htpasswd: Option<&str>) -> Option<Registry> {
     let auth = match htpasswd {
         Some(line) => {
             std::fs::write(dir.path().join("htpasswd"), format!("{line}\n")).unwrap();
-            format!("auth:\n  htpasswd:\n    realm: test\n    path: {}\n", dir.path().join("htpasswd").display())
+            format!(
+                "auth:\n  htpasswd:\n    realm: test\n    path: {}\n",
+                dir.path().join("htpasswd").display()
+            )
         }
         None => String::new(),
     };
@@ -184,7 +248,11 @@ fn start_registry(htpasswd: Option<&str>) -> Option<Registry> {
         assert!(Instant::now() < deadline, "registry did not start");
         std::thread::sleep(Duration::from_millis(50));
     }
-    Some(Registry { child, addr, _dir: dir })
+    Some(Registry {
+        child,
+        addr,
+        _dir: dir,
+    })
 }
 
 /// Serve `files` (path → bytes) over HTTP on loopback; returns the base URL.
@@ -202,15 +270,25 @@ fn serve_files(files: HashMap<String, Vec<u8>>) -> String {
                     Ok(n) => req.extend_from_slice(&buf[..n]),
                 }
             }
-            let line = String::from_utf8_lossy(&req).lines().next().unwrap_or("").to_string();
+            let line = String::from_utf8_lossy(&req)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_string();
             let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
             match files.get(&path) {
                 Some(body) => {
-                    let _ = write!(s, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+                    let _ = write!(
+                        s,
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                        body.len()
+                    );
                     let _ = s.write_all(body);
                 }
                 None => {
-                    let _ = s.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                    let _ = s.write_all(
+                        b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                    );
                 }
             }
         }
@@ -219,7 +297,12 @@ fn serve_files(files: HashMap<String, Vec<u8>>) -> String {
 }
 
 fn compress(data: &[u8], cmd: &str) -> Vec<u8> {
-    let mut c = Command::new(cmd).arg("-c").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    let mut c = Command::new(cmd)
+        .arg("-c")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
     let mut stdin = c.stdin.take().unwrap();
     let d = data.to_vec();
     let w = std::thread::spawn(move || stdin.write_all(&d).unwrap());
@@ -242,22 +325,40 @@ fn cli_import_tag_inspect_history_save_load_rmi() {
     import_busybox(&d, "bb:local");
     let id = inspect(&d, "bb:local")["Id"].as_str().unwrap().to_string();
     assert!(id.starts_with("sha256:") && id.len() == 71, "{id}");
-    let diff = format!("sha256:{}", sha256_hex(&std::fs::read(busybox_tar()).unwrap()));
-    assert_eq!(inspect(&d, "bb:local")["RootFS"], json!({"Type": "layers", "Layers": [diff]}));
+    let diff = format!(
+        "sha256:{}",
+        sha256_hex(&std::fs::read(busybox_tar()).unwrap())
+    );
+    assert_eq!(
+        inspect(&d, "bb:local")["RootFS"],
+        json!({"Type": "layers", "Layers": [diff]})
+    );
 
     d.docker_ok(&["tag", "bb:local", "bb:v2"]);
     d.docker_ok(&["tag", "bb:local", "example.com:5000/team/bb:3"]);
     let ins = inspect(&d, &id[7..19]);
     let mut tags: Vec<String> = serde_json::from_value(ins["RepoTags"].clone()).unwrap();
     tags.sort();
-    assert_eq!(tags, vec!["bb:local", "bb:v2", "example.com:5000/team/bb:3"]);
+    assert_eq!(
+        tags,
+        vec!["bb:local", "bb:v2", "example.com:5000/team/bb:3"]
+    );
     assert_eq!(ins["Os"], "linux");
     assert_eq!(ins["Architecture"], "amd64");
     assert!(ins["Size"].as_u64().unwrap() > 1_000_000);
 
     let table = d.docker_ok(&["images", "--format", "{{.Repository}}:{{.Tag}} {{.ID}}"]);
-    assert!(table.contains("bb:local ") && table.contains("example.com:5000/team/bb:3"), "{table}");
-    let filtered = d.docker_ok(&["images", "--filter", "reference=bb:v*", "--format", "{{.Repository}}:{{.Tag}}"]);
+    assert!(
+        table.contains("bb:local ") && table.contains("example.com:5000/team/bb:3"),
+        "{table}"
+    );
+    let filtered = d.docker_ok(&[
+        "images",
+        "--filter",
+        "reference=bb:v*",
+        "--format",
+        "{{.Repository}}:{{.Tag}}",
+    ]);
     assert_eq!(filtered.trim(), "bb:v2");
     let dangling = d.docker_ok(&["images", "-q", "--filter", "dangling=true"]);
     assert!(dangling.trim().is_empty());
@@ -265,20 +366,32 @@ fn cli_import_tag_inspect_history_save_load_rmi() {
     assert!(by_label.trim().is_empty());
 
     let hist = d.docker_ok(&["history", "--no-trunc", "bb:local"]);
-    assert!(hist.contains("Imported from -") && hist.contains(&id), "{hist}");
+    assert!(
+        hist.contains("Imported from -") && hist.contains(&id),
+        "{hist}"
+    );
 
     // save → remove → load gives back the same image.
     let saved = d.dir.path().join("bb.tar");
     d.docker_ok(&["save", "-o", saved.to_str().unwrap(), "bb:local", "bb:v2"]);
     let err = d.docker_err(&["rmi", &id]);
-    assert!(err.contains("must be forced") && err.contains("referenced in multiple repositories"), "{err}");
+    assert!(
+        err.contains("must be forced") && err.contains("referenced in multiple repositories"),
+        "{err}"
+    );
     let out = d.docker_ok(&["rmi", "bb:v2"]);
     assert_eq!(out.trim(), "Untagged: bb:v2");
     let out = d.docker_ok(&["rmi", "-f", &id]);
-    assert!(out.contains("Untagged: bb:local") && out.contains(&format!("Deleted: {id}")), "{out}");
+    assert!(
+        out.contains("Untagged: bb:local") && out.contains(&format!("Deleted: {id}")),
+        "{out}"
+    );
     assert_store_empty(&d);
     let out = d.docker_ok(&["load", "-i", saved.to_str().unwrap()]);
-    assert!(out.contains("Loaded image: bb:local") && out.contains("Loaded image: bb:v2"), "{out}");
+    assert!(
+        out.contains("Loaded image: bb:local") && out.contains("Loaded image: bb:v2"),
+        "{out}"
+    );
     assert_eq!(inspect(&d, "bb:v2")["Id"], id.as_str());
 
     // Errors in Docker's words.
@@ -288,7 +401,12 @@ fn cli_import_tag_inspect_history_save_load_rmi() {
     assert!(err.contains("No such image: nope:1"), "{err}");
     let err = d.docker_err(&["tag", "bb:local", "Bad/Name"]);
     assert!(err.contains("invalid reference format"), "{err}");
-    let err = d.docker_err(&["save", "-o", d.dir.path().join("m.tar").to_str().unwrap(), "missing:x"]);
+    let err = d.docker_err(&[
+        "save",
+        "-o",
+        d.dir.path().join("m.tar").to_str().unwrap(),
+        "missing:x",
+    ]);
     assert!(err.contains("No such image: missing:x"), "{err}");
 
     // The store survives a daemon restart.
@@ -312,7 +430,11 @@ fn import_from_stdin_and_url_with_every_compression() {
         let name = format!("imp:{i}");
         let out = d.docker_ok(&["import", &format!("{base}/rootfs.{ext}"), &name]);
         assert!(out.trim().starts_with("sha256:"), "{out}");
-        assert_eq!(inspect(&d, &name)["RootFS"]["Layers"], json!([diff]), "{ext}");
+        assert_eq!(
+            inspect(&d, &name)["RootFS"]["Layers"],
+            json!([diff]),
+            "{ext}"
+        );
     }
     // Two imports of the same content share one unpacked layer.
     assert_eq!(dir_entries(&d.data_root.join("images/layers")).len(), 1);
@@ -320,7 +442,19 @@ fn import_from_stdin_and_url_with_every_compression() {
     // stdin, xz-compressed, with --change and --message.
     let xz = files["/rootfs.tar.xz"].clone();
     let mut c = d
-        .docker_cmd(&["import", "-m", "hello msg", "-c", "CMD [\"/bin/sh\",\"-c\",\"echo hi\"]", "-c", "ENV A=1", "-c", "EXPOSE 8080", "-", "imp:stdin"])
+        .docker_cmd(&[
+            "import",
+            "-m",
+            "hello msg",
+            "-c",
+            "CMD [\"/bin/sh\",\"-c\",\"echo hi\"]",
+            "-c",
+            "ENV A=1",
+            "-c",
+            "EXPOSE 8080",
+            "-",
+            "imp:stdin",
+        ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -337,7 +471,13 @@ fn import_from_stdin_and_url_with_every_compression() {
 
     let err = d.docker_err(&["import", &format!("{base}/missing.tar"), "imp:x"]);
     assert!(err.contains("404"), "{err}");
-    let err = d.docker_err(&["import", "-c", "RUN rm -rf /", &format!("{base}/rootfs.tar"), "imp:x"]);
+    let err = d.docker_err(&[
+        "import",
+        "-c",
+        "RUN rm -rf /",
+        &format!("{base}/rootfs.tar"),
+        "imp:x",
+    ]);
     assert!(err.contains("not a valid change command"), "{err}");
 }
 
@@ -349,7 +489,15 @@ fn oci_layout_archives_load() {
     d.docker_ok(&["save", "-o", saved.to_str().unwrap(), "bb:local"]);
     // Our save is also an OCI layout: load it through index.json alone.
     let out = Command::new("skopeo")
-        .args(["copy", "--quiet", &format!("oci-archive:{}", saved.display()), &format!("oci-archive:{}:bb:oci", d.dir.path().join("oci.tar").display())])
+        .args([
+            "copy",
+            "--quiet",
+            &format!("oci-archive:{}", saved.display()),
+            &format!(
+                "oci-archive:{}:bb:oci",
+                d.dir.path().join("oci.tar").display()
+            ),
+        ])
         .output();
     let Ok(out) = out else {
         panic!("skopeo is required (apt-get install skopeo)");
@@ -373,8 +521,28 @@ fn hostile_archives_are_refused_and_leave_nothing() {
     let target = outside.path().display().to_string();
     let ok_layer = tar_of(|b| raw_entry(b, "ok", tar::EntryType::Regular, b"fine", None));
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
-        ("dotdot", docker_archive("h:1", &[tar_of(|b| raw_entry(b, "../../escaped", tar::EntryType::Regular, b"x", None))], None), "escapes the layer root"),
-        ("absolute", docker_archive("h:1", &[tar_of(|b| raw_entry(b, "/escaped", tar::EntryType::Regular, b"x", None))], None), "absolute path"),
+        (
+            "dotdot",
+            docker_archive(
+                "h:1",
+                &[tar_of(|b| {
+                    raw_entry(b, "../../escaped", tar::EntryType::Regular, b"x", None)
+                })],
+                None,
+            ),
+            "escapes the layer root",
+        ),
+        (
+            "absolute",
+            docker_archive(
+                "h:1",
+                &[tar_of(|b| {
+                    raw_entry(b, "/escaped", tar::EntryType::Regular, b"x", None)
+                })],
+                None,
+            ),
+            "absolute path",
+        ),
         (
             "write through symlink",
             docker_archive(
@@ -387,12 +555,52 @@ fn hostile_archives_are_refused_and_leave_nothing() {
             ),
             "symlink",
         ),
-        ("escaping symlink", docker_archive("h:1", &[tar_of(|b| raw_entry(b, "a", tar::EntryType::Symlink, b"", Some("../../../etc/shadow")))], None), "points outside"),
-        ("escaping hardlink", docker_archive("h:1", &[tar_of(|b| raw_entry(b, "hl", tar::EntryType::Link, b"", Some("../../etc/shadow")))], None), "points outside"),
-        ("device node", docker_archive("h:1", &[tar_of(|b| raw_entry(b, "dev/sda", tar::EntryType::Block, b"", None))], None), "device nodes"),
+        (
+            "escaping symlink",
+            docker_archive(
+                "h:1",
+                &[tar_of(|b| {
+                    raw_entry(
+                        b,
+                        "a",
+                        tar::EntryType::Symlink,
+                        b"",
+                        Some("../../../etc/shadow"),
+                    )
+                })],
+                None,
+            ),
+            "points outside",
+        ),
+        (
+            "escaping hardlink",
+            docker_archive(
+                "h:1",
+                &[tar_of(|b| {
+                    raw_entry(b, "hl", tar::EntryType::Link, b"", Some("../../etc/shadow"))
+                })],
+                None,
+            ),
+            "points outside",
+        ),
+        (
+            "device node",
+            docker_archive(
+                "h:1",
+                &[tar_of(|b| {
+                    raw_entry(b, "dev/sda", tar::EntryType::Block, b"", None)
+                })],
+                None,
+            ),
+            "device nodes",
+        ),
         (
             "diff id mismatch",
-            docker_archive("h:1", &[ok_layer.clone()], Some(vec![format!("sha256:{}", "0".repeat(64))])),
+            docker_archive(
+                "h:1",
+                &[ok_layer.clone()],
+                Some(vec![format!("sha256:{}", "0".repeat(64))]),
+            ),
             "digest mismatch",
         ),
         ("garbage", b"this is not a tarball".repeat(100), "invalid"),
@@ -402,7 +610,10 @@ fn hostile_archives_are_refused_and_leave_nothing() {
         assert!(!out.status.success(), "{what}: load succeeded");
         let err = stderr(&out);
         assert!(err.contains(needle), "{what}: {err}");
-        assert!(!outside.path().join("escaped").exists(), "{what}: wrote outside the layer");
+        assert!(
+            !outside.path().join("escaped").exists(),
+            "{what}: wrote outside the layer"
+        );
         assert_store_empty(&d);
     }
     // A truncated archive (cut in the middle of the layer data).
@@ -412,10 +623,26 @@ fn hostile_archives_are_refused_and_leave_nothing() {
     assert!(stderr(&out).contains("invalid"), "{}", stderr(&out));
     assert_store_empty(&d);
     // Hostile import (the import path uses the same unpacker).
-    let mut c = d.docker_cmd(&["import", "-", "h:imp"]).stdin(Stdio::piped()).stderr(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
-    c.stdin.take().unwrap().write_all(&tar_of(|b| raw_entry(b, "../x", tar::EntryType::Regular, b"x", None))).unwrap();
+    let mut c = d
+        .docker_cmd(&["import", "-", "h:imp"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    c.stdin
+        .take()
+        .unwrap()
+        .write_all(&tar_of(|b| {
+            raw_entry(b, "../x", tar::EntryType::Regular, b"x", None)
+        }))
+        .unwrap();
     let out = c.wait_with_output().unwrap();
-    assert!(!out.status.success() && stderr(&out).contains("escapes"), "{}", stderr(&out));
+    assert!(
+        !out.status.success() && stderr(&out).contains("escapes"),
+        "{}",
+        stderr(&out)
+    );
     assert_store_empty(&d);
     // And a good archive still loads afterwards.
     let out = docker_load_bytes(&d, &docker_archive("good:1", &[ok_layer], None));
@@ -428,7 +655,13 @@ fn interrupted_loads_leave_no_half_image() {
     let mut d = TestDaemon::start();
     let archive = docker_archive("big:1", &[data_layer("a", 24 << 20, 7)], None);
     // 1. The client dies mid-upload.
-    let mut c = d.docker_cmd(&["load"]).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let mut c = d
+        .docker_cmd(&["load"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     let mut stdin = c.stdin.take().unwrap();
     stdin.write_all(&archive[..8 << 20]).unwrap();
     std::thread::sleep(Duration::from_millis(300));
@@ -441,11 +674,20 @@ fn interrupted_loads_leave_no_half_image() {
     }
     assert_store_empty(&d);
     // 2. The daemon dies mid-upload (SIGKILL, no cleanup); the next start cleans up.
-    let mut c = d.docker_cmd(&["load"]).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let mut c = d
+        .docker_cmd(&["load"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     let mut stdin = c.stdin.take().unwrap();
     stdin.write_all(&archive[..12 << 20]).unwrap();
     std::thread::sleep(Duration::from_millis(300));
-    assert!(!dir_entries(&d.data_root.join("images/tmp")).is_empty(), "the upload should be in progress");
+    assert!(
+        !dir_entries(&d.data_root.join("images/tmp")).is_empty(),
+        "the upload should be in progress"
+    );
     d.kill();
     let _ = c.kill();
     let _ = c.wait();
@@ -460,18 +702,33 @@ fn interrupted_loads_leave_no_half_image() {
 /// as bollard sees it, and a registry that is down.
 #[test]
 fn registry_push_pull_progress() {
-    let Some(reg) = start_registry(None) else { return };
+    let Some(reg) = start_registry(None) else {
+        return;
+    };
     let d = TestDaemon::start();
     let repo = format!("{}/multi", reg.addr);
-    let layers = vec![std::fs::read(busybox_tar()).unwrap(), data_layer("one", 300_000, 2), data_layer("two", 200_000, 3)];
+    let layers = vec![
+        std::fs::read(busybox_tar()).unwrap(),
+        data_layer("one", 300_000, 2),
+        data_layer("two", 200_000, 3),
+    ];
     let out = docker_load_bytes(&d, &docker_archive(&format!("{repo}:1"), &layers, None));
     assert!(out.status.success(), "{}", stderr(&out));
-    let id = inspect(&d, &format!("{repo}:1"))["Id"].as_str().unwrap().to_string();
+    let id = inspect(&d, &format!("{repo}:1"))["Id"]
+        .as_str()
+        .unwrap()
+        .to_string();
 
     let out = d.docker_ok(&["push", &format!("{repo}:1")]);
-    assert!(out.contains(&format!("The push refers to repository [{repo}]")), "{out}");
+    assert!(
+        out.contains(&format!("The push refers to repository [{repo}]")),
+        "{out}"
+    );
     assert_eq!(out.matches(": Pushed").count(), 3, "{out}");
-    let digest_line = out.lines().find(|l| l.starts_with("1: digest: sha256:")).unwrap_or_else(|| panic!("{out}"));
+    let digest_line = out
+        .lines()
+        .find(|l| l.starts_with("1: digest: sha256:"))
+        .unwrap_or_else(|| panic!("{out}"));
     let digest = digest_line.split_whitespace().nth(2).unwrap().to_string();
 
     d.docker_ok(&["rmi", &format!("{repo}:1")]);
@@ -479,11 +736,20 @@ fn registry_push_pull_progress() {
     let out = d.docker_ok(&["pull", &format!("{repo}:1")]);
     assert_eq!(out.matches(": Pull complete").count(), 3, "{out}");
     assert!(out.contains(&format!("Digest: {digest}")), "{out}");
-    assert!(out.contains(&format!("Status: Downloaded newer image for {repo}:1")), "{out}");
+    assert!(
+        out.contains(&format!("Status: Downloaded newer image for {repo}:1")),
+        "{out}"
+    );
     assert_eq!(inspect(&d, &format!("{repo}:1"))["Id"], id.as_str());
-    assert_eq!(inspect(&d, &format!("{repo}:1"))["RepoDigests"], json!([format!("{repo}@{digest}")]));
+    assert_eq!(
+        inspect(&d, &format!("{repo}:1"))["RepoDigests"],
+        json!([format!("{repo}@{digest}")])
+    );
     let out = d.docker_ok(&["pull", &format!("{repo}:1")]);
-    assert!(out.contains(&format!("Status: Image is up to date for {repo}:1")), "{out}");
+    assert!(
+        out.contains(&format!("Status: Image is up to date for {repo}:1")),
+        "{out}"
+    );
     // By digest.
     d.docker_ok(&["rmi", &format!("{repo}:1")]);
     d.docker_ok(&["pull", &format!("{repo}@{digest}")]);
@@ -493,36 +759,95 @@ fn registry_push_pull_progress() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let docker = d.bollard();
-        docker.remove_image(&format!("{repo}@{digest}"), None::<bollard::query_parameters::RemoveImageOptions>, None).await.unwrap();
-        let opts = bollard::query_parameters::CreateImageOptions { from_image: Some(repo.clone()), tag: Some("1".into()), ..Default::default() };
+        docker
+            .remove_image(
+                &format!("{repo}@{digest}"),
+                None::<bollard::query_parameters::RemoveImageOptions>,
+                None,
+            )
+            .await
+            .unwrap();
+        let opts = bollard::query_parameters::CreateImageOptions {
+            from_image: Some(repo.clone()),
+            tag: Some("1".into()),
+            ..Default::default()
+        };
         let msgs: Vec<_> = docker.create_image(Some(opts), None, None).collect().await;
-        let statuses: Vec<String> = msgs.into_iter().map(|m| m.unwrap().status.unwrap_or_default()).collect();
-        for want in ["Pulling from multi", "Pulling fs layer", "Verifying Checksum", "Download complete", "Pull complete"] {
-            assert!(statuses.iter().any(|s| s == want), "{want} missing in {statuses:?}");
+        let statuses: Vec<String> = msgs
+            .into_iter()
+            .map(|m| m.unwrap().status.unwrap_or_default())
+            .collect();
+        for want in [
+            "Pulling from multi",
+            "Pulling fs layer",
+            "Verifying Checksum",
+            "Download complete",
+            "Pull complete",
+        ] {
+            assert!(
+                statuses.iter().any(|s| s == want),
+                "{want} missing in {statuses:?}"
+            );
         }
         // Push: per-layer states and the aux digest record.
         docker
-            .tag_image(&format!("{repo}:1"), Some(bollard::query_parameters::TagImageOptions { repo: Some(repo.clone()), tag: Some("2".into()) }))
+            .tag_image(
+                &format!("{repo}:1"),
+                Some(bollard::query_parameters::TagImageOptions {
+                    repo: Some(repo.clone()),
+                    tag: Some("2".into()),
+                }),
+            )
             .await
             .unwrap();
-        let opts = bollard::query_parameters::PushImageOptions { tag: Some("2".into()), ..Default::default() };
+        let opts = bollard::query_parameters::PushImageOptions {
+            tag: Some("2".into()),
+            ..Default::default()
+        };
         let msgs: Vec<_> = docker.push_image(&repo, Some(opts), None).collect().await;
         let msgs: Vec<_> = msgs.into_iter().map(|m| m.unwrap()).collect();
-        assert!(msgs.iter().any(|m| m.status.as_deref() == Some("Layer already exists")), "{msgs:?}");
-        assert!(msgs.iter().any(|m| m.status.as_deref().is_some_and(|s| s.starts_with(&format!("2: digest: {digest}")))), "{msgs:?}");
+        assert!(
+            msgs.iter()
+                .any(|m| m.status.as_deref() == Some("Layer already exists")),
+            "{msgs:?}"
+        );
+        assert!(
+            msgs.iter().any(|m| m
+                .status
+                .as_deref()
+                .is_some_and(|s| s.starts_with(&format!("2: digest: {digest}")))),
+            "{msgs:?}"
+        );
         // A pull error after streaming started is reported in-band; before, as HTTP.
-        let opts = bollard::query_parameters::CreateImageOptions { from_image: Some(format!("{}/nothere", reg.addr)), tag: Some("1".into()), ..Default::default() };
-        let first = docker.create_image(Some(opts), None, None).next().await.unwrap();
+        let opts = bollard::query_parameters::CreateImageOptions {
+            from_image: Some(format!("{}/nothere", reg.addr)),
+            tag: Some("1".into()),
+            ..Default::default()
+        };
+        let first = docker
+            .create_image(Some(opts), None, None)
+            .next()
+            .await
+            .unwrap();
         let e = first.unwrap_err().to_string();
-        assert!(e.contains("not found") && e.contains("manifest unknown"), "{e}");
+        assert!(
+            e.contains("not found") && e.contains("manifest unknown"),
+            "{e}"
+        );
     });
 
     // A registry that is down: a clear error, nothing registered.
     let down = format!("127.0.0.1:{}/x:1", free_port());
     let err = d.docker_err(&["pull", &down]);
-    assert!(err.contains("unreachable") && err.contains("onnection refused"), "{err}");
+    assert!(
+        err.contains("unreachable") && err.contains("onnection refused"),
+        "{err}"
+    );
     let err = d.docker_err(&["push", &format!("{}/never:1", reg.addr)]);
-    assert!(err.contains("An image does not exist locally with the tag"), "{err}");
+    assert!(
+        err.contains("An image does not exist locally with the tag"),
+        "{err}"
+    );
 }
 
 /// `X-Registry-Auth` reaches the registry: pushing without credentials is refused,
@@ -530,7 +855,12 @@ fn registry_push_pull_progress() {
 #[test]
 fn registry_auth_is_honoured() {
     let hash = Command::new("python3")
-        .args(["-W", "ignore", "-c", "import crypt;print(crypt.crypt('s3cret', crypt.mksalt(crypt.METHOD_BLOWFISH)))"])
+        .args([
+            "-W",
+            "ignore",
+            "-c",
+            "import crypt;print(crypt.crypt('s3cret', crypt.mksalt(crypt.METHOD_BLOWFISH)))",
+        ])
         .output()
         .ok()
         .filter(|o| o.status.success())
@@ -540,27 +870,67 @@ fn registry_auth_is_honoured() {
         eprintln!("SKIP: cannot make a bcrypt htpasswd line (python3 crypt module missing)");
         return;
     };
-    let Some(reg) = start_registry(Some(&format!("tester:{hash}"))) else { return };
+    let Some(reg) = start_registry(Some(&format!("tester:{hash}"))) else {
+        return;
+    };
     let d = TestDaemon::start();
     let repo = format!("{}/private", reg.addr);
-    let out = docker_load_bytes(&d, &docker_archive(&format!("{repo}:1"), &[data_layer("p", 1000, 9)], None));
+    let out = docker_load_bytes(
+        &d,
+        &docker_archive(&format!("{repo}:1"), &[data_layer("p", 1000, 9)], None),
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     let err = d.docker_err(&["push", &format!("{repo}:1")]);
-    assert!(err.to_lowercase().contains("unauthorized") || err.contains("authentication"), "{err}");
+    assert!(
+        err.to_lowercase().contains("unauthorized") || err.contains("authentication"),
+        "{err}"
+    );
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let docker = d.bollard();
-        let creds = bollard::auth::DockerCredentials { username: Some("tester".into()), password: Some("s3cret".into()), ..Default::default() };
-        let opts = bollard::query_parameters::PushImageOptions { tag: Some("1".into()), ..Default::default() };
-        let msgs: Vec<_> = docker.push_image(&repo, Some(opts), Some(creds.clone())).collect().await;
+        let creds = bollard::auth::DockerCredentials {
+            username: Some("tester".into()),
+            password: Some("s3cret".into()),
+            ..Default::default()
+        };
+        let opts = bollard::query_parameters::PushImageOptions {
+            tag: Some("1".into()),
+            ..Default::default()
+        };
+        let msgs: Vec<_> = docker
+            .push_image(&repo, Some(opts), Some(creds.clone()))
+            .collect()
+            .await;
         assert!(msgs.iter().all(|m| m.is_ok()), "{msgs:?}");
-        docker.remove_image(&format!("{repo}:1"), None::<bollard::query_parameters::RemoveImageOptions>, None).await.unwrap();
-        let opts = bollard::query_parameters::CreateImageOptions { from_image: Some(repo.clone()), tag: Some("1".into()), ..Default::default() };
-        let msgs: Vec<_> = docker.create_image(Some(opts.clone()), None, Some(creds)).collect().await;
+        docker
+            .remove_image(
+                &format!("{repo}:1"),
+                None::<bollard::query_parameters::RemoveImageOptions>,
+                None,
+            )
+            .await
+            .unwrap();
+        let opts = bollard::query_parameters::CreateImageOptions {
+            from_image: Some(repo.clone()),
+            tag: Some("1".into()),
+            ..Default::default()
+        };
+        let msgs: Vec<_> = docker
+            .create_image(Some(opts.clone()), None, Some(creds))
+            .collect()
+            .await;
         assert!(msgs.iter().all(|m| m.is_ok()), "{msgs:?}");
         docker.inspect_image(&format!("{repo}:1")).await.unwrap();
-        let bad = bollard::auth::DockerCredentials { username: Some("tester".into()), password: Some("wrong".into()), ..Default::default() };
-        let first = docker.create_image(Some(opts), None, Some(bad)).next().await.unwrap();
+        let bad = bollard::auth::DockerCredentials {
+            username: Some("tester".into()),
+            password: Some("wrong".into()),
+            ..Default::default()
+        };
+        let first = docker
+            .create_image(Some(opts), None, Some(bad))
+            .next()
+            .await
+            .unwrap();
         assert!(first.is_err());
     });
 }
@@ -572,18 +942,35 @@ fn bollard_image_api() {
     rt.block_on(async {
         let docker = d.bollard();
         // Load through bollard (POST /images/load).
-        let archive = docker_archive("bl:1", &[data_layer("x", 5000, 4), data_layer("y", 6000, 5)], None);
+        let archive = docker_archive(
+            "bl:1",
+            &[data_layer("x", 5000, 4), data_layer("y", 6000, 5)],
+            None,
+        );
         let msgs: Vec<_> = docker
-            .import_image(bollard::query_parameters::ImportImageOptions::default(), bollard::body_full(archive.into()), None)
+            .import_image(
+                bollard::query_parameters::ImportImageOptions::default(),
+                bollard::body_full(archive.into()),
+                None,
+            )
             .collect()
             .await;
-        let text: String = msgs.into_iter().map(|m| m.unwrap().stream.unwrap_or_default()).collect();
+        let text: String = msgs
+            .into_iter()
+            .map(|m| m.unwrap().stream.unwrap_or_default())
+            .collect();
         assert!(text.contains("Loaded image: bl:1"), "{text}");
 
-        let list = docker.list_images(None::<bollard::query_parameters::ListImagesOptions>).await.unwrap();
+        let list = docker
+            .list_images(None::<bollard::query_parameters::ListImagesOptions>)
+            .await
+            .unwrap();
         assert_eq!(list.len(), 1);
         assert_eq!(list[0].repo_tags, vec!["bl:1".to_string()]);
-        assert_eq!(list[0].labels.get("test").map(String::as_str), Some("images"));
+        assert_eq!(
+            list[0].labels.get("test").map(String::as_str),
+            Some("images")
+        );
         let ins = docker.inspect_image("bl:1").await.unwrap();
         assert_eq!(ins.root_fs.unwrap().layers.unwrap().len(), 2);
         let hist = docker.image_history("bl:1").await.unwrap();
@@ -592,49 +979,95 @@ fn bollard_image_api() {
         assert_eq!(hist[1].created_by, "layer 0");
 
         docker
-            .tag_image("bl:1", Some(bollard::query_parameters::TagImageOptions { repo: Some("other/bl".into()), tag: Some("t".into()) }))
+            .tag_image(
+                "bl:1",
+                Some(bollard::query_parameters::TagImageOptions {
+                    repo: Some("other/bl".into()),
+                    tag: Some("t".into()),
+                }),
+            )
             .await
             .unwrap();
         let mut filters = HashMap::new();
         filters.insert("reference".to_string(), vec!["other/*".to_string()]);
         let list = docker
-            .list_images(Some(bollard::query_parameters::ListImagesOptions { filters: Some(filters), ..Default::default() }))
+            .list_images(Some(bollard::query_parameters::ListImagesOptions {
+                filters: Some(filters),
+                ..Default::default()
+            }))
             .await
             .unwrap();
         assert_eq!(list[0].repo_tags, vec!["other/bl:t".to_string()]);
 
         // Save through bollard and check it is a tar with both formats' indexes.
-        let bytes: Vec<u8> = docker.export_image("other/bl:t").map(|c| c.unwrap().to_vec()).collect::<Vec<_>>().await.concat();
+        let bytes: Vec<u8> = docker
+            .export_image("other/bl:t")
+            .map(|c| c.unwrap().to_vec())
+            .collect::<Vec<_>>()
+            .await
+            .concat();
         let mut names = Vec::new();
         let mut ar = tar::Archive::new(&bytes[..]);
         for e in ar.entries().unwrap() {
             names.push(e.unwrap().path().unwrap().display().to_string());
         }
-        assert!(names.contains(&"manifest.json".to_string()) && names.contains(&"index.json".to_string()), "{names:?}");
+        assert!(
+            names.contains(&"manifest.json".to_string())
+                && names.contains(&"index.json".to_string()),
+            "{names:?}"
+        );
 
         // Untag one, then remove (and so delete) the image.
-        let r = docker.remove_image("other/bl:t", None::<bollard::query_parameters::RemoveImageOptions>, None).await.unwrap();
+        let r = docker
+            .remove_image(
+                "other/bl:t",
+                None::<bollard::query_parameters::RemoveImageOptions>,
+                None,
+            )
+            .await
+            .unwrap();
         assert_eq!(r.len(), 1);
         assert_eq!(r[0].untagged.as_deref(), Some("other/bl:t"));
-        let e = docker.inspect_image("nope:9").await.unwrap_err().to_string();
+        let e = docker
+            .inspect_image("nope:9")
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("No such image: nope:9"), "{e}");
 
         // Prune: dangling only by default; `dangling=false` takes unused tagged ones too.
         let archive = docker_archive("bl:1", &[data_layer("z", 7000, 6)], None);
         let _: Vec<_> = docker
-            .import_image(bollard::query_parameters::ImportImageOptions::default(), bollard::body_full(archive.into()), None)
+            .import_image(
+                bollard::query_parameters::ImportImageOptions::default(),
+                bollard::body_full(archive.into()),
+                None,
+            )
             .collect()
             .await;
-        let rep = docker.prune_images(None::<bollard::query_parameters::PruneImagesOptions>).await.unwrap();
-        assert_eq!(rep.images_deleted.unwrap_or_default().len(), 1, "the old bl:1 became dangling");
+        let rep = docker
+            .prune_images(None::<bollard::query_parameters::PruneImagesOptions>)
+            .await
+            .unwrap();
+        assert_eq!(
+            rep.images_deleted.unwrap_or_default().len(),
+            1,
+            "the old bl:1 became dangling"
+        );
         let mut filters = HashMap::new();
         filters.insert("dangling".to_string(), vec!["false".to_string()]);
         let rep = docker
-            .prune_images(Some(bollard::query_parameters::PruneImagesOptions { filters: Some(filters) }))
+            .prune_images(Some(bollard::query_parameters::PruneImagesOptions {
+                filters: Some(filters),
+            }))
             .await
             .unwrap();
         assert!(rep.space_reclaimed.unwrap() >= 7000);
-        assert!(docker.list_images(None::<bollard::query_parameters::ListImagesOptions>).await.unwrap().is_empty());
+        assert!(docker
+            .list_images(None::<bollard::query_parameters::ListImagesOptions>)
+            .await
+            .unwrap()
+            .is_empty());
     });
     assert_store_empty(&d);
 }

@@ -23,20 +23,40 @@ use crate::{Error, Result};
 const CONCURRENCY: usize = 3;
 const TICK: Duration = Duration::from_millis(100);
 
+/// `null` (which clients send for unset fields) reads as "".
+fn null_str<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<String, D::Error> {
+    Ok(Option::<String>::deserialize(d)?.unwrap_or_default())
+}
+
 /// Docker's `AuthConfig` from the `X-Registry-Auth` header.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct RegistryAuth {
-    #[serde(default, alias = "Username")]
+    #[serde(default, alias = "Username", deserialize_with = "null_str")]
     pub username: String,
-    #[serde(default, alias = "Password")]
+    #[serde(default, alias = "Password", deserialize_with = "null_str")]
     pub password: String,
-    #[serde(default, alias = "Auth")]
+    #[serde(default, alias = "Auth", deserialize_with = "null_str")]
     pub auth: String,
-    #[serde(default, alias = "IdentityToken", alias = "identitytoken")]
+    #[serde(
+        default,
+        alias = "IdentityToken",
+        alias = "identitytoken",
+        deserialize_with = "null_str"
+    )]
     pub identity_token: String,
-    #[serde(default, alias = "RegistryToken", alias = "registrytoken")]
+    #[serde(
+        default,
+        alias = "RegistryToken",
+        alias = "registrytoken",
+        deserialize_with = "null_str"
+    )]
     pub registry_token: String,
-    #[serde(default, alias = "ServerAddress", alias = "serveraddress")]
+    #[serde(
+        default,
+        alias = "ServerAddress",
+        alias = "serveraddress",
+        deserialize_with = "null_str"
+    )]
     pub server_address: String,
 }
 
@@ -698,7 +718,8 @@ mod tests {
             RegistryAuth::from_header("e30=").to_oci(),
             oci_client::secrets::RegistryAuth::Anonymous
         ));
-        let h = base64::engine::general_purpose::URL_SAFE.encode(br#"{"auth":"dTpw"}"#);
+        let h = base64::engine::general_purpose::URL_SAFE
+            .encode(br#"{"auth":"dTpw","email":null,"username":null}"#);
         assert!(
             matches!(RegistryAuth::from_header(&h).to_oci(), oci_client::secrets::RegistryAuth::Basic(u, _) if u == "u")
         );

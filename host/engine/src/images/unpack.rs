@@ -266,10 +266,15 @@ pub fn unpack_layer<R: Read>(reader: R, dest: &Path) -> Result<u64> {
             continue; // the layer root itself ("./")
         };
         let hdr = entry.header();
+        // Like Go's archive/tar, an empty (all-NUL) numeric field reads as 0.
         let meta = Meta {
-            uid: hdr.uid().map_err(|e| bad(format!("{shown}: {e}")))? as u32,
-            gid: hdr.gid().map_err(|e| bad(format!("{shown}: {e}")))? as u32,
-            mode: hdr.mode().map_err(|e| bad(format!("{shown}: {e}")))?,
+            uid: hdr.uid().unwrap_or(0) as u32,
+            gid: hdr.gid().unwrap_or(0) as u32,
+            mode: hdr.mode().unwrap_or(if kind == EntryType::Directory {
+                0o755
+            } else {
+                0o644
+            }),
             mtime: hdr.mtime().unwrap_or(0) as i64,
         };
         let parent = walk(rootfd, parents, true, &shown)?;
