@@ -293,7 +293,7 @@ impl BusDevice for MmioTransport {
             return;
         }
         // Registers are 32-bit and must be accessed as such.
-        if data.len() != 4 || offset % 4 != 0 {
+        if data.len() != 4 || !offset.is_multiple_of(4) {
             data.fill(0);
             return;
         }
@@ -306,7 +306,7 @@ impl BusDevice for MmioTransport {
             self.config_generation = self.config_generation.wrapping_add(1);
             return;
         }
-        if data.len() != 4 || offset % 4 != 0 {
+        if data.len() != 4 || !offset.is_multiple_of(4) {
             return;
         }
         let v = u32::from_le_bytes([data[0], data[1], data[2], data[3]]);

@@ -109,7 +109,7 @@ pub fn parse_request<'a>(
         if data_len > MAX_REQUEST_BYTES {
             return Err(RequestError::TooLarge(data_len));
         }
-        if data_len as u64 % SECTOR_SIZE != 0 {
+        if !(data_len as u64).is_multiple_of(SECTOR_SIZE) {
             return Err(RequestError::Unaligned(data_len));
         }
         let end = hdr

@@ -1,0 +1,8 @@
+#![no_main]
+//! Descriptor-chain parsing of virtio-net on fuzzer-controlled guest memory.
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    berth_vmm::fuzz::net(data);
+});
