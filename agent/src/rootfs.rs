@@ -109,18 +109,7 @@ pub fn setup(
                     "overlay rootfs needs at least one lower dir",
                 ));
             }
-            // overlayfs lists lowerdir top-first; the spec is bottom-to-top.
-            let lowers: Vec<String> = lower
-                .iter()
-                .rev()
-                .map(|p| p.display().to_string())
-                .collect();
-            let opts = format!(
-                "lowerdir={},upperdir={},workdir={}",
-                lowers.join(":"),
-                upper.display(),
-                work.display()
-            );
+            let opts = overlay_options(lower, upper, work, exec_dir)?;
             do_mount(
                 Some("overlay"),
                 &root,
@@ -321,6 +310,58 @@ pub fn setup(
         )?;
     }
     Ok(())
+}
+
+/// Mount data is limited to one page. Like Docker's overlay2, fall back to short symlinks to the
+/// layers (`<exec_dir>/l/<n>`) and chdir there: overlayfs resolves relative paths against the cwd.
+fn overlay_options(
+    lower: &[PathBuf],
+    upper: &Path,
+    work: &Path,
+    exec_dir: &Path,
+) -> io::Result<String> {
+    // overlayfs lists lowerdir top-first; the spec is bottom-to-top.
+    let build = |lowers: Vec<String>, upper: String, work: String| {
+        format!(
+            "lowerdir={},upperdir={},workdir={}",
+            lowers.join(":"),
+            upper,
+            work
+        )
+    };
+    let abs = build(
+        lower
+            .iter()
+            .rev()
+            .map(|p| p.display().to_string())
+            .collect(),
+        upper.display().to_string(),
+        work.display().to_string(),
+    );
+    if abs.len() < 4000 {
+        return Ok(abs);
+    }
+    let links = exec_dir.join("l");
+    let _ = fs::remove_dir_all(&links);
+    fs::create_dir_all(&links)?;
+    for (i, p) in lower.iter().enumerate() {
+        symlink(p, links.join(format!("{i:x}")))?;
+    }
+    symlink(upper, links.join("u"))?;
+    symlink(work, links.join("w"))?;
+    ctx(chdir(&links), || format!("chdir {}", links.display()))?;
+    let rel = build(
+        (0..lower.len()).rev().map(|i| format!("{i:x}")).collect(),
+        "u".into(),
+        "w".into(),
+    );
+    if rel.len() >= 4000 {
+        return Err(io::Error::other(format!(
+            "too many image layers for one overlay mount ({})",
+            lower.len()
+        )));
+    }
+    Ok(rel)
 }
 
 fn ensure_file(target: &Path) -> io::Result<()> {

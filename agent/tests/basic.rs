@@ -48,3 +48,33 @@ async fn command_not_found_is_127() {
         assert!(!d.exists(), "leaked cgroup {}", d.display());
     }
 }
+
+#[tokio::test]
+async fn plain_directory_rootfs() {
+    if skip() {
+        return;
+    }
+    let (mut spec, dir) = make_spec(
+        "dirfs",
+        &["sh", "-c", "echo hi > /created; cat /etc/passwd | head -1"],
+    );
+    let copy = dir.parent().unwrap().join("rootfs-copy");
+    let st = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(busybox_layer())
+        .arg(&copy)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    spec.rootfs = berth_agent_protocol::Rootfs::Dir { path: copy.clone() };
+    let c = spawn(&spec, &dir).await;
+    let out = c.client.output(ProcessId::INIT).await.unwrap();
+    c.client.start(ProcessId::INIT).await.unwrap();
+    let (o, _) = collect(out).await;
+    assert_eq!(o, "root:x:0:0:root:/root:/bin/sh\n");
+    assert_eq!(
+        std::fs::read_to_string(copy.join("created")).unwrap(),
+        "hi\n"
+    );
+    c.shutdown().await;
+}

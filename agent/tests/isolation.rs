@@ -1,7 +1,7 @@
 //! Process-mode agent: namespaces, capabilities, seccomp, users, filesystem isolation.
 mod common;
 
-use berth_agent_protocol::{Mount, MountKind, SeccompMode};
+use berth_agent_protocol::{Mount, MountKind, Rootfs, SeccompMode};
 use common::*;
 
 #[tokio::test]
@@ -170,4 +170,71 @@ async fn readonly_rootfs_tmpfs_and_bind_mounts() {
         dir.display()
     );
     std::fs::remove_dir_all(&host_dir).unwrap();
+}
+
+#[tokio::test]
+async fn overlay_layer_order_and_many_layers() {
+    if skip() {
+        return;
+    }
+    let (mut spec, dir) = make_spec(
+        "layers",
+        &[
+            "sh",
+            "-c",
+            "cat /which; ls / | grep -c '^layer-'; echo new > /which; cat /which",
+        ],
+    );
+    let Rootfs::Overlay { lower, upper, .. } = &mut spec.rootfs else {
+        unreachable!()
+    };
+    let layers_root = dir
+        .parent()
+        .unwrap()
+        .join("layers-with-a-deliberately-long-directory-name-to-overflow-mount-data");
+    // 60 layers of ~110-byte paths: over the one-page mount data limit.
+    for i in 0..60 {
+        let l = layers_root.join(format!("layer-{i:03}-{}", "x".repeat(24)));
+        std::fs::create_dir_all(&l).unwrap();
+        std::fs::write(l.join("which"), format!("layer {i}\n")).unwrap();
+        std::fs::write(l.join(format!("layer-{i}")), "").unwrap();
+        lower.push(l);
+    }
+    let upper = upper.clone();
+    let c = spawn(&spec, &dir).await;
+    let output = c
+        .client
+        .output(berth_agent_protocol::ProcessId::INIT)
+        .await
+        .unwrap();
+    c.client
+        .start(berth_agent_protocol::ProcessId::INIT)
+        .await
+        .unwrap();
+    let (out, err) = collect(output).await;
+    assert_eq!(
+        c.client
+            .wait(berth_agent_protocol::ProcessId::INIT)
+            .await
+            .unwrap()
+            .code,
+        0,
+        "{err}"
+    );
+    assert_eq!(out, "layer 59\n60\nnew\n");
+    // Writes land in the upper dir, the layers are untouched.
+    assert_eq!(
+        std::fs::read_to_string(upper.join("which")).unwrap(),
+        "new\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(
+            layers_root
+                .join(format!("layer-059-{}", "x".repeat(24)))
+                .join("which")
+        )
+        .unwrap(),
+        "layer 59\n"
+    );
+    c.shutdown().await;
 }

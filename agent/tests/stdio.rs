@@ -113,8 +113,8 @@ async fn exec_joins_running_container() {
     let id = c.client.exec(exec).await.unwrap();
     assert_ne!(id, ProcessId::INIT);
     let out = c.client.output(id).await.unwrap();
-    c.client.start(id).await.unwrap();
     let mut events = c.client.events();
+    c.client.start(id).await.unwrap();
     let (o, _) = collect(out).await;
     // The exit event arrives before the output's end.
     let ev = events.try_recv().expect("exit event before OutputEof");

@@ -33,34 +33,42 @@ pub fn skip() -> bool {
 fn base_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let d = PathBuf::from(format!("/tmp/berth-agent-tests-{}", std::process::id()));
+        let d = PathBuf::from("/tmp/berth-agent-tests");
         std::fs::create_dir_all(&d).unwrap();
         d
     })
 }
 
-/// A busybox image layer (shared, read-only lower dir).
+/// A busybox image layer (read-only lower dir shared by all tests and runs; built atomically).
 pub fn busybox_layer() -> &'static Path {
     static LAYER: OnceLock<PathBuf> = OnceLock::new();
     LAYER.get_or_init(|| {
-        let root = base_dir().join("busybox-layer");
-        for d in ["bin", "etc", "tmp", "root", "proc", "sys", "dev", "home/app"] {
-            std::fs::create_dir_all(root.join(d)).unwrap();
+        let root = PathBuf::from("/tmp/berth-agent-tests-busybox-layer");
+        if root.join("bin/sh").exists() {
+            return root;
         }
-        std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
-        let st = Command::new(root.join("bin/busybox")).arg("--install").arg("-s").arg(root.join("bin")).status().unwrap();
+        let tmp = base_dir().join(format!("busybox-layer-{}", std::process::id()));
+        for d in ["bin", "etc", "tmp", "root", "proc", "sys", "dev", "home/app"] {
+            std::fs::create_dir_all(tmp.join(d)).unwrap();
+        }
+        std::fs::copy("/bin/busybox", tmp.join("bin/busybox")).unwrap();
+        let st = Command::new(tmp.join("bin/busybox")).arg("--install").arg("-s").arg(tmp.join("bin")).status().unwrap();
         assert!(st.success(), "busybox --install failed");
         // The symlinks point at the host path of the copy; make them image-relative.
-        for e in std::fs::read_dir(root.join("bin")).unwrap() {
+        for e in std::fs::read_dir(tmp.join("bin")).unwrap() {
             let p = e.unwrap().path();
             if p.file_name().unwrap() != "busybox" && std::fs::symlink_metadata(&p).unwrap().file_type().is_symlink() {
                 std::fs::remove_file(&p).unwrap();
                 std::os::unix::fs::symlink("/bin/busybox", &p).unwrap();
             }
         }
-        std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n").unwrap();
-        std::fs::write(root.join("etc/group"), "root:x:0:\nwheel:x:10:app\napp:x:1000:\nnogroup:x:65534:\n").unwrap();
-        std::fs::set_permissions(root.join("tmp"), std::os::unix::fs::PermissionsExt::from_mode(0o1777)).unwrap();
+        std::fs::write(tmp.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n").unwrap();
+        std::fs::write(tmp.join("etc/group"), "root:x:0:\nwheel:x:10:app\napp:x:1000:\nnogroup:x:65534:\n").unwrap();
+        std::fs::set_permissions(tmp.join("tmp"), std::os::unix::fs::PermissionsExt::from_mode(0o1777)).unwrap();
+        // Another test binary may have won the race; either copy is fine.
+        if std::fs::rename(&tmp, &root).is_err() {
+            let _ = std::fs::remove_dir_all(&tmp);
+        }
         root
     })
 }
@@ -149,6 +157,10 @@ pub async fn run(spec: ContainerSpec, exec_dir: &Path) -> (ExitStatus, String, S
 impl TestContainer {
     pub async fn shutdown(&self) {
         self.client.shutdown().await.expect("shutdown");
+        // exec dir + upper/work of this test container.
+        if let Some(parent) = self.dir.parent() {
+            let _ = std::fs::remove_dir_all(parent);
+        }
         // The agent process must be gone.
         for _ in 0..200 {
             if !Path::new(&format!("/proc/{}", self.agent_pid)).exists() {

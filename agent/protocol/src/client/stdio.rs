@@ -33,6 +33,18 @@ pub struct OutputChunk {
     pub data: Bytes,
 }
 
+impl OutputChunk {
+    /// The chunk as one Docker stdcopy frame (`[stream,0,0,0,len BE]` + data), for non-tty
+    /// attach/logs streams.
+    pub fn to_stdcopy(&self) -> Bytes {
+        let mut b = bytes::BytesMut::with_capacity(8 + self.data.len());
+        b.extend_from_slice(&[self.stream.stdcopy_id(), 0, 0, 0]);
+        b.extend_from_slice(&(self.data.len() as u32).to_be_bytes());
+        b.extend_from_slice(&self.data);
+        b.freeze()
+    }
+}
+
 /// Output of one process run. Ends (`None`) after the run's output is complete — the process's
 /// `Exited` event has been sent before that — or when the connection is lost
 /// ([`completed`](Self::completed) tells which). Also a `futures_core::Stream`.
