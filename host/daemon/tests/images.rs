@@ -598,7 +598,7 @@ fn hostile_archives_are_refused_and_leave_nothing() {
             "diff id mismatch",
             docker_archive(
                 "h:1",
-                &[ok_layer.clone()],
+                std::slice::from_ref(&ok_layer),
                 Some(vec![format!("sha256:{}", "0".repeat(64))]),
             ),
             "digest mismatch",

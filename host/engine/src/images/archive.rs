@@ -212,6 +212,15 @@ impl ImageStore {
 
     /// Load an archive file (blocking).
     pub fn load_file(&self, path: &Path, progress: &Progress) -> Result<Vec<String>> {
+        let r = self.load_file_inner(path, progress);
+        if r.is_err() {
+            // Blobs and layer dirs written before the failure are unreferenced now.
+            self.gc_quietly();
+        }
+        r
+    }
+
+    fn load_file_inner(&self, path: &Path, progress: &Progress) -> Result<Vec<String>> {
         let idx = ArchiveIndex::build(path)?;
         let mut guard = self.pending_guard();
         let images = if idx.has("manifest.json") {

@@ -431,6 +431,12 @@ impl ImageStore {
         Ok((id, notes))
     }
 
+    pub(crate) fn gc_quietly(&self) {
+        if let Err(e) = self.gc() {
+            tracing::warn!(error = %e, "image store cleanup failed");
+        }
+    }
+
     /// Remove blobs and layer dirs nothing references (and nothing in flight wrote).
     fn gc(&self) -> Result<()> {
         let st = self.state.lock().unwrap().clone();

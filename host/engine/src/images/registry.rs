@@ -224,6 +224,21 @@ impl ImageStore {
         auth: &RegistryAuth,
         progress: Progress,
     ) -> Result<String> {
+        let r = self.pull_inner(image, tag, auth, progress).await;
+        if r.is_err() {
+            let store = self.clone();
+            let _ = tokio::task::spawn_blocking(move || store.gc_quietly()).await;
+        }
+        r
+    }
+
+    async fn pull_inner(
+        self: &Arc<Self>,
+        image: &str,
+        tag: &str,
+        auth: &RegistryAuth,
+        progress: Progress,
+    ) -> Result<String> {
         let mut r = Reference::parse(image)?;
         if !tag.is_empty() {
             if reference::is_digest(tag) {
