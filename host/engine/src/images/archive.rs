@@ -76,7 +76,8 @@ impl ArchiveIndex {
         let mut links = HashMap::new();
         {
             let mut ar = tar::Archive::new(io::BufReader::new(&file));
-            for e in ar.entries().map_err(bad_archive)? {
+            // Seek over member data instead of reading it: layers are only read once, later.
+            for e in ar.entries_with_seek().map_err(bad_archive)? {
                 let e = e.map_err(bad_archive)?;
                 let name = norm(&e.path_bytes());
                 match e.header().entry_type() {
