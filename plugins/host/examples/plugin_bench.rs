@@ -23,7 +23,11 @@ async fn throughput(host: &PluginHost, line_len: usize, lines: u64, batch: usize
     let id = format!("bench{line_len}");
     let opts = vec![("max-buffer-size".to_string(), "1g".to_string())];
     let s = drv
-        .start(ContainerLogInfo { id: id.clone(), log_opts: opts, ..Default::default() })
+        .start(ContainerLogInfo {
+            id: id.clone(),
+            log_opts: opts,
+            ..Default::default()
+        })
         .await
         .unwrap();
     let line = vec![b'x'; line_len];
@@ -32,7 +36,9 @@ async fn throughput(host: &PluginHost, line_len: usize, lines: u64, batch: usize
     while sent < lines {
         let n = (batch as u64).min(lines - sent);
         let ts = 1_700_000_000_000_000_000 + sent as i64;
-        let accepted = s.send_batch((0..n).map(|i| LogEntry::new(LogSource::Stdout, ts + i as i64, line.clone())));
+        let accepted = s.send_batch(
+            (0..n).map(|i| LogEntry::new(LogSource::Stdout, ts + i as i64, line.clone())),
+        );
         assert_eq!(accepted as u64, n, "bench buffer overflowed");
         sent += n;
     }
@@ -45,7 +51,11 @@ async fn throughput(host: &PluginHost, line_len: usize, lines: u64, batch: usize
 }
 
 fn main() {
-    let src = PathBuf::from(std::env::args().nth(1).expect("usage: plugin_bench <built-plugins-dir>"));
+    let src = PathBuf::from(
+        std::env::args()
+            .nth(1)
+            .expect("usage: plugin_bench <built-plugins-dir>"),
+    );
     let tmp = tempfile::tempdir().unwrap();
     let cfg = PluginHostConfig {
         cache_dir: tmp.path().join("cache"),
@@ -73,7 +83,11 @@ fn main() {
     let warm = t.elapsed();
     assert!(host.list().iter().all(|p| p.cache_hit));
     println!("pooling allocator: {}", host.pooling());
-    println!("load 2 plugins: cold (compile) {:.1} ms, warm (precompiled cache) {:.1} ms", cold.as_secs_f64() * 1e3, warm.as_secs_f64() * 1e3);
+    println!(
+        "load 2 plugins: cold (compile) {:.1} ms, warm (precompiled cache) {:.1} ms",
+        cold.as_secs_f64() * 1e3,
+        warm.as_secs_f64() * 1e3
+    );
 
     for name in ["json-file", "local"] {
         let _ = host.bench_instantiate(name, 200).unwrap();
@@ -85,10 +99,18 @@ fn main() {
         );
         let _ = host.bench_call_overhead(name, 1000).unwrap();
         let v = host.bench_call_overhead(name, 20000).unwrap();
-        println!("in-worker call {name}: p50 {:.2} us, p99 {:.2} us", us(pct(v.clone(), 0.5)), us(pct(v, 0.99)));
+        println!(
+            "in-worker call {name}: p50 {:.2} us, p99 {:.2} us",
+            us(pct(v.clone(), 0.5)),
+            us(pct(v, 0.99))
+        );
     }
 
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let drv = host.log_driver("json-file").unwrap();
         let mut v = Vec::new();

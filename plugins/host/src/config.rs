@@ -38,6 +38,9 @@ pub struct PluginHostConfig {
     /// Largest batch pushed to a log plugin in one `write` call.
     pub log_batch_entries: usize,
     pub log_batch_bytes: usize,
+    /// Recycle an instance after a call once its linear memory exceeds this share
+    /// (percent) of its memory cap.
+    pub recycle_memory_percent: u8,
     /// Use the pooling allocator if the address-space probe passes.
     pub pooling: bool,
     /// Pool size (component instances) when pooling.
@@ -63,6 +66,7 @@ impl Default for PluginHostConfig {
             log_buffer_bytes: 1_000_000,
             log_batch_entries: 4096,
             log_batch_bytes: 4 << 20,
+            recycle_memory_percent: 50,
             pooling: true,
             max_instances: 128,
         }

@@ -344,17 +344,25 @@ impl PluginHost {
 
     /// Time `iterations` in-worker calls of a trivial export (`read-logs-supported`
     /// or `get-capabilities`): the plugin-boundary cost without queueing (benches).
-    pub fn bench_call_overhead(&self, name: &str, iterations: u32) -> Result<Vec<Duration>, PluginError> {
+    pub fn bench_call_overhead(
+        &self,
+        name: &str,
+        iterations: u32,
+    ) -> Result<Vec<Duration>, PluginError> {
         let (shared, tx) = self.lookup(name)?;
         request_blocking(&shared, &tx, move |r| {
             let mut out = Vec::with_capacity(iterations as usize);
             for _ in 0..iterations {
                 let t = Instant::now();
                 r.call(|s, i| match i {
-                    crate::plugin::Inst::Log(l) => l.berth_driver_log_driver().call_read_logs_supported(s).map(|_| ()),
-                    crate::plugin::Inst::Volume(v) => {
-                        v.berth_driver_volume_driver().call_get_capabilities(s).map(|_| ())
-                    }
+                    crate::plugin::Inst::Log(l) => l
+                        .berth_driver_log_driver()
+                        .call_read_logs_supported(s)
+                        .map(|_| ()),
+                    crate::plugin::Inst::Volume(v) => v
+                        .berth_driver_volume_driver()
+                        .call_get_capabilities(s)
+                        .map(|_| ()),
                 })?;
                 out.push(t.elapsed());
             }
@@ -362,9 +370,14 @@ impl PluginHost {
         })
     }
 
-    fn lookup(&self, name: &str) -> Result<(Arc<Shared>, std::sync::mpsc::SyncSender<Job>), PluginError> {
+    fn lookup(
+        &self,
+        name: &str,
+    ) -> Result<(Arc<Shared>, std::sync::mpsc::SyncSender<Job>), PluginError> {
         let map = self.inner.plugins.read().unwrap_or_else(|p| p.into_inner());
-        let l = map.get(name).ok_or_else(|| PluginError::NotFound(format!("no plugin {name}")))?;
+        let l = map
+            .get(name)
+            .ok_or_else(|| PluginError::NotFound(format!("no plugin {name}")))?;
         Ok((l.shared.clone(), l.tx.clone()))
     }
 

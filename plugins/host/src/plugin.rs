@@ -35,6 +35,7 @@ pub struct Stats {
     pub log_dropped: AtomicU64,
     pub stderr_dropped: AtomicU64,
     pub entries_dropped: AtomicU64,
+    pub recycles: AtomicU64,
 }
 
 /// Snapshot of a plugin's health, for `docker info`-style reporting and tests.
@@ -51,6 +52,8 @@ pub struct PluginStats {
     pub stderr_bytes_dropped: u64,
     /// Log entries dropped (buffer full, plugin down, or write failed).
     pub log_entries_dropped: u64,
+    /// Instances replaced because their memory grew past the recycle threshold.
+    pub recycles: u64,
     pub circuit_open: bool,
 }
 
@@ -85,6 +88,7 @@ impl Shared {
             log_messages_dropped: g(&s.log_dropped),
             stderr_bytes_dropped: g(&s.stderr_dropped),
             log_entries_dropped: g(&s.entries_dropped),
+            recycles: g(&s.recycles),
             circuit_open: self.circuit_open.load(Ordering::Relaxed),
         }
     }
@@ -268,9 +272,29 @@ impl Runner {
         match r {
             Ok(v) => {
                 self.health.consecutive = 0;
+                self.maybe_recycle();
                 Ok(v)
             }
             Err(e) => Err(self.fail(e, stderr)),
+        }
+    }
+
+    /// Linear memory never shrinks: once an instance has grown past the recycle
+    /// threshold, replace it with a fresh one (log sessions are re-started lazily).
+    /// Skipped while readers are open, since their resources would die with it.
+    fn maybe_recycle(&mut self) {
+        let Some(live) = &self.live else { return };
+        let used = live.store.data().limits.memory_bytes;
+        let threshold =
+            self.shared.memory_limit / 100 * self.shared.cfg.recycle_memory_percent as usize;
+        if used > threshold && self.readers.is_empty() {
+            tracing::info!(
+                plugin = self.name(),
+                used,
+                "recycling plugin instance (memory high-water mark)"
+            );
+            self.shared.stats.recycles.fetch_add(1, Ordering::Relaxed);
+            self.drop_live();
         }
     }
 

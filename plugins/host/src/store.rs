@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use wasmtime::component::ResourceTable;
-use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder, Trap, UpdateDeadline};
+use wasmtime::{
+    Engine, ResourceLimiter, Store, StoreLimits, StoreLimitsBuilder, Trap, UpdateDeadline,
+};
 use wasmtime_wasi::sockets::SocketAddrUse;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
@@ -50,10 +52,57 @@ impl Bucket {
     }
 }
 
+/// `StoreLimits` plus a running total of linear memory, so the host can recycle an
+/// instance whose memory grew large (wasm memories never shrink).
+pub struct Limiter {
+    inner: StoreLimits,
+    pub memory_bytes: usize,
+}
+
+impl ResourceLimiter for Limiter {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let ok = self.inner.memory_growing(current, desired, maximum)?;
+        if ok {
+            self.memory_bytes = self
+                .memory_bytes
+                .saturating_add(desired.saturating_sub(current));
+        }
+        Ok(ok)
+    }
+    fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.inner.memory_grow_failed(error)
+    }
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        self.inner.table_growing(current, desired, maximum)
+    }
+    fn table_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.inner.table_grow_failed(error)
+    }
+    fn instances(&self) -> usize {
+        self.inner.instances()
+    }
+    fn tables(&self) -> usize {
+        self.inner.tables()
+    }
+    fn memories(&self) -> usize {
+        self.inner.memories()
+    }
+}
+
 pub struct StoreState {
     wasi: WasiCtx,
     table: ResourceTable,
-    pub limits: StoreLimits,
+    pub limits: Limiter,
     pub plugin: Arc<Shared>,
     log_bucket: Bucket,
     kv_bucket: Bucket,
@@ -107,7 +156,10 @@ pub fn new_store(engine: &Engine, plugin: &Arc<Shared>) -> anyhow::Result<Store<
     let state = StoreState {
         wasi: b.build(),
         table: ResourceTable::new(),
-        limits,
+        limits: Limiter {
+            inner: limits,
+            memory_bytes: 0,
+        },
         plugin: plugin.clone(),
         log_bucket: Bucket::new(100.0, 200.0),
         kv_bucket: Bucket::new(200.0, 400.0),

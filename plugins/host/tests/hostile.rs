@@ -340,3 +340,18 @@ fn wrong_kind_or_version_is_refused() {
     .unwrap();
     assert!(host.load(&dir).is_err());
 }
+
+#[tokio::test]
+async fn grown_instances_are_recycled() {
+    let t = host_with(&["hostile-log"], |c| c.log_memory_limit = 32 << 20);
+    let bad = t.host.log_driver("hostile-log").unwrap();
+    bad.validate_options(&[]).await.unwrap();
+    assert_eq!(t.host.stats("hostile-log").unwrap().recycles, 0);
+    bad.validate_options(&opts(&[("do", "leak")]))
+        .await
+        .expect("leaking below the cap is allowed");
+    let s = t.host.stats("hostile-log").unwrap();
+    assert_eq!((s.recycles, s.traps), (1, 0), "{s:?}");
+    bad.validate_options(&[]).await.unwrap();
+    assert_eq!(t.host.stats("hostile-log").unwrap().instantiations, 2);
+}

@@ -42,6 +42,8 @@ fn misbehave(line: &[u8]) {
                 std::hint::black_box(&hog);
             }
         }
+        // Keep 24 MiB for good: high-water mark for the host's recycling.
+        b"leak" => std::mem::forget(std::hint::black_box(vec![1u8; 24 << 20])),
         b"panic" => panic!("hostile plugin panicked on request"),
         b"trap" => std::process::abort(),
         b"flood" => {
