@@ -9,6 +9,18 @@ pub mod v0_1_0 {
             world: "log-plugin",
         });
     }
+    /// Network world: bound so its shape is checked by the host build; berthd does
+    /// not load network plugins yet.
+    pub mod network {
+        wasmtime::component::bindgen!({
+            path: "../wit/0.1.0",
+            world: "network-plugin",
+            with: {
+                "berth:driver/types": super::log::berth::driver::types,
+                "berth:driver/host": super::log::berth::driver::host,
+            },
+        });
+    }
     pub mod volume {
         wasmtime::component::bindgen!({
             path: "../wit/0.1.0",

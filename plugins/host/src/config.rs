@@ -9,7 +9,7 @@ use std::time::Duration;
 pub struct PluginHostConfig {
     /// Precompiled `.cwasm` cache (daemon-owned; created 0700).
     pub cache_dir: PathBuf,
-    /// Each plugin gets `<data_root>/plugins/<name>/` as its only preopened dir,
+    /// Each plugin gets `<data_root>/plugin-data/<name>/` as its only preopened dir,
     /// and `<data_root>/plugin-state/<name>.kv.json` for its host-side kv.
     pub data_root: PathBuf,
     /// Epoch deadline for each log-plugin call (write batch, read batch, start...).

@@ -80,7 +80,7 @@ impl PluginHost {
     /// Create the engine (pooling when possible), the epoch ticker and the cache dir.
     pub fn new(cfg: PluginHostConfig) -> Result<PluginHost, HostError> {
         mkdir_private(&cfg.cache_dir)?;
-        mkdir_private(&cfg.data_root.join("plugins"))?;
+        mkdir_private(&cfg.data_root.join("plugin-data"))?;
         mkdir_private(&cfg.data_root.join("plugin-state"))?;
         let max_mem = cfg.log_memory_limit.max(cfg.volume_memory_limit);
         let (engine, pooling) = build_engine(cfg.pooling, max_mem, cfg.max_instances)?;
@@ -203,7 +203,7 @@ impl PluginHost {
             }
             _ => Pre::Volume(VolumePluginPre::new(ipre).map_err(|e| err(format!("{e:#}")))?),
         };
-        let root = cfg.data_root.join("plugins").join(&manifest.name);
+        let root = cfg.data_root.join("plugin-data").join(&manifest.name);
         mkdir_private(&root).map_err(|e| err(e.to_string()))?;
         let root = root
             .canonicalize()

@@ -11,7 +11,7 @@
 //!   bounded stderr capture, rate-limited host imports;
 //! * WASI with nothing granted: no env, no args, stdin closed, stdout dropped, no
 //!   sockets unless the manifest grants `ip:port` destinations; only the plugin's own
-//!   `<data_root>/plugins/<name>/` is preopened (at `/data`);
+//!   `<data_root>/plugin-data/<name>/` is preopened (at `/data`);
 //! * imports outside the kind's allowlist refuse the plugin at load time;
 //! * a trap or timeout drops the instance; it is re-created with exponential backoff
 //!   behind a circuit breaker, and log sessions are re-started on the new instance;
