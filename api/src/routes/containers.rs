@@ -51,6 +51,11 @@ pub fn router() -> Router<AppState> {
         .route("/containers/{id}/unpause", post(unpause))
         .route("/containers/{id}/rename", post(rename))
         .route("/containers/{id}", delete(remove))
+        .route(
+            "/containers/{id}/archive",
+            get(archive_get).head(archive_head).put(archive_put),
+        )
+        .route("/containers/{id}/changes", get(changes))
 }
 
 fn opt_bool(v: &Option<String>) -> bool {
@@ -930,6 +935,101 @@ async fn prune(
         .await;
     Ok(Json(
         serde_json::json!({ "ContainersDeleted": deleted, "SpaceReclaimed": space }),
+    ))
+}
+
+#[derive(Deserialize)]
+struct ArchiveQuery {
+    path: Option<String>,
+    #[serde(rename = "noOverwriteDirNonDir")]
+    no_overwrite_dir_non_dir: Option<String>,
+}
+
+fn archive_path(q: &ArchiveQuery) -> ApiResult<String> {
+    q.path
+        .clone()
+        .filter(|p| !p.is_empty())
+        .ok_or_else(|| ApiError::bad_request("Bad parameter: 'path' cannot be empty"))
+}
+
+fn stat_header(stat: &berth_engine::containers::archive::PathStat) -> HeaderValue {
+    use base64::Engine as _;
+    let json = serde_json::to_vec(stat).unwrap_or_default();
+    HeaderValue::from_str(&base64::engine::general_purpose::STANDARD.encode(json))
+        .unwrap_or(HeaderValue::from_static(""))
+}
+
+async fn archive_head(
+    State(engine): State<AppState>,
+    Path(id): Path<String>,
+    Q(q): Q<ArchiveQuery>,
+) -> ApiResult<Response> {
+    let c = container(&engine, &id)?;
+    let stat = engine
+        .containers
+        .archive_stat(&c, &archive_path(&q)?)
+        .await?;
+    let mut resp = StatusCode::OK.into_response();
+    resp.headers_mut()
+        .insert("x-docker-container-path-stat", stat_header(&stat));
+    Ok(resp)
+}
+
+async fn archive_get(
+    State(engine): State<AppState>,
+    Path(id): Path<String>,
+    Q(q): Q<ArchiveQuery>,
+) -> ApiResult<Response> {
+    let c = container(&engine, &id)?;
+    let (stat, out) = engine
+        .containers
+        .archive_get(&c, &archive_path(&q)?)
+        .await?;
+    let body = tokio_util::io::ReaderStream::new(out);
+    let mut resp = Response::new(Body::from_stream(body));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/x-tar"),
+    );
+    resp.headers_mut()
+        .insert("x-docker-container-path-stat", stat_header(&stat));
+    Ok(resp)
+}
+
+async fn archive_put(
+    State(engine): State<AppState>,
+    Path(id): Path<String>,
+    Q(q): Q<ArchiveQuery>,
+    req: Request,
+) -> ApiResult<StatusCode> {
+    let c = container(&engine, &id)?;
+    let path = archive_path(&q)?;
+    let body = req
+        .into_body()
+        .into_data_stream()
+        .map(|r| r.map_err(|e| e.to_string()));
+    engine
+        .containers
+        .archive_put(
+            &c,
+            &path,
+            opt_bool(&q.no_overwrite_dir_non_dir),
+            Box::pin(body),
+        )
+        .await?;
+    Ok(StatusCode::OK)
+}
+
+async fn changes(
+    State(engine): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Vec<serde_json::Value>>> {
+    let c = container(&engine, &id)?;
+    let list = engine.containers.changes(&c)?;
+    Ok(Json(
+        list.into_iter()
+            .map(|(p, k)| serde_json::json!({ "Path": p, "Kind": k }))
+            .collect(),
     ))
 }
 

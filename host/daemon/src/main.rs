@@ -12,6 +12,13 @@ use tokio::signal::unix::{signal, SignalKind};
 use config::{Config, Flags};
 
 fn main() {
+    // Internal re-exec used by `docker cp`: a chrooted helper, not a daemon.
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some("__archive") {
+        std::process::exit(berth_engine::containers::archive::archive_child_main(
+            &argv[2..],
+        ));
+    }
     let flags = Flags::parse();
     let config = match Config::resolve(flags) {
         Ok(c) => c,

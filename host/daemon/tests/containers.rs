@@ -626,3 +626,60 @@ async fn bollard_create_start_wait_logs() {
         .unwrap_err();
     assert!(err.to_string().contains("No such container"), "{err}");
 }
+
+#[test]
+fn cp_both_ways_stays_inside_the_container() {
+    let d = daemon_with_busybox();
+    d.docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "cpt",
+        "bb:local",
+        "sh",
+        "-c",
+        "echo data > /tmp/f; ln -s / /tmp/escape; sleep 60",
+    ]);
+    std::thread::sleep(Duration::from_millis(300));
+    let out_file = d.dir.path().join("f.out");
+    d.docker_ok(&["cp", "cpt:/tmp/f", out_file.to_str().unwrap()]);
+    assert_eq!(std::fs::read_to_string(&out_file).unwrap(), "data\n");
+    // Copy in through a symlink that points at "/": it must land in the container's
+    // /etc, never the host's.
+    let marker = format!("berth-cp-{}.txt", std::process::id());
+    let src = d.dir.path().join(&marker);
+    std::fs::write(&src, "hello\n").unwrap();
+    d.docker_ok(&["cp", src.to_str().unwrap(), "cpt:/tmp/escape/etc/"]);
+    assert_eq!(
+        d.docker_ok(&["exec", "cpt", "cat", &format!("/etc/{marker}")]),
+        "hello\n"
+    );
+    assert!(
+        !std::path::Path::new("/etc").join(&marker).exists(),
+        "cp escaped to the host"
+    );
+    let diff = d.docker_ok(&["diff", "cpt"]);
+    assert!(diff.contains("A /tmp/f"), "{diff}");
+    assert!(diff.contains(&format!("A /etc/{marker}")), "{diff}");
+    // Stopped containers too (their rootfs is mounted privately for the copy).
+    d.docker_ok(&["stop", "-t", "0", "cpt"]);
+    let out = d.docker_cmd(&["cp", "cpt:/tmp/f", "-"]).output().unwrap();
+    assert!(out.status.success());
+    let mut ar = tar::Archive::new(&out.stdout[..]);
+    let names: Vec<String> = ar
+        .entries()
+        .unwrap()
+        .map(|e| e.unwrap().path().unwrap().display().to_string())
+        .collect();
+    assert_eq!(names, vec!["f"]);
+    let err = d.docker_err(&["cp", "cpt:/nope", "-"]);
+    assert!(err.contains("Could not find the file /nope"), "{err}");
+    d.docker_ok(&["cp", src.to_str().unwrap(), "cpt:/tmp/again.txt"]);
+    d.docker_ok(&["start", "cpt"]);
+    assert_eq!(
+        d.docker_ok(&["exec", "cpt", "cat", "/tmp/again.txt"]),
+        "hello\n"
+    );
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains("berth-archive"), "archive mount leaked");
+}

@@ -4,6 +4,7 @@
 //! process on the host; in microVM isolation PID 1 of the guest). The engine talks to
 //! it over the versioned agent protocol; one agent lives for one run of the container.
 
+pub mod archive;
 mod create;
 mod exec;
 mod lifecycle;

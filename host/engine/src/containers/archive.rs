@@ -1,0 +1,473 @@
+//! `docker cp` (the archive endpoints) and `docker diff`.
+//!
+//! Paths are resolved the way the container sees them, so a symlink planted in the
+//! container can never reach the host: the work happens in a short-lived child
+//! (`berthd __archive ...`) that chroots into the container's root — the live root of
+//! its main process, or for a stopped container an overlay mounted in the child's own
+//! private mount namespace (gone when the child exits). This is Docker's
+//! chrootarchive idea.
+
+use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncWriteExt;
+
+use super::record::Status;
+use super::{Container, Containers};
+use crate::{Error, Result};
+
+/// Docker's `X-Docker-Container-Path-Stat` payload.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PathStat {
+    pub name: String,
+    pub size: i64,
+    /// Go's `os.FileMode` bits (type bits in the high positions).
+    pub mode: u32,
+    pub mtime: String,
+    #[serde(rename = "linkTarget")]
+    pub link_target: String,
+}
+
+/// How the child reaches the container's root.
+#[derive(Debug, Clone)]
+enum RootAccess {
+    /// `/proc/<pid>/root` of the running container.
+    Live(PathBuf),
+    /// A prepared directory (copy storage).
+    Dir(PathBuf),
+    /// Mount this overlay privately, then chroot into it.
+    Overlay {
+        lower: Vec<PathBuf>,
+        upper: PathBuf,
+        work: PathBuf,
+    },
+}
+
+impl Containers {
+    fn root_access(&self, c: &Arc<Container>) -> Result<RootAccess> {
+        let rec = c.record();
+        if matches!(rec.state.status, Status::Running | Status::Paused) && rec.state.pid > 0 {
+            return Ok(RootAccess::Live(PathBuf::from(format!(
+                "/proc/{}/root",
+                rec.state.pid
+            ))));
+        }
+        match self.rootfs_for(&rec)? {
+            berth_agent_protocol::Rootfs::Overlay { lower, upper, work } => {
+                Ok(RootAccess::Overlay { lower, upper, work })
+            }
+            berth_agent_protocol::Rootfs::Dir { path } => Ok(RootAccess::Dir(path)),
+            berth_agent_protocol::Rootfs::Block { .. } => Err(Error::NotImplemented(
+                "archive of block-device rootfs".into(),
+            )),
+        }
+    }
+
+    fn archive_child(
+        &self,
+        c: &Arc<Container>,
+        op: &str,
+        path: &str,
+        extra: &[&str],
+    ) -> Result<tokio::process::Command> {
+        let access = self.root_access(c)?;
+        let exe = std::env::current_exe().map_err(|e| Error::internal(e))?;
+        let mut cmd = tokio::process::Command::new(exe);
+        cmd.arg("__archive").arg(op).arg(path);
+        match access {
+            RootAccess::Live(p) | RootAccess::Dir(p) => {
+                cmd.arg("--root").arg(p);
+            }
+            RootAccess::Overlay { lower, upper, work } => {
+                let lowers: Vec<String> = lower
+                    .iter()
+                    .rev()
+                    .map(|p| p.display().to_string())
+                    .collect();
+                cmd.arg("--overlay").arg(format!(
+                    "lowerdir={},upperdir={},workdir={}",
+                    lowers.join(":"),
+                    upper.display(),
+                    work.display()
+                ));
+            }
+        }
+        cmd.args(extra).env_clear().kill_on_drop(true);
+        Ok(cmd)
+    }
+
+    /// HEAD/GET archive: stat of `path` in the container.
+    pub async fn archive_stat(&self, c: &Arc<Container>, path: &str) -> Result<PathStat> {
+        let out = self
+            .archive_child(c, "stat", path, &[])?
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .map_err(|e| Error::internal(e))?;
+        child_result(&out.status, &out.stderr, c, path)?;
+        serde_json::from_slice(&out.stdout).map_err(|e| Error::internal(e))
+    }
+
+    /// GET archive: a tar stream of `path`, with its stat.
+    pub async fn archive_get(
+        &self,
+        c: &Arc<Container>,
+        path: &str,
+    ) -> Result<(PathStat, tokio::process::ChildStdout)> {
+        let stat = self.archive_stat(c, path).await?;
+        let mut child = self
+            .archive_child(c, "get", path, &[])?
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| Error::internal(e))?;
+        let stdout = child.stdout.take().expect("piped");
+        // Reap in the background; the stream ends when the child exits.
+        tokio::spawn(async move {
+            let _ = child.wait().await;
+        });
+        Ok((stat, stdout))
+    }
+
+    /// PUT archive: extract a tar into the directory `path` of the container.
+    pub async fn archive_put(
+        &self,
+        c: &Arc<Container>,
+        path: &str,
+        no_overwrite_dir_non_dir: bool,
+        mut body: impl futures_util::Stream<Item = std::result::Result<bytes::Bytes, String>> + Unpin,
+    ) -> Result<()> {
+        use futures_util::StreamExt;
+        if c.record().host_config.readonly_rootfs.unwrap_or(false) {
+            return Err(Error::Forbidden(
+                "container rootfs is marked read-only".into(),
+            ));
+        }
+        let extra: &[&str] = if no_overwrite_dir_non_dir {
+            &["--no-overwrite-dir-non-dir"]
+        } else {
+            &[]
+        };
+        let mut child = self
+            .archive_child(c, "put", path, extra)?
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| Error::internal(e))?;
+        let mut stdin = child.stdin.take().expect("piped");
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(Error::invalid)?;
+            if stdin.write_all(&chunk).await.is_err() {
+                break;
+            }
+        }
+        drop(stdin);
+        let out = child
+            .wait_with_output()
+            .await
+            .map_err(|e| Error::internal(e))?;
+        child_result(&out.status, &out.stderr, c, path)
+    }
+
+    /// `docker diff`: changes in the writable layer against the image.
+    pub fn changes(&self, c: &Arc<Container>) -> Result<Vec<(String, u8)>> {
+        let rec = c.record();
+        if rec.storage != "overlay" {
+            return Err(Error::NotImplemented(
+                "docker diff needs the overlay storage driver".into(),
+            ));
+        }
+        let upper = self.container_dir(&c.id).join("upper");
+        let lowers = self.images.layer_dirs(&rec.image_id)?;
+        let mut out = Vec::new();
+        walk_changes(&upper, Path::new("/"), &lowers, &mut out);
+        out.sort();
+        Ok(out)
+    }
+}
+
+fn child_result(
+    status: &std::process::ExitStatus,
+    stderr: &[u8],
+    c: &Container,
+    path: &str,
+) -> Result<()> {
+    if status.success() {
+        return Ok(());
+    }
+    let msg = String::from_utf8_lossy(stderr).trim().to_string();
+    match status.code() {
+        Some(2) => Err(Error::not_found(format!(
+            "Could not find the file {path} in container {}",
+            c.name()
+        ))),
+        Some(3) => Err(Error::invalid(msg)),
+        _ => Err(Error::internal(format!("archive: {msg}"))),
+    }
+}
+
+fn walk_changes(upper_dir: &Path, rel: &Path, lowers: &[PathBuf], out: &mut Vec<(String, u8)>) {
+    let Ok(rd) = std::fs::read_dir(upper_dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name();
+        let path = rel.join(&name);
+        let Ok(meta) = e.path().symlink_metadata() else {
+            continue;
+        };
+        let in_lower = lowers.iter().any(|l| {
+            l.join(path.strip_prefix("/").unwrap_or(&path))
+                .symlink_metadata()
+                .is_ok()
+        });
+        let shown = path.display().to_string();
+        let is_whiteout = meta.file_type().is_char_device_compat() && meta.rdev() == 0;
+        if is_whiteout {
+            out.push((shown, 2));
+            continue;
+        }
+        out.push((shown, if in_lower { 0 } else { 1 }));
+        if meta.is_dir() {
+            walk_changes(&e.path(), &path, lowers, out);
+        }
+    }
+}
+
+trait CharDev {
+    fn is_char_device_compat(&self) -> bool;
+}
+impl CharDev for std::fs::FileType {
+    fn is_char_device_compat(&self) -> bool {
+        use std::os::unix::fs::FileTypeExt;
+        self.is_char_device()
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// The child side: `berthd __archive <stat|get|put> <path> (--root R | --overlay OPTS)`.
+// Exit codes: 0 ok, 2 not found, 3 invalid request, 1 other failure.
+
+fn go_file_mode(m: &std::fs::Metadata) -> u32 {
+    let perm = m.permissions().mode() & 0o777;
+    let ft = m.file_type();
+    let mut mode = perm;
+    if ft.is_dir() {
+        mode |= 1 << 31;
+    }
+    if ft.is_symlink() {
+        mode |= 1 << 27;
+    }
+    mode
+}
+
+fn fail(code: i32, msg: impl std::fmt::Display) -> i32 {
+    let _ = writeln!(std::io::stderr(), "{msg}");
+    code
+}
+
+/// Entry point of the archive child. Never returns to the daemon's runtime.
+pub fn archive_child_main(args: &[String]) -> i32 {
+    let (op, path) = match (args.first(), args.get(1)) {
+        (Some(o), Some(p)) => (o.as_str(), p.clone()),
+        _ => {
+            return fail(
+                3,
+                "usage: __archive <stat|get|put> <path> (--root R | --overlay OPTS)",
+            )
+        }
+    };
+    let mut root: Option<String> = None;
+    let mut overlay: Option<String> = None;
+    let mut no_overwrite = false;
+    let mut i = 2;
+    while i < args.len() {
+        match args[i].as_str() {
+            "--root" => {
+                root = args.get(i + 1).cloned();
+                i += 1;
+            }
+            "--overlay" => {
+                overlay = args.get(i + 1).cloned();
+                i += 1;
+            }
+            "--no-overwrite-dir-non-dir" => no_overwrite = true,
+            _ => {}
+        }
+        i += 1;
+    }
+    // A private mount namespace: nothing we mount is seen by, or outlives, us.
+    // SAFETY: plain syscalls in a single-threaded child.
+    unsafe {
+        if libc::unshare(libc::CLONE_NEWNS) != 0 {
+            return fail(1, format!("unshare: {}", std::io::Error::last_os_error()));
+        }
+        let root_c = std::ffi::CString::new("/").unwrap();
+        libc::mount(
+            std::ptr::null(),
+            root_c.as_ptr(),
+            std::ptr::null(),
+            libc::MS_REC | libc::MS_PRIVATE,
+            std::ptr::null(),
+        );
+    }
+    let new_root = match (root, overlay) {
+        (Some(r), _) => PathBuf::from(r),
+        (None, Some(opts)) => {
+            let dir = std::env::temp_dir().join(format!("berth-archive-{}", std::process::id()));
+            if let Err(e) = std::fs::create_dir_all(&dir) {
+                return fail(1, e);
+            }
+            let src = std::ffi::CString::new("overlay").unwrap();
+            let tgt = std::ffi::CString::new(dir.as_os_str().as_bytes()).unwrap();
+            let data = std::ffi::CString::new(opts).unwrap();
+            // SAFETY: valid C strings.
+            if unsafe {
+                libc::mount(
+                    src.as_ptr(),
+                    tgt.as_ptr(),
+                    src.as_ptr(),
+                    0,
+                    data.as_ptr().cast(),
+                )
+            } != 0
+            {
+                return fail(
+                    1,
+                    format!("mount overlay: {}", std::io::Error::last_os_error()),
+                );
+            }
+            dir
+        }
+        _ => return fail(3, "no root given"),
+    };
+    let root_c = std::ffi::CString::new(new_root.as_os_str().as_bytes()).unwrap();
+    // SAFETY: chroot + chdir into the container's root; from here every path,
+    // including symlinks inside the container, resolves within it.
+    unsafe {
+        if libc::chroot(root_c.as_ptr()) != 0 {
+            return fail(1, format!("chroot: {}", std::io::Error::last_os_error()));
+        }
+        let slash = std::ffi::CString::new("/").unwrap();
+        libc::chdir(slash.as_ptr());
+    }
+    let target = PathBuf::from(if path.starts_with('/') {
+        path.clone()
+    } else {
+        format!("/{path}")
+    });
+    match op {
+        "stat" => {
+            let m = match std::fs::symlink_metadata(&target) {
+                Ok(m) => m,
+                Err(_) => return fail(2, format!("no such file: {path}")),
+            };
+            let stat = PathStat {
+                name: target
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| "/".into()),
+                size: m.len() as i64,
+                mode: go_file_mode(&m),
+                mtime: crate::fsutil::rfc3339_nanos(m.modified().unwrap_or(std::time::UNIX_EPOCH)),
+                link_target: std::fs::read_link(&target)
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
+            };
+            let _ = std::io::stdout().write_all(&serde_json::to_vec(&stat).unwrap_or_default());
+            0
+        }
+        "get" => {
+            // `docker cp c:/dir -` gives a tar whose top entry is the dir's base name;
+            // a trailing "/." means the contents only.
+            let contents_only = path.ends_with("/.");
+            let src = if contents_only {
+                target.parent().unwrap_or(Path::new("/")).to_path_buf()
+            } else {
+                target.clone()
+            };
+            let m = match std::fs::symlink_metadata(&src) {
+                Ok(m) => m,
+                Err(_) => return fail(2, format!("no such file: {path}")),
+            };
+            let base = src
+                .file_name()
+                .map(|n| n.to_os_string())
+                .unwrap_or_else(|| ".".into());
+            let stdout = std::io::stdout().lock();
+            let mut b = tar::Builder::new(std::io::BufWriter::new(stdout));
+            b.follow_symlinks(false);
+            let res = if m.is_dir() {
+                b.append_dir_all(
+                    if contents_only {
+                        Path::new(".")
+                    } else {
+                        Path::new(&base)
+                    },
+                    &src,
+                )
+            } else {
+                b.append_path_with_name(&src, &base)
+            };
+            match res.and_then(|_| b.finish()) {
+                Ok(()) => 0,
+                Err(e) => fail(1, e),
+            }
+        }
+        "put" => {
+            match std::fs::metadata(&target) {
+                Ok(m) if m.is_dir() => {}
+                Ok(_) => return fail(3, "extraction point is not a directory"),
+                Err(_) => return fail(2, format!("no such directory: {path}")),
+            }
+            let mut input = std::io::stdin().lock();
+            let mut ar = tar::Archive::new(&mut input);
+            ar.set_preserve_permissions(true);
+            ar.set_overwrite(true);
+            ar.set_unpack_xattrs(false);
+            let entries = match ar.entries() {
+                Ok(e) => e,
+                Err(e) => return fail(3, format!("invalid tar: {e}")),
+            };
+            for entry in entries {
+                let mut entry = match entry {
+                    Ok(e) => e,
+                    Err(e) => return fail(3, format!("invalid tar: {e}")),
+                };
+                if no_overwrite {
+                    if let Ok(p) = entry.path() {
+                        let dest = target.join(&p);
+                        if let Ok(existing) = std::fs::symlink_metadata(&dest) {
+                            let incoming_dir = entry.header().entry_type().is_dir();
+                            if existing.is_dir() != incoming_dir {
+                                return fail(
+                                    3,
+                                    format!(
+                                        "cannot overwrite {} with a different kind of file",
+                                        p.display()
+                                    ),
+                                );
+                            }
+                        }
+                    }
+                }
+                // unpack_in refuses `..` and absolute member names.
+                if let Err(e) = entry.unpack_in(&target) {
+                    return fail(3, format!("extract: {e}"));
+                }
+            }
+            drop(ar);
+            // Drain what follows the archive so the sender never sees a broken pipe.
+            let _ = std::io::copy(&mut input, &mut std::io::sink());
+            0
+        }
+        other => fail(3, format!("unknown archive op {other}")),
+    }
+}
