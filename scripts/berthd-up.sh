@@ -8,7 +8,7 @@ ROOT=$PWD
 
 bash scripts/install-deps.sh
 cargo build --release -p berthd -p berth-agent
-if [ -x scripts/build-plugins.sh ]; then bash scripts/build-plugins.sh --release; fi
+bash scripts/build-plugins.sh
 
 STATE=${BERTH_STATE:-$ROOT/.berth}
 SOCK=${BERTH_SOCK:-/run/berth/berth.sock}

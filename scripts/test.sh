@@ -6,6 +6,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash scripts/install-deps.sh
-if [ -x scripts/build-plugins.sh ]; then bash scripts/build-plugins.sh; fi
+bash scripts/build-plugins.sh
 cargo build --workspace --bins
 cargo test --workspace --no-fail-fast -- --test-threads "${BERTH_TEST_THREADS:-4}"
