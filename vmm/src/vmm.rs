@@ -32,6 +32,8 @@ use crate::vstate::{self, VcpuRunner};
 pub const DEFAULT_GRACEFUL_TIMEOUT: Duration = Duration::from_secs(3);
 
 pub struct MicroVm {
+    // Declared first so it is joined before the VmFd closes on drop.
+    mem_registration: vstate::MemRegistration,
     kvm: Kvm,
     vm: VmFd,
     mem: GuestMemoryMmap,
@@ -79,7 +81,7 @@ impl MicroVm {
             )));
         }
         let mem = create_guest_memory(mem_mib)?;
-        let (kvm, vm) = vstate::create_vm(&mem)?;
+        let (kvm, vm, mem_registration) = vstate::create_vm(&mem)?;
         let shared = Arc::new(VmmShared::new(start).map_err(Error::io("eventfd"))?);
         let irqfd = |gsi: u32| -> Result<EventFd> {
             let evt = EventFd::new(libc::EFD_NONBLOCK).map_err(Error::io("eventfd"))?;
@@ -109,6 +111,7 @@ impl MicroVm {
         )
         .map_err(Error::Boot)?;
         Ok(Self {
+            mem_registration,
             kvm,
             vm,
             mem,
@@ -258,7 +261,7 @@ impl MicroVm {
     }
 
     /// Sets up the vCPUs and starts the vCPU and device-loop threads.
-    pub fn start(self) -> Result<RunningVm> {
+    pub fn start(mut self) -> Result<RunningVm> {
         let entry = self
             .entry
             .ok_or_else(|| Error::Config("no kernel or raw image loaded".into()))?;
@@ -276,6 +279,7 @@ impl MicroVm {
                 shared: self.shared.clone(),
             });
         }
+        self.mem_registration.wait()?;
         let vcpu_filter = if self.seccomp {
             Some(seccomp::vcpu_filter()?)
         } else {

@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::state::{ExitReason, VmmShared};
 
 /// Opens /dev/kvm and creates a VM with the in-kernel LAPIC/IOAPIC/PIC and PIT.
-pub fn create_vm(mem: &GuestMemoryMmap) -> Result<(Kvm, VmFd)> {
+pub fn create_vm(mem: &GuestMemoryMmap) -> Result<(Kvm, VmFd, MemRegistration)> {
     let kvm = Kvm::new().map_err(Error::NoKvm)?;
     let vm = kvm.create_vm().map_err(Error::kvm("KVM_CREATE_VM"))?;
     vm.set_tss_address(KVM_TSS_ADDRESS as usize)
@@ -29,23 +29,71 @@ pub fn create_vm(mem: &GuestMemoryMmap) -> Result<(Kvm, VmFd)> {
         ..Default::default()
     };
     vm.create_pit2(pit).map_err(Error::kvm("KVM_CREATE_PIT2"))?;
+    let mut regions = Vec::new();
     for (slot, region) in mem.iter().enumerate() {
         let host = mem
             .get_host_address(region.start_addr())
             .map_err(|e| Error::Memory(e.to_string()))?;
-        let r = kvm_userspace_memory_region {
+        regions.push(kvm_userspace_memory_region {
             slot: slot as u32,
             guest_phys_addr: region.start_addr().raw_value(),
             memory_size: region.len(),
             userspace_addr: host as u64,
             flags: 0,
-        };
-        // SAFETY: the region stays mapped for the VM's lifetime (we own `mem`
-        // for as long as the VmFd lives).
-        unsafe { vm.set_user_memory_region(r) }
-            .map_err(Error::kvm("KVM_SET_USER_MEMORY_REGION"))?;
+        });
     }
-    Ok((kvm, vm))
+    let registration = MemRegistration::spawn(&vm, regions)?;
+    Ok((kvm, vm, registration))
+}
+
+/// KVM_SET_USER_MEMORY_REGION = _IOW(KVMIO, 0x46, struct kvm_userspace_memory_region).
+const KVM_SET_USER_MEMORY_REGION: libc::c_ulong = 0x4020_ae46;
+
+/// Guest RAM registration running on a helper thread: the ioctl waits for
+/// an SRCU grace period (milliseconds on some hosts) and nothing before the
+/// first KVM_RUN needs it, so it overlaps with device and kernel setup.
+pub struct MemRegistration(Option<std::thread::JoinHandle<Result<()>>>);
+
+impl MemRegistration {
+    fn spawn(vm: &VmFd, regions: Vec<kvm_userspace_memory_region>) -> Result<Self> {
+        use std::os::unix::io::AsRawFd;
+        let fd = vm.as_raw_fd();
+        let h = std::thread::Builder::new()
+            .name("vmm-memslots".into())
+            .spawn(move || {
+                for r in regions {
+                    // SAFETY: `fd` is the VM fd, kept open until this thread is
+                    // joined (MemRegistration is joined before the VmFd drops);
+                    // the region stays mapped for the VM's lifetime.
+                    let ret = unsafe { libc::ioctl(fd, KVM_SET_USER_MEMORY_REGION as _, &r) };
+                    if ret < 0 {
+                        return Err(Error::Kvm {
+                            op: "KVM_SET_USER_MEMORY_REGION",
+                            err: kvm_ioctls::Error::last(),
+                        });
+                    }
+                }
+                Ok(())
+            })
+            .map_err(Error::io("spawn memslot thread"))?;
+        Ok(Self(Some(h)))
+    }
+
+    /// Waits for the registration; must happen before any vCPU runs.
+    pub fn wait(&mut self) -> Result<()> {
+        match self.0.take() {
+            Some(h) => h
+                .join()
+                .map_err(|_| Error::Boot("memslot thread panicked".into()))?,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for MemRegistration {
+    fn drop(&mut self) {
+        let _ = self.wait();
+    }
 }
 
 /// Creates and configures vCPU `id` (CPUID, MSRs, FPU, LAPIC LINTs).
