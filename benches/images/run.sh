@@ -41,6 +41,10 @@ storage: {filesystem: {rootdirectory: $W/reg}, delete: {enabled: true}}
 http: {addr: 127.0.0.1:$PORT}
 YML
 docker-registry serve "$W/reg.yml" >"$W/reg.log" 2>&1 & PIDS+=($!)
+# A second, empty registry for first-push timings (no blob there yet, no cross-repo mounts).
+PORT2=$(free_port)
+sed -e "s|$W/reg|$W/reg2|" -e "s|:$PORT|:$PORT2|" "$W/reg.yml" > "$W/reg2.yml"
+docker-registry serve "$W/reg2.yml" >"$W/reg2.log" 2>&1 & PIDS+=($!)
 
 "$BERTHD" -H "unix://$W/berth.sock" --data-root "$W/berth-data" --exec-root "$W/berth-run" \
   --pidfile "$W/berth.pid" >"$W/berthd.log" 2>&1 & PIDS+=($!)
@@ -68,13 +72,17 @@ for who in berthd dockerd; do
     t0=$(now); $DOCKER pull -q "$REPO:1" >/dev/null; t1=$(now)
     RES[$who,pull]+="$(echo "$t1 - $t0" | bc) "
   done
-  $DOCKER rmi -f "$REPO:1" >/dev/null 2>&1 || true
+  # First push of the image into an empty registry: compress + upload every layer.
+  $DOCKER tag "$REPO:1" "127.0.0.1:$PORT2/$who:1"
+  t0=$(now); $DOCKER push -q "127.0.0.1:$PORT2/$who:1" >/dev/null; t1=$(now)
+  RES[$who,push-fresh]="$(echo "$t1 - $t0" | bc)"
+  $DOCKER rmi -f "$REPO:1" "127.0.0.1:$PORT2/$who:1" >/dev/null 2>&1 || true
 done
 
 median() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{a[NR]=$1} END {printf "%.2f", (NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2}'; }
 echo "| operation ($((LAYERS + 1)) layers, $((bytes / 1000000)) MB, median of $RUNS) | berthd (s) | dockerd 20.10 overlay2 (s) |"
 echo "|---|---|---|"
-for op in load pull push; do
+for op in load pull push push-fresh; do
   echo "| docker $op | $(echo "${RES[berthd,$op]}" | median) | $(echo "${RES[dockerd,$op]}" | median) |"
 done
 echo
