@@ -211,7 +211,8 @@ impl ImageStore {
         Ok(lines)
     }
 
-    /// Load an archive file (blocking).
+    /// Load an archive file (blocking). The file is deleted once its content is in the
+    /// store (before the commit, so its pages need not be written back).
     pub fn load_file(&self, path: &Path, progress: &Progress) -> Result<Vec<String>> {
         let r = self.load_file_inner(path, progress);
         if r.is_err() {

@@ -296,7 +296,7 @@ impl ImageStore {
         if dest.exists() {
             return Ok((diff_id, tar_size, size));
         }
-        unpack::syncfs(tmp.path())?;
+        // Not synced here: `commit` syncs the filesystem once before it names the image.
         match fs::rename(tmp.path(), &dest) {
             Ok(()) => {
                 // The dir now lives under layers/; don't let TempDir delete it.
@@ -393,6 +393,9 @@ impl ImageStore {
         if !cpath.exists() {
             write_atomic(&cpath, &img.config)?;
         }
+        // Layer dirs and blobs must be on disk before state.json points at them: one
+        // syncfs for the whole operation instead of an fsync per file.
+        unpack::syncfs(&self.root)?;
         let mut notes = Vec::new();
         let mut st = self.state.lock().unwrap();
         for l in &img.layers {
