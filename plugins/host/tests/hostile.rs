@@ -254,6 +254,35 @@ async fn volume_path_escapes_are_rejected() {
     );
 }
 
+#[tokio::test]
+async fn disk_image_requests_cannot_escape_the_root() {
+    let t = host_with(&["hostile-volume"], |_| {});
+    let vol = t.host.volume_driver("hostile-volume").unwrap();
+    let root = t.host.data_dir("hostile-volume").unwrap();
+    std::os::unix::fs::symlink(t.tmp.path(), root.join("out")).unwrap();
+    for p in [
+        "../escape.img",
+        "/tmp/escape.img",
+        "out/escape.img",
+        "volumes/../../escape.img",
+        "volumes/good",
+    ] {
+        let e = vol.create("x1", &opts(&[("path", p)])).await.unwrap_err();
+        assert!(matches!(e, PluginError::Denied(_)), "{p}: {e:?}");
+    }
+    assert!(!t.tmp.path().join("escape.img").exists());
+    assert!(!root.parent().unwrap().join("escape.img").exists());
+    vol.create("x1", &opts(&[("path", "volumes/good/ok.img")]))
+        .await
+        .unwrap();
+    assert_eq!(
+        std::fs::metadata(root.join("volumes/good/ok.img"))
+            .unwrap()
+            .len(),
+        1 << 20
+    );
+}
+
 fn stage_syslog(tmp: &std::path::Path, grant: Option<u16>) -> std::path::PathBuf {
     let dir = stage(tmp, &["syslog-example"]).join("syslog-example");
     let base = "name = \"syslog-example\"\nkind = \"log\"\ninterface = \"berth:driver@0.1.0\"\n";

@@ -8,7 +8,7 @@ wit_bindgen::generate!({
     world: "volume-plugin",
 });
 
-use berth::driver::volume_host::ImageFormat;
+use berth::driver::volume_host::{self, FsKind, ImageFormat};
 use exports::berth::driver::lifecycle;
 use exports::berth::driver::volume_driver::{
     self, Capabilities, DiskImage, DriverError, MountSource, Options, Scope, Volume,
@@ -47,7 +47,13 @@ impl volume_driver::Guest for Plugin {
     fn get_capabilities() -> Capabilities {
         Capabilities { scope: Scope::Local }
     }
-    fn create(_name: String, _opts: Options) -> Result<(), DriverError> {
+    /// Asks the host to create disk images outside its root: `create(x, [("path", p)])`.
+    fn create(_name: String, opts: Options) -> Result<(), DriverError> {
+        for (k, v) in opts {
+            if k == "path" {
+                volume_host::create_disk_image(&v, 1 << 20, ImageFormat::Raw, FsKind::None)?;
+            }
+        }
         Ok(())
     }
     fn remove(_name: String) -> Result<(), DriverError> {
