@@ -9,10 +9,13 @@ pub const MAX_VALUE: usize = 64 << 10;
 pub const MAX_ENTRIES: usize = 1024;
 pub const MAX_TOTAL: usize = 4 << 20;
 
+/// Writes are persisted by [`Kv::flush`], which the host calls once after every
+/// plugin call, so a burst of sets costs one file write.
 pub struct Kv {
     path: PathBuf,
     map: BTreeMap<String, Vec<u8>>,
     total: usize,
+    dirty: bool,
 }
 
 fn hex(b: &[u8]) -> String {
@@ -37,10 +40,20 @@ impl Kv {
             .filter_map(|(k, v)| Some((k, unhex(&v)?)))
             .collect();
         let total = map.iter().map(|(k, v)| k.len() + v.len()).sum();
-        Kv { path, map, total }
+        Kv {
+            path,
+            map,
+            total,
+            dirty: false,
+        }
     }
 
-    fn persist(&self) -> Result<(), String> {
+    /// Persist pending changes (atomic rename).
+    pub fn flush(&mut self) -> Result<(), String> {
+        if !self.dirty {
+            return Ok(());
+        }
+        self.dirty = false;
         let enc: BTreeMap<&String, String> = self.map.iter().map(|(k, v)| (k, hex(v))).collect();
         let bytes = serde_json::to_vec(&enc).map_err(|e| e.to_string())?;
         let tmp = self.path.with_extension("tmp");
@@ -70,13 +83,14 @@ impl Kv {
         }
         self.map.insert(key, value);
         self.total = total;
-        self.persist()
+        self.dirty = true;
+        Ok(())
     }
 
     pub fn delete(&mut self, key: &str) {
         if let Some(v) = self.map.remove(key) {
             self.total -= key.len() + v.len();
-            let _ = self.persist();
+            self.dirty = true;
         }
     }
 
@@ -100,6 +114,7 @@ mod tests {
         let p = tmp.path().join("kv.json");
         let mut kv = Kv::open(p.clone());
         kv.set("a".into(), vec![1, 2, 3]).unwrap();
+        kv.flush().unwrap();
         assert!(kv.set("b".into(), vec![0; MAX_VALUE + 1]).is_err());
         assert!(kv.set("x".repeat(MAX_KEY + 1), vec![]).is_err());
         let kv2 = Kv::open(p);

@@ -269,6 +269,15 @@ impl Runner {
         self.shared.stats.calls.fetch_add(1, Ordering::Relaxed);
         let r = f(&mut live.store, &live.inst);
         let stderr = self.drain_stderr();
+        if let Err(e) = self
+            .shared
+            .kv
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .flush()
+        {
+            tracing::warn!(plugin = self.name(), "persisting kv: {e}");
+        }
         match r {
             Ok(v) => {
                 self.health.consecutive = 0;

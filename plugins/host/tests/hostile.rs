@@ -283,6 +283,35 @@ async fn disk_image_requests_cannot_escape_the_root() {
     );
 }
 
+#[tokio::test]
+async fn host_kv_persists_and_is_bounded() {
+    let t = host_with(&["hostile-log"], |_| {});
+    let bad = t.host.log_driver("hostile-log").unwrap();
+    bad.validate_options(&opts(&[("do", "kv")])).await.unwrap();
+    // A crash does not lose kv state: the count continues on the new instance.
+    assert!(bad
+        .validate_options(&opts(&[("do", "panic")]))
+        .await
+        .is_err());
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    bad.validate_options(&opts(&[("do", "kv")])).await.unwrap();
+    let kv = std::fs::read_to_string(t.tmp.path().join("data/plugin-state/hostile-log.kv.json"))
+        .unwrap();
+    assert_eq!(kv, r#"{"count":"02"}"#);
+    let e = bad
+        .validate_options(&opts(&[("do", "kvflood")]))
+        .await
+        .unwrap_err();
+    match e {
+        PluginError::Denied(m) => assert!(m.contains("rate limit") || m.contains("quota"), "{m}"),
+        other => panic!("expected denial, got {other:?}"),
+    }
+    let len = std::fs::metadata(t.tmp.path().join("data/plugin-state/hostile-log.kv.json"))
+        .unwrap()
+        .len();
+    assert!(len < 10 << 20, "kv file grew to {len}");
+}
+
 fn stage_syslog(tmp: &std::path::Path, grant: Option<u16>) -> std::path::PathBuf {
     let dir = stage(tmp, &["syslog-example"]).join("syslog-example");
     let base = "name = \"syslog-example\"\nkind = \"log\"\ninterface = \"berth:driver@0.1.0\"\n";

@@ -118,8 +118,20 @@ impl log_driver::Guest for Plugin {
     /// failure comes back to the caller of this call.
     fn validate_options(opts: Options) -> Result<(), DriverError> {
         for (k, v) in opts {
-            if k == "do" {
-                misbehave(v.as_bytes());
+            match (k.as_str(), v.as_str()) {
+                // Round-trip through the host kv; persists across restarts.
+                ("do", "kv") => {
+                    let n = host::kv_get("count").map_or(0, |b| b[0]);
+                    host::kv_set("count", &[n + 1])?;
+                }
+                // Hammer kv-set until the host says no (quota or rate limit).
+                ("do", "kvflood") => {
+                    for i in 0..100_000 {
+                        host::kv_set(&format!("key{i}"), &[0u8; 1024])?;
+                    }
+                }
+                ("do", other) => misbehave(other.as_bytes()),
+                _ => {}
             }
         }
         Ok(())
