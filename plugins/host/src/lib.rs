@@ -60,6 +60,15 @@
 //! # Ok(()) }
 //! ```
 //!
+//! Runtime notes: [`PluginHost::new`], [`PluginHost::load_dir`] and
+//! [`PluginHost::load`] block (a cache miss compiles with Cranelift, ~200 ms per
+//! plugin); call them before serving or from `spawn_blocking`. The async methods
+//! need a tokio runtime with the time driver (`enable_all`), and `read_logs` spawns
+//! a tokio task. `LogSession::send`/`send_batch` are plain non-blocking functions
+//! callable from any thread. Plugin data lives in `<data_root>/plugin-data/<name>/`
+//! and `<data_root>/plugin-state/<name>.kv.json`; keep the discovery directory
+//! separate (e.g. `<config_root>/plugins/`).
+//!
 //! Errors are [`PluginError`]; [`PluginError::http_status`] gives the Docker API
 //! status (404 not found, 409 exists/busy, 400 invalid, 403 denied, 501 unsupported,
 //! 500 failed/crashed/bad reply, 503 timeout/unavailable).
@@ -95,3 +104,17 @@ pub use log::{
 pub use manifest::{Manifest, PluginKind};
 pub use plugin::PluginStats;
 pub use volume::{DiskFormat, MountSource, VolumeDriverHandle, VolumeInfo, VolumeScope};
+
+#[cfg(test)]
+mod tests {
+    fn send_sync<T: Send + Sync>() {}
+
+    #[test]
+    fn handles_are_shareable_across_tasks() {
+        send_sync::<super::PluginHost>();
+        send_sync::<super::LogDriverHandle>();
+        send_sync::<super::LogSession>();
+        send_sync::<super::VolumeDriverHandle>();
+        send_sync::<super::PluginError>();
+    }
+}
