@@ -1071,3 +1071,112 @@ fn bollard_image_api() {
     });
     assert_store_empty(&d);
 }
+
+/// Killing the client, or berthd itself, in the middle of a pull registers nothing
+/// half-done; the next start cleans up what the dead pull wrote.
+#[test]
+fn interrupted_pulls_leave_no_half_image() {
+    let Some(reg) = start_registry(None) else {
+        return;
+    };
+    let mut d = TestDaemon::start();
+    let repo = format!("{}/big", reg.addr);
+    let layers = vec![data_layer("a", 32 << 20, 11), data_layer("b", 32 << 20, 12)];
+    let out = docker_load_bytes(&d, &docker_archive(&format!("{repo}:1"), &layers, None));
+    assert!(out.status.success(), "{}", stderr(&out));
+    d.docker_ok(&["push", &format!("{repo}:1")]);
+    d.docker_ok(&["rmi", &format!("{repo}:1")]);
+    assert_store_empty(&d);
+
+    // Either the pull finished before the kill (then the image is whole) or nothing of
+    // it is registered.
+    let whole_or_absent = |d: &TestDaemon| {
+        let out = d.docker(&["image", "inspect", &format!("{repo}:1")]);
+        if out.status.success() {
+            let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+            assert_eq!(v[0]["RootFS"]["Layers"].as_array().unwrap().len(), 2);
+            for l in v[0]["RootFS"]["Layers"].as_array().unwrap() {
+                let hex = &l.as_str().unwrap()[7..];
+                assert!(d.data_root.join("images/layers").join(hex).is_dir());
+            }
+            d.docker_ok(&["rmi", &format!("{repo}:1")]);
+            eprintln!("note: the pull completed before the interruption");
+        } else {
+            eprintln!("note: the pull was interrupted; nothing registered");
+        }
+        assert_store_empty(d);
+    };
+
+    // 1. The client goes away.
+    let mut c = d
+        .docker_cmd(&["pull", &format!("{repo}:1")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 64];
+    let _ = c.stdout.as_mut().unwrap().read(&mut first);
+    c.kill().unwrap();
+    let _ = c.wait();
+    // The engine notices on its next progress message and cleans up.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !dir_entries(&d.data_root.join("images/tmp")).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    whole_or_absent(&d);
+
+    // 2. berthd is SIGKILLed mid-pull.
+    let mut c = d
+        .docker_cmd(&["pull", &format!("{repo}:1")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _ = c.stdout.as_mut().unwrap().read(&mut first);
+    d.kill();
+    let _ = c.wait();
+    d.restart();
+    whole_or_absent(&d);
+    // And a pull after all that works.
+    d.docker_ok(&["pull", &format!("{repo}:1")]);
+    assert_eq!(
+        inspect(&d, &format!("{repo}:1"))["RootFS"]["Layers"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+}
+
+/// The engine's in-use hook (wired to containers by the engine) guards `rmi`.
+#[test]
+fn rmi_refuses_images_in_use() {
+    let d = TestDaemon::start();
+    import_busybox(&d, "bb:used");
+    let id = inspect(&d, "bb:used")["Id"].as_str().unwrap().to_string();
+    let out = d.docker(&["create", "--name", "user", "bb:used", "/bin/true"]);
+    if !out.status.success() {
+        panic!("docker create failed: {}", stderr(&out));
+    }
+    let err = d.docker_err(&["rmi", "bb:used"]);
+    assert!(
+        err.contains("conflict") && err.contains("container is using its referenced image"),
+        "{err}"
+    );
+    let err = d.docker_err(&["rmi", &id]);
+    assert!(err.contains("being used by a container"), "{err}");
+    // Forced: the tag goes, the image (and its layer) stays for the container.
+    let out = d.docker_ok(&["rmi", "-f", "bb:used"]);
+    assert!(
+        out.contains("Untagged: bb:used") && !out.contains("Deleted"),
+        "{out}"
+    );
+    assert_eq!(inspect(&d, &id)["Id"], id.as_str());
+    let pruned = d.docker_ok(&["image", "prune", "-f"]);
+    assert!(!pruned.contains(&id), "{pruned}");
+    d.docker_ok(&["rm", "user"]);
+    let pruned = d.docker_ok(&["image", "prune", "-f"]);
+    assert!(pruned.contains(&id), "{pruned}");
+    assert_store_empty(&d);
+}
