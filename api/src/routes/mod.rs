@@ -10,6 +10,7 @@ pub mod containers;
 pub mod exec;
 pub mod images;
 pub mod system;
+pub mod volumes;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -17,6 +18,7 @@ pub fn router() -> Router<AppState> {
         .merge(images::router())
         .merge(containers::router())
         .merge(exec::router())
+        .merge(volumes::router())
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "page not found") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")

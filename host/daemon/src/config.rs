@@ -37,6 +37,12 @@ pub struct Flags {
     /// The berth-agent binary (default: next to berthd, or $BERTH_AGENT).
     #[arg(long)]
     pub agent_bin: Option<PathBuf>,
+    /// Default log driver for containers (default json-file).
+    #[arg(long)]
+    pub log_driver: Option<String>,
+    /// Directory of user-installed WASM plugins (repeatable; default <data-root>/plugins).
+    #[arg(long = "plugin-dir")]
+    pub plugin_dirs: Vec<PathBuf>,
 }
 
 /// The TOML file: the same settings as the flags, dockerd's names.
@@ -49,6 +55,8 @@ pub struct FileConfig {
     pub pidfile: Option<PathBuf>,
     pub log_level: Option<String>,
     pub agent_bin: Option<PathBuf>,
+    pub log_driver: Option<String>,
+    pub plugin_dirs: Option<Vec<PathBuf>>,
 }
 
 #[derive(Debug, Clone)]
@@ -59,6 +67,8 @@ pub struct Config {
     pub pidfile: PathBuf,
     pub log_level: String,
     pub agent_bin: Option<PathBuf>,
+    pub log_driver: Option<String>,
+    pub plugin_dirs: Vec<PathBuf>,
 }
 
 impl Config {
@@ -102,8 +112,19 @@ impl Config {
             .or(file.agent_bin)
             .map(absolute)
             .transpose()?;
+        let plugin_dirs = if flags.plugin_dirs.is_empty() {
+            file.plugin_dirs.unwrap_or_default()
+        } else {
+            flags.plugin_dirs
+        };
+        let plugin_dirs = plugin_dirs
+            .into_iter()
+            .map(absolute)
+            .collect::<Result<Vec<_>>>()?;
         Ok(Config {
             agent_bin,
+            log_driver: flags.log_driver.or(file.log_driver),
+            plugin_dirs,
             sockets,
             data_root: absolute(data_root)?,
             exec_root: absolute(exec_root)?,

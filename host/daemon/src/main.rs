@@ -82,6 +82,8 @@ async fn run(config: Config) -> Result<()> {
         data_root: config.data_root.clone(),
         exec_root: config.exec_root.clone(),
         agent_bin: config.agent_bin.clone(),
+        plugin_dirs: config.plugin_dirs.clone(),
+        default_log_driver: config.log_driver.clone(),
     })
     .await
     .context("open engine state")?;

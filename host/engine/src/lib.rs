@@ -9,6 +9,8 @@ pub mod events;
 pub mod fsutil;
 pub mod images;
 pub mod logs;
+pub mod plugins;
+pub mod volumes;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -24,6 +26,10 @@ pub struct EngineConfig {
     pub exec_root: PathBuf,
     /// The `berth-agent` binary; found next to `berthd` when unset.
     pub agent_bin: Option<PathBuf>,
+    /// Directories of user-installed plugins (default `<data-root>/plugins`).
+    pub plugin_dirs: Vec<PathBuf>,
+    /// `--log-driver`: the daemon's default log driver.
+    pub default_log_driver: Option<String>,
 }
 
 pub struct Engine {
@@ -31,6 +37,8 @@ pub struct Engine {
     pub events: Arc<events::EventBus>,
     pub images: Arc<images::ImageStore>,
     pub containers: Arc<containers::Containers>,
+    pub plugins: Option<Arc<berth_plugin_host::PluginHost>>,
+    pub volumes: Arc<volumes::Volumes>,
     pub started: std::time::SystemTime,
 }
 
@@ -63,12 +71,50 @@ impl Engine {
                 c.upgrade().is_some_and(|c| c.image_in_use(id))
             }));
         }
+        let plugin_dirs = if config.plugin_dirs.is_empty() {
+            vec![config.data_root.join("plugins")]
+        } else {
+            config.plugin_dirs.clone()
+        };
+        let plugins = {
+            let root = config.data_root.clone();
+            tokio::task::spawn_blocking(move || plugins::open_host(&root, &plugin_dirs))
+                .await
+                .map_err(Error::internal)?
+        };
+        if let Some(host) = &plugins {
+            for name in host.names(berth_plugin_host::PluginKind::Log) {
+                if let Some(h) = host.log_driver(&name) {
+                    containers.register_log_driver(Arc::new(plugins::PluginLogDriver::new(h)));
+                }
+            }
+        }
+        let volumes = Arc::new(volumes::Volumes::open(
+            &config.data_root,
+            plugins.clone(),
+            events.clone(),
+        )?);
+        {
+            let c = Arc::downgrade(&containers);
+            volumes.set_in_use_hook(Arc::new(move |name: &str| {
+                c.upgrade()
+                    .map(|c| c.volume_users(name))
+                    .unwrap_or_default()
+            }));
+            containers.set_volumes(volumes.clone());
+        }
+        if let Some(d) = &config.default_log_driver {
+            containers.log_drivers.read().unwrap().get(d)?;
+            *containers.default_log_driver.write().unwrap() = d.clone();
+        }
         containers.restore().await;
         Ok(Arc::new(Engine {
             config,
             events,
             images,
             containers,
+            plugins,
+            volumes,
             started: std::time::SystemTime::now(),
         }))
     }

@@ -69,6 +69,11 @@ pub trait LogWriter: Send {
     fn write(&mut self, entry: &LogEntry);
     /// Flush buffered lines (called after each burst of output).
     fn flush(&mut self) {}
+    /// End of the run: hand over everything still buffered (plugins flush and
+    /// close their session here). Awaited before the exit is reported.
+    fn finish(self: Box<Self>) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+        Box::pin(async {})
+    }
 }
 
 pub trait LogDriver: Send + Sync {

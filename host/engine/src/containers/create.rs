@@ -148,7 +148,9 @@ impl Containers {
         if hc.network_mode.as_deref().is_none_or(|m| m.is_empty()) {
             hc.network_mode = Some("default".into());
         }
-        let mounts = self.plan_mounts(&hc)?;
+        let mut mounts = self.plan_mounts(&hc)?;
+        self.prepare_volumes(&mut mounts, &config.volumes.clone().unwrap_or_default())
+            .await?;
 
         let dir = self.container_dir(&id);
         std::fs::create_dir_all(&dir)?;

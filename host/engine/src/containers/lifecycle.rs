@@ -135,8 +135,21 @@ impl Containers {
         let rec = c.record();
         let mut rec_mounts = rec.clone();
         self.resolve_volume_mounts(&mut rec_mounts).await?;
-        let spec = self.build_spec(&rec_mounts)?;
-        let (agent, agent_pid) = self.spawn_agent(&rec).await?;
+        let res = self.start_with_mounts(c, &rec, &rec_mounts).await;
+        if res.is_err() {
+            self.unmount_volumes(&rec).await;
+        }
+        res
+    }
+
+    async fn start_with_mounts(
+        self: &Arc<Self>,
+        c: &Arc<Container>,
+        rec: &super::ContainerRecord,
+        rec_mounts: &super::ContainerRecord,
+    ) -> Result<()> {
+        let spec = self.build_spec(rec_mounts)?;
+        let (agent, agent_pid) = self.spawn_agent(rec).await?;
         let fail = |agent: AgentClient, e: Error| async move {
             let _ = agent.shutdown().await;
             Err::<(), Error>(e)
@@ -223,6 +236,7 @@ impl Containers {
             let _ = tokio::time::timeout(Duration::from_secs(10), agent.shutdown()).await;
             *c.agent.lock().unwrap() = None;
             let rec = c.record();
+            this.unmount_volumes(&rec).await;
             if rec.isolation == super::record::Isolation::Process {
                 let _ = tokio::task::spawn_blocking(move || {
                     super::runtime::release_process_cgroups(&rec)
@@ -607,9 +621,6 @@ impl Containers {
         if let Ok(d) = self.log_drivers.read().unwrap().get(&rec.log_driver) {
             d.remove(&self.log_info(&rec));
         }
-        if volumes {
-            self.remove_anonymous_volumes(&rec).await;
-        }
         let dir = self.container_dir(&c.id);
         let run = self.run_dir(&c.id);
         let cleanup = tokio::task::spawn_blocking(move || {
@@ -632,6 +643,9 @@ impl Containers {
             .unwrap()
             .retain(|_, e| e.container_id != c.id);
         self.remove_from_map(&c.id);
+        if volumes {
+            self.remove_anonymous_volumes(&rec).await;
+        }
         self.publish(&rec, "destroy", &[]);
         c.exits.send_modify(|n| {
             n.seq += 1;

@@ -129,6 +129,7 @@ pub struct Containers {
     pub default_isolation: Isolation,
     /// Reasons microVM isolation is unavailable on this host (empty when available).
     pub microvm_unavailable: Option<String>,
+    pub(crate) volumes: std::sync::OnceLock<Arc<crate::volumes::Volumes>>,
 }
 
 impl Containers {
@@ -175,6 +176,7 @@ impl Containers {
             storage_driver,
             default_isolation: Isolation::Process,
             microvm_unavailable,
+            volumes: std::sync::OnceLock::new(),
         }))
     }
 
@@ -316,4 +318,7 @@ impl Containers {
         let dir = self.container_dir(id);
         lifecycle::dir_size(&dir.join("upper")) + lifecycle::dir_size(&dir.join("rootfs"))
     }
+}
+pub fn dir_size_pub(p: &std::path::Path) -> u64 {
+    lifecycle::dir_size(p)
 }

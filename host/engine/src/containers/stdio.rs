@@ -110,5 +110,6 @@ pub(crate) async fn pump(c: Arc<Container>, mut out: OutputStream, mut log: Box<
     }
     split.finish(|e| log.write(&e));
     log.flush();
+    log.finish().await;
     c.attachers.close_all();
 }
