@@ -1180,3 +1180,28 @@ fn rmi_refuses_images_in_use() {
     assert!(pruned.contains(&id), "{pruned}");
     assert_store_empty(&d);
 }
+
+/// Two loads of the same image at once: both succeed, one image, one copy of each layer.
+#[test]
+fn concurrent_loads_of_one_image() {
+    let d = TestDaemon::start();
+    let archive = docker_archive(
+        "twice:1",
+        &[data_layer("a", 4 << 20, 21), data_layer("b", 4 << 20, 22)],
+        None,
+    );
+    let outs: Vec<_> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..3)
+            .map(|_| s.spawn(|| docker_load_bytes(&d, &archive)))
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for o in &outs {
+        assert!(o.status.success(), "{}", stderr(o));
+        assert!(stdout(o).contains("Loaded image: twice:1"));
+    }
+    assert_eq!(d.docker_ok(&["images", "-q"]).lines().count(), 1);
+    assert_eq!(dir_entries(&d.data_root.join("images/layers")).len(), 2);
+    d.docker_ok(&["rmi", "twice:1"]);
+    assert_store_empty(&d);
+}

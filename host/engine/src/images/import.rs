@@ -231,8 +231,7 @@ impl ImageStore {
                 .tempfile_in(store.tmp_dir())?;
             let mut tee = digest::TeeReader::new(plain, BufWriter::new(btmp.reopen()?));
             let mut guard = store.pending_guard();
-            let (diff_id, tar_size, size) = store.ingest_layer(&mut tee, None)?;
-            guard.add(&diff_id);
+            let (diff_id, tar_size, size) = store.ingest_layer(&mut tee, None, &mut guard)?;
             std::io::copy(&mut tee, &mut std::io::sink())?;
             let f = tee
                 .into_writer()

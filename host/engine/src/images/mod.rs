@@ -274,6 +274,7 @@ impl ImageStore {
         &self,
         r: R,
         expected_diff_id: Option<&str>,
+        guard: &mut PendingGuard<'_>,
     ) -> Result<(String, u64, u64)> {
         let (_, plain) =
             digest::decompress(r).map_err(|e| Error::invalid(format!("invalid layer: {e}")))?;
@@ -292,6 +293,8 @@ impl ImageStore {
                 )));
             }
         }
+        // Pending before it appears under layers/, so a concurrent gc leaves it alone.
+        guard.add(&diff_id);
         let dest = self.layer_path(&diff_id);
         if dest.exists() {
             return Ok((diff_id, tar_size, size));
@@ -324,8 +327,7 @@ impl ImageStore {
         let file = tmp.reopen()?;
         let mut tee =
             digest::TeeReader::new(r, digest::HashingWriter::new(std::io::BufWriter::new(file)));
-        let (diff_id, tar_size, size) = self.ingest_layer(&mut tee, expected_diff_id)?;
-        guard.add(&diff_id);
+        let (diff_id, tar_size, size) = self.ingest_layer(&mut tee, expected_diff_id, guard)?;
         std::io::copy(&mut tee, &mut std::io::sink())
             .map_err(|e| Error::invalid(format!("reading layer: {e}")))?;
         let (w, blob_digest, blob_size) = tee.into_writer().finish();

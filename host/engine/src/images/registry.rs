@@ -412,7 +412,8 @@ impl ImageStore {
         let diff = diff.to_string();
         let (diff_id, tar_size, size) = tokio::task::spawn_blocking(move || {
             let f = std::fs::File::open(&blob_path)?;
-            store.ingest_layer(f, Some(&diff))
+            // The pull's own guard already covers `diff`.
+            store.ingest_layer(f, Some(&diff), &mut store.pending_guard())
         })
         .await
         .map_err(Error::internal)??;
