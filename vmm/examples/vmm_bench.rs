@@ -16,6 +16,7 @@ use berth_vmm::control::{request, ControlRequest};
 
 struct Sample {
     first_run_us: u64,
+    memslot_us: u64,
     rss_kib: u64,
     guest_rss_kib: u64,
 }
@@ -79,10 +80,10 @@ fn run_once(vmm: &Path, kernel: Option<&Path>, mem_mib: u64, i: usize) -> Sample
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
-    let first_run_us = loop {
+    let (first_run_us, memslot_us) = loop {
         if let Ok(s) = request(&sock, &ControlRequest::Status) {
-            if let Some(t) = s.first_run_us {
-                break t;
+            if let (Some(t), Some(m)) = (s.first_run_us, s.memslot_us) {
+                break (t, m);
             }
         }
         assert!(Instant::now() < deadline, "VMM did not start");
@@ -96,6 +97,7 @@ fn run_once(vmm: &Path, kernel: Option<&Path>, mem_mib: u64, i: usize) -> Sample
     let _ = std::fs::remove_dir_all(&dir);
     Sample {
         first_run_us,
+        memslot_us,
         rss_kib,
         guest_rss_kib,
     }
@@ -131,6 +133,10 @@ fn main() {
     println!(
         "start -> first KVM_RUN (us): {}",
         stats(samples.iter().map(|s| s.first_run_us).collect())
+    );
+    println!(
+        "  of which KVM_SET_USER_MEMORY_REGION (us, overlapped with setup): {}",
+        stats(samples.iter().map(|s| s.memslot_us).collect())
     );
     println!(
         "RSS overhead (KiB, total RSS - guest RAM RSS): {}",

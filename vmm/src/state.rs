@@ -43,6 +43,7 @@ pub struct VmmShared {
     boot_time_us: AtomicU64,
     boot_cpu_us: AtomicU64,
     first_run_us: AtomicU64,
+    memslot_us: AtomicU64,
     stopping: AtomicBool,
     exit: Mutex<Option<ExitReason>>,
     /// Written when the VM must stop; the device loop watches it.
@@ -67,6 +68,7 @@ impl VmmShared {
             boot_time_us: AtomicU64::new(0),
             boot_cpu_us: AtomicU64::new(0),
             first_run_us: AtomicU64::new(0),
+            memslot_us: AtomicU64::new(0),
             stopping: AtomicBool::new(false),
             exit: Mutex::new(None),
             exit_evt: EventFd::new(libc::EFD_NONBLOCK)?,
@@ -115,6 +117,15 @@ impl VmmShared {
 
     pub fn first_run_us(&self) -> Option<u64> {
         Some(self.first_run_us.load(Ordering::SeqCst)).filter(|v| *v != 0)
+    }
+
+    /// Duration of the guest RAM registration ioctls (KVM_SET_USER_MEMORY_REGION).
+    pub fn set_memslot_us(&self, us: u64) {
+        self.memslot_us.store(us.max(1), Ordering::SeqCst);
+    }
+
+    pub fn memslot_us(&self) -> Option<u64> {
+        Some(self.memslot_us.load(Ordering::SeqCst)).filter(|v| *v != 0)
     }
 
     /// Requests a stop; the first reason wins.

@@ -81,8 +81,9 @@ impl MicroVm {
             )));
         }
         let mem = create_guest_memory(mem_mib)?;
-        let (kvm, vm, mem_registration) = vstate::create_vm(&mem)?;
         let shared = Arc::new(VmmShared::new(start).map_err(Error::io("eventfd"))?);
+        let (kvm, vm, mem_registration) = vstate::create_vm(&mem, &shared)?;
+        tracing::debug!("startup: VM created at {} us", shared.elapsed_us());
         let irqfd = |gsi: u32| -> Result<EventFd> {
             let evt = EventFd::new(libc::EFD_NONBLOCK).map_err(Error::io("eventfd"))?;
             vm.register_irqfd(&evt, gsi)
@@ -266,8 +267,9 @@ impl MicroVm {
             .entry
             .ok_or_else(|| Error::Config("no kernel or raw image loaded".into()))?;
         let mut runners = Vec::new();
+        let base_cpuid = vstate::supported_cpuid(&self.kvm)?;
         for id in 0..self.nr_vcpus {
-            let fd = vstate::create_vcpu(&self.kvm, &self.vm, id, self.nr_vcpus)?;
+            let fd = vstate::create_vcpu(&base_cpuid, &self.vm, id, self.nr_vcpus)?;
             if id == 0 {
                 regs::setup_vcpu_regs(&fd, &self.mem, entry.mode, entry.addr)?;
             }
@@ -279,7 +281,15 @@ impl MicroVm {
                 shared: self.shared.clone(),
             });
         }
+        tracing::debug!(
+            "startup: vCPUs configured at {} us",
+            self.shared.elapsed_us()
+        );
         self.mem_registration.wait()?;
+        tracing::debug!(
+            "startup: guest RAM registered at {} us",
+            self.shared.elapsed_us()
+        );
         let vcpu_filter = if self.seccomp {
             Some(seccomp::vcpu_filter()?)
         } else {
@@ -332,6 +342,10 @@ impl MicroVm {
                     seccompiler::apply_filter(&f).map_err(|e| Error::Seccomp(e.to_string()))?;
                 }
                 barrier.wait();
+                tracing::debug!(
+                    "startup: threads released at {} us",
+                    self.shared.elapsed_us()
+                );
                 let res = ep.and_then(|ep| ctx.run(&ep));
                 if let Err(e) = &res {
                     self.shared

@@ -3,7 +3,8 @@
 use std::sync::Arc;
 
 use kvm_bindings::{
-    kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
+    kvm_pit_config, kvm_userspace_memory_region, CpuId, KVM_MAX_CPUID_ENTRIES,
+    KVM_PIT_SPEAKER_DUMMY,
 };
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use vm_memory::{Address, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
@@ -15,7 +16,10 @@ use crate::error::{Error, Result};
 use crate::state::{ExitReason, VmmShared};
 
 /// Opens /dev/kvm and creates a VM with the in-kernel LAPIC/IOAPIC/PIC and PIT.
-pub fn create_vm(mem: &GuestMemoryMmap) -> Result<(Kvm, VmFd, MemRegistration)> {
+pub fn create_vm(
+    mem: &GuestMemoryMmap,
+    shared: &Arc<VmmShared>,
+) -> Result<(Kvm, VmFd, MemRegistration)> {
     let kvm = Kvm::new().map_err(Error::NoKvm)?;
     let vm = kvm.create_vm().map_err(Error::kvm("KVM_CREATE_VM"))?;
     vm.set_tss_address(KVM_TSS_ADDRESS as usize)
@@ -42,7 +46,7 @@ pub fn create_vm(mem: &GuestMemoryMmap) -> Result<(Kvm, VmFd, MemRegistration)> 
             flags: 0,
         });
     }
-    let registration = MemRegistration::spawn(&vm, regions)?;
+    let registration = MemRegistration::spawn(&vm, regions, shared.clone())?;
     Ok((kvm, vm, registration))
 }
 
@@ -55,12 +59,17 @@ const KVM_SET_USER_MEMORY_REGION: libc::c_ulong = 0x4020_ae46;
 pub struct MemRegistration(Option<std::thread::JoinHandle<Result<()>>>);
 
 impl MemRegistration {
-    fn spawn(vm: &VmFd, regions: Vec<kvm_userspace_memory_region>) -> Result<Self> {
+    fn spawn(
+        vm: &VmFd,
+        regions: Vec<kvm_userspace_memory_region>,
+        shared: Arc<VmmShared>,
+    ) -> Result<Self> {
         use std::os::unix::io::AsRawFd;
         let fd = vm.as_raw_fd();
         let h = std::thread::Builder::new()
             .name("vmm-memslots".into())
             .spawn(move || {
+                let t = std::time::Instant::now();
                 for r in regions {
                     // SAFETY: `fd` is the VM fd, kept open until this thread is
                     // joined (MemRegistration is joined before the VmFd drops);
@@ -73,6 +82,7 @@ impl MemRegistration {
                         });
                     }
                 }
+                shared.set_memslot_us(t.elapsed().as_micros() as u64);
                 Ok(())
             })
             .map_err(Error::io("spawn memslot thread"))?;
@@ -97,13 +107,17 @@ impl Drop for MemRegistration {
 }
 
 /// Creates and configures vCPU `id` (CPUID, MSRs, FPU, LAPIC LINTs).
-pub fn create_vcpu(kvm: &Kvm, vm: &VmFd, id: u8, nr_vcpus: u8) -> Result<VcpuFd> {
+/// What KVM supports, fetched once per VM and filtered per vCPU.
+pub fn supported_cpuid(kvm: &Kvm) -> Result<CpuId> {
+    kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(Error::kvm("KVM_GET_SUPPORTED_CPUID"))
+}
+
+pub fn create_vcpu(base_cpuid: &CpuId, vm: &VmFd, id: u8, nr_vcpus: u8) -> Result<VcpuFd> {
     let vcpu = vm
         .create_vcpu(u64::from(id))
         .map_err(Error::kvm("KVM_CREATE_VCPU"))?;
-    let mut cpuid = kvm
-        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-        .map_err(Error::kvm("KVM_GET_SUPPORTED_CPUID"))?;
+    let mut cpuid = base_cpuid.clone();
     cpuid::filter_cpuid(&mut cpuid, id, nr_vcpus);
     vcpu.set_cpuid2(&cpuid)
         .map_err(Error::kvm("KVM_SET_CPUID2"))?;
