@@ -227,6 +227,52 @@ async fn follow_streams_new_lines() {
     s.close().await.unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follow_survives_rotation() {
+    let t = host_with(&["json-file"], |_| {});
+    let drv = t.host.log_driver("json-file").unwrap();
+    let s = drv
+        .start(info("c6", &[("max-size", "2k"), ("max-file", "5")]))
+        .await
+        .unwrap();
+    s.send(LogEntry::new(LogSource::Stdout, T0, "000"));
+    let mut rd = drv
+        .read_logs(
+            info("c6", &[]),
+            ReadConfig {
+                follow: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(next(&mut rd).await.unwrap().unwrap().line, b"000");
+    // ~100-byte lines: each burst of 15 crosses the 2k limit once.
+    for burst in 0..4 {
+        for i in 1..=15 {
+            let n = burst * 15 + i;
+            s.send(LogEntry::new(
+                LogSource::Stdout,
+                T0 + n,
+                format!("{n:03} {}", "z".repeat(40)),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(120)).await;
+    }
+    for n in 1..=60 {
+        let e = next(&mut rd).await.unwrap().unwrap();
+        assert_eq!(
+            &e.line[..3],
+            format!("{n:03}").as_bytes(),
+            "line {n} missing or out of order"
+        );
+    }
+    let dir = t.host.data_dir("json-file").unwrap().join("containers/c6");
+    assert!(dir.join("c6-json.log.1").exists(), "no rotation happened");
+    drop(rd);
+    s.close().await.unwrap();
+}
+
 #[tokio::test]
 async fn validates_options_and_removes_logs() {
     let t = host_with(&["json-file"], |_| {});

@@ -186,7 +186,16 @@ impl RState {
             };
             let len = f.metadata().map_err(fail)?.len();
             if last && len < self.offset {
-                self.offset = 0; // rotated or truncated under us
+                // Rotated under a follower: finish the old file (now `.1`) from where
+                // we were, then start the new live file at 0. With max-file=1 the
+                // file was truncated instead and the unread tail is gone (as in Docker).
+                let rotated = format!("{path}.1");
+                if fs::metadata(&rotated).is_ok_and(|m| m.len() >= self.offset) {
+                    self.files.insert(self.idx, rotated);
+                } else {
+                    self.offset = 0;
+                }
+                continue;
             }
             if self.offset >= len {
                 if last {
