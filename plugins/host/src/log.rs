@@ -519,7 +519,11 @@ impl Runner {
                 continue;
             }
             if !self.available() {
-                if s.closing.load(Ordering::Acquire) {
+                // Restarting: keep the buffer for the new instance. Breaker open: a
+                // closing session gives up its buffer instead of waiting 30 s.
+                if s.closing.load(Ordering::Acquire)
+                    && self.shared.circuit_open.load(Ordering::Relaxed)
+                {
                     self.finish_session(&s, false);
                 }
                 continue;
