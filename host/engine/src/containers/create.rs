@@ -60,10 +60,12 @@ impl Containers {
             self.microvm_unavailable.as_deref(),
         )?;
 
-        let name = match req.name.as_deref().filter(|n| !n.is_empty()) {
-            Some(n) => validate_name(n)?,
-            None => self.generate_name(),
+        let explicit_name = match req.name.as_deref().filter(|n| !n.is_empty()) {
+            Some(n) => Some(validate_name(n)?),
+            None => None,
         };
+        // A generated name is only a placeholder until it is reserved under the map lock.
+        let mut name = explicit_name.clone().unwrap_or_default();
         let id = new_id();
 
         // Entrypoint/Cmd, moby's merge rule: a non-empty user entrypoint drops the
@@ -186,8 +188,12 @@ impl Containers {
         }
         // Reserve the name atomically with insertion.
         {
-            let c = Container::new(rec);
             let mut map = self.map.write().unwrap();
+            if explicit_name.is_none() {
+                name = generate_name(|n| map.values().any(|o| o.name() == n));
+                rec.name = name.clone();
+            }
+            let c = Container::new(rec);
             if let Some(other) = map.values().find(|o| o.name() == name) {
                 let other_id = other.id.clone();
                 drop(map);
@@ -372,53 +378,110 @@ impl Containers {
         }
         Ok(out)
     }
+}
 
-    /// Docker-style random names: adjective_surname.
-    fn generate_name(&self) -> String {
-        use rand::seq::SliceRandom;
-        const LEFT: &[&str] = &[
-            "admiring",
-            "brave",
-            "calm",
-            "dazzling",
-            "eager",
-            "festive",
-            "gallant",
-            "happy",
-            "keen",
-            "lucid",
-            "modest",
-            "nifty",
-            "optimistic",
-            "quirky",
-            "serene",
-            "tender",
-            "upbeat",
-            "vibrant",
-            "wizardly",
-            "zealous",
-        ];
-        const RIGHT: &[&str] = &[
-            "babbage", "curie", "dijkstra", "euler", "feynman", "goodall", "hopper", "knuth",
-            "lamport", "lovelace", "meitner", "noether", "pasteur", "ritchie", "shannon",
-            "thompson", "turing", "wozniak", "yalow", "zuse",
-        ];
-        let mut rng = rand::thread_rng();
-        for attempt in 0..100 {
-            let mut n = format!(
-                "{}_{}",
-                LEFT.choose(&mut rng).unwrap(),
-                RIGHT.choose(&mut rng).unwrap()
-            );
-            if attempt > 10 {
-                n.push_str(&format!("{}", attempt));
-            }
-            if self.get(&n).is_err() {
-                return n;
-            }
+/// Docker-style random names: adjective_surname, unique among `taken`.
+fn generate_name(taken: impl Fn(&str) -> bool) -> String {
+    use rand::seq::SliceRandom;
+    const LEFT: &[&str] = &[
+        "admiring",
+        "brave",
+        "calm",
+        "dazzling",
+        "eager",
+        "festive",
+        "gallant",
+        "happy",
+        "keen",
+        "lucid",
+        "modest",
+        "nifty",
+        "optimistic",
+        "quirky",
+        "serene",
+        "tender",
+        "upbeat",
+        "vibrant",
+        "wizardly",
+        "zealous",
+        "amazing",
+        "bold",
+        "clever",
+        "dreamy",
+        "elastic",
+        "focused",
+        "gifted",
+        "hopeful",
+        "jolly",
+        "kind",
+        "loving",
+        "mystifying",
+        "nostalgic",
+        "peaceful",
+        "relaxed",
+        "sharp",
+        "trusting",
+        "vigilant",
+        "wonderful",
+        "youthful",
+    ];
+    const RIGHT: &[&str] = &[
+        "babbage",
+        "curie",
+        "dijkstra",
+        "euler",
+        "feynman",
+        "goodall",
+        "hopper",
+        "knuth",
+        "lamport",
+        "lovelace",
+        "meitner",
+        "noether",
+        "pasteur",
+        "ritchie",
+        "shannon",
+        "thompson",
+        "turing",
+        "wozniak",
+        "yalow",
+        "zuse",
+        "archimedes",
+        "bohr",
+        "darwin",
+        "einstein",
+        "fermat",
+        "galileo",
+        "hawking",
+        "kepler",
+        "liskov",
+        "mendel",
+        "newton",
+        "pike",
+        "ramanujan",
+        "sinoussi",
+        "tesla",
+        "volhard",
+        "wilson",
+        "hypatia",
+        "johnson",
+        "kilby",
+    ];
+    let mut rng = rand::thread_rng();
+    for attempt in 0..100 {
+        let mut n = format!(
+            "{}_{}",
+            LEFT.choose(&mut rng).unwrap(),
+            RIGHT.choose(&mut rng).unwrap()
+        );
+        if attempt > 10 {
+            n.push_str(&attempt.to_string());
         }
-        new_id()[..16].to_string()
+        if !taken(&n) {
+            return n;
+        }
     }
+    super::new_id()[..16].to_string()
 }
 
 /// `bb` → `bb:latest` in "No such image" messages, as Docker prints them.
