@@ -731,6 +731,15 @@ fn registry_push_pull_progress() {
         .unwrap_or_else(|| panic!("{out}"));
     let digest = digest_line.split_whitespace().nth(2).unwrap().to_string();
 
+    // Removed and loaded again: the registry is asked about the gzip digests it was
+    // given before, and nothing is compressed or uploaded again.
+    d.docker_ok(&["rmi", &format!("{repo}:1")]);
+    let out = docker_load_bytes(&d, &docker_archive(&format!("{repo}:1"), &layers, None));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = d.docker_ok(&["push", &format!("{repo}:1")]);
+    assert_eq!(out.matches(": Layer already exists").count(), 3, "{out}");
+    assert!(out.contains(&digest), "{out}");
+
     d.docker_ok(&["rmi", &format!("{repo}:1")]);
     assert_store_empty(&d);
     let out = d.docker_ok(&["pull", &format!("{repo}:1")]);

@@ -86,6 +86,11 @@ struct State {
     layers: BTreeMap<String, LayerRecord>,
     /// Full references (`docker.io/library/bb:latest`, `…/bb@sha256:…`) → image ID.
     refs: BTreeMap<String, String>,
+    /// gzip blobs seen for a diff ID (pulled or pushed). Kept after the layer is gone,
+    /// like dockerd's distribution metadata: a later push can ask the registry for the
+    /// blob without compressing the layer again.
+    #[serde(default)]
+    gzip_of: BTreeMap<String, BlobRef>,
 }
 
 impl State {
@@ -404,6 +409,9 @@ impl ImageStore {
             st.layers
                 .entry(l.diff_id.clone())
                 .or_insert_with(|| l.clone());
+            if l.blob.media_type.contains("gzip") {
+                st.gzip_of.insert(l.diff_id.clone(), l.blob.clone());
+            }
         }
         let size = img.layers.iter().map(|l| l.size).sum();
         st.images.entry(id.clone()).or_insert_with(|| ImageRecord {

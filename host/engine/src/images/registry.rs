@@ -476,8 +476,20 @@ impl ImageStore {
         if let Some(rec) = st.layers.get_mut(&l.diff_id) {
             rec.gzip = Some(b.clone());
         }
+        st.gzip_of.insert(l.diff_id.clone(), b.clone());
         self.save_state(&st)?;
         Ok(b)
+    }
+
+    /// A gzip digest already known for this layer, without compressing anything.
+    fn known_gzip(&self, l: &LayerRecord) -> Option<BlobRef> {
+        if let Some(g) = &l.gzip {
+            return Some(g.clone());
+        }
+        if l.blob.media_type.contains("gzip") {
+            return Some(l.blob.clone());
+        }
+        self.state.lock().unwrap().gzip_of.get(&l.diff_id).cloned()
     }
 
     /// `POST /images/{name}/push?tag=`. An empty tag pushes every tag of the repository.
@@ -569,19 +581,21 @@ impl ImageStore {
                     let oref = &oref;
                     async move {
                         let sid = short(&l.diff_id);
+                        if let Some(k) = self.known_gzip(&l) {
+                            if client
+                                .blob_exists(oref, &k.digest)
+                                .await
+                                .map_err(|e| registry_err(r, e))?
+                            {
+                                progress.layer(&sid, "Layer already exists").await?;
+                                return Ok::<_, Error>((l.diff_id.clone(), k));
+                            }
+                        }
                         let store = self.clone();
                         let lc = l.clone();
                         let b = tokio::task::spawn_blocking(move || store.push_blob_for(&lc))
                             .await
                             .map_err(Error::internal)??;
-                        if client
-                            .blob_exists(oref, &b.digest)
-                            .await
-                            .map_err(|e| registry_err(r, e))?
-                        {
-                            progress.layer(&sid, "Layer already exists").await?;
-                            return Ok::<_, Error>((l.diff_id.clone(), b));
-                        }
                         progress.layer_progress(&sid, "Pushing", 0, b.size).await?;
                         let path = self.blob_path(&b.digest);
                         let file = tokio::fs::File::open(&path).await?;
