@@ -1214,3 +1214,91 @@ fn concurrent_loads_of_one_image() {
     d.docker_ok(&["rmi", "twice:1"]);
     assert_store_empty(&d);
 }
+
+/// Archives cross over with Debian's dockerd 20.10: what berthd saves dockerd loads
+/// (same image ID), and dockerd's own save format loads into berthd.
+#[test]
+fn save_and_load_interoperate_with_dockerd() {
+    if !Path::new("/usr/sbin/dockerd").exists() && !Path::new("/usr/bin/dockerd").exists() {
+        let ok = Command::new("sh")
+            .arg("-c")
+            .arg("DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io >/dev/null 2>&1")
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        if !ok {
+            eprintln!("SKIP: dockerd (docker.io) is not installed and could not be installed");
+            return;
+        }
+    }
+    let d = TestDaemon::start();
+    let rd = tempfile::Builder::new()
+        .prefix("bref")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let sock = rd.path().join("d.sock");
+    let mut dockerd = Command::new("dockerd")
+        .arg("-H")
+        .arg(format!("unix://{}", sock.display()))
+        .arg("--data-root")
+        .arg(rd.path().join("data"))
+        .arg("--exec-root")
+        .arg(rd.path().join("exec"))
+        .arg("--pidfile")
+        .arg(rd.path().join("pid"))
+        .args([
+            "--iptables=false",
+            "--ip-masq=false",
+            "--bridge=none",
+            "--storage-driver=vfs",
+        ])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(rd.path().join("log")).unwrap())
+        .spawn()
+        .unwrap();
+    struct Kill<'a>(&'a mut Child);
+    impl Drop for Kill<'_> {
+        fn drop(&mut self) {
+            let _ = Command::new("kill").arg(self.0.id().to_string()).status();
+            let _ = self.0.wait();
+        }
+    }
+    let _guard = Kill(&mut dockerd);
+    let ref_docker = |args: &[&str]| {
+        Command::new(common::DOCKER_CLI)
+            .env("DOCKER_HOST", format!("unix://{}", sock.display()))
+            .env("DOCKER_CONFIG", rd.path().join("cfg"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ref_docker(&["version"]).status.success() {
+        assert!(Instant::now() < deadline, "dockerd did not start");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    let layers = vec![
+        std::fs::read(busybox_tar()).unwrap(),
+        data_layer("x", 100_000, 31),
+    ];
+    let out = docker_load_bytes(&d, &docker_archive("xo:1", &layers, None));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let id = inspect(&d, "xo:1")["Id"].as_str().unwrap().to_string();
+    let ours = rd.path().join("ours.tar");
+    d.docker_ok(&["save", "-o", ours.to_str().unwrap(), "xo:1"]);
+    let out = ref_docker(&["load", "-i", ours.to_str().unwrap()]);
+    assert!(out.status.success(), "dockerd load: {}", stderr(&out));
+    let out = ref_docker(&["image", "inspect", "--format", "{{.Id}}", "xo:1"]);
+    assert_eq!(stdout(&out).trim(), id);
+
+    let theirs = rd.path().join("theirs.tar");
+    ref_docker(&["tag", "xo:1", "xo:fromdockerd"]);
+    let out = ref_docker(&["save", "-o", theirs.to_str().unwrap(), "xo:fromdockerd"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    d.docker_ok(&["rmi", "xo:1"]);
+    assert_store_empty(&d);
+    let out = d.docker_ok(&["load", "-i", theirs.to_str().unwrap()]);
+    assert!(out.contains("Loaded image: xo:fromdockerd"), "{out}");
+    assert_eq!(inspect(&d, "xo:fromdockerd")["Id"], id.as_str());
+}
