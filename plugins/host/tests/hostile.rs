@@ -18,7 +18,9 @@ fn info(id: &str) -> ContainerLogInfo {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn infinite_loop_is_stopped_and_other_plugins_keep_serving() {
-    let t = host_with(&["hostile-log", "json-file"], |_| {});
+    let t = host_with(&["hostile-log", "json-file"], |c| {
+        c.log_call_timeout = Duration::from_secs(1)
+    });
     let bad = t.host.log_driver("hostile-log").unwrap();
     let good = t.host.log_driver("json-file").unwrap();
 
