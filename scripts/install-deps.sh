@@ -9,6 +9,7 @@ PKGS=(
   docker.io        # reference dockerd 20.10 + runc for benches
   qemu-system-x86  # guest kernel + agent tests under TCG
   cpio curl file iproute2 e2fsprogs tar xz-utils zstd
+  rustc-web cargo-web rust-web-src lld-22 wasi-libc   # wasm32-wasip2 plugin builds (scripts/build-plugins.sh)
 )
 # Extra packages named by callers: scripts/install-deps.sh pkg...
 PKGS+=("$@")

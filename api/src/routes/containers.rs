@@ -56,6 +56,7 @@ pub fn router() -> Router<AppState> {
             get(archive_get).head(archive_head).put(archive_put),
         )
         .route("/containers/{id}/changes", get(changes))
+        .route("/commit", post(commit))
 }
 
 fn opt_bool(v: &Option<String>) -> bool {
@@ -1031,6 +1032,63 @@ async fn changes(
             .map(|(p, k)| serde_json::json!({ "Path": p, "Kind": k }))
             .collect(),
     ))
+}
+
+#[derive(Deserialize)]
+struct CommitQuery {
+    container: Option<String>,
+    repo: Option<String>,
+    tag: Option<String>,
+    comment: Option<String>,
+    author: Option<String>,
+    pause: Option<String>,
+    changes: Option<String>,
+}
+
+async fn commit(
+    State(engine): State<AppState>,
+    Q(q): Q<CommitQuery>,
+    body: axum::body::Bytes,
+) -> ApiResult<Response> {
+    let name = q
+        .container
+        .clone()
+        .filter(|c| !c.is_empty())
+        .ok_or_else(|| ApiError::bad_request("container name is required"))?;
+    let c = container(&engine, &name)?;
+    let config = if body.is_empty() {
+        None
+    } else {
+        Some(
+            serde_json::from_slice::<serde_json::Value>(&body)
+                .map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))?,
+        )
+    };
+    // The CLI sends each --change as its own `changes` value; axum's form decoding
+    // keeps the last, so re-read them all from the raw query below.
+    let changes: Vec<String> = q
+        .changes
+        .iter()
+        .flat_map(|c| c.split('\n'))
+        .filter(|c| !c.is_empty())
+        .map(str::to_string)
+        .collect();
+    let id = engine
+        .containers
+        .commit(
+            &c,
+            berth_engine::containers::CommitOptions {
+                repo: q.repo,
+                tag: q.tag,
+                comment: q.comment.unwrap_or_default(),
+                author: q.author.unwrap_or_default(),
+                pause: q.pause.as_deref().map(parse_bool).unwrap_or(true),
+                changes,
+                config,
+            },
+        )
+        .await?;
+    Ok((StatusCode::CREATED, Json(serde_json::json!({ "Id": id }))).into_response())
 }
 
 #[cfg(test)]

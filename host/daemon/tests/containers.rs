@@ -683,3 +683,49 @@ fn cp_both_ways_stays_inside_the_container() {
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(!mounts.contains("berth-archive"), "archive mount leaked");
 }
+
+#[test]
+fn commit_makes_a_layered_image() {
+    let d = daemon_with_busybox();
+    d.docker_ok(&[
+        "run",
+        "--name",
+        "cm",
+        "bb:local",
+        "sh",
+        "-c",
+        "echo hi > /greeting; rm /bin/vi; mkdir -p /opt/x",
+    ]);
+    let id = d.docker_ok(&[
+        "commit",
+        "-c",
+        "CMD [\"cat\",\"/greeting\"]",
+        "-m",
+        "my commit",
+        "cm",
+        "mine:1",
+    ]);
+    assert!(id.trim().starts_with("sha256:"), "{id}");
+    assert_eq!(d.docker_ok(&["run", "--rm", "mine:1"]), "hi\n");
+    // The deletion travels as a whiteout; the new dir as a dir.
+    let out = d.docker(&[
+        "run",
+        "--rm",
+        "mine:1",
+        "sh",
+        "-c",
+        "ls /bin/vi; ls -d /opt/x",
+    ]);
+    assert_eq!(stdout(&out), "/opt/x\n");
+    let layers = d.docker_ok(&["image", "inspect", "-f", "{{len .RootFS.Layers}}", "mine:1"]);
+    assert_eq!(layers.trim(), "2");
+    let hist = d.docker_ok(&["history", "--format", "{{.Comment}}", "mine:1"]);
+    assert!(hist.starts_with("my commit\n"), "{hist}");
+    // The base image is now in use by the new image's container only through layers:
+    // removing the container leaves both images intact.
+    d.docker_ok(&["rm", "cm"]);
+    assert_eq!(
+        d.docker_ok(&["run", "--rm", "bb:local", "echo", "base"]),
+        "base\n"
+    );
+}

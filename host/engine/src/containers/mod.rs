@@ -5,6 +5,7 @@
 //! it over the versioned agent protocol; one agent lives for one run of the container.
 
 pub mod archive;
+mod commit;
 mod create;
 mod exec;
 mod lifecycle;
@@ -22,6 +23,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use berth_agent_protocol::client::AgentClient;
 use tokio::sync::watch;
 
+pub use commit::CommitOptions;
 pub use create::CreateRequest;
 pub use exec::{ExecConfig, ExecInstance, ExecStartOpts, ExecStarted, ExecState};
 pub use lifecycle::{signal_number, WaitCondition};

@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 use crate::events::EventBus;
 use crate::{Error, Result};
 pub use digest::Compression;
-pub use import::{ImportOptions, ImportSource};
+pub use import::{apply_changes, ImportOptions, ImportSource};
 pub use progress::Progress;
 pub use query::{DeleteItem, DiskUsage, ImageSummary, ListOptions, PruneReport};
 pub use reference::Reference;

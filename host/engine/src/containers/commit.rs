@@ -1,0 +1,258 @@
+//! `docker commit`: the container's writable layer becomes a new image layer on top
+//! of its image. Overlay whiteouts (0:0 char devices, opaque xattrs) are written back
+//! as OCI `.wh.` entries.
+
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::Path;
+use std::sync::Arc;
+
+use serde_json::{json, Map, Value};
+
+use super::record::Status;
+use super::{Container, Containers};
+use crate::images::{apply_changes, Reference};
+use crate::{Error, Result};
+
+pub struct CommitOptions {
+    pub repo: Option<String>,
+    pub tag: Option<String>,
+    pub comment: String,
+    pub author: String,
+    pub pause: bool,
+    pub changes: Vec<String>,
+    /// Config fields from the request body, overriding the container's.
+    pub config: Option<Value>,
+}
+
+/// Files the engine writes into every container; they are not the user's changes.
+const GENERATED: &[&str] = &["etc/hostname", "etc/hosts", "etc/resolv.conf"];
+
+fn tar_upper(
+    upper: &Path,
+    out: &mut tar::Builder<std::io::BufWriter<std::fs::File>>,
+) -> std::io::Result<()> {
+    fn walk(
+        base: &Path,
+        rel: &Path,
+        out: &mut tar::Builder<std::io::BufWriter<std::fs::File>>,
+    ) -> std::io::Result<()> {
+        let dir = base.join(rel);
+        let mut entries: Vec<_> = std::fs::read_dir(&dir)?.flatten().collect();
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            let name = e.file_name();
+            let rel_path = rel.join(&name);
+            if GENERATED.iter().any(|g| Path::new(g) == rel_path) {
+                continue;
+            }
+            let meta = e.path().symlink_metadata()?;
+            if meta.file_type().is_char_device() && meta.rdev() == 0 {
+                // Overlay whiteout → OCI whiteout.
+                let wh = rel.join(format!(".wh.{}", name.to_string_lossy()));
+                let mut h = tar::Header::new_gnu();
+                h.set_size(0);
+                h.set_mode(0o644);
+                h.set_entry_type(tar::EntryType::Regular);
+                out.append_data(&mut h, wh, std::io::empty())?;
+                continue;
+            }
+            out.append_path_with_name(e.path(), &rel_path)?;
+            if meta.is_dir() {
+                let opaque = xattr_opaque(&e.path());
+                if opaque {
+                    let mut h = tar::Header::new_gnu();
+                    h.set_size(0);
+                    h.set_mode(0o644);
+                    h.set_entry_type(tar::EntryType::Regular);
+                    out.append_data(&mut h, rel_path.join(".wh..wh..opq"), std::io::empty())?;
+                }
+                walk(base, &rel_path, out)?;
+            }
+        }
+        Ok(())
+    }
+    out.follow_symlinks(false);
+    walk(upper, Path::new(""), out)
+}
+
+fn xattr_opaque(p: &Path) -> bool {
+    let c = match std::ffi::CString::new(p.as_os_str().as_encoded_bytes()) {
+        Ok(c) => c,
+        Err(_) => return false,
+    };
+    let name = c"trusted.overlay.opaque";
+    let mut buf = [0u8; 4];
+    // SAFETY: valid C strings and buffer.
+    let n = unsafe {
+        libc::lgetxattr(
+            c.as_ptr(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    n == 1 && buf[0] == b'y'
+}
+
+impl Containers {
+    pub async fn commit(
+        self: &Arc<Self>,
+        c: &Arc<Container>,
+        opts: CommitOptions,
+    ) -> Result<String> {
+        let rec = c.record();
+        if rec.storage != "overlay" {
+            return Err(Error::NotImplemented(
+                "docker commit needs the overlay storage driver".into(),
+            ));
+        }
+        let target = match opts.repo.as_deref().filter(|r| !r.is_empty()) {
+            Some(repo) => {
+                let tag = opts
+                    .tag
+                    .clone()
+                    .filter(|t| !t.is_empty())
+                    .unwrap_or_else(|| "latest".into());
+                Some(Reference::parse_tagged(&format!("{repo}:{tag}"))?)
+            }
+            None => None,
+        };
+        let paused_here = opts.pause && rec.state.status == Status::Running;
+        if paused_here {
+            self.pause(c).await?;
+        }
+        let result = self.commit_inner(c, &rec, &opts, target).await;
+        if paused_here {
+            let _ = self.unpause(c).await;
+        }
+        let id = result?;
+        self.publish(&c.record(), "commit", &[("comment", opts.comment.clone())]);
+        Ok(id)
+    }
+
+    async fn commit_inner(
+        &self,
+        c: &Arc<Container>,
+        rec: &super::ContainerRecord,
+        opts: &CommitOptions,
+        target: Option<Reference>,
+    ) -> Result<String> {
+        let images = self.images.clone();
+        let upper = self.container_dir(&c.id).join("upper");
+        let parent_id = rec.image_id.clone();
+        // The new config: the parent's, with the container's run config and the
+        // request's overrides, one more history entry and one more layer.
+        let mut config: Value =
+            serde_json::from_slice(&images.read_blob(&parent_id)?).map_err(Error::internal)?;
+        let mut run_cfg: Map<String, Value> = config
+            .get("config")
+            .and_then(|v| v.as_object().cloned())
+            .unwrap_or_default();
+        let container_cfg = serde_json::to_value(&rec.config).map_err(Error::internal)?;
+        for key in [
+            "Env",
+            "Cmd",
+            "Entrypoint",
+            "WorkingDir",
+            "User",
+            "ExposedPorts",
+            "Volumes",
+            "Labels",
+            "StopSignal",
+        ] {
+            if let Some(v) = container_cfg.get(key).filter(|v| !v.is_null()) {
+                run_cfg.insert(key.into(), v.clone());
+            }
+        }
+        if let Some(Value::Object(over)) = &opts.config {
+            for (k, v) in over {
+                if !v.is_null() {
+                    run_cfg.insert(k.clone(), v.clone());
+                }
+            }
+        }
+        apply_changes(&mut run_cfg, &opts.changes)?;
+        let comment = opts.comment.clone();
+        let author = opts.author.clone();
+        let cmd_line = std::iter::once(rec.path.clone())
+            .chain(rec.args.clone())
+            .collect::<Vec<_>>()
+            .join(" ");
+        let container_id = c.id.clone();
+        let id = tokio::task::spawn_blocking(move || -> Result<String> {
+            let tmp = tempfile::Builder::new()
+                .prefix("commit-")
+                .tempfile_in(images.tmp_dir())?;
+            {
+                let f = tmp.reopen()?;
+                let mut b = tar::Builder::new(std::io::BufWriter::new(f));
+                tar_upper(&upper, &mut b)?;
+                b.into_inner()?
+                    .into_inner()
+                    .map_err(|e| Error::from(e.into_error()))?
+                    .sync_all()?;
+            }
+            let mut guard = images.pending_guard();
+            let layer = images.ingest_with_blob(
+                std::fs::File::open(tmp.path())?,
+                None,
+                None,
+                None,
+                &mut guard,
+            )?;
+            let now = crate::fsutil::now_rfc3339();
+            let obj = config
+                .as_object_mut()
+                .ok_or_else(|| Error::internal("image config is not an object"))?;
+            obj.insert("config".into(), Value::Object(run_cfg));
+            obj.insert("created".into(), json!(now));
+            obj.insert("container".into(), json!(container_id));
+            if !author.is_empty() {
+                obj.insert("author".into(), json!(author));
+            }
+            let diff_ids = obj
+                .get_mut("rootfs")
+                .and_then(|r| r.get_mut("diff_ids"))
+                .and_then(|d| d.as_array_mut())
+                .ok_or_else(|| Error::internal("image config has no rootfs.diff_ids"))?;
+            diff_ids.push(json!(layer.diff_id));
+            let parent_layers: Vec<String> = diff_ids
+                .iter()
+                .filter_map(|d| d.as_str().map(str::to_string))
+                .collect();
+            let mut history = obj
+                .get("history")
+                .and_then(|h| h.as_array().cloned())
+                .unwrap_or_default();
+            let mut h = json!({ "created": now, "created_by": cmd_line });
+            if !comment.is_empty() {
+                h["comment"] = json!(comment);
+            }
+            if !author.is_empty() {
+                h["author"] = json!(author);
+            }
+            history.push(h);
+            obj.insert("history".into(), Value::Array(history));
+            let mut layers = Vec::new();
+            for d in &parent_layers[..parent_layers.len() - 1] {
+                layers.push(
+                    images
+                        .layer(d)
+                        .ok_or_else(|| Error::internal(format!("parent layer {d} missing")))?,
+                );
+            }
+            layers.push(layer);
+            let raw = serde_json::to_vec(&config).map_err(Error::internal)?;
+            let (id, _) = images.commit(crate::images::NewImage {
+                config: raw,
+                layers,
+                refs: target.into_iter().collect(),
+            })?;
+            drop(guard);
+            Ok(id)
+        })
+        .await
+        .map_err(Error::internal)??;
+        Ok(id)
+    }
+}
