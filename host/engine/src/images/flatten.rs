@@ -24,6 +24,41 @@ fn is_opaque(path: &Path) -> bool {
     n == 1 && buf[0] == b'y'
 }
 
+/// Copy extended attributes (file capabilities, ACLs…) except overlayfs' own.
+fn copy_xattrs(src: &Path, dst: &Path) {
+    let (Ok(s), Ok(d)) = (
+        CString::new(src.as_os_str().as_bytes()),
+        CString::new(dst.as_os_str().as_bytes()),
+    ) else {
+        return;
+    };
+    let mut names = vec![0u8; 4096];
+    // SAFETY: valid path and buffer.
+    let n = unsafe { libc::llistxattr(s.as_ptr(), names.as_mut_ptr().cast(), names.len()) };
+    if n <= 0 {
+        return;
+    }
+    for name in names[..n as usize]
+        .split(|b| *b == 0)
+        .filter(|n| !n.is_empty())
+    {
+        if name.starts_with(b"trusted.overlay.") {
+            continue;
+        }
+        let Ok(k) = CString::new(name) else { continue };
+        let mut val = vec![0u8; 64 * 1024];
+        // SAFETY: valid strings and buffer.
+        let len =
+            unsafe { libc::lgetxattr(s.as_ptr(), k.as_ptr(), val.as_mut_ptr().cast(), val.len()) };
+        if len >= 0 {
+            // SAFETY: valid strings and buffer; best effort.
+            unsafe {
+                libc::lsetxattr(d.as_ptr(), k.as_ptr(), val.as_ptr().cast(), len as usize, 0)
+            };
+        }
+    }
+}
+
 fn remove_any(path: &Path) -> io::Result<()> {
     match fs::symlink_metadata(path) {
         Ok(m) if m.is_dir() => fs::remove_dir_all(path),
@@ -79,6 +114,7 @@ pub fn apply_layer(src: &Path, dest: &Path) -> Result<()> {
                 fs::create_dir(&d)?;
             }
             apply_layer(&s, &d)?;
+            copy_xattrs(&s, &d);
             std::os::unix::fs::lchown(&d, Some(m.uid()), Some(m.gid()))?;
             fs::set_permissions(&d, fs::Permissions::from_mode(m.mode() & 0o7777))?;
             set_times(&d, &m);
@@ -101,6 +137,8 @@ pub fn apply_layer(src: &Path, dest: &Path) -> Result<()> {
         std::os::unix::fs::lchown(&d, Some(m.uid()), Some(m.gid()))?;
         if !ft.is_symlink() {
             fs::set_permissions(&d, fs::Permissions::from_mode(m.mode() & 0o7777))?;
+            // After chown (which drops security.capability) and chmod.
+            copy_xattrs(&s, &d);
         }
         set_times(&d, &m);
     }

@@ -427,3 +427,79 @@ async fn import_tarball_with_changes() {
     let l = store.layer(&digest::sha256_of(&data)).unwrap();
     assert_eq!(l.blob.digest, l.diff_id);
 }
+
+/// A PAX extended header (type `x`) applying to the next member.
+fn pax(b: &mut tar::Builder<Vec<u8>>, recs: &[(&str, &[u8])]) {
+    let mut data = Vec::new();
+    for (k, v) in recs {
+        let body_len = 1 + k.len() + 1 + v.len() + 1; // " k=v\n"
+        let mut len = body_len + 1;
+        while len != body_len + len.to_string().len() {
+            len = body_len + len.to_string().len();
+        }
+        data.extend_from_slice(format!("{len} {k}=").as_bytes());
+        data.extend_from_slice(v);
+        data.push(b'\n');
+    }
+    // The tar crate only honours PAX headers in ustar/GNU format members.
+    let mut h = Header::new_ustar();
+    h.set_path("PaxHeader").unwrap();
+    h.set_entry_type(EntryType::XHeader);
+    h.set_size(data.len() as u64);
+    h.set_mode(0o644);
+    h.set_cksum();
+    b.append(&h, &data[..]).unwrap();
+}
+
+fn get_xattr(p: &Path, key: &str) -> Option<Vec<u8>> {
+    let p = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+    let k = std::ffi::CString::new(key).unwrap();
+    let mut buf = [0u8; 256];
+    // SAFETY: valid strings and buffer.
+    let n = unsafe { libc::lgetxattr(p.as_ptr(), k.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    (n >= 0).then(|| buf[..n as usize].to_vec())
+}
+
+#[test]
+fn pax_xattrs_applied_but_never_trusted_ones() {
+    let data = tar_of(|b| {
+        pax(
+            b,
+            &[
+                ("SCHILY.xattr.user.note", b"hello"),
+                ("SCHILY.xattr.trusted.overlay.opaque", b"y"),
+            ],
+        );
+        entry(b, "dir/", EntryType::Directory, b"", None);
+        pax(b, &[("SCHILY.xattr.user.note", b"file")]);
+        entry(b, "dir/f", EntryType::Regular, b"x", None);
+    });
+    let d = tempfile::tempdir().unwrap();
+    let store = store_at(&d.path().join("store"));
+    let (archive, _) = docker_archive(&[("x:1", vec![data])]);
+    load(&store, &archive).unwrap();
+    let layer = &store.layer_dirs("x:1").unwrap()[0];
+    assert_eq!(
+        get_xattr(&layer.join("dir"), "user.note").as_deref(),
+        Some(&b"hello"[..])
+    );
+    assert_eq!(
+        get_xattr(&layer.join("dir"), "trusted.overlay.opaque"),
+        None,
+        "a tar must not forge overlay metadata"
+    );
+    assert_eq!(
+        get_xattr(&layer.join("dir/f"), "user.note").as_deref(),
+        Some(&b"file"[..])
+    );
+    let flat = d.path().join("flat");
+    store.flatten_into("x:1", &flat).unwrap();
+    assert_eq!(
+        get_xattr(&flat.join("dir/f"), "user.note").as_deref(),
+        Some(&b"file"[..])
+    );
+    assert_eq!(
+        get_xattr(&flat.join("dir"), "user.note").as_deref(),
+        Some(&b"hello"[..])
+    );
+}
