@@ -274,6 +274,12 @@ fn load_inspect_tag_save_roundtrip_and_remove() {
     let dirs = store.layer_dirs("bb").unwrap();
     assert_eq!(dirs.len(), 2);
     assert_eq!(store.layer_dirs("other/x:1").unwrap()[0], dirs[0]);
+    for d in &dirs {
+        assert_eq!(
+            fs::metadata(d).unwrap().permissions().mode() & 0o7777,
+            0o755
+        );
+    }
 
     let cfg = store.image_config("bb").unwrap();
     assert_eq!(cfg.cmd, Some(vec!["/bin/sh".to_string()]));

@@ -240,6 +240,9 @@ fn set_xattr(fd: RawFd, key: &str, value: &[u8]) -> Result<()> {
 pub fn unpack_layer<R: Read>(reader: R, dest: &Path) -> Result<u64> {
     let root = open_root(dest)?;
     let rootfd = root.as_raw_fd();
+    // The layer root is the container's `/` (temp dirs start as 0700).
+    // SAFETY: valid fd.
+    unsafe { libc::fchmod(rootfd, 0o755) };
     let mut archive = tar::Archive::new(reader);
     let mut size = 0u64;
     // Directory mtimes are set last: creating children changes them.
@@ -263,7 +266,14 @@ pub fn unpack_layer<R: Read>(reader: R, dest: &Path) -> Result<u64> {
         }
         let comps = clean_components(&raw)?;
         let Some((name, parents)) = comps.split_last() else {
-            continue; // the layer root itself ("./")
+            // The layer root itself ("./"): take its mode, never a non-directory type.
+            if kind == EntryType::Directory {
+                if let Ok(mode) = entry.header().mode() {
+                    // SAFETY: valid fd.
+                    unsafe { libc::fchmod(rootfd, (mode & 0o7777) as libc::mode_t) };
+                }
+            }
+            continue;
         };
         let hdr = entry.header();
         // Like Go's archive/tar, an empty (all-NUL) numeric field reads as 0.
