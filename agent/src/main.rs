@@ -3,8 +3,12 @@
 //! `berth-agent serve --socket PATH --exec-dir DIR [--id ID] [--daemonize] [--log FILE]`
 //! — process mode: listens on a unix socket; with `--daemonize` it detaches (new session, stdio
 //! to the log) and prints the detached agent's pid once the socket is listening.
+//!
+//! `berth-agent guest [--vsock-port N | --unix PATH] [--exec-dir DIR]` (or no arguments as PID 1)
+//! — microVM mode: mounts the kernel filesystems and serves the host over vsock.
 mod capabilities;
 mod cgroups;
+mod guest;
 mod init;
 mod namespaces;
 mod process;
@@ -17,6 +21,7 @@ mod top;
 mod tty;
 mod user;
 mod util;
+mod vsock;
 
 use std::{
     os::{fd::AsRawFd, unix::net::UnixListener},
@@ -77,6 +82,8 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let res = match args.first().map(String::as_str) {
         Some("serve") => parse_serve(&args[1..]).and_then(serve),
+        Some("guest") => guest_main(&args[1..]),
+        None if std::process::id() == 1 => guest_main(&[]),
         Some("--version") => {
             println!("berth-agent {} (protocol {})", env!("CARGO_PKG_VERSION"), berth_agent_protocol::PROTOCOL_VERSION);
             Ok(())
@@ -107,8 +114,67 @@ fn serve(args: ServeArgs) -> Result<()> {
         .enable_all()
         .build()?;
     let socket = args.socket.clone();
-    let res = rt.block_on(run(args, listener));
+    let res = rt.block_on(async {
+        listener.set_nonblocking(true)?;
+        let listener = Listener::Unix(tokio::net::UnixListener::from_std(listener)?);
+        run(args.exec_dir.clone(), listener).await
+    });
     let _ = std::fs::remove_file(&socket);
+    res
+}
+
+enum Listener {
+    Unix(tokio::net::UnixListener),
+    Vsock(vsock::VsockListener),
+}
+
+fn guest_main(args: &[String]) -> Result<()> {
+    let pid1 = std::process::id() == 1;
+    if pid1 {
+        guest::mount_kernel_filesystems();
+    }
+    let mut port = None;
+    let mut unix = None;
+    let mut exec_dir = PathBuf::from("/run/berth");
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut val = || {
+            it.next()
+                .cloned()
+                .with_context(|| format!("{a} needs a value"))
+        };
+        match a.as_str() {
+            "--vsock-port" => port = Some(val()?.parse().context("--vsock-port")?),
+            "--unix" => unix = Some(PathBuf::from(val()?)),
+            "--exec-dir" => exec_dir = PathBuf::from(val()?),
+            other => bail!("unknown argument {other:?}"),
+        }
+    }
+    init_logging();
+    std::fs::create_dir_all(&exec_dir)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let res = rt.block_on(async {
+        let listener = match unix {
+            Some(path) => {
+                let _ = std::fs::remove_file(&path);
+                Listener::Unix(tokio::net::UnixListener::bind(&path)?)
+            }
+            None => {
+                let port = port.unwrap_or_else(guest::vsock_port_from_cmdline);
+                info!(port, "guest agent listening on vsock");
+                Listener::Vsock(vsock::VsockListener::bind(port).context("vsock listen")?)
+            }
+        };
+        run(exec_dir, listener).await
+    });
+    if pid1 {
+        if let Err(e) = &res {
+            error!("guest agent failed: {e:#}");
+        }
+        guest::power_off();
+    }
     res
 }
 
@@ -154,8 +220,8 @@ fn init_logging() {
         .try_init();
 }
 
-async fn run(args: ServeArgs, listener: UnixListener) -> Result<()> {
-    let agent = Agent::new(args.exec_dir.clone())?;
+async fn run(exec_dir: PathBuf, listener: Listener) -> Result<()> {
+    let agent = Agent::new(exec_dir)?;
     // Register for SIGCHLD before any child can exist.
     let mut sigchld = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child())?;
     let reaper_agent = agent.clone();
@@ -167,22 +233,34 @@ async fn run(args: ServeArgs, listener: UnixListener) -> Result<()> {
             }
         }
     });
-    listener.set_nonblocking(true)?;
-    let listener = tokio::net::UnixListener::from_std(listener)?;
     loop {
         tokio::select! {
-            conn = listener.accept() => match conn {
-                Ok((stream, _)) => {
-                    tokio::spawn(server::serve_conn(agent.clone(), stream));
+            res = accept(&listener, &agent) => {
+                if let Err(e) = res {
+                    error!("accept: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                 }
-                Err(e) => error!("accept: {e}"),
-            },
+            }
             _ = agent.shutdown.notified() => break,
         }
     }
     // Let the Shutdown reply reach the host.
     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     info!("agent shutting down");
+    Ok(())
+}
+
+async fn accept(listener: &Listener, agent: &Arc<Agent>) -> std::io::Result<()> {
+    match listener {
+        Listener::Unix(l) => {
+            let (stream, _) = l.accept().await?;
+            tokio::spawn(server::serve_conn(agent.clone(), stream));
+        }
+        Listener::Vsock(l) => {
+            let stream = l.accept().await?;
+            tokio::spawn(server::serve_conn(agent.clone(), stream));
+        }
+    }
     Ok(())
 }
 

@@ -156,6 +156,12 @@ pub fn launch(l: &Launch) -> Result<Launched, LaunchError> {
         kill_child();
         return Err(LaunchError::setup(format!("joining cgroup: {e}")));
     }
+    // A child stuck in setup (e.g. a hung mount) must not wedge the agent forever.
+    let _ = nix::sys::socket::setsockopt(
+        &psock,
+        nix::sys::socket::sockopt::ReceiveTimeout,
+        &nix::sys::time::TimeVal::new(60, 0),
+    );
     if let Err(e) = tty::send_msg(&psock, b"G", None) {
         kill_child();
         return Err(LaunchError::setup(format!("starting child: {e}")));

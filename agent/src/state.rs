@@ -316,6 +316,12 @@ impl Agent {
             .spec
             .clone()
             .ok_or_else(|| err(ErrorKind::Conflict, "container not created"))?;
+        if st.paused {
+            return Err(err(
+                ErrorKind::Conflict,
+                "container is paused, unpause the container before exec",
+            ));
+        }
         if !matches!(
             st.procs.get(&ProcessId::INIT).map(|p| p.status),
             Some(ProcessStatus::Running)
@@ -481,6 +487,12 @@ impl Agent {
                 etc_files: &etc_files,
             }
         } else {
+            if st.paused {
+                return Err(err(
+                    ErrorKind::Conflict,
+                    "container is paused, unpause the container before exec",
+                ));
+            }
             if init_status != Some(ProcessStatus::Running) {
                 return Err(err(ErrorKind::Conflict, "container is not running"));
             }
@@ -537,15 +549,10 @@ impl Agent {
                     finished_at_ns: now,
                     error: Some(e.message.clone()),
                 };
-                p.status = ProcessStatus::Exited;
-                p.exit = Some(status.clone());
-                p.subscribe_next = false;
-                let waiters = std::mem::take(&mut p.waiters);
                 let cg = if is_init { st.cgroup.take() } else { None };
                 drop(st);
-                for w in waiters {
-                    let _ = w.send(status.clone());
-                }
+                // Waiters, the Exited event and (if subscribed) an empty output's EOF.
+                self.publish_exit(process, status);
                 Ok(Err((e, cg)))
             }
         }
@@ -609,6 +616,9 @@ impl Agent {
         p.exit = Some(status.clone());
         let waiters = std::mem::take(&mut p.waiters);
         let run = p.run.clone();
+        // Subscribed, but no run will deliver output (the process never started): end the
+        // subscriber's stream right after the exit event.
+        let eof_now = std::mem::take(&mut p.subscribe_next);
         drop(st);
         for w in waiters {
             let _ = w.send(status.clone());
@@ -619,7 +629,15 @@ impl Agent {
             if let Ok(f) = Frame::json(FrameKind::Event, 0, &Event::Exited { process, status }) {
                 agent.send(f).await;
             }
-            if let Some(run) = run {
+            if eof_now {
+                agent
+                    .send(Frame::new(
+                        FrameKind::OutputEof,
+                        process.0,
+                        bytes::Bytes::new(),
+                    ))
+                    .await;
+            } else if let Some(run) = run {
                 let grace = (process != ProcessId::INIT).then_some(EXEC_OUTPUT_GRACE);
                 run.mark_exited(grace);
             }

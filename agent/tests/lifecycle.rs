@@ -71,13 +71,21 @@ async fn agent_survives_client_disconnect_and_reconnect_sees_exit() {
         "restore",
         &["sh", "-c", "echo before; sleep 1; echo after; exit 7"],
     );
-    let c = spawn(&spec, &dir).await;
-    c.client.start(ProcessId::INIT).await.unwrap();
+    let opts = berth_agent_protocol::client::SpawnOpts::new(
+        env!("CARGO_BIN_EXE_berth-agent"),
+        &dir,
+        &spec.id,
+    );
+    let (client, agent_pid) = berth_agent_protocol::client::spawn_process_agent(&opts)
+        .await
+        .unwrap();
+    client.create(spec.clone()).await.unwrap();
+    client.start(ProcessId::INIT).await.unwrap();
     let sock = berth_agent_protocol::client::agent_socket_path(&dir);
-    drop(c.client);
+    drop(client);
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(
-        std::path::Path::new(&format!("/proc/{}", c.agent_pid)).exists(),
+        std::path::Path::new(&format!("/proc/{agent_pid}")).exists(),
         "agent died with its client"
     );
     let client = AgentClient::connect_unix(&sock).await.unwrap();

@@ -156,9 +156,32 @@ async fn exec_joins_running_container() {
         })
         .await
         .unwrap();
+    let out = c.client.output(id).await.unwrap();
     let e = c.client.start(id).await.unwrap_err();
     assert_eq!(e.remote().unwrap().exit_code, Some(127));
     assert_eq!(c.client.wait(id).await.unwrap().code, 127);
+    // An attached client is released: its stream ends (cleanly) even though nothing ran.
+    assert_eq!(collect(out).await, (String::new(), String::new()));
+
+    // No exec into a paused container (the child would freeze in setup).
+    c.client.pause().await.unwrap();
+    let e = c
+        .client
+        .exec(ExecSpec {
+            process: ProcessSpec {
+                args: vec!["true".into()],
+                ..ProcessSpec::default()
+            },
+            privileged: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.remote().unwrap().kind,
+        berth_agent_protocol::ErrorKind::Conflict
+    );
+    assert!(e.to_string().contains("paused"), "{e}");
+    c.client.resume().await.unwrap();
     c.shutdown().await;
 }
 

@@ -177,6 +177,18 @@ impl TestContainer {
     }
 }
 
+impl Drop for TestContainer {
+    /// A failed test must not leave its agent (and container) running.
+    fn drop(&mut self) {
+        let cmdline =
+            std::fs::read(format!("/proc/{}/cmdline", self.agent_pid)).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains(&self.id) {
+            // SAFETY: kill(2) of the agent this test spawned.
+            unsafe { libc::kill(self.agent_pid as i32, libc::SIGKILL) };
+        }
+    }
+}
+
 /// cgroup directories of a container on this host (v1 or v2).
 pub fn cgroup_dirs(id: &str) -> Vec<PathBuf> {
     let mut v = vec![PathBuf::from("/sys/fs/cgroup/berth").join(id)];

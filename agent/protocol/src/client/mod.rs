@@ -41,9 +41,9 @@ pub use spawn::{agent_socket_path, spawn_process_agent, SpawnOpts};
 pub use stdio::{OutputChunk, OutputStream, StdStream, StdinWriter};
 
 use crate::{
-    AgentState, ContainerSpec, Event, ExecSpec, ExitStatus, Frame, FrameKind, FrameReader,
-    FrameWriter, Hello, HelloReply, ProcessId, ProtocolError, Reply, Request, Response, Stats, Top,
-    MAGIC, PROTOCOL_VERSION,
+    AgentState, ContainerSpec, ErrorKind, Event, ExecSpec, ExitStatus, Frame, FrameKind,
+    FrameReader, FrameWriter, Hello, HelloReply, ProcessId, ProtocolError, Reply, Request,
+    Response, Stats, Top, MAGIC, PROTOCOL_VERSION,
 };
 
 type Result<T> = std::result::Result<T, ProtocolError>;
@@ -147,6 +147,35 @@ impl AgentClient {
             closed,
             info: Arc::new(info),
         })
+    }
+
+    /// Connects to a guest agent through a Firecracker-style hybrid vsock: the VMM's unix socket
+    /// at `uds`, `CONNECT <port>\n` answered by `OK <host port>\n`.
+    pub async fn connect_hybrid_vsock(uds: impl AsRef<Path>, port: u32) -> Result<AgentClient> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::UnixStream::connect(uds.as_ref()).await?;
+        s.write_all(format!("CONNECT {port}\n").as_bytes()).await?;
+        // Read the reply byte by byte so no agent bytes are consumed.
+        let mut line = Vec::new();
+        loop {
+            let b = s.read_u8().await?;
+            if b == b'\n' {
+                break;
+            }
+            line.push(b);
+            if line.len() > 64 {
+                return Err(ProtocolError::Malformed(
+                    "hybrid vsock reply too long".into(),
+                ));
+            }
+        }
+        if !line.starts_with(b"OK ") {
+            return Err(ProtocolError::Refused(format!(
+                "vsock CONNECT {port}: {}",
+                String::from_utf8_lossy(&line)
+            )));
+        }
+        AgentClient::connect(s).await
     }
 
     /// Connects to a process-mode agent's socket (e.g. after a daemon restart).
@@ -255,13 +284,25 @@ impl AgentClient {
         }
         let waiter = self.wait(process);
         tokio::pin!(waiter);
-        self.signal(process, signal).await?;
+        // A process that exits on its own meanwhile makes `signal` fail with Conflict: fine.
+        let not_running = |e: &ProtocolError| {
+            e.remote()
+                .map(|r| r.kind == ErrorKind::Conflict)
+                .unwrap_or(false)
+        };
+        match self.signal(process, signal).await {
+            Err(e) if !not_running(&e) => return Err(e),
+            _ => {}
+        }
         tokio::select! {
             r = &mut waiter => return r,
             _ = tokio::time::sleep(timeout) => {}
         }
         debug!(%process, "stop timeout, sending SIGKILL");
-        self.signal(process, 9).await?;
+        match self.signal(process, 9).await {
+            Err(e) if !not_running(&e) => return Err(e),
+            _ => {}
+        }
         waiter.await
     }
 
