@@ -244,8 +244,8 @@ async fn run(exec_dir: PathBuf, listener: Listener) -> Result<()> {
             _ = agent.shutdown.notified() => break,
         }
     }
-    // Let the Shutdown reply reach the host.
-    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    // Give the Shutdown reply a moment to be written (the client also treats EOF as done).
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     info!("agent shutting down");
     Ok(())
 }

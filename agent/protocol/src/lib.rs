@@ -25,7 +25,9 @@
 //!    reconnects, calls `State`, re-subscribes; undelivered buffered output is then delivered).
 //!
 //! # Host client (feature `client`)
-//! See [`client`] for [`client::AgentClient`] and [`client::spawn_process_agent`].
+//! See [`client`] for [`client::AgentClient`] and [`client::spawn_process_agent`], and
+//! `agent/README.md` for the semantics the engine can rely on (buffering, exit-before-EOF,
+//! restarts, live restore).
 pub mod frame;
 pub mod messages;
 pub mod spec;

@@ -277,10 +277,15 @@ impl AgentClient {
         timeout: Duration,
     ) -> Result<ExitStatus> {
         let state = self.state().await?;
-        if let Some(p) = state.process(process) {
-            if p.status == crate::ProcessStatus::Exited {
-                return self.wait(process).await;
+        match state.process(process).map(|p| p.status) {
+            Some(crate::ProcessStatus::Exited) => return self.wait(process).await,
+            Some(crate::ProcessStatus::Created) => {
+                return Err(ProtocolError::Remote(crate::RemoteError::new(
+                    ErrorKind::Conflict,
+                    format!("process {process} is not running"),
+                )))
             }
+            _ => {}
         }
         let waiter = self.wait(process);
         tokio::pin!(waiter);
