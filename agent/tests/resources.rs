@@ -63,6 +63,9 @@ async fn stats_top_pause_resume_and_cleanup() {
     spec.resources.memory = Some(64 << 20);
     spec.resources.pids_limit = Some(50);
     spec.resources.nano_cpus = Some(500_000_000);
+    spec.resources.cpu_shares = Some(512);
+    spec.resources.cpuset_cpus = Some("0".into());
+    spec.resources.memory_swap = Some(128 << 20);
     let c = spawn(&spec, &dir).await;
     c.client.start(ProcessId::INIT).await.unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -74,11 +77,41 @@ async fn stats_top_pause_resume_and_cleanup() {
     assert_eq!(stats.pids_current, 2);
     assert_eq!(stats.pids_limit, 50);
     assert!(stats.system_cpu_usage_ns > 0);
-    if let Ok(q) = std::fs::read_to_string(format!(
-        "/sys/fs/cgroup/cpu/berth/{}/cpu.cfs_quota_us",
-        spec.id
-    )) {
-        assert_eq!(q.trim(), "50000");
+    let v1 = |ctrl: &str, file: &str| {
+        std::fs::read_to_string(format!("/sys/fs/cgroup/{ctrl}/berth/{}/{file}", spec.id))
+            .map(|s| s.trim().to_string())
+    };
+    if let Ok(q) = v1("cpu", "cpu.cfs_quota_us") {
+        assert_eq!(q, "50000");
+        assert_eq!(v1("cpu", "cpu.cfs_period_us").unwrap(), "100000");
+        assert_eq!(v1("cpu", "cpu.shares").unwrap(), "512");
+        assert_eq!(v1("cpuset", "cpuset.cpus").unwrap(), "0");
+        assert_eq!(
+            v1("memory", "memory.memsw.limit_in_bytes").unwrap(),
+            (128u64 << 20).to_string()
+        );
+        assert_eq!(v1("pids", "pids.max").unwrap(), "50");
+        let procs = v1("memory", "cgroup.procs").unwrap();
+        assert_eq!(procs.lines().count(), 2, "{procs}");
+    }
+    // An exec joins the container's cgroups.
+    let exec = berth_agent_protocol::ExecSpec {
+        process: berth_agent_protocol::ProcessSpec {
+            args: vec!["cat".into(), "/proc/self/cgroup".into()],
+            ..Default::default()
+        },
+        privileged: false,
+    };
+    let id = c.client.exec(exec).await.unwrap();
+    let out = c.client.output(id).await.unwrap();
+    c.client.start(id).await.unwrap();
+    let (cg, _) = collect(out).await;
+    let want = format!("/berth/{}", spec.id);
+    for ctrl in ["memory", "pids", "freezer", "cpu"] {
+        assert!(
+            cg.lines().any(|l| l.contains(ctrl) && l.ends_with(&want)),
+            "{ctrl} not joined: {cg}"
+        );
     }
     let top = c.client.top().await.unwrap();
     assert_eq!(

@@ -191,7 +191,11 @@ impl Drop for TestContainer {
 
 /// cgroup directories of a container on this host (v1 or v2).
 pub fn cgroup_dirs(id: &str) -> Vec<PathBuf> {
-    let mut v = vec![PathBuf::from("/sys/fs/cgroup/berth").join(id)];
+    let mut v = vec![
+        PathBuf::from("/sys/fs/cgroup/berth").join(id),
+        // v2 on a hybrid host (used by the guest-mode test).
+        PathBuf::from("/sys/fs/cgroup/unified/berth").join(id),
+    ];
     for c in [
         "memory", "cpu", "cpuacct", "cpuset", "pids", "freezer", "devices", "blkio",
     ] {
