@@ -238,3 +238,31 @@ async fn overlay_layer_order_and_many_layers() {
     );
     c.shutdown().await;
 }
+
+#[tokio::test]
+async fn no_new_privileges_numeric_user_and_groups() {
+    if skip() {
+        return;
+    }
+    let (mut spec, dir) = make_spec(
+        "nnp",
+        &[
+            "sh",
+            "-c",
+            "grep NoNewPrivs /proc/self/status; id; echo $HOME; pwd",
+        ],
+    );
+    spec.security.no_new_privileges = true;
+    spec.process.user = "4242:4343".into();
+    spec.process.additional_groups = vec!["wheel".into(), "77".into()];
+    spec.process.cwd = "/work/dir".into();
+    let (status, out, err) = run(spec, &dir).await;
+    assert_eq!(status.code, 0, "{err}");
+    assert_eq!(
+        out,
+        "NoNewPrivs:\t1\nuid=4242 gid=4343 groups=10(wheel),77\n/\n/work/dir\n"
+    );
+    let (spec, dir) = make_spec("nnp-off", &["grep", "NoNewPrivs", "/proc/self/status"]);
+    let (_, out, _) = run(spec, &dir).await;
+    assert_eq!(out, "NoNewPrivs:\t0\n");
+}
