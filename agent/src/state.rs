@@ -164,20 +164,17 @@ impl Agent {
             .procs
             .get(&process)
             .and_then(|p| p.run.clone());
-        tokio::spawn(async move {
-            let res = match run {
-                Some(run) => run.write_stdin(&data).await.map_err(|e| e.to_string()),
-                None => Err("process has no stdin".to_string()),
-            };
-            let payload = res.err().unwrap_or_default();
-            let _ = tx
-                .send(Frame::new(
-                    FrameKind::StdinAck,
-                    process.0,
-                    payload.into_bytes(),
-                ))
-                .await;
-        });
+        match run {
+            // Queued per run: chunks are written in arrival order, each acknowledged when written.
+            Some(run) => run.queue_stdin(process, data, tx),
+            None => {
+                tokio::spawn(async move {
+                    let ack =
+                        Frame::new(FrameKind::StdinAck, process.0, &b"process has no stdin"[..]);
+                    let _ = tx.send(ack).await;
+                });
+            }
+        }
     }
 
     pub async fn handle(self: &Arc<Self>, req: Request) -> Reply {

@@ -16,7 +16,11 @@ use berth_agent_protocol::{
     Frame, FrameKind, ProcessId, AGENT_OUTPUT_BUFFER, MAX_DATA_CHUNK, OUTPUT_WINDOW,
 };
 use bytes::Bytes;
-use tokio::{io::unix::AsyncFd, sync::Notify, task::JoinHandle};
+use tokio::{
+    io::unix::AsyncFd,
+    sync::{mpsc, Notify},
+    task::JoinHandle,
+};
 
 use crate::state::Agent;
 
@@ -43,6 +47,8 @@ pub struct Run {
     /// Wakes readers waiting for buffer space.
     space: Notify,
     stdin: tokio::sync::Mutex<Option<AsyncFd<OwnedFd>>>,
+    /// Ordered stdin writes: (process, data, where to send the ack).
+    stdin_queue: mpsc::UnboundedSender<(ProcessId, Bytes, mpsc::Sender<Frame>)>,
     tty: Option<OwnedFd>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -100,6 +106,8 @@ impl Run {
             }
             None => None,
         };
+        let (stdin_queue, mut stdin_rx) =
+            mpsc::unbounded_channel::<(ProcessId, Bytes, mpsc::Sender<Frame>)>();
         let run = Arc::new(Run {
             out: Mutex::new(OutBuf {
                 open_readers: readers.len() as u8,
@@ -110,6 +118,7 @@ impl Run {
             changed: Notify::new(),
             space: Notify::new(),
             stdin: tokio::sync::Mutex::new(stdin),
+            stdin_queue,
             tty,
             tasks: Mutex::new(Vec::new()),
         });
@@ -120,6 +129,19 @@ impl Run {
             tasks.push(tokio::spawn(pump(run.clone(), afd, kind)));
         }
         tokio::spawn(deliver(agent.clone(), process, run.clone()));
+        let writer = Arc::downgrade(&run);
+        tokio::spawn(async move {
+            while let Some((process, data, ack_tx)) = stdin_rx.recv().await {
+                let res = match writer.upgrade() {
+                    Some(run) => run.write_stdin(&data).await.map_err(|e| e.to_string()),
+                    None => Err("process has exited".to_string()),
+                };
+                let payload = res.err().unwrap_or_default().into_bytes();
+                let _ = ack_tx
+                    .send(Frame::new(FrameKind::StdinAck, process.0, payload))
+                    .await;
+            }
+        });
         *run.tasks.lock().unwrap() = tasks;
         Ok(run)
     }
@@ -181,6 +203,10 @@ impl Run {
             t.abort();
         }
         self.changed.notify_one();
+    }
+
+    pub fn queue_stdin(&self, process: ProcessId, data: Bytes, ack: mpsc::Sender<Frame>) {
+        let _ = self.stdin_queue.send((process, data, ack));
     }
 
     pub async fn close_stdin(&self) {

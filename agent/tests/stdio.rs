@@ -59,7 +59,8 @@ async fn pipes_stdin_once_close() {
     c.client.start(ProcessId::INIT).await.unwrap();
     let mut stdin = c.client.stdin(ProcessId::INIT);
     // Larger than the pipe buffer: exercises stdin backpressure.
-    let big = "x".repeat(200_000) + "\n";
+    // Distinct lines so reordered chunks would show.
+    let big: String = (0..40_000).map(|i| format!("{i}\n")).collect();
     stdin.write(big.as_bytes()).await.unwrap();
     stdin.close().await.unwrap();
     let (o, _) = collect(out).await;

@@ -121,6 +121,9 @@ impl futures_core::Stream for OutputStream {
     }
 }
 
+/// Chunks of one `StdinWriter::write` that may be unacknowledged at once.
+pub const STDIN_IN_FLIGHT: usize = 8;
+
 /// Writes a process's stdin; each write completes when the agent has written it to the process.
 pub struct StdinWriter {
     process: ProcessId,
@@ -144,22 +147,45 @@ impl StdinWriter {
         }
     }
 
+    /// Writes `data`; returns once the agent has written all of it to the process. Up to
+    /// [`STDIN_IN_FLIGHT`] chunks are in flight, so a process that stops reading pushes back.
     pub async fn write(&mut self, data: &[u8]) -> Result<(), ProtocolError> {
+        let mut in_flight = 0usize;
+        let mut first_err = None;
         for chunk in data.chunks(MAX_DATA_CHUNK) {
-            self.tx
-                .send(Frame::new(
-                    FrameKind::Stdin,
-                    self.process.0,
-                    Bytes::copy_from_slice(chunk),
-                ))
-                .map_err(|_| ProtocolError::Closed)?;
-            match self.acks.recv().await {
-                Some(Ok(())) => {}
-                Some(Err(msg)) => return Err(ProtocolError::Io(std::io::Error::other(msg))),
-                None => return Err(ProtocolError::Closed),
+            if in_flight == STDIN_IN_FLIGHT {
+                self.ack(&mut first_err).await?;
+                in_flight -= 1;
             }
+            if first_err.is_some() {
+                break;
+            }
+            let frame = Frame::new(
+                FrameKind::Stdin,
+                self.process.0,
+                Bytes::copy_from_slice(chunk),
+            );
+            self.tx.send(frame).map_err(|_| ProtocolError::Closed)?;
+            in_flight += 1;
         }
-        Ok(())
+        for _ in 0..in_flight {
+            self.ack(&mut first_err).await?;
+        }
+        match first_err {
+            Some(msg) => Err(ProtocolError::Io(std::io::Error::other(msg))),
+            None => Ok(()),
+        }
+    }
+
+    async fn ack(&mut self, first_err: &mut Option<String>) -> Result<(), ProtocolError> {
+        match self.acks.recv().await {
+            Some(Ok(())) => Ok(()),
+            Some(Err(msg)) => {
+                first_err.get_or_insert(msg);
+                Ok(())
+            }
+            None => Err(ProtocolError::Closed),
+        }
     }
 
     /// Closes the process's stdin.
