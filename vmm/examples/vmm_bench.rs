@@ -16,6 +16,7 @@ use berth_vmm::control::{request, ControlRequest};
 
 struct Sample {
     first_run_us: u64,
+    first_run_cpu_us: u64,
     memslot_us: u64,
     rss_kib: u64,
     guest_rss_kib: u64,
@@ -80,10 +81,11 @@ fn run_once(vmm: &Path, kernel: Option<&Path>, mem_mib: u64, i: usize) -> Sample
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
-    let (first_run_us, memslot_us) = loop {
+    let (first_run_us, first_run_cpu_us, memslot_us) = loop {
         if let Ok(s) = request(&sock, &ControlRequest::Status) {
-            if let (Some(t), Some(m)) = (s.first_run_us, s.memslot_us) {
-                break (t, m);
+            if let (Some(t), Some(c), Some(m)) = (s.first_run_us, s.first_run_cpu_us, s.memslot_us)
+            {
+                break (t, c, m);
             }
         }
         assert!(Instant::now() < deadline, "VMM did not start");
@@ -97,6 +99,7 @@ fn run_once(vmm: &Path, kernel: Option<&Path>, mem_mib: u64, i: usize) -> Sample
     let _ = std::fs::remove_dir_all(&dir);
     Sample {
         first_run_us,
+        first_run_cpu_us,
         memslot_us,
         rss_kib,
         guest_rss_kib,
@@ -135,7 +138,11 @@ fn main() {
         stats(samples.iter().map(|s| s.first_run_us).collect())
     );
     println!(
-        "  of which KVM_SET_USER_MEMORY_REGION (us, overlapped with setup): {}",
+        "  VMM CPU time (all threads) up to first KVM_RUN (us): {}",
+        stats(samples.iter().map(|s| s.first_run_cpu_us).collect())
+    );
+    println!(
+        "  KVM_SET_USER_MEMORY_REGION wall time (us, overlapped with setup): {}",
         stats(samples.iter().map(|s| s.memslot_us).collect())
     );
     println!(

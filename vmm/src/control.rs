@@ -36,6 +36,9 @@ pub struct StatusResponse {
     pub boot_cpu_us: Option<u64>,
     /// VMM start to vCPU 0's first KVM_RUN.
     pub first_run_us: Option<u64>,
+    /// VMM CPU time (all threads) up to the first KVM_RUN.
+    #[serde(default)]
+    pub first_run_cpu_us: Option<u64>,
     /// How long registering guest RAM with KVM took (overlapped with setup).
     #[serde(default)]
     pub memslot_us: Option<u64>,
@@ -78,6 +81,7 @@ pub fn status(shared: &VmmShared) -> StatusResponse {
         boot_cpu_us: shared.boot_cpu_us(),
         first_run_us: shared.first_run_us(),
         memslot_us: shared.memslot_us(),
+        first_run_cpu_us: shared.first_run_cpu_us(),
         exit_reason: shared.exit_reason(),
     }
 }

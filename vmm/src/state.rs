@@ -44,6 +44,7 @@ pub struct VmmShared {
     boot_cpu_us: AtomicU64,
     first_run_us: AtomicU64,
     memslot_us: AtomicU64,
+    first_run_cpu_us: AtomicU64,
     stopping: AtomicBool,
     exit: Mutex<Option<ExitReason>>,
     /// Written when the VM must stop; the device loop watches it.
@@ -69,6 +70,7 @@ impl VmmShared {
             boot_cpu_us: AtomicU64::new(0),
             first_run_us: AtomicU64::new(0),
             memslot_us: AtomicU64::new(0),
+            first_run_cpu_us: AtomicU64::new(0),
             stopping: AtomicBool::new(false),
             exit: Mutex::new(None),
             exit_evt: EventFd::new(libc::EFD_NONBLOCK)?,
@@ -107,12 +109,21 @@ impl VmmShared {
 
     /// Called by vCPU 0 just before its first KVM_RUN.
     pub fn mark_first_run(&self) {
-        let _ = self.first_run_us.compare_exchange(
-            0,
-            self.elapsed_us(),
-            Ordering::SeqCst,
-            Ordering::SeqCst,
-        );
+        let now = self.elapsed_us();
+        if self
+            .first_run_us
+            .compare_exchange(0, now, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+        {
+            self.first_run_cpu_us
+                .store(process_cpu_us().max(1), Ordering::SeqCst);
+        }
+    }
+
+    /// CPU time the VMM process used up to vCPU 0's first KVM_RUN (all
+    /// threads): unlike wall time, not inflated by a busy host.
+    pub fn first_run_cpu_us(&self) -> Option<u64> {
+        Some(self.first_run_cpu_us.load(Ordering::SeqCst)).filter(|v| *v != 0)
     }
 
     pub fn first_run_us(&self) -> Option<u64> {

@@ -257,3 +257,29 @@ fn jail_and_no_inherited_fds() {
         drop(std::fs::File::from_raw_fd(fds[1]));
     }
 }
+
+#[test]
+fn missing_kvm_is_reported() {
+    // Hide /dev/kvm with an empty /dev in a private mount namespace.
+    if !Path::new("/usr/bin/unshare").exists() {
+        eprintln!("skipping: unshare(1) not available");
+        return;
+    }
+    let dir = tmpdir("nokvm");
+    let guest = write_guest(&dir, true);
+    let cfg = base_config(&dir, &guest);
+    let path = dir.join("vm.json");
+    std::fs::write(&path, cfg.to_string()).unwrap();
+    let out = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(format!(
+            "mount -t tmpfs none /dev && exec {} --config {}",
+            env!("CARGO_BIN_EXE_berth-vmm"),
+            path.display()
+        ))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("KVM is not available"), "{err}");
+}
