@@ -108,6 +108,7 @@ async fn agent_survives_client_disconnect_and_reconnect_sees_exit() {
     assert_eq!(init.status, ProcessStatus::Exited);
     assert_eq!(init.exit.as_ref().unwrap().code, 7);
     client.shutdown().await.unwrap();
+    let _ = std::fs::remove_dir_all(dir.parent().unwrap());
 }
 
 #[tokio::test]
@@ -149,6 +150,7 @@ async fn agent_death_is_seen_as_eof_and_kills_the_container() {
     for d in cgroup_dirs(&spec.id) {
         let _ = std::fs::remove_dir(d);
     }
+    let _ = std::fs::remove_dir_all(dir.parent().unwrap());
 }
 
 #[tokio::test]
