@@ -146,9 +146,12 @@ async fn agent_death_is_seen_as_eof_and_kills_the_container() {
         !std::path::Path::new(&format!("/proc/{pid}")).exists(),
         "container outlived its agent"
     );
-    // Cgroups of a killed agent are the host's to clean up (rmdir of empty dirs).
+    // Cgroups of a killed agent are the host's to clean up.
+    berth_agent_protocol::client::remove_orphaned_cgroups("berth", &spec.id)
+        .await
+        .unwrap();
     for d in cgroup_dirs(&spec.id) {
-        let _ = std::fs::remove_dir(d);
+        assert!(!d.exists(), "leaked cgroup {}", d.display());
     }
     let _ = std::fs::remove_dir_all(dir.parent().unwrap());
 }

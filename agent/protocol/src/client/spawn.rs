@@ -92,3 +92,42 @@ pub async fn spawn_process_agent(opts: &SpawnOpts) -> Result<(AgentClient, u32),
     let client = AgentClient::connect_unix(&sock).await?;
     Ok((client, pid))
 }
+
+/// Process mode, after an agent died without `shutdown`: removes the container's (empty) cgroup
+/// directories, v1 (`/sys/fs/cgroup/<controller>/<parent>/<id>`) and v2. Its processes died with
+/// the agent (parent-death signal), so the directories only need a moment to become removable.
+pub async fn remove_orphaned_cgroups(
+    cgroup_parent: &str,
+    container_id: &str,
+) -> Result<(), ProtocolError> {
+    let root = Path::new("/sys/fs/cgroup");
+    let rel = Path::new(cgroup_parent.trim_matches('/')).join(container_id);
+    let mut dirs = vec![root.join(&rel), root.join("unified").join(&rel)];
+    if let Ok(entries) = std::fs::read_dir(root) {
+        for e in entries.flatten() {
+            dirs.push(e.path().join(&rel));
+        }
+    }
+    let mut last = Ok(());
+    for d in dirs.into_iter().filter(|d| d.exists()) {
+        last = Ok(());
+        for _ in 0..100 {
+            match std::fs::remove_dir(&d) {
+                Ok(()) => {
+                    last = Ok(());
+                    break;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
+                Err(e) => last = Err(e),
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        last.as_ref().map_err(|e| {
+            ProtocolError::Io(std::io::Error::new(
+                e.kind(),
+                format!("{}: {e}", d.display()),
+            ))
+        })?;
+    }
+    last.map_err(ProtocolError::Io)
+}
