@@ -42,6 +42,7 @@ const KERNEL_HDR_MAGIC: u32 = 0x5372_6448;
 const KERNEL_LOADER_OTHER: u8 = 0xff;
 const KERNEL_MIN_ALIGNMENT_BYTES: u32 = 0x0100_0000;
 const XEN_HVM_START_MAGIC_VALUE: u32 = 0x336e_c578;
+const INITRD_ADDR_MAX: u64 = 0x7fff_ffff;
 /// bzImage: the 64-bit entry is 0x200 past the protected-mode code start.
 const BZIMAGE_64BIT_ENTRY_OFFSET: u64 = 0x200;
 
@@ -125,7 +126,8 @@ pub fn load_initrd(
         reason,
     };
     let size = initrd.metadata().map_err(|e| bad(e.to_string()))?.len();
-    let low_end = mem_size.min(MMIO_GAP_START);
+    // Below 2 GiB: the default initrd_addr_max of the 64-bit boot protocol.
+    let low_end = mem_size.min(MMIO_GAP_START).min(INITRD_ADDR_MAX + 1);
     let addr = low_end
         .checked_sub(size)
         .map(|a| a & !0xfff)
@@ -270,5 +272,36 @@ pub fn configure_system(
             mem.write_obj(BootParams(params), GuestAddress(ZERO_PAGE_START))
                 .map_err(|e| Error::Boot(format!("writing zero page: {e}")))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn initrd_placement_and_e820() {
+        let size = 3u64 << 30;
+        let mem = crate::memory::create_guest_memory(size >> 20).unwrap();
+        let t = vmm_sys_util::tempfile::TempFile::new().unwrap();
+        t.as_file().write_all(&[7u8; 5000]).unwrap();
+        let mut f = File::open(t.as_path()).unwrap();
+        let (addr, len) = load_initrd(&mem, size, 0x20_0000, &mut f, "initrd").unwrap();
+        assert_eq!(len, 5000);
+        assert_eq!(addr % 4096, 0);
+        assert!(addr + len <= INITRD_ADDR_MAX + 1 && addr + len > INITRD_ADDR_MAX + 1 - 8192);
+        assert_eq!(mem.read_obj::<u8>(GuestAddress(addr + 4999)).unwrap(), 7);
+        // Does not fit above the kernel.
+        let mut f = File::open(t.as_path()).unwrap();
+        let small = crate::memory::create_guest_memory(4).unwrap();
+        let e = load_initrd(&small, 4 << 20, (4 << 20) - 4096, &mut f, "initrd").unwrap_err();
+        assert_eq!(e.exit_code(), 4);
+        // 5 GiB guest: RAM continues above the MMIO gap.
+        let map = e820_map(5 << 30);
+        assert_eq!(
+            map.last().unwrap(),
+            &(MMIO_GAP_END, (5u64 << 30) - MMIO_GAP_START, E820_RAM)
+        );
     }
 }
