@@ -35,7 +35,17 @@ fn write_guest(dir: &Path, handle_cad: bool) -> PathBuf {
     p
 }
 
-fn spawn(cfg: &serde_json::Value, dir: &Path) -> Child {
+/// Kills the VMM if a test fails before it exits (the tiny guests spin).
+struct VmProc(Child);
+
+impl Drop for VmProc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn(cfg: &serde_json::Value, dir: &Path) -> VmProc {
     let path = dir.join("vm.json");
     std::fs::write(&path, cfg.to_string()).unwrap();
     Command::new(env!("CARGO_BIN_EXE_berth-vmm"))
@@ -44,6 +54,7 @@ fn spawn(cfg: &serde_json::Value, dir: &Path) -> Child {
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
+        .map(VmProc)
         .unwrap()
 }
 
@@ -63,7 +74,8 @@ fn wait_status(sock: &Path, pred: impl Fn(&StatusResponse) -> bool) -> StatusRes
     }
 }
 
-fn finish(mut child: Child) -> (i32, String) {
+fn finish(mut p: VmProc) -> (i32, String) {
+    let child = &mut p.0;
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         if let Some(st) = child.try_wait().unwrap() {
@@ -77,7 +89,6 @@ fn finish(mut child: Child) -> (i32, String) {
             return (st.code().unwrap_or(-1), err);
         }
         if Instant::now() > deadline {
-            let _ = child.kill();
             panic!("berth-vmm did not exit");
         }
         std::thread::sleep(Duration::from_millis(10));
@@ -215,7 +226,7 @@ fn jail_and_no_inherited_fds() {
     let mut fds = [0; 2];
     assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
     let child = spawn(&cfg, &dir);
-    let pid = child.id();
+    let pid = child.0.id();
     let sock = dir.join("control.sock");
     wait_status(&sock, |s| s.boot_time_us.is_some());
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
