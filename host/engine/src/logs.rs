@@ -498,8 +498,10 @@ mod tests {
         let mut rx = d
             .read(
                 &info,
+                // `since` (not `tail: 0`): the new line may land before or after the
+                // reader's first pass; either way it must be delivered exactly once.
                 ReadOpts {
-                    tail: Some(0),
+                    since_nano: Some(1_500),
                     follow: Some(run_rx),
                     ..Default::default()
                 },
@@ -512,11 +514,18 @@ mod tests {
             partial: false,
         });
         w.flush();
-        let e = rx.recv().await.unwrap();
+        let wait = std::time::Duration::from_secs(10);
+        let e = tokio::time::timeout(wait, rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!((e.source, e.line), (Source::Stderr, Bytes::from("late\n")));
         run_tx.send(false).unwrap();
         assert!(
-            rx.recv().await.is_none(),
+            tokio::time::timeout(wait, rx.recv())
+                .await
+                .unwrap()
+                .is_none(),
             "follow ends when the container stops"
         );
     }
