@@ -249,7 +249,7 @@ impl LogDriver for JsonFile {
             .spawn(move || {
                 let _ = read_json_file(&path, opts, &tx);
             })
-            .map_err(|e| Error::internal(e))?;
+            .map_err(Error::internal)?;
         Ok(rx)
     }
     fn remove(&self, info: &LogInfo) {

@@ -76,7 +76,7 @@ impl Containers {
         extra: &[&str],
     ) -> Result<tokio::process::Command> {
         let access = self.root_access(c)?;
-        let exe = std::env::current_exe().map_err(|e| Error::internal(e))?;
+        let exe = std::env::current_exe().map_err(Error::internal)?;
         let mut cmd = tokio::process::Command::new(exe);
         cmd.arg("__archive").arg(op).arg(path);
         match access {
@@ -108,9 +108,9 @@ impl Containers {
             .stdin(Stdio::null())
             .output()
             .await
-            .map_err(|e| Error::internal(e))?;
+            .map_err(Error::internal)?;
         child_result(&out.status, &out.stderr, c, path)?;
-        serde_json::from_slice(&out.stdout).map_err(|e| Error::internal(e))
+        serde_json::from_slice(&out.stdout).map_err(Error::internal)
     }
 
     /// GET archive: a tar stream of `path`, with its stat.
@@ -126,7 +126,7 @@ impl Containers {
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
-            .map_err(|e| Error::internal(e))?;
+            .map_err(Error::internal)?;
         let stdout = child.stdout.take().expect("piped");
         // Reap in the background; the stream ends when the child exits.
         tokio::spawn(async move {
@@ -160,7 +160,7 @@ impl Containers {
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
-            .map_err(|e| Error::internal(e))?;
+            .map_err(Error::internal)?;
         let mut stdin = child.stdin.take().expect("piped");
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(Error::invalid)?;
@@ -169,10 +169,7 @@ impl Containers {
             }
         }
         drop(stdin);
-        let out = child
-            .wait_with_output()
-            .await
-            .map_err(|e| Error::internal(e))?;
+        let out = child.wait_with_output().await.map_err(Error::internal)?;
         child_result(&out.status, &out.stderr, c, path)
     }
 
@@ -463,7 +460,6 @@ pub fn archive_child_main(args: &[String]) -> i32 {
                     return fail(3, format!("extract: {e}"));
                 }
             }
-            drop(ar);
             // Drain what follows the archive so the sender never sees a broken pipe.
             let _ = std::io::copy(&mut input, &mut std::io::sink());
             0

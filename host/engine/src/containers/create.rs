@@ -239,7 +239,7 @@ impl Containers {
             let dest = dir.join("rootfs");
             tokio::task::spawn_blocking(move || images.flatten_into(&image_id, &dest))
                 .await
-                .map_err(|e| Error::internal(e))?
+                .map_err(Error::internal)?
         }
     }
 

@@ -163,7 +163,7 @@ impl Containers {
         };
         let log = {
             let d = self.log_drivers.read().unwrap().get(&rec.log_driver)?;
-            d.open(&self.log_info(&rec))
+            d.open(&self.log_info(rec))
         };
         let log = match log {
             Ok(l) => l,

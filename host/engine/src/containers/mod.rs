@@ -240,7 +240,7 @@ impl Containers {
     pub(crate) fn save(&self, c: &Container) -> Result<()> {
         let bytes = {
             let r = c.rec.lock().unwrap();
-            serde_json::to_vec_pretty(&*r).map_err(|e| Error::internal(e))?
+            serde_json::to_vec_pretty(&*r).map_err(Error::internal)?
         };
         crate::fsutil::write_atomic(&self.container_dir(&c.id).join("container.json"), &bytes)?;
         Ok(())

@@ -123,9 +123,9 @@ pub fn validate_host_config(hc: &HostConfig) -> Result<()> {
             ));
         }
         if max > 0 && name != RestartPolicyNameEnum::ON_FAILURE {
-            return Err(Error::invalid(format!(
-                "invalid restart policy: maximum retry count can only be used with 'on-failure'"
-            )));
+            return Err(Error::invalid(
+                "invalid restart policy: maximum retry count can only be used with 'on-failure'",
+            ));
         }
         if hc.auto_remove.unwrap_or(false)
             && !matches!(
