@@ -50,11 +50,13 @@ fn extract_vmlinux(bzimage: &Path, out: &Path) -> Result<(), String> {
     let len = u32::from_le_bytes(img[0x24c..0x250].try_into().unwrap()) as usize;
     let start = (setup_sects + 1) * 512 + off;
     let payload = &img[start..start + len];
-    let tool: &[&str] = match payload {
-        [0x1f, 0x8b, ..] => &["gzip", "-dc"],
-        [0xfd, b'7', b'z', b'X', b'Z', 0, ..] => &["xz", "-dc", "--single-stream"],
-        [0x28, 0xb5, 0x2f, 0xfd, ..] => &["zstd", "-dc"],
-        [0x02, 0x21, 0x4c, 0x18, ..] => &["lz4", "-dc"],
+    // (command, Debian package providing it)
+    let (tool, pkg): (&[&str], &str) = match payload {
+        [0x1f, 0x8b, ..] => (&["gzip", "-dc"], "gzip"),
+        [0xfd, b'7', b'z', b'X', b'Z', 0, ..] => (&["xz", "-dc", "--single-stream"], "xz-utils"),
+        [0x28, 0xb5, 0x2f, 0xfd, ..] => (&["zstd", "-dc"], "zstd"),
+        // Debian's 6.1 cloud kernel uses LZ4.
+        [0x02, 0x21, 0x4c, 0x18, ..] => (&["lz4", "-dc"], "lz4"),
         _ => {
             return Err(format!(
                 "unknown payload compression {:02x?}",
@@ -62,6 +64,13 @@ fn extract_vmlinux(bzimage: &Path, out: &Path) -> Result<(), String> {
             ))
         }
     };
+    let have = Command::new("sh")
+        .args(["-c", &format!("command -v {}", tool[0])])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !have {
+        run(Command::new("apt-get").args(["install", "-y", pkg]))?;
+    }
     let tmp = out.with_extension("payload");
     std::fs::write(&tmp, payload).map_err(|e| e.to_string())?;
     let o = Command::new(tool[0])
