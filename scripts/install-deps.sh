@@ -8,7 +8,9 @@ PKGS=(
   docker-registry  # a real OCI registry on 127.0.0.1 for pull/push tests
   docker.io        # reference dockerd 20.10 + runc for benches
   qemu-system-x86  # guest kernel + agent tests under TCG
-  cpio curl file iproute2 e2fsprogs tar xz-utils zstd
+  skopeo           # OCI layout interop tests
+  lz4 util-linux   # vmm tests: Debian kernel unpacking, unshare
+  cpio curl file iproute2 e2fsprogs tar xz-utils zstd bc python3
   rustc-web cargo-web rust-web-src lld-22 wasi-libc   # wasm32-wasip2 plugin builds (scripts/build-plugins.sh)
 )
 # Extra packages named by callers: scripts/install-deps.sh pkg...

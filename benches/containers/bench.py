@@ -59,12 +59,15 @@ class Daemon:
         wait_socket(self.sock)
 
     def stop(self):
-        if self.proc:
+        if not self.proc or self.proc.poll() is not None:
+            return
+        try:
             os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
     def docker(self, *args, check=True):
         env = dict(os.environ, DOCKER_HOST=f"unix://{self.sock}")
