@@ -16,6 +16,7 @@ FRAGMENT=$HERE/berth.config
 CACHE=${BERTH_GUEST_KERNEL_CACHE:-/var/cache/berth/guest-kernel}
 OUT=
 JOBS=2
+KEEP=3 # cached outputs kept
 SRC_PKG=linux-source-6.1
 PKGS=(linux-source-6.1 bc flex bison libelf-dev libssl-dev gcc make xz-utils)
 
@@ -149,4 +150,6 @@ EOF
 rm -rf "$DEST"
 mv "$TMP" "$DEST"
 log "built in $((end - start)) s: $DEST"
+# Keep the newest few outputs; older keys (earlier berth.config revisions) are dead weight.
+ls -1dt "$CACHE"/out/*/ | tail -n +"$((KEEP + 1))" | xargs -r rm -rf
 publish
