@@ -4,14 +4,15 @@
 # the guest that what the agent needs is really there.
 #
 #   guest-kernel/test-boot.sh [--kernel VMLINUX] [--agent BIN | --no-agent] [--timeout SECS]
-#                             [--vhost-vsock BIN]
+#                             [--vhost-vsock BIN | --install-vhost-vsock]
 #
 # Stage 1: busybox /init prints markers (filesystems, virtio drivers, ext4 + EROFS disks on
 #          virtio-blk, virtio-net NIC, cgroup2 controllers, namespaces, overlay whiteouts,
 #          seccomp filter, devpts, mqueue), then `reboot -f` (reboot=t + -no-reboot ends qemu).
 # Stage 2: the static berth-agent as PID 1 (default: target/debug/berth-agent if built):
 #          it must mount its filesystems without warnings and listen on vsock.
-# Stage 3: (if vhost-device-vsock is installed) a virtio-vsock device: the host connects with
+# Stage 3: (if vhost-device-vsock is installed, or with --install-vhost-vsock: cargo install
+#          into /var/cache/berth/tools, ~2 min once) a virtio-vsock device: the host connects with
 #          hybrid-vsock `CONNECT 1024`, does the agent protocol handshake (agent_pid 1) and
 #          sends Shutdown; the agent's reboot(2) must end qemu.
 # Exit status 0 only if every marker was seen. Times are printed as `boot-time ...` lines.
@@ -23,6 +24,7 @@ KERNEL=
 AGENT=auto
 TIMEOUT=${BERTH_BOOT_TIMEOUT:-180}
 VHOST_VSOCK=
+INSTALL_VHOST=0
 
 while [ $# -gt 0 ]; do
     case $1 in
@@ -31,7 +33,8 @@ while [ $# -gt 0 ]; do
         --no-agent) AGENT=; shift ;;
         --timeout) TIMEOUT=${2:?}; shift 2 ;;
         --vhost-vsock) VHOST_VSOCK=${2:?}; shift 2 ;;
-        -h|--help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --install-vhost-vsock) INSTALL_VHOST=1; shift ;;
+        -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -232,8 +235,14 @@ echo "boot-time agent: qemu start->vsock listening ${ELAPSED_MS} ms"
 if [ -z "$VHOST_VSOCK" ]; then
     VHOST_VSOCK=$(command -v vhost-device-vsock || echo /var/cache/berth/tools/bin/vhost-device-vsock)
 fi
+if [ ! -x "$VHOST_VSOCK" ] && [ "$INSTALL_VHOST" = 1 ]; then
+    log "installing vhost-device-vsock into /var/cache/berth/tools (cargo, crates.io)"
+    CARGO_TARGET_DIR=/var/cache/berth/tools/target nice -n 19 cargo install --locked -j1 \
+        --root /var/cache/berth/tools vhost-device-vsock >&2
+    VHOST_VSOCK=/var/cache/berth/tools/bin/vhost-device-vsock
+fi
 if [ ! -x "$VHOST_VSOCK" ]; then
-    log "stage 3 skipped: no vhost-device-vsock (cargo install --locked --root /var/cache/berth/tools vhost-device-vsock)"
+    log "stage 3 skipped: no vhost-device-vsock (rerun with --install-vhost-vsock)"
     exit 0
 fi
 "$VHOST_VSOCK" --guest-cid 3 --socket "$WORK/vhost.sock" --uds-path "$WORK/vm.vsock" \
