@@ -94,6 +94,13 @@ impl Filters {
         Ok(())
     }
 
+    /// Prune's label rule: keep an object unless every `label` filter matches it and
+    /// no `label!` filter does.
+    pub fn prune_excludes(&self, labels: &std::collections::HashMap<String, String>) -> bool {
+        !self.match_labels("label", labels)
+            || (!self.get("label!").is_empty() && self.match_labels("label!", labels))
+    }
+
     /// True when `label` filters (`key` or `key=value`) all match `labels`.
     pub fn match_labels(
         &self,

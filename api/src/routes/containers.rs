@@ -929,9 +929,7 @@ async fn prune(
             let too_new = until.is_some_and(|u| {
                 berth_engine::fsutil::parse_rfc3339_utc(&r.created).is_some_and(|c| c > u as i128)
             });
-            let label_miss = !f2.match_labels("label", &labels);
-            let label_not = !f2.get("label!").is_empty() && f2.match_labels("label!", &labels);
-            too_new || label_miss || label_not
+            too_new || f2.prune_excludes(&labels)
         })
         .await;
     Ok(Json(

@@ -290,47 +290,9 @@ pub fn parse_timestamp(s: &str) -> Result<i64, ApiError> {
     if let Ok(f) = s.parse::<f64>() {
         return Ok((f * 1e9) as i64);
     }
-    let t = humantime_rfc3339(s).ok_or_else(bad)?;
-    Ok(t)
-}
-
-fn humantime_rfc3339(s: &str) -> Option<i64> {
-    // Minimal RFC 3339 parser: YYYY-MM-DDTHH:MM:SS[.frac](Z|±HH:MM)
-    let (date, rest) = s.split_once('T')?;
-    let mut d = date.split('-');
-    let (y, mo, da): (i64, i64, i64) = (
-        d.next()?.parse().ok()?,
-        d.next()?.parse().ok()?,
-        d.next()?.parse().ok()?,
-    );
-    let tz_pos = rest.find(['Z', '+', '-']).unwrap_or(rest.len());
-    let (time, tz) = rest.split_at(tz_pos);
-    let mut t = time.split(':');
-    let h: i64 = t.next()?.parse().ok()?;
-    let mi: i64 = t.next()?.parse().ok()?;
-    let sec_f: f64 = t.next().unwrap_or("0").parse().ok()?;
-    let offset = match tz {
-        "" | "Z" => 0,
-        _ => {
-            let sign = if tz.starts_with('-') { -1 } else { 1 };
-            let (oh, om) = tz[1..].split_once(':')?;
-            sign * (oh.parse::<i64>().ok()? * 3600 + om.parse::<i64>().ok()? * 60)
-        }
-    };
-    let days = days_from_civil(y, mo, da);
-    let secs = days * 86400 + h * 3600 + mi * 60 - offset;
-    Some(secs * 1_000_000_000 + (sec_f * 1e9) as i64)
-}
-
-/// Days since 1970-01-01 (Howard Hinnant's algorithm).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = if y >= 0 { y } else { y - 399 } / 400;
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146097 + doe - 719468
+    berth_engine::fsutil::parse_rfc3339(s)
+        .map(|n| n as i64)
+        .ok_or_else(bad)
 }
 
 fn event_matches(f: &Filters, e: &Event) -> bool {

@@ -145,10 +145,7 @@ async fn prune(
     let f2 = f.clone();
     let (deleted, space) = engine
         .volumes
-        .prune(all, move |r| {
-            !f2.match_labels("label", &r.labels)
-                || (!f2.get("label!").is_empty() && f2.match_labels("label!", &r.labels))
-        })
+        .prune(all, move |r| f2.prune_excludes(&r.labels))
         .await;
     Ok(Json(
         serde_json::json!({ "VolumesDeleted": deleted, "SpaceReclaimed": space }),

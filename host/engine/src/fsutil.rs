@@ -59,7 +59,26 @@ pub fn now_rfc3339() -> String {
 
 /// Parse what [`rfc3339_nanos`] writes (UTC, `Z`) back to unix nanoseconds.
 pub fn parse_rfc3339_utc(s: &str) -> Option<i128> {
-    let (date, time) = s.strip_suffix('Z')?.split_once('T')?;
+    s.strip_suffix('Z')?;
+    parse_rfc3339(s)
+}
+
+/// RFC 3339 (`Z` or `±HH:MM` offsets, optional fraction) to unix nanoseconds.
+pub fn parse_rfc3339(s: &str) -> Option<i128> {
+    let (body, offset_secs) = match s.strip_suffix('Z') {
+        Some(b) => (b, 0i64),
+        None => {
+            let pos = s.rfind(['+', '-']).filter(|p| *p > 10)?;
+            let (b, tz) = s.split_at(pos);
+            let sign = if tz.starts_with('-') { -1 } else { 1 };
+            let (oh, om) = tz[1..].split_once(':')?;
+            (
+                b,
+                sign * (oh.parse::<i64>().ok()? * 3600 + om.parse::<i64>().ok()? * 60),
+            )
+        }
+    };
+    let (date, time) = body.split_once('T')?;
     let mut d = date.split('-');
     let y: i64 = d.next()?.parse().ok()?;
     let m: i64 = d.next()?.parse().ok()?;
@@ -74,7 +93,7 @@ pub fn parse_rfc3339_utc(s: &str) -> Option<i128> {
         nanos += (c.to_digit(10)? as i128) * 10i128.pow(8 - i as u32);
     }
     let days = days_from_civil(y, m, dd);
-    Some(((days * 86400 + h * 3600 + mi * 60 + se) as i128) * 1_000_000_000 + nanos)
+    Some(((days * 86400 + h * 3600 + mi * 60 + se - offset_secs) as i128) * 1_000_000_000 + nanos)
 }
 
 fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
