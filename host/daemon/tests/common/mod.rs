@@ -189,7 +189,29 @@ impl Drop for TestDaemon {
         if std::thread::panicking() {
             eprintln!("--- berthd log tail ---\n{}", tail(&self.log(), 60));
         }
+        // Containers outlive their daemon by design (live restore). A test's daemon never
+        // comes back, so remove its containers first — even after a failed assertion —
+        // then, as a last resort, kill any agent still serving from this test's dirs.
+        if self.child.is_some() {
+            let ids = self.docker(&["ps", "-aq"]);
+            let ids: Vec<String> = stdout(&ids)
+                .split_whitespace()
+                .map(str::to_string)
+                .collect();
+            if !ids.is_empty() {
+                let mut args = vec!["rm", "-f", "-v"];
+                args.extend(ids.iter().map(|s| s.as_str()));
+                let _ = self.docker(&args);
+            }
+        }
         self.stop();
+        let _ = Command::new("pkill")
+            .args([
+                "-9",
+                "-f",
+                &format!("berth-agent serve --socket {}", self.dir.path().display()),
+            ])
+            .status();
     }
 }
 
