@@ -40,6 +40,10 @@ pub struct Flags {
     /// Default log driver for containers (default json-file).
     #[arg(long)]
     pub log_driver: Option<String>,
+    /// Container rootfs storage: overlay (layers shared as lower dirs) or copy
+    /// (flattened per container). Probed when unset.
+    #[arg(short = 's', long)]
+    pub storage_driver: Option<String>,
     /// Directory of user-installed WASM plugins (repeatable; default <data-root>/plugins).
     #[arg(long = "plugin-dir")]
     pub plugin_dirs: Vec<PathBuf>,
@@ -57,6 +61,7 @@ pub struct FileConfig {
     pub agent_bin: Option<PathBuf>,
     pub log_driver: Option<String>,
     pub plugin_dirs: Option<Vec<PathBuf>>,
+    pub storage_driver: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -69,6 +74,7 @@ pub struct Config {
     pub agent_bin: Option<PathBuf>,
     pub log_driver: Option<String>,
     pub plugin_dirs: Vec<PathBuf>,
+    pub storage_driver: Option<String>,
 }
 
 impl Config {
@@ -124,6 +130,7 @@ impl Config {
         Ok(Config {
             agent_bin,
             log_driver: flags.log_driver.or(file.log_driver),
+            storage_driver: flags.storage_driver.or(file.storage_driver),
             plugin_dirs,
             sockets,
             data_root: absolute(data_root)?,

@@ -84,6 +84,7 @@ async fn run(config: Config) -> Result<()> {
         agent_bin: config.agent_bin.clone(),
         plugin_dirs: config.plugin_dirs.clone(),
         default_log_driver: config.log_driver.clone(),
+        storage_driver: config.storage_driver.clone(),
     })
     .await
     .context("open engine state")?;

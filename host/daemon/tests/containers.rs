@@ -729,3 +729,81 @@ fn commit_makes_a_layered_image() {
         "base\n"
     );
 }
+
+#[test]
+fn copy_storage_driver_runs_containers() {
+    // The fallback for hosts without overlayfs: each container gets a flattened copy.
+    let d = TestDaemon::start_with(&["--storage-driver", "copy"]);
+    import_busybox(&d, "bb:local");
+    let drv = d.docker_ok(&["info", "--format", "{{.Driver}}"]);
+    assert_eq!(drv.trim(), "copy");
+    d.docker_ok(&[
+        "run",
+        "--name",
+        "cp1",
+        "bb:local",
+        "sh",
+        "-c",
+        "echo changed > /etc/motd; rm /bin/vi",
+    ]);
+    // Changes stay in the container's own copy, never in the image.
+    assert_eq!(
+        d.docker_ok(&[
+            "run",
+            "--rm",
+            "bb:local",
+            "sh",
+            "-c",
+            "ls /bin/vi; cat /etc/motd 2>&1 || true"
+        ])
+        .lines()
+        .next(),
+        Some("/bin/vi")
+    );
+    // A second run sees the first run's changes (its rm now fails).
+    let again = d.docker(&["start", "-a", "cp1"]);
+    assert!(
+        stderr(&again).contains("can't remove '/bin/vi'"),
+        "{}",
+        stderr(&again)
+    );
+    let err = d.docker_err(&["diff", "cp1"]);
+    assert!(err.contains("overlay"), "{err}");
+    d.docker_ok(&["rm", "cp1"]);
+    assert!(std::fs::read_dir(d.data_root.join("containers"))
+        .unwrap()
+        .next()
+        .is_none());
+}
+
+#[test]
+fn stats_and_start_attach() {
+    let d = daemon_with_busybox();
+    d.docker_ok(&[
+        "run", "-d", "--name", "st", "-m", "64m", "bb:local", "sleep", "30",
+    ]);
+    let out = d.docker_ok(&[
+        "stats",
+        "--no-stream",
+        "--format",
+        "{{.Name}} {{.MemUsage}}",
+        "st",
+    ]);
+    assert!(out.starts_with("st "), "{out}");
+    assert!(out.contains("64MiB"), "memory limit not reported: {out}");
+    d.docker_ok(&["rm", "-f", "st"]);
+    // docker start -a attaches before starting, so the whole output arrives.
+    d.docker_ok(&[
+        "create",
+        "--name",
+        "sa",
+        "bb:local",
+        "sh",
+        "-c",
+        "echo one; echo two >&2; exit 6",
+    ]);
+    let out = d.docker(&["start", "-a", "sa"]);
+    assert_eq!(stdout(&out), "one\n");
+    assert_eq!(stderr(&out), "two\n");
+    assert_eq!(out.status.code(), Some(6));
+}

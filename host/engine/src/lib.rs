@@ -30,6 +30,8 @@ pub struct EngineConfig {
     pub plugin_dirs: Vec<PathBuf>,
     /// `--log-driver`: the daemon's default log driver.
     pub default_log_driver: Option<String>,
+    /// `--storage-driver`: `overlay` or `copy` (probed when unset).
+    pub storage_driver: Option<String>,
 }
 
 pub struct Engine {
@@ -61,6 +63,7 @@ impl Engine {
                     .agent_bin
                     .clone()
                     .unwrap_or_else(containers::runtime_default_agent_bin),
+                storage_driver: config.storage_driver.clone(),
             },
             events.clone(),
             images.clone(),

@@ -116,6 +116,8 @@ pub struct ContainerPaths {
     pub exec_root: PathBuf,
     /// The static `berth-agent` binary.
     pub agent_bin: PathBuf,
+    /// `--storage-driver`: `overlay` or `copy`; probed when unset.
+    pub storage_driver: Option<String>,
 }
 
 pub struct Containers {
@@ -143,11 +145,20 @@ impl Containers {
         let dir = paths.data_root.join("containers");
         std::fs::create_dir_all(&dir)?;
         std::fs::create_dir_all(paths.exec_root.join("c"))?;
-        let storage_driver = if runtime::overlay_supported(&paths.data_root) {
-            "overlay"
-        } else {
-            "copy"
-        };
+        let storage_driver =
+            match paths.storage_driver.as_deref() {
+                Some("copy") => "copy",
+                Some("overlay") | None if runtime::overlay_supported(&paths.data_root) => "overlay",
+                Some("overlay") => return Err(Error::invalid(
+                    "storage driver overlay is not supported on this host (overlayfs mount failed)",
+                )),
+                None => "copy",
+                Some(other) => {
+                    return Err(Error::invalid(format!(
+                        "unknown storage driver {other:?}: use overlay or copy"
+                    )))
+                }
+            };
         let microvm_unavailable = runtime::microvm_unavailable_reason();
         let mut map = HashMap::new();
         for entry in std::fs::read_dir(&dir)?.flatten() {
