@@ -89,12 +89,7 @@ impl Containers {
                     c.id
                 )))
             }
-            _ => {
-                return Err(Error::conflict(format!(
-                    "Container {} is not running",
-                    c.id
-                )))
-            }
+            _ => return Err(c.not_running()),
         }
         if config.cmd.as_ref().is_none_or(|c| c.is_empty()) {
             return Err(Error::invalid("No exec command specified"));
@@ -152,7 +147,7 @@ impl Containers {
         let agent = c
             .agent()
             .filter(|_| c.status() == Status::Running)
-            .ok_or_else(|| Error::conflict(format!("Container {} is not running", c.id)))?;
+            .ok_or_else(|| c.not_running())?;
         let rec = c.record();
         let tty = opts.tty.unwrap_or(e.config.tty);
         let mut env = rec.config.env.clone().unwrap_or_default();

@@ -445,16 +445,10 @@ impl Containers {
     pub async fn kill(&self, c: &Arc<Container>, signal: &str) -> Result<()> {
         let sig = signal_number(signal)?;
         if !matches!(c.status(), Status::Running | Status::Paused) {
-            return Err(Error::conflict(format!(
-                "Container {} is not running",
-                c.id
-            )));
+            return Err(c.not_running());
         }
         let Some(agent) = c.agent() else {
-            return Err(Error::conflict(format!(
-                "Container {} is not running",
-                c.id
-            )));
+            return Err(c.not_running());
         };
         c.update(|r| r.state.has_been_manually_stopped = true);
         let _ = self.save(c);
@@ -499,16 +493,9 @@ impl Containers {
                     c.id
                 )))
             }
-            _ => {
-                return Err(Error::conflict(format!(
-                    "Container {} is not running",
-                    c.id
-                )))
-            }
+            _ => return Err(c.not_running()),
         }
-        let agent = c
-            .agent()
-            .ok_or_else(|| Error::conflict(format!("Container {} is not running", c.id)))?;
+        let agent = c.live_agent()?;
         agent.pause().await.map_err(agent_err)?;
         c.update(|r| r.state.status = Status::Paused);
         self.save(c)?;
@@ -520,9 +507,7 @@ impl Containers {
         if c.status() != Status::Paused {
             return Err(Error::conflict(format!("Container {} is not paused", c.id)));
         }
-        let agent = c
-            .agent()
-            .ok_or_else(|| Error::conflict(format!("Container {} is not running", c.id)))?;
+        let agent = c.live_agent()?;
         agent.resume().await.map_err(agent_err)?;
         c.update(|r| r.state.status = Status::Running);
         self.save(c)?;
@@ -681,9 +666,7 @@ impl Containers {
     }
 
     pub async fn resize(&self, c: &Arc<Container>, h: u16, w: u16) -> Result<()> {
-        let agent = c
-            .agent()
-            .ok_or_else(|| Error::conflict(format!("Container {} is not running", c.id)))?;
+        let agent = c.live_agent()?;
         agent
             .resize(ProcessId::INIT, h, w)
             .await
@@ -698,14 +681,9 @@ impl Containers {
 
     pub async fn top(&self, c: &Arc<Container>) -> Result<berth_agent_protocol::Top> {
         if !matches!(c.status(), Status::Running | Status::Paused) {
-            return Err(Error::conflict(format!(
-                "Container {} is not running",
-                c.id
-            )));
+            return Err(c.not_running());
         }
-        let agent = c
-            .agent()
-            .ok_or_else(|| Error::conflict(format!("Container {} is not running", c.id)))?;
+        let agent = c.live_agent()?;
         agent.top().await.map_err(agent_err)
     }
 

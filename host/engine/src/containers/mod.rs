@@ -104,6 +104,16 @@ impl Container {
         self.agent.lock().unwrap().clone()
     }
 
+    /// Docker's 409 for verbs that need a running container.
+    pub(crate) fn not_running(&self) -> Error {
+        Error::conflict(format!("Container {} is not running", self.id))
+    }
+
+    /// The agent of the current run, or the "not running" conflict.
+    pub(crate) fn live_agent(&self) -> Result<AgentClient> {
+        self.agent().ok_or_else(|| self.not_running())
+    }
+
     pub fn running_watch(&self) -> watch::Receiver<bool> {
         self.running.subscribe()
     }
