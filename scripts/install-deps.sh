@@ -29,3 +29,10 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   rm -f /usr/sbin/policy-rc.d
 fi
+
+# docker-py (the Python SDK), pinned: the conformance tests drive berthd with it too.
+DOCKER_PY_VERSION=7.1.0
+if ! python3 -c "import docker, sys; sys.exit(docker.__version__ != '$DOCKER_PY_VERSION')" 2>/dev/null; then
+  echo "install-deps: installing docker-py $DOCKER_PY_VERSION" >&2
+  python3 -m pip install -q "docker==$DOCKER_PY_VERSION"
+fi

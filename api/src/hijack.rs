@@ -2,7 +2,11 @@
 //! raw socket carries stdcopy frames (no tty) or raw bytes (tty) out, and stdin in.
 //! A client half-close (CLI's CloseWrite) ends stdin only, never the output.
 
+use std::os::fd::RawFd;
+use std::time::Duration;
+
 use axum::body::Body;
+use axum::extract::connect_info::{ConnectInfo, Connected};
 use axum::extract::Request;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::Response;
@@ -45,20 +49,87 @@ pub fn wants_upgrade(req: &Request) -> bool {
 
 pub type Upgraded = TokioIo<hyper::upgrade::Upgraded>;
 
+/// The client connection's socket, recorded when it is accepted (axum connect info).
+/// Only read while the connection is being served, so the descriptor is still ours.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnFd(pub RawFd);
+
+impl Connected<axum::serve::IncomingStream<'_, tokio::net::UnixListener>> for ConnFd {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, tokio::net::UnixListener>) -> Self {
+        use std::os::fd::AsRawFd;
+        ConnFd(stream.io().as_raw_fd())
+    }
+}
+
+/// A 101 response on its way to the client; [`established`](Self::established) yields the
+/// raw connection.
+pub struct PendingHijack {
+    on_upgrade: hyper::upgrade::OnUpgrade,
+    conn: Option<ConnFd>,
+}
+
+impl PendingHijack {
+    /// The upgraded connection, once the client has read the whole 101 response.
+    ///
+    /// Why wait: docker-py (and anything built on Python's `http.client`) parses the
+    /// response headers through a buffered reader and then reads the stream from the raw
+    /// socket. Stream bytes that arrive together with the headers land in that buffer and
+    /// are lost to the client (docker/docker-py#2042, #3332: `exec_run` returns empty or
+    /// partial output). runc's start latency hides this behind dockerd; berth starts an
+    /// exec in a millisecond. So no stream byte is written until the kernel says the peer
+    /// has consumed everything sent so far. Bounded, so a client that never reads cannot
+    /// hold a task forever.
+    pub async fn established(self) -> Option<Upgraded> {
+        let up = self.on_upgrade.await.ok()?;
+        if let Some(ConnFd(fd)) = self.conn {
+            wait_until_consumed(fd, Duration::from_secs(2)).await;
+        }
+        Some(TokioIo::new(up))
+    }
+}
+
+/// Bytes this end sent that the peer has not read yet (`SIOCOUTQ`; for unix stream
+/// sockets the sender is charged until the receiver consumes them).
+fn unread_by_peer(fd: RawFd) -> Option<i32> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: TIOCOUTQ (== SIOCOUTQ) writes one int through a valid pointer.
+    let rc = unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut n) };
+    (rc == 0).then_some(n)
+}
+
+async fn wait_until_consumed(fd: RawFd, limit: Duration) {
+    let start = std::time::Instant::now();
+    let mut spins = 0u32;
+    while let Some(n) = unread_by_peer(fd) {
+        if n <= 0 || start.elapsed() >= limit {
+            return;
+        }
+        // A client normally reads its headers within microseconds: yield first, then
+        // back off to the timer's 1 ms granularity.
+        if spins < 32 {
+            spins += 1;
+            tokio::task::yield_now().await;
+        } else {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+}
+
 /// Take the upgrade future out of the request and build the 101 response. The
-/// connection becomes available once the response has been written.
-pub fn upgrade(
-    req: &mut Request,
-    content_type: &'static str,
-) -> Option<(Response, hyper::upgrade::OnUpgrade)> {
+/// connection becomes available once the response has been written and read.
+pub fn upgrade(req: &mut Request, content_type: &'static str) -> Option<(Response, PendingHijack)> {
     let on_upgrade = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>()?;
+    let conn = req
+        .extensions()
+        .get::<ConnectInfo<ConnFd>>()
+        .map(|ConnectInfo(c)| *c);
     let mut resp = Response::new(Body::empty());
     *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
     h.insert(header::UPGRADE, HeaderValue::from_static("tcp"));
-    Some((resp, on_upgrade))
+    Some((resp, PendingHijack { on_upgrade, conn }))
 }
 
 /// Docker's detach sequence (default ctrl-p, ctrl-q) matcher for stdin.

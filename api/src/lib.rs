@@ -93,7 +93,7 @@ pub async fn serve(
     let svc = ApiService::new(engine);
     let server = axum::serve(
         listener,
-        axum::ServiceExt::<Request>::into_make_service(svc),
+        axum::ServiceExt::<Request>::into_make_service_with_connect_info::<hijack::ConnFd>(svc),
     );
     // Long-lived streams (events, logs -f, attach) would keep a graceful drain waiting
     // forever, so on shutdown we stop accepting and drop open connections, as dockerd does.

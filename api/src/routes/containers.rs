@@ -580,12 +580,13 @@ async fn attach(
             .insert(header::CONTENT_TYPE, HeaderValue::from_static(hijack::RAW));
         return Ok(resp);
     }
-    let (resp, on_upgrade) = hijack::upgrade(&mut req, ct)
+    let (resp, pending) = hijack::upgrade(&mut req, ct)
         .ok_or_else(|| ApiError::bad_request("connection cannot be upgraded"))?;
     let engine2 = engine.clone();
     tokio::spawn(async move {
-        let Ok(up) = on_upgrade.await else { return };
-        let io = hyper_util::rt::TokioIo::new(up);
+        let Some(io) = pending.established().await else {
+            return;
+        };
         let (mut rd, mut wr) = tokio::io::split(io);
         let (detach_tx, mut detach_rx) = tokio::sync::oneshot::channel::<()>();
         if opts.stdin {
@@ -721,8 +722,8 @@ async fn logs(
                 Source::Stderr => want_err,
             })
         })
-        .map(move |e| Ok::<_, std::convert::Infallible>(log_frame(&e, tty, timestamps)));
-    let mut resp = Response::new(Body::from_stream(body));
+        .map(move |e| log_frame(&e, tty, timestamps));
+    let mut resp = Response::new(Body::from_stream(crate::stream::coalesce(body, 1024)));
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static(stream_content_type(tty, ver)),

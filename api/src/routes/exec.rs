@@ -50,7 +50,12 @@ async fn start(
     let upgrade = hijack::wants_upgrade(&req);
     let bytes = axum::body::to_bytes(std::mem::take(req.body_mut()), 1 << 20)
         .await
-        .map_err(|e| ApiError::bad_request(format!("failed to read body: {e}")))?;
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("failed to read request body: {e}"),
+            )
+        })?;
     let body: StartBody = if bytes.is_empty() {
         StartBody::default()
     } else {
@@ -82,7 +87,7 @@ async fn start(
         return Ok(StatusCode::OK.into_response());
     }
     let ct = stream_content_type(tty, ver);
-    let (resp, on_upgrade) = if upgrade {
+    let (resp, pending) = if upgrade {
         hijack::upgrade(&mut req, ct)
             .ok_or_else(|| ApiError::bad_request("connection cannot be upgraded"))?
     } else {
@@ -92,8 +97,9 @@ async fn start(
     };
     let engine2 = engine.clone();
     tokio::spawn(async move {
-        let Ok(up) = on_upgrade.await else { return };
-        let io = hyper_util::rt::TokioIo::new(up);
+        let Some(io) = pending.established().await else {
+            return;
+        };
         let (mut rd, mut wr) = tokio::io::split(io);
         if let Some(mut stdin) = started.stdin {
             let e2 = e.clone();
