@@ -374,8 +374,55 @@ fn child_setup(
     Err(exec(&exe, &argv, &envp, cmd))
 }
 
+/// Gives the process about to exec the state runc gives it: every signal at its default
+/// disposition and nothing blocked. Ignored signals and the mask survive execve, and the
+/// agent's own runtime ignores SIGPIPE (Rust's std does) and blocks signals around forks;
+/// a container whose `yes | head` cannot die of SIGPIPE spins forever.
+pub fn reset_signals() {
+    /// The kernel's `struct sigaction` for rt_sigaction(2) on x86_64/aarch64.
+    #[repr(C)]
+    struct KernelSigaction {
+        handler: usize,
+        flags: u64,
+        restorer: usize,
+        mask: u64,
+    }
+    let dfl = KernelSigaction {
+        handler: libc::SIG_DFL,
+        flags: 0,
+        restorer: 0,
+        mask: 0,
+    };
+    // SAFETY: raw rt_sigaction/rt_sigprocmask with valid pointers, in a single-threaded
+    // child before execve. The raw syscalls reach 32 and 33 too, which libc's wrappers
+    // refuse because libc reserves them for itself; SIGKILL/SIGSTOP just fail (EINVAL).
+    unsafe {
+        for sig in 1..=64 {
+            if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+                continue;
+            }
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                sig,
+                &dfl as *const KernelSigaction,
+                std::ptr::null_mut::<KernelSigaction>(),
+                8usize,
+            );
+        }
+        let empty: u64 = 0;
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_SETMASK,
+            &empty as *const u64,
+            std::ptr::null_mut::<u64>(),
+            8usize,
+        );
+    }
+}
+
 /// execve; returns only on failure, as Docker's error.
 pub fn exec(exe: &CString, argv: &[CString], envp: &[CString], cmd: &str) -> LaunchError {
+    reset_signals();
     let mut a: Vec<*const libc::c_char> = argv.iter().map(|s| s.as_ptr()).collect();
     a.push(std::ptr::null());
     let mut e: Vec<*const libc::c_char> = envp.iter().map(|s| s.as_ptr()).collect();
