@@ -30,3 +30,25 @@ pub fn json_stream(rx: tokio::sync::mpsc::Receiver<serde_json::Value>) -> Respon
 pub fn error_message(msg: &str) -> serde_json::Value {
     serde_json::json!({ "errorDetail": { "message": msg }, "error": msg })
 }
+
+/// Joins the chunks that are ready at once into one body chunk (up to `max` of them), so
+/// a burst of small frames (a log replay) is written in a few large writes, while a
+/// lone chunk still goes out immediately (a follower sees each line as it comes).
+pub fn coalesce<S>(
+    chunks: S,
+    max: usize,
+) -> impl futures::Stream<Item = Result<Bytes, std::convert::Infallible>> + Send
+where
+    S: futures::Stream<Item = Bytes> + Send,
+{
+    chunks.ready_chunks(max).map(|mut batch| {
+        if batch.len() == 1 {
+            return Ok(batch.pop().unwrap_or_default());
+        }
+        let mut out = bytes::BytesMut::with_capacity(batch.iter().map(Bytes::len).sum());
+        for b in &batch {
+            out.extend_from_slice(b);
+        }
+        Ok(out.freeze())
+    })
+}

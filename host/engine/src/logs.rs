@@ -69,6 +69,12 @@ pub trait LogWriter: Send {
     fn write(&mut self, entry: &LogEntry);
     /// Flush buffered lines (called after each burst of output).
     fn flush(&mut self) {}
+    /// Resolves when the driver can take the next burst. The pump awaits it before
+    /// reading more output, so in Docker's default `blocking` mode a driver that falls
+    /// behind slows the container's writes instead of losing lines.
+    fn ready(&mut self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+        Box::pin(async {})
+    }
     /// End of the run: hand over everything still buffered (plugins flush and
     /// close their session here). Awaited before the exit is reported.
     fn finish(self: Box<Self>) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {

@@ -7,7 +7,6 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use berth_plugin_host::{
     ContainerLogInfo, LogDriverHandle, LogEntry as PEntry, LogSession, LogSource, PluginError,
@@ -141,37 +140,57 @@ fn block_on<F: std::future::Future>(f: F) -> F::Output {
 
 struct PluginWriter {
     session: Option<LogSession>,
+    /// Lines of the current burst, handed to the session in one batch on `flush`.
+    pending: Vec<PEntry>,
 }
 
 impl LogWriter for PluginWriter {
     fn write(&mut self, e: &LogEntry) {
-        if let Some(s) = &self.session {
-            // Docker's plugin protocol carries lines without their newline; a line
-            // without one is a partial line.
-            let line = e.line.strip_suffix(b"\n").unwrap_or(&e.line);
-            let mut entry = PEntry::new(
-                match e.source {
-                    Source::Stdout => LogSource::Stdout,
-                    Source::Stderr => LogSource::Stderr,
-                },
-                e.time_nano,
-                line.to_vec(),
-            );
-            if e.partial {
-                entry.partial = Some(berth_plugin_host::PartialMeta {
-                    id: String::new(),
-                    ordinal: 0,
-                    last: false,
-                });
-            }
-            // Never blocks: a full buffer drops the line and counts it (see plugins/README.md).
-            s.send(entry);
+        if self.session.is_none() {
+            return;
         }
+        // Docker's plugin protocol carries lines without their newline; a line
+        // without one is a partial line.
+        let line = e.line.strip_suffix(b"\n").unwrap_or(&e.line);
+        let mut entry = PEntry::new(
+            match e.source {
+                Source::Stdout => LogSource::Stdout,
+                Source::Stderr => LogSource::Stderr,
+            },
+            e.time_nano,
+            line.to_vec(),
+        );
+        if e.partial {
+            entry.partial = Some(berth_plugin_host::PartialMeta {
+                id: String::new(),
+                ordinal: 0,
+                last: false,
+            });
+        }
+        self.pending.push(entry);
+    }
+
+    fn flush(&mut self) {
+        if let Some(s) = &self.session {
+            if !self.pending.is_empty() {
+                // Only a non-blocking session drops (full ring), and counts it.
+                s.send_batch(self.pending.drain(..));
+            }
+        }
+    }
+
+    fn ready(&mut self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+        Box::pin(async move {
+            if let Some(s) = &self.session {
+                s.writable().await;
+            }
+        })
     }
 
     fn finish(
         mut self: Box<Self>,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+        self.flush();
         let s = self.session.take();
         Box::pin(async move {
             if let Some(s) = s {
@@ -213,6 +232,7 @@ impl LogDriver for PluginLogDriver {
         let session = block_on(self.handle.start(plugin_info(info))).map_err(plugin_err)?;
         Ok(Box::new(PluginWriter {
             session: Some(session),
+            pending: Vec::new(),
         }))
     }
 
@@ -229,10 +249,12 @@ impl LogDriver for PluginLogDriver {
             tail: opts.tail.map(|t| t.min(u32::MAX as usize) as u32),
             follow: opts.follow.is_some(),
         };
-        let mut reader =
-            block_on(self.handle.read_logs(plugin_info(info), cfg)).map_err(plugin_err)?;
-        let (tx, rx) = mpsc::channel(256);
-        let mut follow = opts.follow;
+        let mut reader = match opts.follow {
+            Some(running) => block_on(self.handle.follow_logs(plugin_info(info), cfg, running)),
+            None => block_on(self.handle.read_logs(plugin_info(info), cfg)),
+        }
+        .map_err(plugin_err)?;
+        let (tx, rx) = mpsc::channel(1024);
         tokio::spawn(async move {
             let convert = |e: PEntry| {
                 let partial = e.partial.is_some();
@@ -250,35 +272,19 @@ impl LogDriver for PluginLogDriver {
                     line: Bytes::from(line),
                 }
             };
-            loop {
-                let stopped = async {
-                    match follow.as_mut() {
-                        Some(w) => {
-                            let _ = w.wait_for(|running| !*running).await;
+            // The reader ends by itself: at the end of the stored lines, or for a
+            // follower once the container has stopped and every line was handed over.
+            while let Some(batch) = reader.recv_batch().await {
+                match batch {
+                    Ok(entries) => {
+                        for e in entries {
+                            if tx.send(convert(e)).await.is_err() {
+                                return;
+                            }
                         }
-                        None => std::future::pending::<()>().await,
                     }
-                };
-                tokio::select! {
-                    item = reader.recv() => match item {
-                        Some(Ok(e)) => {
-                            if tx.send(convert(e)).await.is_err() {
-                                return;
-                            }
-                        }
-                        Some(Err(e)) => {
-                            tracing::warn!("reading logs from plugin: {e}");
-                            return;
-                        }
-                        None => return,
-                    },
-                    _ = stopped => {
-                        // The container stopped: drain what the plugin still has, then end.
-                        while let Ok(Some(Ok(e))) = tokio::time::timeout(Duration::from_millis(200), reader.recv()).await {
-                            if tx.send(convert(e)).await.is_err() {
-                                return;
-                            }
-                        }
+                    Err(e) => {
+                        tracing::warn!("reading logs from plugin: {e}");
                         return;
                     }
                 }

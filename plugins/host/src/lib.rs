@@ -98,8 +98,8 @@ pub use error::{ErrorKind, HostError, LoadError, PluginError};
 pub use host::{PluginHost, PluginInfo};
 pub use interface::InterfaceVersion;
 pub use log::{
-    ContainerLogInfo, LogDriverHandle, LogEntry, LogReader, LogSession, LogSource, LogStats,
-    PartialMeta, ReadConfig,
+    ContainerLogInfo, LogDriverHandle, LogEntry, LogMode, LogReader, LogSession, LogSource,
+    LogStats, PartialMeta, ReadConfig,
 };
 pub use manifest::{Manifest, PluginKind};
 pub use plugin::PluginStats;

@@ -1,12 +1,17 @@
-//! Log drivers: sessions with a bounded, never-blocking buffer per container, and
-//! `docker logs` readers.
+//! Log drivers: sessions with a bounded buffer per container, and `docker logs` readers.
 //!
-//! Drop policy: each session buffers at most `max-buffer-size` bytes (default
-//! 1 MB, Docker's non-blocking ring size). When the buffer is full, *new* entries
-//! are dropped and counted (as Docker's ring does); `send` never blocks and never
-//! waits for the plugin. Entries in a batch whose `write` call traps, times out or
-//! returns an error are dropped and counted as well (a poison batch is not replayed).
-//! While the plugin restarts, entries keep buffering up to the cap.
+//! Delivery modes follow Docker's `--log-opt mode=`:
+//! - `blocking` (the default): nothing is dropped for lack of room. The buffer holds
+//!   about `max-buffer-size` bytes; past that, [`LogSession::writable`] stays pending
+//!   until the plugin has taken a batch, so the engine stops reading the container's
+//!   output and the container's own writes block, as with Docker.
+//! - `non-blocking`: the buffer is a ring of `max-buffer-size` bytes (default 1 MB,
+//!   Docker's size); when it is full, *new* entries are dropped and counted, and
+//!   `writable` is always ready.
+//!
+//! In both modes entries in a batch whose `write` call traps, times out or returns an
+//! error are dropped and counted (a poison batch is not replayed). While the plugin
+//! restarts, entries keep buffering.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -141,11 +146,21 @@ struct Buf {
     bytes: usize,
 }
 
+/// Docker's `--log-opt mode=`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogMode {
+    Blocking,
+    NonBlocking,
+}
+
 pub struct SessionShared {
     pub id: u64,
     pub info: ContainerLogInfo,
     buf: Mutex<Buf>,
     max_bytes: usize,
+    mode: LogMode,
+    /// Signalled whenever buffered bytes leave (a batch taken, or the buffer discarded).
+    space: tokio::sync::Notify,
     accepted: AtomicU64,
     dropped: AtomicU64,
     delivered: AtomicU64,
@@ -173,35 +188,58 @@ impl SessionShared {
                 .is_empty()
     }
 
+    fn has_room(&self) -> bool {
+        self.buf.lock().unwrap_or_else(|p| p.into_inner()).bytes < self.max_bytes
+    }
+
     fn drop_n(&self, plugin: &Shared, n: u64) {
         self.dropped.fetch_add(n, Ordering::Relaxed);
         plugin.stats.entries_dropped.fetch_add(n, Ordering::Relaxed);
     }
 }
 
-/// Docker's generic, daemon-side log options: consumed here, not sent to plugins.
-fn split_host_opts(
-    opts: &[(String, String)],
-    default_buf: usize,
-) -> Result<(Vec<(String, String)>, usize), PluginError> {
+/// The options left for the plugin, the delivery mode and the buffer size.
+type HostOpts = (Vec<(String, String)>, LogMode, usize);
+
+/// Docker's generic, daemon-side log options (`mode`, `max-buffer-size`): consumed here,
+/// not sent to plugins. Same rules and messages as dockerd's `ValidateLogOpts`.
+fn split_host_opts(opts: &[(String, String)], default_buf: usize) -> Result<HostOpts, PluginError> {
     let mut rest = Vec::new();
-    let mut buf = default_buf;
+    let mut mode = LogMode::Blocking;
+    let mut buf = None;
     for (k, v) in opts {
         match k.as_str() {
-            // berth never blocks container output on a plugin; both modes buffer.
-            "mode" if v == "blocking" || v == "non-blocking" => {}
-            "mode" => return Err(PluginError::Invalid(format!("unknown log mode {v:?}"))),
+            "mode" => {
+                mode = match v.as_str() {
+                    "" | "blocking" => LogMode::Blocking,
+                    "non-blocking" => LogMode::NonBlocking,
+                    _ => {
+                        return Err(PluginError::Invalid(format!(
+                            "logger: logging mode not supported: {v}"
+                        )))
+                    }
+                }
+            }
             "max-buffer-size" => {
-                buf = parse_size(v)
-                    .filter(|n| (1..=(1 << 30)).contains(n))
-                    .ok_or_else(|| {
-                        PluginError::Invalid(format!("invalid max-buffer-size {v:?}"))
-                    })?;
+                buf = Some(
+                    parse_size(v)
+                        .filter(|n| (1..=(1 << 30)).contains(n))
+                        .ok_or_else(|| {
+                            PluginError::Invalid(format!(
+                                "error parsing option max-buffer-size: invalid size: '{v}'"
+                            ))
+                        })?,
+                );
             }
             _ => rest.push((k.clone(), v.clone())),
         }
     }
-    Ok((rest, buf))
+    if buf.is_some() && mode != LogMode::NonBlocking {
+        return Err(PluginError::Invalid(
+            "logger: max-buffer-size option is only supported with 'mode=non-blocking'".into(),
+        ));
+    }
+    Ok((rest, mode, buf.unwrap_or(default_buf)))
 }
 
 /// Docker's `units.RAMInBytes`: binary multipliers (`1m` = 1 MiB).
@@ -239,7 +277,7 @@ impl LogDriverHandle {
     /// Validate `--log-opt` pairs at container-create time. Bad options come back
     /// as `PluginError::Invalid` (HTTP 400).
     pub async fn validate_options(&self, opts: &[(String, String)]) -> Result<(), PluginError> {
-        let (rest, _) = split_host_opts(opts, self.shared.cfg.log_buffer_bytes)?;
+        let (rest, _, _) = split_host_opts(opts, self.shared.cfg.log_buffer_bytes)?;
         crate::validate::check_options(&rest).map_err(PluginError::Invalid)?;
         request(&self.shared, &self.tx, move |r| {
             r.call(|s, i| {
@@ -256,7 +294,8 @@ impl LogDriverHandle {
     /// re-started on the plugin's side whenever the instance restarts.
     pub async fn start(&self, info: ContainerLogInfo) -> Result<LogSession, PluginError> {
         crate::validate::check_name("container id", &info.id).map_err(PluginError::Invalid)?;
-        let (rest, max_bytes) = split_host_opts(&info.log_opts, self.shared.cfg.log_buffer_bytes)?;
+        let (rest, mode, max_bytes) =
+            split_host_opts(&info.log_opts, self.shared.cfg.log_buffer_bytes)?;
         crate::validate::check_options(&rest).map_err(PluginError::Invalid)?;
         crate::validate::check_options(&info.labels).map_err(PluginError::Invalid)?;
         let info = ContainerLogInfo {
@@ -272,6 +311,8 @@ impl LogDriverHandle {
                 bytes: 0,
             }),
             max_bytes,
+            mode,
+            space: tokio::sync::Notify::new(),
             accepted: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             delivered: AtomicU64::new(0),
@@ -305,6 +346,32 @@ impl LogDriverHandle {
         info: ContainerLogInfo,
         config: ReadConfig,
     ) -> Result<LogReader, PluginError> {
+        self.read_logs_inner(info, config, None).await
+    }
+
+    /// `docker logs -f`: follow while `running` is true, and end once it has turned false
+    /// and the plugin has handed over everything it has. The engine closes a run's log
+    /// session (every line written) before it flips `running`, so a follower that ends
+    /// this way has seen every line.
+    pub async fn follow_logs(
+        &self,
+        info: ContainerLogInfo,
+        config: ReadConfig,
+        running: tokio::sync::watch::Receiver<bool>,
+    ) -> Result<LogReader, PluginError> {
+        let config = ReadConfig {
+            follow: true,
+            ..config
+        };
+        self.read_logs_inner(info, config, Some(running)).await
+    }
+
+    async fn read_logs_inner(
+        &self,
+        info: ContainerLogInfo,
+        config: ReadConfig,
+        mut running: Option<tokio::sync::watch::Receiver<bool>>,
+    ) -> Result<LogReader, PluginError> {
         crate::validate::check_name("container id", &info.id).map_err(PluginError::Invalid)?;
         let wit_cfg = wit::ReadConfig {
             since_nano: config.since_nano,
@@ -326,11 +393,13 @@ impl LogDriverHandle {
             Ok(())
         })
         .await?;
-        let (etx, erx) = tokio::sync::mpsc::channel(1024);
+        // Whole batches cross the channel: one send per batch, not per line.
+        let (etx, erx) = tokio::sync::mpsc::channel(4);
         let (shared, tx) = (self.shared.clone(), self.tx.clone());
         tokio::spawn(async move {
-            'outer: loop {
-                let batch = request(&shared, &tx, move |r| r.reader_next(id, 1024)).await;
+            loop {
+                let stopped = running.as_ref().is_some_and(|w| !*w.borrow());
+                let batch = request(&shared, &tx, move |r| r.reader_next(id, READ_BATCH)).await;
                 match batch {
                     Err(e) => {
                         let _ = etx.send(Err(e)).await;
@@ -338,16 +407,24 @@ impl LogDriverHandle {
                     }
                     Ok((entries, eof)) => {
                         let empty = entries.is_empty();
-                        for e in entries {
-                            if etx.send(Ok(e)).await.is_err() {
-                                break 'outer;
-                            }
+                        if !empty && etx.send(Ok(entries)).await.is_err() {
+                            break;
                         }
-                        if eof || etx.is_closed() {
+                        if eof || etx.is_closed() || (empty && stopped) {
                             break;
                         }
                         if empty {
-                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            // Caught up: poll again soon, or at once when the run ends.
+                            let poll = tokio::time::sleep(Duration::from_millis(50));
+                            match running.as_mut() {
+                                Some(w) if !stopped => {
+                                    tokio::select! {
+                                        _ = poll => {}
+                                        _ = w.changed() => {}
+                                    }
+                                }
+                                _ => poll.await,
+                            }
                         }
                     }
                 }
@@ -358,7 +435,10 @@ impl LogDriverHandle {
                 Box::new(move |r: &mut Runner| r.drop_reader(id)),
             );
         });
-        Ok(LogReader { rx: erx })
+        Ok(LogReader {
+            rx: erx,
+            batch: std::collections::VecDeque::new(),
+        })
     }
 
     /// Delete everything the plugin stored for a container (docker rm).
@@ -373,24 +453,53 @@ impl LogDriverHandle {
     }
 }
 
+/// Entries asked of the plugin per `next` call.
+const READ_BATCH: u32 = 4096;
+
 /// Stream of entries from [`LogDriverHandle::read_logs`].
 pub struct LogReader {
-    rx: tokio::sync::mpsc::Receiver<Result<LogEntry, PluginError>>,
+    rx: tokio::sync::mpsc::Receiver<Result<Vec<LogEntry>, PluginError>>,
+    batch: std::collections::VecDeque<LogEntry>,
 }
 
 impl LogReader {
     /// Next entry; `None` at the end (never, while following, until dropped).
     pub async fn recv(&mut self) -> Option<Result<LogEntry, PluginError>> {
+        loop {
+            if let Some(e) = self.batch.pop_front() {
+                return Some(Ok(e));
+            }
+            match self.rx.recv().await? {
+                Ok(b) => self.batch = b.into(),
+                Err(e) => return Some(Err(e)),
+            }
+        }
+    }
+
+    /// The next batch as the plugin returned it (what is left of it after `recv`).
+    pub async fn recv_batch(&mut self) -> Option<Result<Vec<LogEntry>, PluginError>> {
+        if !self.batch.is_empty() {
+            return Some(Ok(std::mem::take(&mut self.batch).into()));
+        }
         self.rx.recv().await
     }
 
     /// Blocking variant for non-async callers.
     pub fn blocking_recv(&mut self) -> Option<Result<LogEntry, PluginError>> {
-        self.rx.blocking_recv()
+        loop {
+            if let Some(e) = self.batch.pop_front() {
+                return Some(Ok(e));
+            }
+            match self.rx.blocking_recv()? {
+                Ok(b) => self.batch = b.into(),
+                Err(e) => return Some(Err(e)),
+            }
+        }
     }
 }
 
-/// One container's logging session. `send` never blocks.
+/// One container's logging session. `send` never blocks; in blocking mode the caller
+/// waits on [`writable`](Self::writable) between bursts.
 pub struct LogSession {
     session: Arc<SessionShared>,
     plugin: Arc<Shared>,
@@ -399,8 +508,8 @@ pub struct LogSession {
 }
 
 impl LogSession {
-    /// Buffer one entry for the plugin; returns false if it was dropped (buffer
-    /// full). Lines above 1 MiB are cut (the runtime should split them first).
+    /// Buffer one entry for the plugin; returns false if it was dropped (non-blocking
+    /// mode, buffer full). Lines above 1 MiB are cut (the runtime should split them first).
     pub fn send(&self, entry: LogEntry) -> bool {
         self.send_batch(std::iter::once(entry)) == 1
     }
@@ -417,7 +526,7 @@ impl LogSession {
                     p.id = crate::validate::truncate(std::mem::take(&mut p.id), MAX_PARTIAL_ID - 4);
                 }
                 let c = e.cost();
-                if b.bytes + c > s.max_bytes {
+                if s.mode == LogMode::NonBlocking && b.bytes + c > s.max_bytes {
                     dropped += 1;
                     continue;
                 }
@@ -437,6 +546,34 @@ impl LogSession {
             }
         }
         ok
+    }
+
+    /// Resolves when the session can take more entries without growing past its
+    /// buffer size: at once in non-blocking mode, otherwise once the plugin has caught up
+    /// (or the buffer was given up, e.g. the session is closing).
+    pub async fn writable(&self) {
+        let s = &self.session;
+        if s.mode == LogMode::NonBlocking {
+            return;
+        }
+        loop {
+            let notified = s.space.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if s.has_room() {
+                return;
+            }
+            if !s.wake_pending.swap(true, Ordering::AcqRel)
+                && self.tx.try_send(Box::new(|_| {})).is_err()
+            {
+                s.wake_pending.store(false, Ordering::Release);
+            }
+            notified.await;
+        }
+    }
+
+    pub fn mode(&self) -> LogMode {
+        self.session.mode
     }
 
     pub fn stats(&self) -> LogStats {
@@ -603,6 +740,10 @@ impl Runner {
             out.push(e.into_wit());
         }
         b.bytes -= bytes;
+        drop(b);
+        if !out.is_empty() {
+            s.space.notify_waiters();
+        }
         out
     }
 
@@ -612,6 +753,7 @@ impl Runner {
             b.bytes = 0;
             std::mem::take(&mut b.q).len()
         };
+        s.space.notify_waiters();
         s.drop_n(&self.shared, n as u64);
     }
 
@@ -751,10 +893,14 @@ mod tests {
             ("max-buffer-size".to_string(), "4m".to_string()),
             ("max-size".to_string(), "10m".to_string()),
         ];
-        let (rest, buf) = split_host_opts(&opts, 1).unwrap();
+        let (rest, mode, buf) = split_host_opts(&opts, 1).unwrap();
         assert_eq!(rest, vec![("max-size".to_string(), "10m".to_string())]);
-        assert_eq!(buf, 4 << 20);
+        assert_eq!((mode, buf), (LogMode::NonBlocking, 4 << 20));
+        assert_eq!(split_host_opts(&[], 7).unwrap().1, LogMode::Blocking);
         assert!(split_host_opts(&[("mode".into(), "weird".into())], 1).is_err());
-        assert!(split_host_opts(&[("max-buffer-size".into(), "x".into())], 1).is_err());
+        let nb = ("mode".to_string(), "non-blocking".to_string());
+        assert!(split_host_opts(&[nb, ("max-buffer-size".into(), "x".into())], 1).is_err());
+        // Docker: max-buffer-size needs mode=non-blocking.
+        assert!(split_host_opts(&[("max-buffer-size".into(), "1m".into())], 1).is_err());
     }
 }

@@ -284,6 +284,9 @@ async fn validates_options_and_removes_logs() {
         &[("max-file", "0")],
         &[("compress", "true")],
         &[("mode", "sometimes")],
+        // Docker: max-buffer-size only with mode=non-blocking.
+        &[("max-buffer-size", "4m")],
+        &[("mode", "blocking"), ("max-buffer-size", "4m")],
     ] {
         let e = drv.validate_options(&opts(bad)).await.unwrap_err();
         assert_eq!(e.http_status(), 400, "{bad:?}: {e}");
@@ -315,14 +318,14 @@ async fn validates_options_and_removes_logs() {
 }
 
 #[tokio::test]
-async fn full_buffer_drops_new_entries_without_blocking() {
+async fn non_blocking_mode_drops_new_entries_when_full() {
     let t = host_with(&["hostile-log", "json-file"], |_| {});
     // hostile-log's "slow" line holds the plugin for 150 ms per entry.
     let drv = t.host.log_driver("hostile-log").unwrap();
     let s = drv
         .start(ContainerLogInfo {
             id: "c5".into(),
-            log_opts: opts(&[("max-buffer-size", "2k")]),
+            log_opts: opts(&[("mode", "non-blocking"), ("max-buffer-size", "2k")]),
             ..Default::default()
         })
         .await
@@ -347,4 +350,46 @@ async fn full_buffer_drops_new_entries_without_blocking() {
     assert_eq!(st.accepted, accepted as u64);
     assert_eq!(st.dropped, 1000 - accepted as u64);
     assert_eq!(st.delivered, accepted as u64);
+}
+
+#[tokio::test]
+async fn blocking_mode_loses_nothing_and_waits_for_the_plugin() {
+    let t = host_with(&["hostile-log", "json-file"], |_| {});
+    // The default mode is blocking: a slow plugin makes the writer wait, never drop.
+    let drv = t.host.log_driver("hostile-log").unwrap();
+    let s = drv
+        .start(ContainerLogInfo {
+            id: "c6".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(s.send(LogEntry::new(LogSource::Stdout, T0, "slow")));
+    let t0 = std::time::Instant::now();
+    let mut waited = Duration::ZERO;
+    for i in 0..3000 {
+        let line = format!("{i:05}{}", "z".repeat(1000));
+        assert!(
+            s.send(LogEntry::new(LogSource::Stdout, T0, line)),
+            "line {i} dropped"
+        );
+        let w = std::time::Instant::now();
+        s.writable().await;
+        waited += w.elapsed();
+    }
+    // 3 MB through a 1 MB buffer behind a plugin stuck for 150 ms: the writer waited.
+    assert!(
+        waited >= Duration::from_millis(100),
+        "never waited: {waited:?}"
+    );
+    let st = s.close().await.unwrap();
+    assert_eq!(
+        (st.accepted, st.dropped, st.delivered),
+        (3001, 0, 3001),
+        "{:?}",
+        t0.elapsed()
+    );
+    let file = t.host.data_dir("hostile-log").unwrap().join("c6.log");
+    let text = std::fs::read_to_string(file).unwrap();
+    assert_eq!(text.lines().filter(|l| l.contains("zzz")).count(), 3000);
 }

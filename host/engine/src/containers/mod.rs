@@ -117,6 +117,27 @@ impl Container {
     pub fn running_watch(&self) -> watch::Receiver<bool> {
         self.running.subscribe()
     }
+
+    /// `true` until the container has started and stopped again (for followers that
+    /// arrive before the first start).
+    fn first_run_watch(&self) -> watch::Receiver<bool> {
+        let mut running = self.running.subscribe();
+        let (tx, rx) = watch::channel(true);
+        tokio::spawn(async move {
+            let run_ends = async {
+                if running.wait_for(|r| *r).await.is_ok() {
+                    let _ = running.wait_for(|r| !*r).await;
+                }
+            };
+            tokio::select! {
+                _ = tx.closed() => {}
+                _ = run_ends => {
+                    let _ = tx.send(false);
+                }
+            }
+        });
+        rx
+    }
 }
 
 /// Where things live and which binaries to use.
@@ -296,7 +317,12 @@ impl Containers {
         let rec = c.record();
         let driver = self.log_drivers.read().unwrap().get(&rec.log_driver)?;
         if opts.follow.is_some() {
-            opts.follow = Some(c.running_watch());
+            // Docker follows a created container through its first run.
+            opts.follow = Some(if rec.state.status == Status::Created {
+                c.first_run_watch()
+            } else {
+                c.running_watch()
+            });
         }
         driver.read(&self.log_info(&rec), opts)
     }

@@ -2,7 +2,8 @@
 //!
 //! One pump per run. Lines go to the log driver first; then each attached client gets
 //! the raw chunk through a bounded channel, so a slow client slows the container (as
-//! with Docker) instead of growing memory. When the run's output ends, every attached
+//! with Docker) instead of growing memory. A log driver in blocking mode (the default)
+//! that falls behind slows the container the same way: no line is dropped. When the run's output ends, every attached
 //! client's channel closes, which ends its attach stream.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -107,6 +108,7 @@ pub(crate) async fn pump(c: Arc<Container>, mut out: OutputStream, mut log: Box<
                 c.attachers.detach(a.id);
             }
         }
+        log.ready().await;
     }
     split.finish(|e| log.write(&e));
     log.flush();

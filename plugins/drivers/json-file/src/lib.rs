@@ -124,7 +124,6 @@ struct RState {
     files: Vec<String>,
     idx: usize,
     offset: u64,
-    skip: u64,
     since: Option<i64>,
     until: Option<i64>,
     follow: bool,
@@ -138,19 +137,12 @@ enum Step {
 }
 
 impl RState {
-    fn judge(&mut self, line: &[u8], count_only: bool) -> Step {
+    fn judge(&mut self, line: &[u8]) -> Step {
         let Some(p) = jsonl::parse_line(line) else { return Step::Skip };
         if self.until.is_some_and(|u| p.time_nano > u) {
             return Step::Stop;
         }
         if self.since.is_some_and(|s| p.time_nano < s) {
-            return Step::Skip;
-        }
-        if count_only {
-            return Step::Entry(LogEntry { source: Source::Stdout, time_nano: 0, line: Vec::new(), partial: None });
-        }
-        if self.skip > 0 {
-            self.skip -= 1;
             return Step::Skip;
         }
         let mut log = p.log;
@@ -162,6 +154,42 @@ impl RState {
         };
         let source = if p.stderr { Source::Stderr } else { Source::Stdout };
         Step::Entry(LogEntry { source, time_nano: p.time_nano, line: log, partial })
+    }
+
+    /// Would `judge` return this line? Only its time is looked at.
+    fn in_window(&self, line: &[u8]) -> bool {
+        jsonl::parse_line(line).is_some_and(|p| {
+            self.until.is_none_or(|u| p.time_nano <= u) && self.since.is_none_or(|s| p.time_nano >= s)
+        })
+    }
+
+    /// `--tail N`: start at the N-th last line in the since/until window, found by reading
+    /// the files backwards from the end in bounded chunks. Memory stays bounded whatever
+    /// the log's size (a 1 GiB log must not be read into the sandbox).
+    fn seek_tail(&mut self, tail: u64) -> Result<(), DriverError> {
+        let last = self.files.len() - 1;
+        if tail == 0 {
+            self.idx = last;
+            self.offset = fs::metadata(&self.files[last]).map(|m| m.len()).unwrap_or(0);
+            return Ok(());
+        }
+        let mut found = 0;
+        for idx in (0..self.files.len()).rev() {
+            let Ok(mut lines) = BackLines::open(&self.files[idx]) else { continue };
+            while let Some((offset, line)) = lines.next()? {
+                if self.in_window(&line) {
+                    found += 1;
+                    if found == tail {
+                        self.idx = idx;
+                        self.offset = offset;
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        self.idx = 0;
+        self.offset = 0;
+        Ok(())
     }
 
     /// Read whole lines from the current position into `out`. Returns true when the
@@ -213,7 +241,7 @@ impl RState {
             while let Some(nl) = chunk[used..].iter().position(|&b| b == b'\n') {
                 let line = &chunk[used..used + nl];
                 used += nl + 1;
-                match self.judge(line, false) {
+                match self.judge(line) {
                     Step::Entry(e) => {
                         bytes += e.line.len() + 32;
                         out.push(e);
@@ -245,19 +273,65 @@ impl RState {
         Ok(self.done)
     }
 
-    fn count_matching(&mut self) -> u64 {
-        let mut n = 0;
-        for path in &self.files.clone() {
-            let Ok(data) = fs::read(path) else { continue };
-            for line in data.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-                match self.judge(line, true) {
-                    Step::Entry(_) => n += 1,
-                    Step::Skip => {}
-                    Step::Stop => return n,
+}
+
+/// A file's complete lines, last first, read backwards in chunks. Bytes after the final
+/// newline (a line still being written) are not a line yet.
+struct BackLines {
+    file: File,
+    /// File offset of `buf[0]`.
+    pos: u64,
+    /// Unsplit bytes; once `started`, it ends right after a newline.
+    buf: Vec<u8>,
+    started: bool,
+}
+
+impl BackLines {
+    const CHUNK: u64 = 256 << 10;
+
+    fn open(path: &str) -> std::io::Result<Self> {
+        let file = File::open(path)?;
+        let pos = file.metadata()?.len();
+        Ok(BackLines { file, pos, buf: Vec::new(), started: false })
+    }
+
+    /// The previous line (without its newline) and the offset where it starts.
+    fn next(&mut self) -> Result<Option<(u64, Vec<u8>)>, DriverError> {
+        loop {
+            if self.started && !self.buf.is_empty() {
+                let body = self.buf.len() - 1;
+                if let Some(nl) = self.buf[..body].iter().rposition(|&b| b == b'\n') {
+                    let line = self.buf[nl + 1..body].to_vec();
+                    self.buf.truncate(nl + 1);
+                    return Ok(Some((self.pos + nl as u64 + 1, line)));
+                }
+                if self.pos == 0 {
+                    let line = self.buf[..body].to_vec();
+                    self.buf.clear();
+                    return Ok(Some((0, line)));
+                }
+            }
+            if self.pos == 0 {
+                return Ok(None);
+            }
+            let start = self.pos.saturating_sub(Self::CHUNK);
+            let mut chunk = vec![0u8; (self.pos - start) as usize];
+            self.file.seek(SeekFrom::Start(start)).map_err(fail)?;
+            self.file.read_exact(&mut chunk).map_err(fail)?;
+            chunk.extend_from_slice(&self.buf);
+            self.buf = chunk;
+            self.pos = start;
+            if !self.started {
+                match self.buf.iter().rposition(|&b| b == b'\n') {
+                    Some(nl) => {
+                        self.buf.truncate(nl + 1);
+                        self.started = true;
+                    }
+                    // All of it belongs to the unfinished last line.
+                    None => self.buf.clear(),
                 }
             }
         }
-        n
     }
 }
 
@@ -310,14 +384,13 @@ impl log_driver::Guest for Plugin {
             files,
             idx: 0,
             offset: 0,
-            skip: 0,
             since: config.since_nano,
             until: config.until_nano,
             follow: config.follow,
             done: false,
         };
         if let Some(tail) = config.tail {
-            st.skip = st.count_matching().saturating_sub(tail as u64);
+            st.seek_tail(tail as u64)?;
         }
         Ok(LogReader::new(Reader { st: RefCell::new(st) }))
     }
