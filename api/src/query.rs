@@ -134,9 +134,19 @@ pub struct JsonBody<T>(pub T);
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     type Rejection = ApiError;
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        // An oversized body is Docker's 413, anything else unreadable a 400.
         let bytes = axum::body::Bytes::from_request(req, state)
             .await
-            .map_err(|e| ApiError::bad_request(format!("failed to read request body: {e}")))?;
+            .map_err(|e| {
+                let status = match e.status() {
+                    axum::http::StatusCode::PAYLOAD_TOO_LARGE => e.status(),
+                    _ => axum::http::StatusCode::BAD_REQUEST,
+                };
+                ApiError::new(
+                    status,
+                    format!("failed to read request body: {}", e.body_text()),
+                )
+            })?;
         if bytes.is_empty() {
             return Err(ApiError::bad_request("empty request body; expected JSON"));
         }

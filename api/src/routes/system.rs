@@ -234,12 +234,10 @@ async fn version() -> Json<SystemVersion> {
         ("ApiVersion", API_VERSION),
         ("MinAPIVersion", MIN_API_VERSION),
         ("Os", "linux"),
-        ("Arch", std::env::consts::ARCH),
+        ("Arch", go_arch()),
         ("KernelVersion", &kernel_version()),
-        (
-            "GitCommit",
-            option_env!("BERTH_GIT_COMMIT").unwrap_or("unknown"),
-        ),
+        ("GitCommit", env!("BERTH_GIT_COMMIT")),
+        ("BuildTime", env!("BERTH_BUILD_TIME")),
         ("GoVersion", "n/a (rust)"),
         ("Experimental", "false"),
     ]
@@ -258,13 +256,13 @@ async fn version() -> Json<SystemVersion> {
         version: Some(engine_version),
         api_version: Some(API_VERSION.into()),
         min_api_version: Some(MIN_API_VERSION.into()),
-        git_commit: Some(option_env!("BERTH_GIT_COMMIT").unwrap_or("unknown").into()),
+        git_commit: Some(env!("BERTH_GIT_COMMIT").into()),
         go_version: Some("n/a (rust)".into()),
         os: Some("linux".into()),
         arch: Some(go_arch().into()),
         kernel_version: Some(kernel_version()),
         experimental: Some(false),
-        build_time: None,
+        build_time: Some(env!("BERTH_BUILD_TIME").into()),
     })
 }
 

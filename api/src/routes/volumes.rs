@@ -6,13 +6,14 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use berth_engine::volumes::{VolumeRecord, VolumeView};
 use bollard_stubs::models::{Volume, VolumeListResponse, VolumeScopeEnum};
 use serde::Deserialize;
 
 use crate::error::ApiResult;
 use crate::query::{parse_bool, Filters, JsonBody, Q};
+use crate::version::ApiVersion;
 use crate::AppState;
 
 pub fn router() -> Router<AppState> {
@@ -137,11 +138,19 @@ struct PruneQuery {
 
 async fn prune(
     State(engine): State<AppState>,
+    Extension(ver): Extension<ApiVersion>,
     Q(q): Q<PruneQuery>,
 ) -> ApiResult<Json<serde_json::Value>> {
     let f = Filters::parse(q.filters.as_deref())?;
-    f.validate(&["all", "label", "label!"])?;
-    let all = f.get("all").iter().any(|v| parse_bool(v));
+    // API 1.42 narrowed prune to anonymous volumes unless `all=true`; older clients
+    // still get every unused volume removed, as dockerd does for them.
+    let all = if ver.at_least(42) {
+        f.validate(&["all", "label", "label!"])?;
+        f.get("all").iter().any(|v| parse_bool(v))
+    } else {
+        f.validate(&["label", "label!"])?;
+        true
+    };
     let f2 = f.clone();
     let (deleted, space) = engine
         .volumes

@@ -455,7 +455,17 @@ pub fn archive_child_main(args: &[String]) -> i32 {
                         }
                     }
                 }
-                // unpack_in refuses `..` and absolute member names.
+                // Docker refuses an archive with a member that leaves the extraction
+                // point; unpack_in alone would skip it silently.
+                if let Ok(p) = entry.path() {
+                    if escapes(&p) {
+                        return fail(
+                            3,
+                            format!("{:?} is outside of {path:?}", p.display().to_string()),
+                        );
+                    }
+                }
+                // unpack_in also refuses `..` and absolute member names.
                 if let Err(e) = entry.unpack_in(&target) {
                     return fail(3, format!("extract: {e}"));
                 }
@@ -465,5 +475,36 @@ pub fn archive_child_main(args: &[String]) -> i32 {
             0
         }
         other => fail(3, format!("unknown archive op {other}")),
+    }
+}
+
+/// Does a member name climb above the directory it is extracted into (after `a/..`
+/// pairs cancel out, as Go's filepath.Join cleans them)?
+fn escapes(p: &Path) -> bool {
+    let mut depth = 0i32;
+    for c in p.components() {
+        match c {
+            std::path::Component::ParentDir => {
+                depth -= 1;
+                if depth < 0 {
+                    return true;
+                }
+            }
+            std::path::Component::Normal(_) => depth += 1,
+            _ => {}
+        }
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn member_escapes() {
+        use std::path::Path;
+        assert!(super::escapes(Path::new("../x")));
+        assert!(super::escapes(Path::new("a/../../x")));
+        assert!(!super::escapes(Path::new("a/../x")));
+        assert!(!super::escapes(Path::new("/etc/x")));
     }
 }
