@@ -1,0 +1,155 @@
+//! Docker API details that clients rely on: status codes for bad bodies and archives,
+//! version-dependent behaviour and what `docker version` reports.
+
+mod common;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use common::images::import_busybox;
+use common::{stdout, TestDaemon};
+
+/// `curl -i` against the daemon's socket; `body` is sent as is.
+fn curl(d: &TestDaemon, method: &str, path: &str, body: Option<&[u8]>) -> String {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-s", "-i", "-X", method, "--unix-socket"])
+        .arg(&d.socket)
+        .arg(format!("http://x{path}"));
+    if body.is_some() {
+        cmd.args([
+            "-H",
+            "Content-Type: application/x-tar",
+            "--data-binary",
+            "@-",
+        ]);
+    }
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    if let Some(b) = body {
+        stdin.write_all(b).unwrap();
+    }
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    stdout(&out)
+}
+
+#[test]
+fn oversized_body_is_413() {
+    let d = TestDaemon::start();
+    let mut body = b"{\"Image\":\"bb:local\",\"Labels\":{\"x\":\"".to_vec();
+    body.extend(std::iter::repeat_n(b'a', 3 << 20));
+    body.extend_from_slice(b"\"}}");
+    let out = Command::new("curl")
+        .args(["-s", "-i", "-X", "POST", "--unix-socket"])
+        .arg(&d.socket)
+        .args([
+            "-H",
+            "Content-Type: application/json",
+            "-H",
+            "Expect:",
+            "--data-binary",
+            "@-",
+            "http://x/v1.51/containers/create",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            c.stdin.take().unwrap().write_all(&body)?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    let text = stdout(&out);
+    assert!(
+        text.starts_with("HTTP/1.1 413"),
+        "{}",
+        &text[..text.len().min(400)]
+    );
+    assert!(text.contains("\"message\":"), "{text}");
+}
+
+fn tar_with(name: &str, data: &[u8]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_size(data.len() as u64);
+    h.set_mode(0o644);
+    h.set_entry_type(tar::EntryType::Regular);
+    // set_path refuses `..`; write the raw name as a hostile client would.
+    h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+    h.set_cksum();
+    b.append(&h, data).unwrap();
+    b.into_inner().unwrap()
+}
+
+#[test]
+fn archive_with_parent_dir_members_is_refused() {
+    let d = TestDaemon::start();
+    import_busybox(&d, "bb:local");
+    d.docker_ok(&["run", "-d", "--name", "arch", "bb:local", "sleep", "1000"]);
+    let out = curl(
+        &d,
+        "PUT",
+        "/v1.51/containers/arch/archive?path=/tmp",
+        Some(&tar_with("../escaped", b"x")),
+    );
+    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+    assert!(out.contains("is outside of"), "{out}");
+    let ls = d.docker_ok(&["exec", "arch", "ls", "/"]);
+    assert!(!ls.contains("escaped"), "{ls}");
+    // A well-formed archive still lands.
+    let ok = curl(
+        &d,
+        "PUT",
+        "/v1.51/containers/arch/archive?path=/tmp",
+        Some(&tar_with("fine", b"x")),
+    );
+    assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+    assert_eq!(d.docker_ok(&["exec", "arch", "cat", "/tmp/fine"]), "x");
+}
+
+#[test]
+fn volume_prune_follows_the_api_version() {
+    let d = TestDaemon::start();
+    import_busybox(&d, "bb:local");
+    let make = |d: &TestDaemon| {
+        d.docker_ok(&["volume", "create", "named1"]);
+        d.docker_ok(&["run", "--name", "anon", "-v", "/data", "bb:local", "true"]);
+        d.docker_ok(&["rm", "anon"]);
+    };
+    let names = |d: &TestDaemon| d.docker_ok(&["volume", "ls", "-q"]);
+    // From 1.42 only anonymous volumes go, unless all=true.
+    make(&d);
+    assert_eq!(names(&d).lines().count(), 2);
+    let out = curl(&d, "POST", "/v1.43/volumes/prune", None);
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert_eq!(names(&d).trim(), "named1");
+    // Before 1.42 every unused volume goes.
+    make(&d);
+    let out = curl(&d, "POST", "/v1.41/volumes/prune", None);
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert_eq!(names(&d).trim(), "");
+}
+
+#[test]
+fn version_uses_go_names_and_build_stamps() {
+    let d = TestDaemon::start();
+    let out = d.docker_ok(&[
+        "version",
+        "-f",
+        "{{.Server.Arch}} {{.Server.GitCommit}} {{range .Server.Components}}{{.Details.Arch}} {{.Details.BuildTime}}{{end}}",
+    ]);
+    // The CLI prints BuildTime in its own date format: check that a year is there.
+    let f: Vec<&str> = out.split_whitespace().collect();
+    assert!(f.len() >= 4, "{out}");
+    assert_eq!(f[0], std::env::consts::ARCH.replace("x86_64", "amd64"));
+    assert!(f[1].len() >= 7 && f[1] != "unknown", "{out}");
+    assert_eq!(f[2], f[0], "{out}");
+    assert!(
+        f[3..].iter().any(|w| w.starts_with("20")),
+        "BuildTime {out}"
+    );
+}
