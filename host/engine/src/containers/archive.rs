@@ -68,7 +68,50 @@ impl Containers {
         }
     }
 
-    fn archive_child(
+    /// The container's binds and directory volumes as `SRC:DST`, for a child that builds
+    /// the root of a container that is not running (a running one's root has them
+    /// already). tmpfs mounts exist only while the container runs.
+    async fn mounts_for_child(&self, c: &Arc<Container>) -> Vec<String> {
+        let rec = c.record();
+        let mut out = Vec::new();
+        for m in &rec.mounts {
+            let source = match m.kind.as_str() {
+                "bind" => m.source.clone(),
+                "volume" => match self.volumes() {
+                    Ok(v) => match v.inspect(&m.name).await {
+                        Ok(view) if Path::new(&view.mountpoint).is_dir() => view.mountpoint,
+                        _ => continue,
+                    },
+                    Err(_) => continue,
+                },
+                _ => continue,
+            };
+            if !source.is_empty() && !source.contains(':') && !m.destination.contains(':') {
+                out.push(format!("{source}:{}", m.destination));
+            }
+        }
+        out
+    }
+
+    /// Docker refuses to write into a read-only mount of the container.
+    fn check_writable(&self, c: &Arc<Container>, path: &str) -> Result<()> {
+        let rec = c.record();
+        let target = Path::new(path);
+        let ro = rec
+            .mounts
+            .iter()
+            .filter(|m| target.starts_with(&m.destination))
+            .max_by_key(|m| m.destination.len())
+            .is_some_and(|m| !m.rw);
+        if ro {
+            return Err(Error::Forbidden(
+                "mounted volume is marked read-only".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    async fn archive_child(
         &self,
         c: &Arc<Container>,
         op: &str,
@@ -76,9 +119,16 @@ impl Containers {
         extra: &[&str],
     ) -> Result<tokio::process::Command> {
         let access = self.root_access(c)?;
+        let binds = match access {
+            RootAccess::Live(_) => Vec::new(),
+            _ => self.mounts_for_child(c).await,
+        };
         let exe = std::env::current_exe().map_err(Error::internal)?;
         let mut cmd = tokio::process::Command::new(exe);
         cmd.arg("__archive").arg(op).arg(path);
+        for b in binds {
+            cmd.arg("--bind").arg(b);
+        }
         match access {
             RootAccess::Live(p) | RootAccess::Dir(p) => {
                 cmd.arg("--root").arg(p);
@@ -104,7 +154,8 @@ impl Containers {
     /// HEAD/GET archive: stat of `path` in the container.
     pub async fn archive_stat(&self, c: &Arc<Container>, path: &str) -> Result<PathStat> {
         let out = self
-            .archive_child(c, "stat", path, &[])?
+            .archive_child(c, "stat", path, &[])
+            .await?
             .stdin(Stdio::null())
             .output()
             .await
@@ -121,7 +172,8 @@ impl Containers {
     ) -> Result<(PathStat, tokio::process::ChildStdout)> {
         let stat = self.archive_stat(c, path).await?;
         let mut child = self
-            .archive_child(c, "get", path, &[])?
+            .archive_child(c, "get", path, &[])
+            .await?
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -149,13 +201,15 @@ impl Containers {
                 "container rootfs is marked read-only".into(),
             ));
         }
+        self.check_writable(c, path)?;
         let extra: &[&str] = if no_overwrite_dir_non_dir {
             &["--no-overwrite-dir-non-dir"]
         } else {
             &[]
         };
         let mut child = self
-            .archive_child(c, "put", path, extra)?
+            .archive_child(c, "put", path, extra)
+            .await?
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -283,10 +337,17 @@ pub fn archive_child_main(args: &[String]) -> i32 {
     };
     let mut root: Option<String> = None;
     let mut overlay: Option<String> = None;
+    let mut binds: Vec<(String, String)> = Vec::new();
     let mut no_overwrite = false;
     let mut i = 2;
     while i < args.len() {
         match args[i].as_str() {
+            "--bind" => {
+                if let Some((src, dst)) = args.get(i + 1).and_then(|b| b.split_once(':')) {
+                    binds.push((src.to_string(), dst.to_string()));
+                }
+                i += 1;
+            }
             "--root" => {
                 root = args.get(i + 1).cloned();
                 i += 1;
@@ -345,6 +406,16 @@ pub fn archive_child_main(args: &[String]) -> i32 {
         }
         _ => return fail(3, "no root given"),
     };
+    // Detached copies of the mount sources, taken before the chroot makes them
+    // unreachable; attached below only after it, so a destination path is resolved
+    // inside the container's root and its symlinks cannot point a mount at the host.
+    let mut trees = Vec::new();
+    for (src, dst) in &binds {
+        match mount_api::clone_tree(Path::new(src)) {
+            Ok(fd) => trees.push((fd, dst.clone())),
+            Err(e) => return fail(1, format!("open mount source {src}: {e}")),
+        }
+    }
     let root_c = std::ffi::CString::new(new_root.as_os_str().as_bytes()).unwrap();
     // SAFETY: chroot + chdir into the container's root; from here every path,
     // including symlinks inside the container, resolves within it.
@@ -354,6 +425,14 @@ pub fn archive_child_main(args: &[String]) -> i32 {
         }
         let slash = std::ffi::CString::new("/").unwrap();
         libc::chdir(slash.as_ptr());
+    }
+    // Shallow mounts first, so a volume inside another one lands on top of it.
+    trees.sort_by_key(|(_, dst)| dst.matches('/').count());
+    for (fd, dst) in &trees {
+        let _ = std::fs::create_dir_all(dst);
+        if let Err(e) = mount_api::attach(fd, Path::new(dst)) {
+            return fail(1, format!("mount {dst}: {e}"));
+        }
     }
     let target = PathBuf::from(if path.starts_with('/') {
         path.clone()
@@ -506,5 +585,58 @@ mod tests {
         assert!(super::escapes(Path::new("a/../../x")));
         assert!(!super::escapes(Path::new("a/../x")));
         assert!(!super::escapes(Path::new("/etc/x")));
+    }
+}
+
+/// The new mount API (Linux 5.2+), which works on detached mounts held as fds.
+mod mount_api {
+    use std::io;
+    use std::os::fd::{FromRawFd, OwnedFd};
+    use std::os::unix::ffi::OsStrExt;
+    use std::path::Path;
+
+    const OPEN_TREE_CLONE: libc::c_uint = 1;
+    const AT_RECURSIVE: libc::c_uint = 0x8000;
+    const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+
+    /// A detached recursive bind of `src`, as an fd.
+    pub fn clone_tree(src: &Path) -> io::Result<OwnedFd> {
+        let c = std::ffi::CString::new(src.as_os_str().as_bytes())?;
+        // SAFETY: open_tree with a valid path; the returned fd is owned below.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_open_tree,
+                libc::AT_FDCWD,
+                c.as_ptr(),
+                OPEN_TREE_CLONE | AT_RECURSIVE | libc::O_CLOEXEC as libc::c_uint,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a fresh fd from the kernel, owned by nobody else.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+    }
+
+    /// Attach a detached tree at `dst`, resolved in the current root.
+    pub fn attach(tree: &OwnedFd, dst: &Path) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let empty = std::ffi::CString::new("").unwrap();
+        let c = std::ffi::CString::new(dst.as_os_str().as_bytes())?;
+        // SAFETY: move_mount from an fd we own to a valid path.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_move_mount,
+                tree.as_raw_fd(),
+                empty.as_ptr(),
+                libc::AT_FDCWD,
+                c.as_ptr(),
+                MOVE_MOUNT_F_EMPTY_PATH,
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
     }
 }

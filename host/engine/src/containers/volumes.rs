@@ -14,7 +14,7 @@ impl Containers {
         let _ = self.volumes.set(v);
     }
 
-    fn volumes(&self) -> Result<&Arc<Volumes>> {
+    pub(crate) fn volumes(&self) -> Result<&Arc<Volumes>> {
         self.volumes
             .get()
             .ok_or_else(|| Error::Unavailable("no volume driver is loaded".into()))
