@@ -248,3 +248,31 @@ fn archive_goes_through_mounts_in_every_state() {
     );
     assert!(cp_out("live:/b/hostfile").contains("from host"));
 }
+
+/// `docker diff` lists what the user changed, never the mount points the engine made.
+#[test]
+fn diff_hides_engine_mount_points() {
+    let d = TestDaemon::start();
+    import_busybox(&d, "bb:local");
+    let out = d.docker_ok(&[
+        "run",
+        "--name",
+        "df",
+        "-v",
+        "/vol/deep",
+        "--tmpfs",
+        "/scratch",
+        "bb:local",
+        "sh",
+        "-c",
+        "echo x > /tmp/new; echo y > /vol/deep/in-volume; echo z > /scratch/in-tmpfs; rm /bin/true",
+    ]);
+    assert_eq!(out, "");
+    let diff = d.docker_ok(&["diff", "df"]);
+    let lines: Vec<&str> = diff.lines().collect();
+    assert_eq!(
+        lines,
+        ["C /bin", "D /bin/true", "C /tmp", "A /tmp/new"],
+        "{diff}"
+    );
+}

@@ -237,8 +237,11 @@ impl Containers {
         }
         let upper = self.container_dir(&c.id).join("upper");
         let lowers = self.images.layer_dirs(&rec.image_id)?;
+        let mut hidden: Vec<PathBuf> = INIT_LAYER_PATHS.iter().map(PathBuf::from).collect();
+        // Binds, volumes and tmpfs (`--tmpfs` is recorded as a mount too).
+        hidden.extend(rec.mounts.iter().map(|m| PathBuf::from(&m.destination)));
         let mut out = Vec::new();
-        walk_changes(&upper, Path::new("/"), &lowers, &mut out);
+        walk_changes(&upper, Path::new("/"), &lowers, &hidden, &mut out);
         out.sort();
         Ok(out)
     }
@@ -264,10 +267,33 @@ fn child_result(
     }
 }
 
-fn walk_changes(upper_dir: &Path, rel: &Path, lowers: &[PathBuf], out: &mut Vec<(String, u8)>) {
+/// What the engine itself creates in every container's root to mount over (Docker keeps
+/// these in its `-init` layer, so they never show in `docker diff`).
+const INIT_LAYER_PATHS: &[&str] = &[
+    "/proc",
+    "/sys",
+    "/dev",
+    "/etc/hosts",
+    "/etc/hostname",
+    "/etc/resolv.conf",
+    "/etc/mtab",
+    "/.dockerenv",
+];
+
+/// Appends the changes under `upper_dir`; returns whether it reported anything. Mount
+/// points the engine owns (`hidden`, and the directories leading to them) are left out
+/// unless something the user changed lies inside them.
+fn walk_changes(
+    upper_dir: &Path,
+    rel: &Path,
+    lowers: &[PathBuf],
+    hidden: &[PathBuf],
+    out: &mut Vec<(String, u8)>,
+) -> bool {
     let Ok(rd) = std::fs::read_dir(upper_dir) else {
-        return;
+        return false;
     };
+    let mut any = false;
     for e in rd.flatten() {
         let name = e.file_name();
         let path = rel.join(&name);
@@ -283,13 +309,20 @@ fn walk_changes(upper_dir: &Path, rel: &Path, lowers: &[PathBuf], out: &mut Vec<
         let is_whiteout = meta.file_type().is_char_device_compat() && meta.rdev() == 0;
         if is_whiteout {
             out.push((shown, 2));
+            any = true;
             continue;
         }
-        out.push((shown, if in_lower { 0 } else { 1 }));
-        if meta.is_dir() {
-            walk_changes(&e.path(), &path, lowers, out);
+        let owned = hidden.iter().any(|h| h == &path);
+        let leads_to_owned = hidden.iter().any(|h| h.starts_with(&path));
+        let at = out.len();
+        let inner = meta.is_dir() && walk_changes(&e.path(), &path, lowers, hidden, out);
+        if !owned && (!leads_to_owned || inner) {
+            out.insert(at, (shown, if in_lower { 0 } else { 1 }));
+            any = true;
         }
+        any |= inner;
     }
+    any
 }
 
 trait CharDev {
