@@ -348,12 +348,7 @@ fn following(opts: &mut ReadOpts) -> bool {
     opts.follow.as_mut().is_some_and(|w| *w.borrow_and_update())
 }
 
-pub fn now_nanos() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_nanos() as i64
-}
+pub use crate::fsutil::now_nanos;
 
 /// Splits a process's output chunks into log lines per stream (Docker splits at
 /// newlines and caps a line at 16 KiB, marking the pieces partial).

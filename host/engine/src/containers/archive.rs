@@ -196,12 +196,19 @@ impl Containers {
         mut body: impl futures_util::Stream<Item = std::result::Result<bytes::Bytes, String>> + Unpin,
     ) -> Result<()> {
         use futures_util::StreamExt;
-        if c.record().host_config.readonly_rootfs.unwrap_or(false) {
-            return Err(Error::Forbidden(
+        let refused = if c.record().host_config.readonly_rootfs.unwrap_or(false) {
+            Err(Error::Forbidden(
                 "container rootfs is marked read-only".into(),
-            ));
+            ))
+        } else {
+            self.check_writable(c, path)
+        };
+        if let Err(e) = refused {
+            // Read the upload to its end first: a client still sending would see a
+            // broken pipe instead of this error.
+            while let Some(Ok(_)) = body.next().await {}
+            return Err(e);
         }
-        self.check_writable(c, path)?;
         let extra: &[&str] = if no_overwrite_dir_non_dir {
             &["--no-overwrite-dir-non-dir"]
         } else {

@@ -23,7 +23,7 @@ pub mod unpack;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -170,25 +170,7 @@ pub(crate) struct NewImage {
     pub refs: Vec<Reference>,
 }
 
-pub(crate) fn now_nanos() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
-}
-
-/// Write `data` to `path` atomically and durably: temp file, fsync, rename, fsync dir.
-pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
-    let dir = path
-        .parent()
-        .ok_or_else(|| Error::internal("no parent dir"))?;
-    let mut tmp = tempfile::Builder::new().prefix(".tmp-").tempfile_in(dir)?;
-    tmp.write_all(data)?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(path).map_err(|e| Error::from(e.error))?;
-    fs::File::open(dir)?.sync_all()?;
-    Ok(())
-}
+pub(crate) use crate::fsutil::{now_nanos, write_atomic};
 
 impl ImageStore {
     /// Open (or create) the store at `root`, wipe `tmp/` and remove blobs and layer
@@ -261,7 +243,7 @@ impl ImageStore {
 
     fn save_state(&self, st: &State) -> Result<()> {
         let data = serde_json::to_vec(st).map_err(Error::internal)?;
-        write_atomic(&self.root.join("state.json"), &data)
+        Ok(write_atomic(&self.root.join("state.json"), &data)?)
     }
 
     pub(crate) fn layer(&self, diff_id: &str) -> Option<LayerRecord> {
