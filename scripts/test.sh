@@ -8,13 +8,16 @@ cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
 bash scripts/build-plugins.sh
 cargo build --workspace --bins
-cargo test --workspace --no-fail-fast -- --test-threads "${BERTH_TEST_THREADS:-4}"
 
 # The guest kernel plus the agent as PID 1 under qemu TCG (KVM here is PVM): busybox
 # checks, the agent listening on vsock, and a protocol handshake over hybrid vsock.
 # The kernel build is cached outside the clone, keyed by its inputs. One retry: a
 # TCG boot on a loaded 2-core machine has timed out once in ~45 runs.
+# It runs before `cargo test` because it also provides what the microVM integration
+# tests (host/daemon/tests/microvm.rs) need: the guest kernel and vhost-device-vsock.
 bash guest-kernel/test-boot.sh --install-vhost-vsock || {
   echo "test-boot: retrying once" >&2
   bash guest-kernel/test-boot.sh --install-vhost-vsock
 }
+
+cargo test --workspace --no-fail-fast -- --test-threads "${BERTH_TEST_THREADS:-4}"

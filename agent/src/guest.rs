@@ -51,6 +51,97 @@ pub fn mount_kernel_filesystems() {
     }
 }
 
+/// One `berth.disk=<ro|rw>,<fstype>,<target>` from the kernel command line: mount the
+/// first not yet used virtio disk with that read-only flag at `target`. Disks are matched by
+/// their read-only flag rather than their name, because the order in which a VMM's
+/// virtio-mmio devices become `vda`, `vdb`, ... is not something every VMM promises.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct DiskMount {
+    read_only: bool,
+    fstype: String,
+    target: String,
+}
+
+fn parse_disk(v: &str) -> Option<DiskMount> {
+    let mut it = v.splitn(3, ',');
+    let read_only = match it.next()? {
+        "ro" => true,
+        "rw" => false,
+        _ => return None,
+    };
+    let fstype = it.next()?.to_string();
+    let target = it.next()?.to_string();
+    target.starts_with('/').then_some(DiskMount {
+        read_only,
+        fstype,
+        target,
+    })
+}
+
+/// Mounts the container's disks named by `berth.disk=` (the image, read-only, and the
+/// writable disk with the overlay's upper and work dirs). Failures are logged; the container
+/// then fails to start with the mount error, which reaches the user.
+pub fn mount_disks_from_cmdline() {
+    let cmdline = fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let wants: Vec<DiskMount> = cmdline
+        .split_whitespace()
+        .filter_map(|a| a.strip_prefix("berth.disk="))
+        .filter_map(|v| {
+            let d = parse_disk(v);
+            if d.is_none() {
+                warn!("ignoring malformed berth.disk={v}");
+            }
+            d
+        })
+        .collect();
+    if wants.is_empty() {
+        return;
+    }
+    let mut disks: Vec<(String, bool)> = fs::read_dir("/sys/block")
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    let ro = fs::read_to_string(e.path().join("ro")).ok()?;
+                    name.starts_with("vd").then(|| (name, ro.trim() == "1"))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    disks.sort();
+    for want in wants {
+        let Some(i) = disks.iter().position(|(_, ro)| *ro == want.read_only) else {
+            warn!(
+                "no {} disk for {}",
+                if want.read_only {
+                    "read-only"
+                } else {
+                    "writable"
+                },
+                want.target
+            );
+            continue;
+        };
+        let (name, _) = disks.remove(i);
+        let dev = format!("/dev/{name}");
+        let _ = fs::create_dir_all(&want.target);
+        let flags = if want.read_only {
+            MsFlags::MS_RDONLY
+        } else {
+            MsFlags::empty()
+        };
+        if let Err(e) = mount(
+            Some(dev.as_str()),
+            want.target.as_str(),
+            Some(want.fstype.as_str()),
+            flags,
+            None::<&str>,
+        ) {
+            warn!("mount {dev} ({}) on {}: {e}", want.fstype, want.target);
+        }
+    }
+}
+
 /// `berth.port=N` from the kernel command line.
 pub fn vsock_port_from_cmdline() -> u32 {
     fs::read_to_string("/proc/cmdline")
@@ -68,5 +159,25 @@ pub fn power_off() -> ! {
         libc::sync();
         libc::reboot(libc::RB_AUTOBOOT);
         libc::_exit(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disk_args() {
+        assert_eq!(
+            parse_disk("ro,erofs,/run/vm/image"),
+            Some(DiskMount {
+                read_only: true,
+                fstype: "erofs".into(),
+                target: "/run/vm/image".into()
+            })
+        );
+        assert!(parse_disk("rw,ext4,relative").is_none());
+        assert!(parse_disk("maybe,ext4,/x").is_none());
+        assert!(parse_disk("ro").is_none());
     }
 }

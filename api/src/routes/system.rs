@@ -83,10 +83,14 @@ async fn info(State(engine): State<AppState>) -> ApiResult<Response> {
     let (os, os_version) = os_release();
     let containers = &engine.containers;
     let mut warnings = Vec::new();
-    if let Some(why) = &containers.microvm_unavailable {
-        warnings.push(format!(
-            "WARNING: microvm isolation unavailable: {why}; containers run with process isolation"
-        ));
+    let isolation = containers.isolation_info();
+    for (mode, unavailable, description) in &isolation {
+        match unavailable {
+            Some(why) => warnings.push(format!("WARNING: {mode} isolation unavailable: {why}")),
+            // Say how a mode that works runs (e.g. microVMs under software emulation).
+            None if *mode != "process" => warnings.push(format!("NOTE: {description}")),
+            None => {}
+        }
     }
     let info = SystemInfo {
         id: Some(engine_id(&engine)),
@@ -165,10 +169,20 @@ async fn info(State(engine): State<AppState>) -> ApiResult<Response> {
     // Fields whose model enums don't know our values.
     v["CgroupDriver"] = "cgroupfs".into();
     v["CgroupVersion"] = cgroup_version().into();
-    v["Isolation"] = containers.default_isolation.as_str().into();
-    v["Runtimes"] = serde_json::json!({
+    v["Isolation"] = containers.isolation.default.as_str().into();
+    let mut runtimes = serde_json::json!({
         "berth": { "path": containers.paths_agent_bin() },
     });
+    // `--runtime`-style names for the isolation modes usable here, with their description.
+    for (mode, unavailable, description) in &isolation {
+        if unavailable.is_none() {
+            runtimes[*mode] = serde_json::json!({
+                "path": containers.paths_agent_bin(),
+                "runtimeArgs": [description],
+            });
+        }
+    }
+    v["Runtimes"] = runtimes;
     Ok(Json(v).into_response())
 }
 

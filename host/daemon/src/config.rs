@@ -47,6 +47,17 @@ pub struct Flags {
     /// Directory of user-installed WASM plugins (repeatable; default <data-root>/plugins).
     #[arg(long = "plugin-dir")]
     pub plugin_dirs: Vec<PathBuf>,
+    /// Isolation for containers that do not ask for one: process (default) or microvm.
+    #[arg(long, value_parser = ["process", "microvm"])]
+    pub default_isolation: Option<String>,
+    /// Hypervisor for microVM isolation: berth (berth-vmm, needs hardware KVM) or qemu
+    /// (KVM when hardware, TCG otherwise). Probed when unset.
+    #[arg(long, value_parser = ["berth", "qemu"])]
+    pub vmm: Option<String>,
+    /// Guest kernel (vmlinux) for microVMs (default: $BERTH_GUEST_KERNEL, or the newest
+    /// guest-kernel/build.sh output in /var/cache/berth/guest-kernel).
+    #[arg(long)]
+    pub guest_kernel: Option<PathBuf>,
 }
 
 /// The TOML file: the same settings as the flags, dockerd's names.
@@ -62,6 +73,9 @@ pub struct FileConfig {
     pub log_driver: Option<String>,
     pub plugin_dirs: Option<Vec<PathBuf>>,
     pub storage_driver: Option<String>,
+    pub default_isolation: Option<String>,
+    pub vmm: Option<String>,
+    pub guest_kernel: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -75,6 +89,9 @@ pub struct Config {
     pub log_driver: Option<String>,
     pub plugin_dirs: Vec<PathBuf>,
     pub storage_driver: Option<String>,
+    pub default_isolation: Option<String>,
+    pub vmm: Option<String>,
+    pub guest_kernel: Option<PathBuf>,
 }
 
 impl Config {
@@ -127,7 +144,15 @@ impl Config {
             .into_iter()
             .map(absolute)
             .collect::<Result<Vec<_>>>()?;
+        let guest_kernel = flags
+            .guest_kernel
+            .or(file.guest_kernel)
+            .map(absolute)
+            .transpose()?;
         Ok(Config {
+            default_isolation: flags.default_isolation.or(file.default_isolation),
+            vmm: flags.vmm.or(file.vmm),
+            guest_kernel,
             agent_bin,
             log_driver: flags.log_driver.or(file.log_driver),
             storage_driver: flags.storage_driver.or(file.storage_driver),

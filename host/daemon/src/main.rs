@@ -85,6 +85,11 @@ async fn run(config: Config) -> Result<()> {
         plugin_dirs: config.plugin_dirs.clone(),
         default_log_driver: config.log_driver.clone(),
         storage_driver: config.storage_driver.clone(),
+        default_isolation: config.default_isolation.clone(),
+        microvm: berth_engine::isolation::microvm::MicrovmConfig {
+            vmm: config.vmm.clone(),
+            kernel: config.guest_kernel.clone(),
+        },
     })
     .await
     .context("open engine state")?;

@@ -8,6 +8,7 @@ pub mod error;
 pub mod events;
 pub mod fsutil;
 pub mod images;
+pub mod isolation;
 pub mod logs;
 pub mod plugins;
 pub mod volumes;
@@ -32,6 +33,10 @@ pub struct EngineConfig {
     pub default_log_driver: Option<String>,
     /// `--storage-driver`: `overlay` or `copy` (probed when unset).
     pub storage_driver: Option<String>,
+    /// `--default-isolation`: `process` (when unset) or `microvm`.
+    pub default_isolation: Option<String>,
+    /// `--vmm` and `--guest-kernel`.
+    pub microvm: isolation::microvm::MicrovmConfig,
 }
 
 pub struct Engine {
@@ -64,6 +69,8 @@ impl Engine {
                     .clone()
                     .unwrap_or_else(containers::runtime_default_agent_bin),
                 storage_driver: config.storage_driver.clone(),
+                default_isolation: config.default_isolation.clone(),
+                microvm: config.microvm.clone(),
             },
             events.clone(),
             images.clone(),

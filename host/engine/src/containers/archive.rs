@@ -51,6 +51,8 @@ enum RootAccess {
 impl Containers {
     fn root_access(&self, c: &Arc<Container>) -> Result<RootAccess> {
         let rec = c.record();
+        // Checked first: a microVM's `State.Pid` is its VMM, whose root is the host's.
+        self.require_host_file_access(&rec, "docker cp")?;
         if matches!(rec.state.status, Status::Running | Status::Paused) && rec.state.pid > 0 {
             return Ok(RootAccess::Live(PathBuf::from(format!(
                 "/proc/{}/root",
@@ -237,6 +239,7 @@ impl Containers {
     /// `docker diff`: changes in the writable layer against the image.
     pub fn changes(&self, c: &Arc<Container>) -> Result<Vec<(String, u8)>> {
         let rec = c.record();
+        self.require_host_file_access(&rec, "docker diff")?;
         if rec.storage != "overlay" {
             return Err(Error::NotImplemented(
                 "docker diff needs the overlay storage driver".into(),

@@ -101,6 +101,7 @@ impl Containers {
         opts: CommitOptions,
     ) -> Result<String> {
         let rec = c.record();
+        self.require_host_file_access(&rec, "docker commit")?;
         if rec.storage != "overlay" {
             return Err(Error::NotImplemented(
                 "docker commit needs the overlay storage driver".into(),

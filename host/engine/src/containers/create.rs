@@ -6,8 +6,7 @@ use std::sync::Arc;
 
 use bollard_stubs::models::{ContainerConfig, ContainerCreateBody, HostConfig, MountType};
 
-use super::record::{ContainerRecord, Isolation, MountRecord, State};
-use super::runtime::parse_isolation;
+use super::record::{ContainerRecord, MountRecord, State};
 use super::validate::{validate_host_config, validate_name};
 use super::{new_id, Container, Containers};
 use crate::{Error, Result};
@@ -54,11 +53,8 @@ impl Containers {
         let img = self.images.image_config(&image_id)?;
         let mut hc: HostConfig = body.host_config.clone().unwrap_or_default();
         validate_host_config(&hc)?;
-        let isolation = parse_isolation(
-            &req.isolation,
-            self.default_isolation,
-            self.microvm_unavailable.as_deref(),
-        )?;
+        let isolation = self.isolation.parse(&req.isolation)?;
+        let backend = self.isolation.get(isolation).clone();
 
         let explicit_name = match req.name.as_deref().filter(|n| !n.is_empty()) {
             Some(n) => Some(validate_name(n)?),
@@ -151,17 +147,21 @@ impl Containers {
             hc.network_mode = Some("default".into());
         }
         let mut mounts = self.plan_mounts(&hc)?;
+        let image_volumes = config.volumes.clone().unwrap_or_default();
+        if !backend.capabilities().host_bind_mounts
+            && (mounts.iter().any(|m| m.kind != "tmpfs") || !image_volumes.is_empty())
+        {
+            return Err(Error::invalid(format!(
+                "{} isolation cannot mount host paths or volumes yet (no shared filesystem in the guest): use --tmpfs",
+                isolation.as_str()
+            )));
+        }
         self.prepare_volumes(&mut mounts, &config.volumes.clone().unwrap_or_default())
             .await?;
 
         let dir = self.container_dir(&id);
         std::fs::create_dir_all(&dir)?;
-        let storage = self.storage_driver.to_string();
-        let prepared = self.prepare_storage(&id, &image_id, &storage).await;
-        if let Err(e) = prepared {
-            let _ = std::fs::remove_dir_all(&dir);
-            return Err(e);
-        }
+        let storage = backend.storage_name().to_string();
 
         let mut rec = ContainerRecord {
             id: id.clone(),
@@ -185,6 +185,10 @@ impl Containers {
         {
             let d = self.log_drivers.read().unwrap().get(&rec.log_driver)?;
             rec.log_path = d.log_path(&self.log_info(&rec));
+        }
+        if let Err(e) = backend.prepare_storage(&rec).await {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(e);
         }
         // Reserve the name atomically with insertion.
         {
@@ -212,11 +216,6 @@ impl Containers {
         }
         self.publish(&c.record(), "create", &[]);
         let mut warnings = Vec::new();
-        if isolation == Isolation::Process && self.default_isolation == Isolation::Process {
-            if let Some(why) = &self.microvm_unavailable {
-                tracing::debug!("process isolation: {why}");
-            }
-        }
         if c.record()
             .host_config
             .memory_swappiness
@@ -225,22 +224,6 @@ impl Containers {
             warnings.push("Your kernel does not support memory swappiness capabilities or the cgroup is not mounted. Memory swappiness discarded.".to_string());
         }
         Ok((id, warnings))
-    }
-
-    async fn prepare_storage(&self, id: &str, image_id: &str, storage: &str) -> Result<()> {
-        let dir = self.container_dir(id);
-        if storage == "overlay" {
-            std::fs::create_dir_all(dir.join("upper"))?;
-            std::fs::create_dir_all(dir.join("work"))?;
-            Ok(())
-        } else {
-            let images = self.images.clone();
-            let image_id = image_id.to_string();
-            let dest = dir.join("rootfs");
-            tokio::task::spawn_blocking(move || images.flatten_into(&image_id, &dest))
-                .await
-                .map_err(Error::internal)?
-        }
     }
 
     /// Binds, `Mounts` and `Tmpfs` → mount records, validated.

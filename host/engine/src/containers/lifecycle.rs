@@ -149,9 +149,12 @@ impl Containers {
         rec_mounts: &super::ContainerRecord,
     ) -> Result<()> {
         let spec = self.build_spec(rec_mounts)?;
-        let (agent, agent_pid) = self.spawn_agent(rec).await?;
+        let sandbox = self.backend(rec).start(rec).await?;
+        let (agent, agent_pid) = (sandbox.agent, sandbox.agent_pid);
+        let backend = self.backend(rec).clone();
         let fail = |agent: AgentClient, e: Error| async move {
             let _ = agent.shutdown().await;
+            backend.release(rec).await;
             Err::<(), Error>(e)
         };
         if let Err(e) = agent.create(spec).await {
@@ -161,10 +164,12 @@ impl Containers {
             Ok(o) => o,
             Err(e) => return fail(agent, agent_err(e)).await,
         };
-        let log = {
-            let d = self.log_drivers.read().unwrap().get(&rec.log_driver)?;
-            d.open(&self.log_info(rec))
-        };
+        let log = self
+            .log_drivers
+            .read()
+            .unwrap()
+            .get(&rec.log_driver)
+            .and_then(|d| d.open(&self.log_info(rec)));
         let log = match log {
             Ok(l) => l,
             Err(e) => return fail(agent, e).await,
@@ -189,13 +194,14 @@ impl Containers {
                 let _ = self.save(c);
                 let _ = agent.shutdown().await;
                 let _ = tokio::time::timeout(Duration::from_secs(2), pump).await;
+                self.backend(rec).release(rec).await;
                 return Err(Error::invalid(msg));
             }
         };
         *c.agent.lock().unwrap() = Some(agent.clone());
         c.update(|r| {
             r.state.status = Status::Running;
-            r.state.pid = pid;
+            r.state.pid = sandbox.host_pid_override.unwrap_or(pid);
             r.state.agent_pid = agent_pid;
             r.state.exit_code = 0;
             r.state.error.clear();
@@ -219,14 +225,21 @@ impl Containers {
         let this = self.clone();
         tokio::spawn(async move {
             let status = agent.wait(ProcessId::INIT).await;
+            let backend = this.backend(&c.record()).clone();
             let status = match status {
                 Ok(s) => s,
-                Err(e) => ExitStatus {
-                    code: 255,
-                    error: Some(format!("berth-agent exited unexpectedly: {e}")),
-                    finished_at_ns: crate::logs::now_nanos() as u64,
-                    ..Default::default()
-                },
+                Err(e) => {
+                    let why = match backend.failure_reason(&c.record()).await {
+                        Some(why) => why,
+                        None => format!("berth-agent exited unexpectedly: {e}"),
+                    };
+                    ExitStatus {
+                        code: 255,
+                        error: Some(why),
+                        finished_at_ns: crate::logs::now_nanos() as u64,
+                        ..Default::default()
+                    }
+                }
             };
             if let Some(p) = pump {
                 // Drain the run's output into the logs before anyone is told it exited.
@@ -237,12 +250,7 @@ impl Containers {
             *c.agent.lock().unwrap() = None;
             let rec = c.record();
             this.unmount_volumes(&rec).await;
-            if rec.isolation == super::record::Isolation::Process {
-                let _ = tokio::task::spawn_blocking(move || {
-                    super::runtime::release_process_cgroups(&rec)
-                })
-                .await;
-            }
+            backend.release(&rec).await;
             this.on_exit(&c, status).await;
         });
     }
@@ -603,6 +611,8 @@ impl Containers {
             });
         }
         let rec = c.record();
+        // Whatever the run left on the host (VMM, helpers, cgroups) goes with the container.
+        self.backend(&rec).release(&rec).await;
         if let Ok(d) = self.log_drivers.read().unwrap().get(&rec.log_driver) {
             d.remove(&self.log_info(&rec));
         }
@@ -746,11 +756,12 @@ impl Containers {
                 }
                 continue;
             }
-            let adopted = match self.reconnect_agent(&rec).await {
-                Some(agent) => self.adopt(&c, agent).await,
+            let adopted = match self.backend(&rec).reconnect(&rec).await {
+                Some(sandbox) => self.adopt(&c, sandbox.agent).await,
                 None => false,
             };
             if !adopted {
+                self.backend(&rec).release(&rec).await;
                 tracing::warn!(id = %c.id, "container's agent is gone; marking it exited");
                 self.on_exit(
                     &c,
@@ -828,6 +839,8 @@ impl Containers {
             ProcessStatus::Exited => {
                 let status = init.exit.clone().unwrap_or_default();
                 let _ = agent.shutdown().await;
+                let rec = c.record();
+                self.backend(&rec).release(&rec).await;
                 self.on_exit(c, status).await;
                 true
             }

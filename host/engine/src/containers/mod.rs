@@ -10,7 +10,6 @@ mod create;
 mod exec;
 mod lifecycle;
 pub mod record;
-mod runtime;
 mod spec;
 pub mod stdio;
 pub mod validate;
@@ -32,6 +31,7 @@ pub use stdio::{AttachOpts, Attachment};
 
 use crate::events::EventBus;
 use crate::images::ImageStore;
+use crate::isolation::{IsolationBackend, IsolationBackends};
 use crate::logs::{LogDrivers, LogInfo};
 use crate::{Error, Result};
 
@@ -149,6 +149,30 @@ pub struct ContainerPaths {
     pub agent_bin: PathBuf,
     /// `--storage-driver`: `overlay` or `copy`; probed when unset.
     pub storage_driver: Option<String>,
+    /// `--default-isolation`: `process` (when unset) or `microvm`.
+    pub default_isolation: Option<String>,
+    /// `--vmm`, `--guest-kernel`.
+    pub microvm: crate::isolation::microvm::MicrovmConfig,
+}
+
+/// Where a container's files live: persistent state under the data root, runtime state
+/// (sockets) under the exec root.
+#[derive(Debug, Clone)]
+pub struct ContainerDirs {
+    pub data_root: PathBuf,
+    pub exec_root: PathBuf,
+}
+
+impl ContainerDirs {
+    pub fn container_dir(&self, id: &str) -> PathBuf {
+        ContainerRecord::dir(&self.data_root, id)
+    }
+
+    /// Runtime dir of a container (agent socket and log). Keyed by the first 16 hex
+    /// digits so the agent's socket path stays under the 108-byte `sun_path` limit.
+    pub fn run_dir(&self, id: &str) -> PathBuf {
+        self.exec_root.join("c").join(&id[..16.min(id.len())])
+    }
 }
 
 pub struct Containers {
@@ -161,9 +185,8 @@ pub struct Containers {
     pub default_log_driver: RwLock<String>,
     /// `overlay` when the kernel can mount overlayfs on the data root, else `copy`.
     pub storage_driver: &'static str,
-    pub default_isolation: Isolation,
-    /// Reasons microVM isolation is unavailable on this host (empty when available).
-    pub microvm_unavailable: Option<String>,
+    /// Process and microVM isolation, and the daemon's default.
+    pub isolation: IsolationBackends,
     pub(crate) volumes: std::sync::OnceLock<Arc<crate::volumes::Volumes>>,
 }
 
@@ -179,7 +202,11 @@ impl Containers {
         let storage_driver =
             match paths.storage_driver.as_deref() {
                 Some("copy") => "copy",
-                Some("overlay") | None if runtime::overlay_supported(&paths.data_root) => "overlay",
+                Some("overlay") | None
+                    if crate::isolation::process::overlay_supported(&paths.data_root) =>
+                {
+                    "overlay"
+                }
                 Some("overlay") => return Err(Error::invalid(
                     "storage driver overlay is not supported on this host (overlayfs mount failed)",
                 )),
@@ -190,7 +217,7 @@ impl Containers {
                     )))
                 }
             };
-        let microvm_unavailable = runtime::microvm_unavailable_reason();
+        let isolation = Self::open_isolation(&paths, &images, storage_driver)?;
         let mut map = HashMap::new();
         for entry in std::fs::read_dir(&dir)?.flatten() {
             let p = entry.path().join("container.json");
@@ -218,8 +245,7 @@ impl Containers {
             log_drivers: RwLock::new(LogDrivers::builtin()),
             default_log_driver: RwLock::new("json-file".into()),
             storage_driver,
-            default_isolation: Isolation::Process,
-            microvm_unavailable,
+            isolation,
             volumes: std::sync::OnceLock::new(),
         }))
     }
@@ -268,14 +294,90 @@ impl Containers {
             .any(|c| c.rec.lock().unwrap().image_id == image_id)
     }
 
-    pub(crate) fn container_dir(&self, id: &str) -> PathBuf {
-        ContainerRecord::dir(&self.paths.data_root, id)
+    fn dirs(&self) -> ContainerDirs {
+        ContainerDirs {
+            data_root: self.paths.data_root.clone(),
+            exec_root: self.paths.exec_root.clone(),
+        }
     }
 
-    /// Runtime dir of a container (agent socket and log). Keyed by the first 16 hex
-    /// digits so the agent's socket path stays under the 108-byte `sun_path` limit.
+    pub(crate) fn container_dir(&self, id: &str) -> PathBuf {
+        self.dirs().container_dir(id)
+    }
+
     pub(crate) fn run_dir(&self, id: &str) -> PathBuf {
-        self.paths.exec_root.join("c").join(&id[..16.min(id.len())])
+        self.dirs().run_dir(id)
+    }
+
+    /// The rootfs the agent should assemble for this container.
+    pub(crate) fn rootfs_for(&self, rec: &ContainerRecord) -> Result<berth_agent_protocol::Rootfs> {
+        self.backend(rec).rootfs(rec)
+    }
+
+    /// `docker cp`/`diff`/`commit`/`export` read the container's files from the host.
+    pub(crate) fn require_host_file_access(&self, rec: &ContainerRecord, verb: &str) -> Result<()> {
+        if self.backend(rec).capabilities().host_file_access {
+            return Ok(());
+        }
+        Err(Error::NotImplemented(format!(
+            "{verb} is not supported yet for {} containers: their files live on a guest disk",
+            rec.isolation.as_str()
+        )))
+    }
+
+    /// Each isolation mode for `docker info`: name, why unavailable (if so), description.
+    pub fn isolation_info(&self) -> Vec<(&'static str, Option<String>, String)> {
+        self.isolation
+            .all()
+            .iter()
+            .map(|b| (b.mode().as_str(), b.unavailable_reason(), b.describe()))
+            .collect()
+    }
+
+    /// The isolation backend serving `rec`.
+    pub(crate) fn backend(&self, rec: &ContainerRecord) -> &Arc<dyn IsolationBackend> {
+        self.isolation.get(rec.isolation)
+    }
+
+    /// Build the process and microVM backends and check the default is usable.
+    fn open_isolation(
+        paths: &ContainerPaths,
+        images: &Arc<ImageStore>,
+        storage_driver: &'static str,
+    ) -> Result<IsolationBackends> {
+        let dirs = ContainerDirs {
+            data_root: paths.data_root.clone(),
+            exec_root: paths.exec_root.clone(),
+        };
+        let process = crate::isolation::process::ProcessIsolation::new(
+            dirs.clone(),
+            paths.agent_bin.clone(),
+            images.clone(),
+            storage_driver,
+        );
+        let microvm = crate::isolation::microvm::MicrovmIsolation::new(
+            dirs,
+            paths.agent_bin.clone(),
+            images.clone(),
+            &paths.microvm,
+        )?;
+        // Process isolation stays the default unless asked: it needs nothing beyond the
+        // host kernel, while a microVM needs a guest kernel and (here) software emulation.
+        let default = match paths.default_isolation.as_deref() {
+            None | Some("") | Some("process") => Isolation::Process,
+            Some("microvm") => Isolation::Microvm,
+            Some(other) => {
+                return Err(Error::invalid(format!(
+                    "unknown --default-isolation {other:?}: use process or microvm"
+                )))
+            }
+        };
+        let backends = IsolationBackends::new(Arc::new(process), Arc::new(microvm), default)?;
+        for b in backends.all() {
+            tracing::info!(mode = b.mode().as_str(), "isolation {}", b.describe());
+        }
+        tracing::info!(default = default.as_str(), "default isolation");
+        Ok(backends)
     }
 
     /// Persist the record atomically.
@@ -355,7 +457,7 @@ pub fn new_id() -> String {
     rand::thread_rng().fill_bytes(&mut b);
     hex::encode(b)
 }
-pub use runtime::default_agent_bin as runtime_default_agent_bin;
+pub use crate::isolation::default_agent_bin as runtime_default_agent_bin;
 
 impl Containers {
     pub fn paths_agent_bin(&self) -> String {

@@ -1,0 +1,143 @@
+//! The berth-vmm backend: one `berth-vmm` process per VM (rust-vmm crates, `vmm/`), driven
+//! by its JSON config. It needs hardware KVM: under PVM a Linux guest cannot finish booting.
+//! The VMM opens every host resource, then enters its jail (chroot into the VM's run dir,
+//! drop to the VM's uid/gid) and installs per-thread seccomp filters.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use async_trait::async_trait;
+
+use super::hypervisor::{Device, Hypervisor, HypervisorCaps, VmConfig, VmState};
+use super::probe::{find_tool, Kvm};
+use super::procs::spawn_detached;
+use crate::{Error, Result};
+
+pub struct BerthVmm {
+    bin: Option<PathBuf>,
+    kvm: Kvm,
+}
+
+impl BerthVmm {
+    pub fn probe(kvm: Kvm) -> BerthVmm {
+        BerthVmm {
+            bin: find_tool("BERTH_VMM", "berth-vmm", &[]),
+            kvm,
+        }
+    }
+
+    /// berth-vmm's `VmConfig` (vmm/src/config.rs) as JSON.
+    fn config_json(&self, cfg: &VmConfig) -> serde_json::Value {
+        let drives: Vec<serde_json::Value> = cfg
+            .devices
+            .iter()
+            .filter_map(|d| match d {
+                Device::Block { path, read_only } => {
+                    Some(serde_json::json!({ "path": path, "read_only": read_only }))
+                }
+                _ => None,
+            })
+            .collect();
+        let vsock = cfg.devices.iter().find_map(|d| match d {
+            Device::Vsock {
+                guest_cid,
+                uds_path,
+            } => Some(serde_json::json!({ "guest_cid": guest_cid, "uds_path": uds_path })),
+            _ => None,
+        });
+        let jail = cfg
+            .identity
+            .map(|id| serde_json::json!({ "chroot": cfg.run_dir, "uid": id.uid, "gid": id.gid }));
+        serde_json::json!({
+            "kernel": cfg.kernel,
+            "initrd": cfg.initrd,
+            "cmdline": format!("{} {}", self.base_cmdline(), cfg.cmdline),
+            "vcpus": cfg.vcpus,
+            "mem_mib": cfg.mem_mib,
+            "drives": drives,
+            "vsock": vsock,
+            "serial": { "file": cfg.serial_log },
+            "control_socket": cfg.run_dir.join("control.sock"),
+            "jail": jail,
+            "seccomp": true,
+        })
+    }
+}
+
+#[async_trait]
+impl Hypervisor for BerthVmm {
+    fn name(&self) -> &'static str {
+        "berth"
+    }
+
+    fn unavailable_reason(&self) -> Option<String> {
+        if let Kvm::Unusable(why) = &self.kvm {
+            return Some(why.clone());
+        }
+        if self.bin.is_none() {
+            return Some(
+                "berth-vmm binary not found (cargo build -p berth-vmm, or $BERTH_VMM)".into(),
+            );
+        }
+        None
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "berth-vmm ({}), KVM",
+            self.bin
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "not built".into())
+        )
+    }
+
+    fn capabilities(&self) -> HypervisorCaps {
+        HypervisorCaps {
+            hardware_accel: true,
+        }
+    }
+
+    fn base_cmdline(&self) -> &'static str {
+        // berth-vmm's defaults: reset through the i8042 (reboot=k) ends the VMM with status 0.
+        "console=ttyS0 reboot=k panic=1 pci=off nomodule i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd quiet"
+    }
+
+    async fn prepare_vm(&self, cfg: &VmConfig) -> Result<()> {
+        if let Some(why) = self.unavailable_reason() {
+            return Err(Error::invalid(format!(
+                "berth-vmm backend unavailable: {why}"
+            )));
+        }
+        let cfg_path = cfg.run_dir.join("vm.json");
+        let bytes = serde_json::to_vec_pretty(&self.config_json(cfg)).map_err(Error::internal)?;
+        crate::fsutil::write_atomic(&cfg_path, &bytes)?;
+        Ok(())
+    }
+
+    async fn start_vm(&self, cfg: &VmConfig) -> Result<VmState> {
+        self.prepare_vm(cfg).await?;
+        let uds_path = cfg
+            .devices
+            .iter()
+            .find_map(|d| match d {
+                Device::Vsock { uds_path, .. } => Some(uds_path.clone()),
+                _ => None,
+            })
+            .ok_or_else(|| Error::internal("a microVM needs a vsock device"))?;
+        let _ = std::fs::remove_file(&uds_path);
+        let mut cmd = Command::new(self.bin.as_ref().expect("probed"));
+        cmd.env_clear()
+            .env("BERTH_VMM_LOG", "info")
+            .arg("--config")
+            .arg(cfg.run_dir.join("vm.json"));
+        // berth-vmm drops privileges itself (jail) once its resources are open.
+        let vmm = spawn_detached("berth-vmm", cmd, &cfg.run_dir.join("vmm.log"), None)?;
+        Ok(VmState {
+            hypervisor: self.name().into(),
+            vmm,
+            helpers: Vec::new(),
+            agent_uds: uds_path,
+        })
+    }
+}

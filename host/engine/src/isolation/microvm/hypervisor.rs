@@ -1,0 +1,102 @@
+//! The hypervisor seam (Kata runtime-rs style): VM lifecycle over typed devices. The
+//! microVM isolation above it (disks, initramfs, vsock, agent) is written once for every
+//! backend; a backend only turns a [`VmConfig`] into running host processes.
+
+use std::path::PathBuf;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use super::procs::{VmIdentity, VmProcess};
+use crate::Result;
+
+/// A device of the VM, in the order the guest will enumerate it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Device {
+    /// virtio-blk over a raw file (`/dev/vda`, `/dev/vdb`, ... in order).
+    Block { path: PathBuf, read_only: bool },
+    /// Hybrid vsock: the host connects to `uds_path` and sends `CONNECT <port>\n`.
+    Vsock { guest_cid: u32, uds_path: PathBuf },
+}
+
+/// Everything a backend needs to boot one VM.
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    /// For process names and messages (the container's short id).
+    pub name: String,
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    /// The guest's part of the kernel command line; the backend adds its own (console,
+    /// reboot method, virtio-mmio device list).
+    pub cmdline: String,
+    pub vcpus: u32,
+    pub mem_mib: u64,
+    pub devices: Vec<Device>,
+    /// Private directory of this VM (sockets, config, helper logs), writable by `identity`.
+    pub run_dir: PathBuf,
+    /// The guest's serial console goes here.
+    pub serial_log: PathBuf,
+    /// Unprivileged identity for the VMM and its helpers, when the host allows it.
+    pub identity: Option<VmIdentity>,
+}
+
+/// A running VM as the daemon remembers it (persisted for re-adoption after a restart).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VmState {
+    pub hypervisor: String,
+    /// The VMM process; the VM is gone when it exits.
+    pub vmm: VmProcess,
+    /// Helper processes that live exactly as long as the VM.
+    pub helpers: Vec<VmProcess>,
+    /// Where the host reaches the guest agent (hybrid vsock).
+    pub agent_uds: PathBuf,
+}
+
+impl VmState {
+    pub fn processes(&self) -> Vec<VmProcess> {
+        let mut all = vec![self.vmm.clone()];
+        all.extend(self.helpers.iter().cloned());
+        all
+    }
+}
+
+/// What a backend can do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HypervisorCaps {
+    /// Hardware-accelerated (KVM) rather than emulated (TCG).
+    pub hardware_accel: bool,
+}
+
+#[async_trait]
+pub trait Hypervisor: Send + Sync {
+    /// `qemu` or `berth-vmm`.
+    fn name(&self) -> &'static str;
+
+    /// `None` when this backend can boot VMs here, else why not.
+    fn unavailable_reason(&self) -> Option<String>;
+
+    /// One line for `docker info` and the log (binary, accelerator).
+    fn describe(&self) -> String;
+
+    fn capabilities(&self) -> HypervisorCaps;
+
+    /// The command-line words this backend's guest needs (console, reboot method).
+    fn base_cmdline(&self) -> &'static str;
+
+    /// Check the config and create what the VM needs before start.
+    async fn prepare_vm(&self, cfg: &VmConfig) -> Result<()>;
+
+    /// Boot the VM; returns once its processes run (not once the guest is up).
+    async fn start_vm(&self, cfg: &VmConfig) -> Result<VmState>;
+
+    /// Ask the VM to stop; `force` kills it. Idempotent.
+    async fn stop_vm(&self, vm: &VmState, force: bool) {
+        let _ = force;
+        super::procs::kill_all(&vm.processes()).await;
+    }
+
+    /// Resolves when the VMM process exits, with how it ended when known.
+    async fn wait_vm(&self, vm: &VmState) -> Option<String> {
+        vm.vmm.wait_exit().await
+    }
+}

@@ -1,0 +1,514 @@
+//! MicroVM isolation: every run of a container boots its own VM whose PID 1 is the static
+//! `berth-agent` (from a cached initramfs). The image is a read-only block device built once
+//! per layer chain, the writable layer a per-container sparse ext4 disk; inside the guest the
+//! agent mounts both (`berth.disk=` on the kernel command line) and runs the container
+//! exactly as in process mode. The host reaches the agent over hybrid vsock.
+//!
+//! Everything a VM uses lives under the container's dirs: `<container>/vm/` (writable disk,
+//! serial log, persisted VM state) and `<run-dir>/vm/` (sockets, helper logs; owned by the
+//! VM's unprivileged uid). Both are released when the run ends or the container is removed.
+
+pub mod berth_vmm;
+pub mod disks;
+pub mod hypervisor;
+pub mod probe;
+pub mod procs;
+pub mod qemu;
+pub mod sizing;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use berth_agent_protocol::client::AgentClient;
+use berth_agent_protocol::Rootfs;
+use tokio::sync::watch;
+
+use super::{Capabilities, IsolationBackend, Sandbox};
+use crate::containers::{ContainerDirs, ContainerRecord, Isolation};
+use crate::images::ImageStore;
+use crate::{Error, Result};
+use disks::ImageFs;
+use hypervisor::{Device, Hypervisor, VmConfig, VmState};
+use probe::Kvm;
+use procs::VmIdentity;
+
+/// The agent's vsock port (`berth.port=`).
+const AGENT_PORT: u32 = 1024;
+/// Every VM has its own vsock device (and backend), so all guests can use the same CID.
+const GUEST_CID: u32 = 3;
+/// Where the guest agent mounts the disks (see agent/src/guest.rs).
+const GUEST_IMAGE_DIR: &str = "/run/vm/image";
+const GUEST_RW_DIR: &str = "/run/vm/rw";
+/// Boot budget: a TCG boot takes ~1 s, but several at once on a loaded host take longer.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Daemon settings for microVMs (`--vmm`, `--guest-kernel`).
+#[derive(Debug, Clone, Default)]
+pub struct MicrovmConfig {
+    /// `berth` or `qemu`; probed when unset.
+    pub vmm: Option<String>,
+    /// The guest kernel (vmlinux); found in the guest-kernel cache when unset.
+    pub kernel: Option<PathBuf>,
+}
+
+/// A VM this daemon runs (or re-adopted).
+struct LiveVm {
+    state: VmState,
+    /// Set once the VMM has exited: how it ended, if it was not asked to.
+    ended: watch::Receiver<Option<String>>,
+    /// The run is being released: an exit from here on is expected.
+    releasing: Arc<std::sync::atomic::AtomicBool>,
+}
+
+pub struct MicrovmIsolation {
+    dirs: ContainerDirs,
+    agent_bin: PathBuf,
+    images: Arc<ImageStore>,
+    kernel: Option<PathBuf>,
+    hypervisor: Arc<dyn Hypervisor>,
+    /// Why this backend was chosen (log, `docker info`).
+    choice: String,
+    /// The backends not chosen, with why they are unavailable (or just not selected).
+    others: Vec<String>,
+    image_fs: ImageFs,
+    cache: PathBuf,
+    /// One image-disk / initramfs build at a time.
+    build_lock: tokio::sync::Mutex<()>,
+    /// The initramfs for the current agent binary (keyed by path, size and mtime).
+    initramfs: Mutex<Option<(String, PathBuf)>>,
+    vms: Mutex<HashMap<String, LiveVm>>,
+}
+
+impl MicrovmIsolation {
+    pub fn new(
+        dirs: ContainerDirs,
+        agent_bin: PathBuf,
+        images: Arc<ImageStore>,
+        cfg: &MicrovmConfig,
+    ) -> Result<Self> {
+        let kvm = Kvm::probe();
+        let berth: Arc<dyn Hypervisor> = Arc::new(berth_vmm::BerthVmm::probe(kvm.clone()));
+        let qemu: Arc<dyn Hypervisor> = Arc::new(qemu::Qemu::probe(kvm.clone()));
+        let (hypervisor, choice) = match cfg.vmm.as_deref() {
+            Some("berth") | Some("berth-vmm") => (berth.clone(), "--vmm berth".to_string()),
+            Some("qemu") => (qemu.clone(), "--vmm qemu".to_string()),
+            Some(other) => {
+                return Err(Error::invalid(format!(
+                    "unknown --vmm {other:?}: use berth or qemu"
+                )))
+            }
+            None if berth.unavailable_reason().is_none() => {
+                (berth.clone(), "probed: hardware KVM, berth-vmm".to_string())
+            }
+            None => (
+                qemu.clone(),
+                format!(
+                    "probed: berth-vmm unavailable ({})",
+                    berth.unavailable_reason().unwrap_or_default()
+                ),
+            ),
+        };
+        let others = [&berth, &qemu]
+            .into_iter()
+            .filter(|h| h.name() != hypervisor.name())
+            .map(|h| match h.unavailable_reason() {
+                Some(why) => format!("{}: unavailable: {why}", h.name()),
+                None => format!("{}: available (not selected)", h.name()),
+            })
+            .collect();
+        let kernel = cfg.kernel.clone().or_else(probe::find_guest_kernel);
+        Ok(MicrovmIsolation {
+            cache: dirs.data_root.join("microvm"),
+            dirs,
+            agent_bin,
+            images,
+            kernel,
+            hypervisor,
+            choice,
+            others,
+            image_fs: ImageFs::probe(),
+            build_lock: tokio::sync::Mutex::new(()),
+            initramfs: Mutex::new(None),
+            vms: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Persistent per-container VM dir (disk, serial log, VM state).
+    fn vm_dir(&self, id: &str) -> PathBuf {
+        self.dirs.container_dir(id).join("vm")
+    }
+
+    /// Runtime dir of the VM's processes (sockets, helper logs).
+    fn vm_run_dir(&self, id: &str) -> PathBuf {
+        self.dirs.run_dir(id).join("vm")
+    }
+
+    fn state_path(&self, id: &str) -> PathBuf {
+        self.vm_dir(id).join("state.json")
+    }
+
+    /// A uid/gid of its own for each VM's processes, so a compromised VMM can reach neither
+    /// the host's files nor the other VMs' processes. Only when berthd runs as root.
+    fn identity(id: &str) -> Option<VmIdentity> {
+        // SAFETY: getuid(2) has no preconditions.
+        if unsafe { libc::getuid() } != 0 {
+            return None;
+        }
+        // 2^30 + 24 bits of the container id: far above any system or login uid range.
+        let n = u32::from_str_radix(id.get(..6)?, 16).ok()?;
+        let uid = (1 << 30) + n;
+        Some(VmIdentity { uid, gid: uid })
+    }
+
+    async fn initramfs_path(&self) -> Result<PathBuf> {
+        let meta = std::fs::metadata(&self.agent_bin).map_err(|e| {
+            Error::internal(format!("agent binary {}: {e}", self.agent_bin.display()))
+        })?;
+        let key = format!(
+            "{}:{}:{:?}",
+            self.agent_bin.display(),
+            meta.len(),
+            meta.modified().ok()
+        );
+        if let Some((k, p)) = self.initramfs.lock().unwrap().clone() {
+            if k == key && p.exists() {
+                return Ok(p);
+            }
+        }
+        let _g = self.build_lock.lock().await;
+        let agent = self.agent_bin.clone();
+        let cache = self.cache.join("initramfs");
+        let p = tokio::task::spawn_blocking(move || disks::initramfs(&agent, &cache))
+            .await
+            .map_err(Error::internal)??;
+        *self.initramfs.lock().unwrap() = Some((key, p.clone()));
+        Ok(p)
+    }
+
+    async fn image_disk(&self, image_id: &str) -> Result<PathBuf> {
+        let _g = self.build_lock.lock().await;
+        let images = self.images.clone();
+        let image_id = image_id.to_string();
+        let cache = self.cache.join("images");
+        let fs = self.image_fs;
+        tokio::task::spawn_blocking(move || disks::image_disk(&images, &image_id, &cache, fs))
+            .await
+            .map_err(Error::internal)?
+    }
+
+    fn vm_config(
+        &self,
+        rec: &ContainerRecord,
+        initrd: PathBuf,
+        image: PathBuf,
+    ) -> Result<VmConfig> {
+        let kernel = self
+            .kernel
+            .clone()
+            .ok_or_else(|| Error::invalid("microvm isolation is unavailable: no guest kernel"))?;
+        let run_dir = self.vm_run_dir(&rec.id);
+        let cmdline = format!(
+            "berth.port={AGENT_PORT} berth.disk=ro,{},{GUEST_IMAGE_DIR} berth.disk=rw,ext4,{GUEST_RW_DIR} RUST_LOG=info",
+            self.image_fs.as_str()
+        );
+        Ok(VmConfig {
+            name: rec.id[..12].to_string(),
+            kernel,
+            initrd,
+            cmdline,
+            vcpus: sizing::vcpus(rec),
+            mem_mib: sizing::mem_mib(rec),
+            devices: vec![
+                Device::Block {
+                    path: image,
+                    read_only: true,
+                },
+                Device::Block {
+                    path: self.vm_dir(&rec.id).join("rw.ext4"),
+                    read_only: false,
+                },
+                Device::Vsock {
+                    guest_cid: GUEST_CID,
+                    uds_path: run_dir.join("vsock.sock"),
+                },
+            ],
+            serial_log: self.vm_dir(&rec.id).join("console.log"),
+            run_dir,
+            identity: Self::identity(&rec.id),
+        })
+    }
+
+    /// A fresh private run dir for the VM's processes, owned by its identity.
+    fn make_run_dir(dir: &Path, identity: Option<VmIdentity>) -> Result<()> {
+        let _ = std::fs::remove_dir_all(dir);
+        std::fs::create_dir_all(dir)?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        if let Some(id) = identity {
+            std::os::unix::fs::chown(dir, Some(id.uid), Some(id.gid))?;
+        }
+        Ok(())
+    }
+
+    /// Watch the VMM: when it exits, record how (unless the run is being released) and
+    /// stop the helpers, which also closes the host's agent connection.
+    fn track(&self, id: &str, state: VmState) {
+        let (tx, ended) = watch::channel(None);
+        let releasing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let hv = self.hypervisor.clone();
+        let st = state.clone();
+        let rel = releasing.clone();
+        let serial = self.vm_dir(id).join("console.log");
+        tokio::spawn(async move {
+            let how = hv.wait_vm(&st).await;
+            let expected = rel.load(std::sync::atomic::Ordering::SeqCst);
+            let reason = if expected {
+                String::new()
+            } else {
+                format!(
+                    "the microVM stopped unexpectedly: {}{}",
+                    how.unwrap_or_else(|| format!("{} exited", st.vmm.role)),
+                    serial_tail(&serial)
+                )
+            };
+            let _ = tx.send(Some(reason));
+            procs::kill_all(&st.helpers).await;
+        });
+        self.vms.lock().unwrap().insert(
+            id.to_string(),
+            LiveVm {
+                state,
+                ended,
+                releasing,
+            },
+        );
+    }
+
+    async fn connect(&self, id: &str, state: &VmState) -> Result<AgentClient> {
+        let deadline = tokio::time::Instant::now() + BOOT_TIMEOUT;
+        let mut last_err: String;
+        loop {
+            match tokio::time::timeout(
+                Duration::from_secs(2),
+                AgentClient::connect_hybrid_vsock(&state.agent_uds, AGENT_PORT),
+            )
+            .await
+            {
+                Ok(Ok(c)) => return Ok(c),
+                Ok(Err(e)) => last_err = e.to_string(),
+                Err(_) => last_err = "timed out".into(),
+            }
+            if !state.vmm.alive() {
+                return Err(Error::internal(format!(
+                    "the microVM exited while booting ({} exited){}",
+                    state.vmm.role,
+                    serial_tail(&self.vm_dir(id).join("console.log"))
+                )));
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(Error::internal(format!(
+                    "the microVM's agent did not answer within {}s ({last_err}){}",
+                    BOOT_TIMEOUT.as_secs(),
+                    serial_tail(&self.vm_dir(id).join("console.log"))
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn take_vm(&self, id: &str) -> Option<(VmState, Option<Arc<std::sync::atomic::AtomicBool>>)> {
+        if let Some(vm) = self.vms.lock().unwrap().remove(id) {
+            return Some((vm.state, Some(vm.releasing)));
+        }
+        let bytes = std::fs::read(self.state_path(id)).ok()?;
+        serde_json::from_slice(&bytes).ok().map(|s| (s, None))
+    }
+}
+
+/// The last lines of the guest's console, for error messages.
+fn serial_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text
+        .lines()
+        .map(|l| l.trim_end_matches('\r'))
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    if lines.is_empty() {
+        return String::new();
+    }
+    let tail = lines[lines.len().saturating_sub(5)..].join(" | ");
+    format!("; guest console ({}): {tail}", path.display())
+}
+
+#[async_trait]
+impl IsolationBackend for MicrovmIsolation {
+    fn mode(&self) -> Isolation {
+        Isolation::Microvm
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            // The container's files live on a guest disk: no host path reaches them safely.
+            host_file_access: false,
+            // No shared filesystem (virtio-fs) yet.
+            host_bind_mounts: false,
+        }
+    }
+
+    fn unavailable_reason(&self) -> Option<String> {
+        if let Some(why) = self.hypervisor.unavailable_reason() {
+            return Some(format!("{} backend: {why}", self.hypervisor.name()));
+        }
+        match &self.kernel {
+            None => Some(
+                "no guest kernel: build it with guest-kernel/build.sh, or pass --guest-kernel / set $BERTH_GUEST_KERNEL"
+                    .into(),
+            ),
+            Some(k) if !k.is_file() => Some(format!("guest kernel {} not found", k.display())),
+            Some(_) => None,
+        }
+    }
+
+    fn describe(&self) -> String {
+        let state = match self.unavailable_reason() {
+            Some(why) => format!("unavailable: {why}"),
+            None => "available".into(),
+        };
+        format!(
+            "microvm: {state}; backend {} ({}); image disks {}; kernel {}; other backends: {}",
+            self.hypervisor.describe(),
+            self.choice,
+            self.image_fs.as_str(),
+            self.kernel
+                .as_ref()
+                .map(|k| k.display().to_string())
+                .unwrap_or_else(|| "none".into()),
+            self.others.join("; ")
+        )
+    }
+
+    fn storage_name(&self) -> &'static str {
+        match self.image_fs {
+            ImageFs::Erofs => "microvm-erofs",
+            ImageFs::Ext4 => "microvm-ext4",
+        }
+    }
+
+    async fn prepare_storage(&self, rec: &ContainerRecord) -> Result<()> {
+        // Build the image disk now, so `docker run` pays for it once per image at create.
+        self.image_disk(&rec.image_id).await?;
+        let dir = self.vm_dir(&rec.id);
+        std::fs::create_dir_all(&dir)?;
+        let disk = dir.join("rw.ext4");
+        tokio::task::spawn_blocking(move || disks::create_rw_disk(&disk, disks::RW_DISK_BYTES))
+            .await
+            .map_err(Error::internal)?
+    }
+
+    fn rootfs(&self, _rec: &ContainerRecord) -> Result<Rootfs> {
+        Ok(Rootfs::Overlay {
+            lower: vec![PathBuf::from(GUEST_IMAGE_DIR)],
+            upper: Path::new(GUEST_RW_DIR).join("upper"),
+            work: Path::new(GUEST_RW_DIR).join("work"),
+        })
+    }
+
+    async fn start(&self, rec: &ContainerRecord) -> Result<Sandbox> {
+        if let Some(why) = self.unavailable_reason() {
+            return Err(Error::invalid(format!(
+                "microvm isolation is unavailable on this host: {why}"
+            )));
+        }
+        // A previous run's VM must be gone before its disk is used again.
+        self.release(rec).await;
+        let initrd = self.initramfs_path().await?;
+        let image = self.image_disk(&rec.image_id).await?;
+        let cfg = self.vm_config(rec, initrd, image)?;
+        Self::make_run_dir(&cfg.run_dir, cfg.identity)?;
+        // A fresh console log per run.
+        std::fs::write(&cfg.serial_log, b"")?;
+        let t0 = std::time::Instant::now();
+        let state = self.hypervisor.start_vm(&cfg).await?;
+        let bytes = serde_json::to_vec_pretty(&state).map_err(Error::internal)?;
+        if let Err(e) = crate::fsutil::write_atomic(&self.state_path(&rec.id), &bytes) {
+            self.hypervisor.stop_vm(&state, true).await;
+            return Err(e.into());
+        }
+        self.track(&rec.id, state.clone());
+        match self.connect(&rec.id, &state).await {
+            Ok(agent) => {
+                tracing::info!(
+                    id = %rec.id,
+                    hypervisor = self.hypervisor.name(),
+                    vmm_pid = state.vmm.pid,
+                    boot_ms = t0.elapsed().as_millis() as u64,
+                    "microVM agent connected"
+                );
+                Ok(Sandbox {
+                    agent,
+                    agent_pid: state.vmm.pid,
+                    host_pid_override: Some(state.vmm.pid),
+                })
+            }
+            Err(e) => {
+                self.release(rec).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn reconnect(&self, rec: &ContainerRecord) -> Option<Sandbox> {
+        let bytes = std::fs::read(self.state_path(&rec.id)).ok()?;
+        let state: VmState = serde_json::from_slice(&bytes).ok()?;
+        if !state.vmm.alive() {
+            return None;
+        }
+        let agent = match tokio::time::timeout(
+            Duration::from_secs(5),
+            AgentClient::connect_hybrid_vsock(&state.agent_uds, AGENT_PORT),
+        )
+        .await
+        {
+            Ok(Ok(a)) => a,
+            Ok(Err(e)) => {
+                tracing::warn!(id = %rec.id, "microVM agent reconnect failed: {e}");
+                return None;
+            }
+            Err(_) => return None,
+        };
+        self.track(&rec.id, state.clone());
+        Some(Sandbox {
+            agent,
+            agent_pid: state.vmm.pid,
+            host_pid_override: Some(state.vmm.pid),
+        })
+    }
+
+    async fn failure_reason(&self, rec: &ContainerRecord) -> Option<String> {
+        let mut ended = self.vms.lock().unwrap().get(&rec.id)?.ended.clone();
+        // The agent connection can close a moment before the VMM's exit is seen.
+        let r = tokio::time::timeout(Duration::from_secs(3), ended.wait_for(|e| e.is_some()))
+            .await
+            .ok()?
+            .ok()?
+            .clone();
+        r.filter(|s| !s.is_empty())
+    }
+
+    async fn release(&self, rec: &ContainerRecord) {
+        if let Some((state, releasing)) = self.take_vm(&rec.id) {
+            if let Some(r) = releasing {
+                r.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+            // After the agent's Shutdown the guest powers itself off: give it a moment.
+            let _ =
+                tokio::time::timeout(Duration::from_secs(5), self.hypervisor.wait_vm(&state)).await;
+            self.hypervisor.stop_vm(&state, true).await;
+        }
+        let _ = std::fs::remove_file(self.state_path(&rec.id));
+        let _ = std::fs::remove_dir_all(self.vm_run_dir(&rec.id));
+    }
+}

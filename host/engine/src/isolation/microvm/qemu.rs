@@ -1,0 +1,244 @@
+//! The qemu backend: `qemu-system-x86_64 -M microvm` with virtio-mmio devices, KVM where it
+//! is hardware virtualization and TCG (software) otherwise. vsock goes through qemu's
+//! vhost-user-vsock device served by rust-vmm's `vhost-device-vsock`, which exposes the same
+//! hybrid vsock (a unix socket, `CONNECT <port>`) as berth-vmm. Each VM gets its own
+//! `vhost-device-vsock`, so every guest can use the same CID.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use super::hypervisor::{Device, Hypervisor, HypervisorCaps, VmConfig, VmState};
+use super::probe::{find_tool, Kvm};
+use super::procs::{self, spawn_detached};
+use crate::{Error, Result};
+
+pub struct Qemu {
+    qemu: Option<PathBuf>,
+    vhost_vsock: Option<PathBuf>,
+    kvm: Kvm,
+}
+
+impl Qemu {
+    pub fn probe(kvm: Kvm) -> Qemu {
+        Qemu {
+            qemu: find_tool("BERTH_QEMU", "qemu-system-x86_64", &[]),
+            vhost_vsock: find_tool(
+                "BERTH_VHOST_VSOCK",
+                "vhost-device-vsock",
+                &[PathBuf::from(
+                    "/var/cache/berth/tools/bin/vhost-device-vsock",
+                )],
+            ),
+            kvm,
+        }
+    }
+
+    fn accel_args(&self) -> [&'static str; 4] {
+        if self.kvm.is_hardware() {
+            ["-accel", "kvm", "-cpu", "host"]
+        } else {
+            ["-accel", "tcg", "-cpu", "max"]
+        }
+    }
+
+    fn qemu_command(&self, cfg: &VmConfig, vhost_sock: &std::path::Path) -> Result<Command> {
+        let qemu = self
+            .qemu
+            .as_ref()
+            .ok_or_else(|| Error::internal("no qemu"))?;
+        let mut cmd = Command::new(qemu);
+        cmd.env_clear()
+            .arg("-name")
+            .arg(format!("berth-{}", cfg.name))
+            .args(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"])
+            // seccomp: no obsolete syscalls, no set*id, no fork/exec, no scheduler/affinity.
+            // set*id stays allowed only when qemu must still drop to `identity`: -runas runs
+            // after the filter is installed, and once qemu is a plain uid, set*id cannot
+            // give root back.
+            .arg("-sandbox")
+            .arg(if cfg.identity.is_some() {
+                "on,obsolete=deny,elevateprivileges=allow,spawn=deny,resourcecontrol=deny"
+            } else {
+                "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
+            })
+            // No ACPI in the guest kernel: qemu then lists every virtio-mmio device on the
+            // kernel command line (virtio_mmio.device=...), in -device order.
+            .arg("-M")
+            .arg("microvm,x-option-roms=off,rtc=off,acpi=off,memory-backend=mem")
+            .args(self.accel_args())
+            .arg("-m")
+            .arg(format!("{}M", cfg.mem_mib))
+            .arg("-smp")
+            .arg(cfg.vcpus.to_string())
+            // vhost-user needs guest RAM in a shareable memfd.
+            .arg("-object")
+            .arg(format!(
+                "memory-backend-memfd,id=mem,size={}M,share=on",
+                cfg.mem_mib
+            ))
+            .arg("-kernel")
+            .arg(&cfg.kernel)
+            .arg("-initrd")
+            .arg(&cfg.initrd)
+            .arg("-append")
+            .arg(format!("{} {}", self.base_cmdline(), cfg.cmdline))
+            .arg("-serial")
+            .arg(format!("file:{}", cfg.serial_log.display()))
+            .args(["-monitor", "none"]);
+        for (i, dev) in cfg.devices.iter().enumerate() {
+            match dev {
+                Device::Block { path, read_only } => {
+                    cmd.arg("-drive").arg(format!(
+                        "id=d{i},file={},format=raw,if=none,readonly={},cache=none,aio=threads",
+                        qemu_escape(path),
+                        if *read_only { "on" } else { "off" }
+                    ));
+                    cmd.arg("-device")
+                        .arg(format!("virtio-blk-device,drive=d{i}"));
+                }
+                Device::Vsock { .. } => {
+                    cmd.arg("-chardev")
+                        .arg(format!("socket,id=v{i},path={}", qemu_escape(vhost_sock)));
+                    cmd.arg("-device")
+                        .arg(format!("vhost-user-vsock-device,chardev=v{i}"));
+                }
+            }
+        }
+        if let Some(id) = cfg.identity {
+            cmd.arg("-runas").arg(format!("{}:{}", id.uid, id.gid));
+        }
+        Ok(cmd)
+    }
+}
+
+/// qemu's option syntax doubles commas inside values.
+fn qemu_escape(p: &std::path::Path) -> String {
+    p.display().to_string().replace(',', ",,")
+}
+
+#[async_trait]
+impl Hypervisor for Qemu {
+    fn name(&self) -> &'static str {
+        "qemu"
+    }
+
+    fn unavailable_reason(&self) -> Option<String> {
+        if self.qemu.is_none() {
+            return Some("qemu-system-x86_64 not found (apt-get install qemu-system-x86)".into());
+        }
+        if self.vhost_vsock.is_none() {
+            return Some(
+                "vhost-device-vsock not found (guest-kernel/test-boot.sh --install-vhost-vsock, or $BERTH_VHOST_VSOCK)"
+                    .into(),
+            );
+        }
+        None
+    }
+
+    fn describe(&self) -> String {
+        let accel = match &self.kvm {
+            Kvm::Hardware => "KVM".to_string(),
+            Kvm::Unusable(why) => format!("TCG software emulation (hardware KVM unusable: {why})"),
+        };
+        format!(
+            "qemu ({}) -M microvm, {accel}",
+            self.qemu
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "not installed".into())
+        )
+    }
+
+    fn capabilities(&self) -> HypervisorCaps {
+        HypervisorCaps {
+            hardware_accel: self.kvm.is_hardware(),
+        }
+    }
+
+    fn base_cmdline(&self) -> &'static str {
+        // reboot=t + -no-reboot: the agent's reboot(2) triple-faults and qemu exits.
+        "console=ttyS0 panic=-1 reboot=t quiet"
+    }
+
+    async fn prepare_vm(&self, cfg: &VmConfig) -> Result<()> {
+        if let Some(why) = self.unavailable_reason() {
+            return Err(Error::invalid(format!("qemu backend unavailable: {why}")));
+        }
+        let vsocks = cfg
+            .devices
+            .iter()
+            .filter(|d| matches!(d, Device::Vsock { .. }))
+            .count();
+        if vsocks != 1 {
+            return Err(Error::internal(
+                "a qemu microVM needs exactly one vsock device",
+            ));
+        }
+        Ok(())
+    }
+
+    async fn start_vm(&self, cfg: &VmConfig) -> Result<VmState> {
+        self.prepare_vm(cfg).await?;
+        let (guest_cid, uds_path) = cfg
+            .devices
+            .iter()
+            .find_map(|d| match d {
+                Device::Vsock {
+                    guest_cid,
+                    uds_path,
+                } => Some((*guest_cid, uds_path.clone())),
+                _ => None,
+            })
+            .expect("checked by prepare_vm");
+        let vhost_sock = cfg.run_dir.join("vhost-user.sock");
+        let _ = std::fs::remove_file(&vhost_sock);
+        let _ = std::fs::remove_file(&uds_path);
+        let mut vhost = Command::new(self.vhost_vsock.as_ref().expect("probed"));
+        vhost
+            .env_clear()
+            .arg("--guest-cid")
+            .arg(guest_cid.to_string())
+            .arg("--socket")
+            .arg(&vhost_sock)
+            .arg("--uds-path")
+            .arg(&uds_path);
+        let helper = spawn_detached(
+            "vhost-device-vsock",
+            vhost,
+            &cfg.run_dir.join("vhost-device-vsock.log"),
+            cfg.identity,
+        )?;
+        // qemu connects to the vhost-user socket at start-up: wait for it to exist.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !vhost_sock.exists() {
+            if !helper.alive() || tokio::time::Instant::now() > deadline {
+                procs::kill_all(std::slice::from_ref(&helper)).await;
+                let log = std::fs::read_to_string(cfg.run_dir.join("vhost-device-vsock.log"))
+                    .unwrap_or_default();
+                return Err(Error::internal(format!(
+                    "vhost-device-vsock did not start: {}",
+                    log.trim()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let cmd = self.qemu_command(cfg, &vhost_sock)?;
+        // qemu drops to `identity` itself (-runas) after opening its files as root.
+        let vmm = match spawn_detached("qemu", cmd, &cfg.run_dir.join("qemu.log"), None) {
+            Ok(p) => p,
+            Err(e) => {
+                procs::kill_all(std::slice::from_ref(&helper)).await;
+                return Err(e);
+            }
+        };
+        Ok(VmState {
+            hypervisor: self.name().into(),
+            vmm,
+            helpers: vec![helper],
+            agent_uds: uds_path,
+        })
+    }
+}
