@@ -260,6 +260,31 @@ fn microvm_vmm_killed_marks_the_container_exited() {
 }
 
 #[test]
+fn microvm_is_readopted_after_a_daemon_restart() {
+    require_microvm!();
+    let mut d = daemon();
+    let id = d
+        .docker_ok(&["run", "-d", "--isolation=microvm", "bb", "sleep", "1000"])
+        .trim()
+        .to_string();
+    let vmm = inspect(&d, &id, "{{.State.Pid}}");
+    // SIGKILL: berthd gets no chance to clean up; the VM keeps running meanwhile.
+    d.kill();
+    d.restart();
+    assert_eq!(inspect(&d, &id, "{{.State.Status}}"), "running");
+    assert_eq!(inspect(&d, &id, "{{.State.Pid}}"), vmm);
+    assert_eq!(
+        d.docker_ok(&["exec", &id, "echo", "still-here"]),
+        "still-here\n"
+    );
+    d.docker_ok(&["rm", "-f", &id]);
+    wait_until("VM processes to be gone", Duration::from_secs(10), || {
+        leftover_processes(d.dir.path()).is_empty()
+    });
+    assert!(leftover_files(&d).is_empty(), "{:?}", leftover_files(&d));
+}
+
+#[test]
 fn microvm_three_containers_in_parallel() {
     require_microvm!();
     let d = std::sync::Arc::new(daemon());

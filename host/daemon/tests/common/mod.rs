@@ -20,6 +20,8 @@ pub struct TestDaemon {
     child: Option<Child>,
     /// Daemon stderr goes here; printed when a test fails to help debugging.
     pub log_path: PathBuf,
+    /// The extra flags it was started with (reused by `restart`).
+    extra: Vec<String>,
 }
 
 impl TestDaemon {
@@ -45,6 +47,7 @@ impl TestDaemon {
             exec_root,
             child: None,
             log_path,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
         };
         d.spawn(extra);
         d
@@ -176,7 +179,9 @@ impl TestDaemon {
 
     pub fn restart(&mut self) {
         self.stop();
-        self.spawn(&[]);
+        let extra = self.extra.clone();
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        self.spawn(&extra);
     }
 
     pub fn pid(&self) -> Option<u32> {

@@ -132,7 +132,13 @@ impl Hypervisor for BerthVmm {
             .arg("--config")
             .arg(cfg.run_dir.join("vm.json"));
         // berth-vmm drops privileges itself (jail) once its resources are open.
-        let vmm = spawn_detached("berth-vmm", cmd, &cfg.run_dir.join("vmm.log"), None)?;
+        let vmm = spawn_detached(
+            "berth-vmm",
+            cmd,
+            &cfg.run_dir.join("vmm.log"),
+            &cfg.run_dir,
+            None,
+        )?;
         Ok(VmState {
             hypervisor: self.name().into(),
             vmm,

@@ -106,11 +106,14 @@ fn reap(pid: u32, role: &str) -> Option<String> {
 }
 
 /// Spawn `cmd` detached from the daemon: its own session, stdin from /dev/null, stdout and
-/// stderr appended to `log`, optionally as an unprivileged `identity`.
+/// stderr appended to `log`, working directory `cwd`, optionally as an unprivileged
+/// `identity`. The directory is entered *before* privileges are dropped, so the process can
+/// use relative paths (its sockets) in a dir whose ancestors it could not traverse.
 pub fn spawn_detached(
     role: &str,
     mut cmd: Command,
     log: &Path,
+    cwd: &Path,
     identity: Option<VmIdentity>,
 ) -> Result<VmProcess> {
     let out = std::fs::OpenOptions::new()
@@ -121,14 +124,25 @@ pub fn spawn_detached(
     cmd.stdin(Stdio::null())
         .stdout(Stdio::from(out))
         .stderr(Stdio::from(err));
-    if let Some(id) = identity {
-        cmd.uid(id.uid).gid(id.gid);
-    }
-    // SAFETY: setsid(2) is async-signal-safe; nothing else runs between fork and exec.
+    let cwd = std::ffi::CString::new(cwd.as_os_str().as_encoded_bytes())
+        .map_err(|_| Error::internal("working directory contains NUL"))?;
+    // SAFETY: only async-signal-safe calls (setsid, chdir, setgroups, setgid, setuid) run
+    // between fork and exec, on memory prepared before the fork.
     unsafe {
-        cmd.pre_exec(|| {
-            if libc::setsid() < 0 {
-                return Err(std::io::Error::last_os_error());
+        cmd.pre_exec(move || {
+            let check = |rc: libc::c_int| {
+                if rc < 0 {
+                    Err(std::io::Error::last_os_error())
+                } else {
+                    Ok(())
+                }
+            };
+            check(libc::setsid())?;
+            check(libc::chdir(cwd.as_ptr()))?;
+            if let Some(id) = identity {
+                check(libc::setgroups(0, std::ptr::null()))?;
+                check(libc::setgid(id.gid))?;
+                check(libc::setuid(id.uid))?;
             }
             Ok(())
         });

@@ -196,19 +196,25 @@ impl Hypervisor for Qemu {
         let vhost_sock = cfg.run_dir.join("vhost-user.sock");
         let _ = std::fs::remove_file(&vhost_sock);
         let _ = std::fs::remove_file(&uds_path);
+        // The helper sees only its VM's run dir: it runs there as the VM's uid and names
+        // its sockets relative to it.
+        let uds_name = uds_path
+            .strip_prefix(&cfg.run_dir)
+            .map_err(|_| Error::internal("the vsock socket must be in the VM's run dir"))?;
         let mut vhost = Command::new(self.vhost_vsock.as_ref().expect("probed"));
         vhost
             .env_clear()
             .arg("--guest-cid")
             .arg(guest_cid.to_string())
             .arg("--socket")
-            .arg(&vhost_sock)
+            .arg("vhost-user.sock")
             .arg("--uds-path")
-            .arg(&uds_path);
+            .arg(uds_name);
         let helper = spawn_detached(
             "vhost-device-vsock",
             vhost,
             &cfg.run_dir.join("vhost-device-vsock.log"),
+            &cfg.run_dir,
             cfg.identity,
         )?;
         // qemu connects to the vhost-user socket at start-up: wait for it to exist.
@@ -227,7 +233,13 @@ impl Hypervisor for Qemu {
         }
         let cmd = self.qemu_command(cfg, &vhost_sock)?;
         // qemu drops to `identity` itself (-runas) after opening its files as root.
-        let vmm = match spawn_detached("qemu", cmd, &cfg.run_dir.join("qemu.log"), None) {
+        let vmm = match spawn_detached(
+            "qemu",
+            cmd,
+            &cfg.run_dir.join("qemu.log"),
+            &cfg.run_dir,
+            None,
+        ) {
             Ok(p) => p,
             Err(e) => {
                 procs::kill_all(std::slice::from_ref(&helper)).await;
