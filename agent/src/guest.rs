@@ -7,6 +7,26 @@ use tracing::warn;
 
 pub const DEFAULT_VSOCK_PORT: u32 = 1024;
 
+/// Moves PID 1 off the initramfs onto a tmpfs root of its own, as `switch_root` does:
+/// pivot_root(2) refuses to move away from the initramfs (`rootfs` has no parent mount), and
+/// every container start pivots into its rootfs. Called first, before anything is mounted.
+/// The agent binary keeps running from the old root, which stays in memory, unreachable.
+pub fn leave_initramfs() -> nix::Result<()> {
+    let new_root = "/newroot";
+    let _ = fs::create_dir_all(new_root);
+    mount(
+        Some("tmpfs"),
+        new_root,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=0755"),
+    )?;
+    nix::unistd::chdir(new_root)?;
+    mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)?;
+    nix::unistd::chroot(".")?;
+    nix::unistd::chdir("/")
+}
+
 /// Mounts /proc, /sys, /dev, /dev/pts, /dev/shm, /run and the cgroup2 hierarchy; entries
 /// already mounted (EBUSY) are skipped.
 pub fn mount_kernel_filesystems() {

@@ -131,6 +131,10 @@ enum Listener {
 fn guest_main(args: &[String]) -> Result<()> {
     let pid1 = std::process::id() == 1;
     if pid1 {
+        if let Err(e) = guest::leave_initramfs() {
+            // Logging is not up yet; the console is stderr.
+            eprintln!("berth-agent: cannot leave the initramfs (containers will not start): {e}");
+        }
         guest::mount_kernel_filesystems();
     }
     let mut port = None;

@@ -320,7 +320,9 @@ fn microvm_reports_why_it_is_unavailable() {
             && err.contains("/nonexistent/vmlinux"),
         "{err}"
     );
-    let info = d.docker_ok(&["info"]);
+    // docker prints the daemon's warnings on stderr.
+    let o = d.docker(&["info"]);
+    let info = format!("{}{}", stdout(&o), stderr(&o));
     assert!(
         info.contains("microvm isolation unavailable") && info.contains("/nonexistent/vmlinux"),
         "{info}"

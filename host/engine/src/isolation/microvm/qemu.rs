@@ -92,7 +92,7 @@ impl Qemu {
             match dev {
                 Device::Block { path, read_only } => {
                     cmd.arg("-drive").arg(format!(
-                        "id=d{i},file={},format=raw,if=none,readonly={},cache=none,aio=threads",
+                        "id=d{i},file={},format=raw,if=none,readonly={}",
                         qemu_escape(path),
                         if *read_only { "on" } else { "off" }
                     ));
