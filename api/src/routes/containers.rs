@@ -345,7 +345,7 @@ fn container(engine: &AppState, id: &str) -> ApiResult<Arc<Container>> {
 async fn inspect(
     State(engine): State<AppState>,
     Path(id): Path<String>,
-) -> ApiResult<Json<ContainerInspectResponse>> {
+) -> ApiResult<Json<serde_json::Value>> {
     let c = container(&engine, &id)?;
     let r = c.record();
     let dir = engine.config.data_root.join("containers").join(&r.id);
@@ -362,7 +362,7 @@ async fn inspect(
             dir.join("work").display().to_string(),
         );
     }
-    Ok(Json(ContainerInspectResponse {
+    let resp = ContainerInspectResponse {
         id: Some(r.id.clone()),
         created: Some(r.created.clone()),
         path: Some(r.path.clone()),
@@ -418,7 +418,11 @@ async fn inspect(
             ..Default::default()
         }),
         ..Default::default()
-    }))
+    };
+    let mut v = serde_json::to_value(&resp).map_err(|e| ApiError::internal(e.to_string()))?;
+    // The model's enum only knows Windows' values; ours is written as recorded.
+    v["HostConfig"]["Isolation"] = r.isolation.as_str().into();
+    Ok(Json(v))
 }
 
 async fn start(State(engine): State<AppState>, Path(id): Path<String>) -> ApiResult<StatusCode> {

@@ -42,6 +42,9 @@ const GUEST_CID: u32 = 3;
 /// Where the guest agent mounts the disks (see agent/src/guest.rs).
 const GUEST_IMAGE_DIR: &str = "/run/vm/image";
 const GUEST_RW_DIR: &str = "/run/vm/rw";
+/// What the guest agent prints on the console once its vsock listener is up
+/// (agent/src/main.rs, at `RUST_LOG=info`).
+const AGENT_LISTENING: &str = "guest agent listening on vsock";
 /// Boot budget: a TCG boot takes ~1 s, but several at once on a loaded host take longer.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -289,6 +292,34 @@ impl MicrovmIsolation {
 
     async fn connect(&self, id: &str, state: &VmState) -> Result<AgentClient> {
         let deadline = tokio::time::Instant::now() + BOOT_TIMEOUT;
+        let console = self.vm_dir(id).join("console.log");
+        // Connect only once the agent says it listens: a CONNECT that reaches
+        // vhost-device-vsock before the guest's vsock driver is up can leave every later
+        // connection hanging.
+        loop {
+            let text = std::fs::read(&console).unwrap_or_default();
+            if text
+                .windows(AGENT_LISTENING.len())
+                .any(|w| w == AGENT_LISTENING.as_bytes())
+            {
+                break;
+            }
+            if !state.vmm.alive() {
+                return Err(Error::internal(format!(
+                    "the microVM exited while booting ({} exited){}",
+                    state.vmm.role,
+                    serial_tail(&console)
+                )));
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(Error::internal(format!(
+                    "the microVM's agent did not start within {}s{}",
+                    BOOT_TIMEOUT.as_secs(),
+                    serial_tail(&console)
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         let mut last_err: String;
         loop {
             match tokio::time::timeout(

@@ -62,7 +62,7 @@ impl VmProcess {
     /// child and could be reaped) or `None` (re-adopted after a daemon restart).
     pub async fn wait_exit(&self) -> Option<String> {
         if !self.alive() {
-            return reap(self.pid, &self.role);
+            return reap(self.pid, &self.role).await;
         }
         // SAFETY: pidfd_open(2) with a valid pid and no flags; the fd is owned below.
         let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, self.pid as libc::c_int, 0) };
@@ -82,27 +82,32 @@ impl VmProcess {
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             }
         }
-        reap(self.pid, &self.role)
+        reap(self.pid, &self.role).await
     }
 }
 
-/// Reap our child `pid` if it is one, describing its end.
-fn reap(pid: u32, role: &str) -> Option<String> {
-    let mut status = 0;
-    // SAFETY: waitpid(2) on a specific pid; ECHILD when it is not our child.
-    let r = unsafe { libc::waitpid(pid as i32, &mut status, libc::WNOHANG) };
-    if r != pid as i32 {
-        return None;
+/// Reap our child `pid` if it is one, describing its end. Called once the process is known
+/// to have exited; the kernel may take a moment to make it waitable, so retry briefly
+/// rather than leave a zombie behind.
+async fn reap(pid: u32, role: &str) -> Option<String> {
+    for _ in 0..200 {
+        let mut status = 0;
+        // SAFETY: waitpid(2) on a specific pid; ECHILD when it is not our child.
+        let r = unsafe { libc::waitpid(pid as i32, &mut status, libc::WNOHANG) };
+        if r == pid as i32 {
+            return Some(if libc::WIFSIGNALED(status) {
+                format!("{role} was killed by signal {}", libc::WTERMSIG(status))
+            } else {
+                format!("{role} exited with status {}", libc::WEXITSTATUS(status))
+            });
+        }
+        if r < 0 {
+            // Not our child (re-adopted after a daemon restart) or already reaped.
+            return None;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
-    if libc::WIFSIGNALED(status) {
-        let sig = libc::WTERMSIG(status);
-        Some(format!("{role} was killed by signal {sig}"))
-    } else {
-        Some(format!(
-            "{role} exited with status {}",
-            libc::WEXITSTATUS(status)
-        ))
-    }
+    None
 }
 
 /// Spawn `cmd` detached from the daemon: its own session, stdin from /dev/null, stdout and
