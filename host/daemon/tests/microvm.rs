@@ -209,6 +209,36 @@ fn microvm_exec_logs_stop_kill_and_inspect() {
 }
 
 #[test]
+fn microvm_limits_apply_inside_the_guest() {
+    require_microvm!();
+    let d = daemon();
+    // --cpus sizes the VM; -m is enforced by the guest's cgroup: OOM → 137 + OOMKilled.
+    let id = d
+        .docker_ok(&[
+            "run",
+            "-d",
+            "--isolation=microvm",
+            "-m",
+            "16m",
+            "--cpus",
+            "2",
+            "bb",
+            "sh",
+            "-c",
+            "nproc; sleep 1; x=a; while true; do x=$x$x; done",
+        ])
+        .trim()
+        .to_string();
+    d.docker_ok(&["pause", &id]);
+    assert_eq!(inspect(&d, &id, "{{.State.Status}}"), "paused");
+    d.docker_ok(&["unpause", &id]);
+    assert_eq!(d.docker_ok(&["wait", &id]).trim(), "137");
+    assert_eq!(inspect(&d, &id, "{{.State.OOMKilled}}"), "true");
+    assert_eq!(d.docker_ok(&["logs", &id]).trim(), "2");
+    d.docker_ok(&["rm", &id]);
+}
+
+#[test]
 fn microvm_rm_leaves_nothing_behind() {
     require_microvm!();
     let d = daemon();
