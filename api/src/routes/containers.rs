@@ -422,6 +422,10 @@ async fn inspect(
     let mut v = serde_json::to_value(&resp).map_err(|e| ApiError::internal(e.to_string()))?;
     // The model's enum only knows Windows' values; ours is written as recorded.
     v["HostConfig"]["Isolation"] = r.isolation.as_str().into();
+    if let Some(details) = engine.containers.isolation_details(&r) {
+        // berth's own key: the microVM's hypervisor, guest kernel, vCPUs and memory.
+        v["MicroVM"] = details;
+    }
     Ok(Json(v))
 }
 

@@ -173,6 +173,15 @@ fn microvm_exec_logs_stop_kill_and_inspect() {
         .to_string();
     assert_eq!(inspect(&d, &id, "{{.HostConfig.Isolation}}"), "microvm");
     assert_eq!(inspect(&d, &id, "{{.State.Running}}"), "true");
+    assert_eq!(
+        inspect(
+            &d,
+            &id,
+            "{{.MicroVM.Hypervisor}} {{.MicroVM.VCPUs}} {{.MicroVM.MemoryMiB}}"
+        ),
+        "qemu 1 256"
+    );
+    assert!(inspect(&d, &id, "{{.MicroVM.GuestKernel}}").starts_with("6."));
     wait_until("the first log line", Duration::from_secs(30), || {
         d.docker_ok(&["logs", &id]).contains("started")
     });

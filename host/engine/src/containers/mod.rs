@@ -334,6 +334,11 @@ impl Containers {
             .collect()
     }
 
+    /// Isolation backend details for `docker inspect`.
+    pub fn isolation_details(&self, rec: &ContainerRecord) -> Option<serde_json::Value> {
+        self.backend(rec).inspect(rec)
+    }
+
     /// The isolation backend serving `rec`.
     pub(crate) fn backend(&self, rec: &ContainerRecord) -> &Arc<dyn IsolationBackend> {
         self.isolation.get(rec.isolation)

@@ -74,6 +74,13 @@ pub trait IsolationBackend: Send + Sync {
     /// than "connection closed" (e.g. the VMM was killed).
     async fn failure_reason(&self, rec: &ContainerRecord) -> Option<String>;
 
+    /// Backend details for `docker inspect` (e.g. a microVM's hypervisor, guest kernel,
+    /// vCPUs and memory), or `None`.
+    fn inspect(&self, rec: &ContainerRecord) -> Option<serde_json::Value> {
+        let _ = rec;
+        None
+    }
+
     /// After a run ended (the agent was told to shut down, or died): release what the run
     /// held on the host (cgroups, VMM and helper processes, sockets). Idempotent.
     async fn release(&self, rec: &ContainerRecord);

@@ -71,6 +71,8 @@ pub struct MicrovmIsolation {
     agent_bin: PathBuf,
     images: Arc<ImageStore>,
     kernel: Option<PathBuf>,
+    /// `Linux version ...` of the guest kernel, for `docker inspect`.
+    kernel_version: Option<String>,
     hypervisor: Arc<dyn Hypervisor>,
     /// Why this backend was chosen (log, `docker info`).
     choice: String,
@@ -123,7 +125,9 @@ impl MicrovmIsolation {
             })
             .collect();
         let kernel = cfg.kernel.clone().or_else(probe::find_guest_kernel);
+        let kernel_version = kernel.as_deref().and_then(probe::kernel_version);
         Ok(MicrovmIsolation {
+            kernel_version,
             cache: dirs.data_root.join("microvm"),
             dirs,
             agent_bin,
@@ -419,6 +423,18 @@ impl IsolationBackend for MicrovmIsolation {
                 .unwrap_or_else(|| "none".into()),
             self.others.join("; ")
         )
+    }
+
+    fn inspect(&self, rec: &ContainerRecord) -> Option<serde_json::Value> {
+        Some(serde_json::json!({
+            "Hypervisor": self.hypervisor.name(),
+            "Accelerator": if self.hypervisor.capabilities().hardware_accel { "kvm" } else { "tcg" },
+            "GuestKernel": self.kernel_version,
+            "GuestKernelPath": self.kernel,
+            "VCPUs": sizing::vcpus(rec),
+            "MemoryMiB": sizing::mem_mib(rec),
+            "VmmPid": (rec.state.agent_pid > 0).then_some(rec.state.agent_pid),
+        }))
     }
 
     fn storage_name(&self) -> &'static str {
