@@ -280,6 +280,14 @@ fn microvm_vmm_killed_marks_the_container_exited() {
         comm.starts_with("qemu"),
         "State.Pid {vmm} is {comm:?}, not the VMM"
     );
+    // The VMM is accounted in a host cgroup of its own.
+    let cgroup = vm_cgroup(&id);
+    let procs = std::fs::read_to_string(cgroup.join("cgroup.procs")).unwrap_or_default();
+    assert!(
+        procs.lines().any(|p| p == vmm.to_string()),
+        "VMM {vmm} not in {}: {procs:?}",
+        cgroup.display()
+    );
     // SAFETY: kill(2) on the VMM pid this test's daemon reported.
     unsafe { libc_kill(vmm, 9) };
     wait_until("exit after the VMM died", Duration::from_secs(30), || {
@@ -296,6 +304,16 @@ fn microvm_vmm_killed_marks_the_container_exited() {
     });
     d.docker_ok(&["rm", &id]);
     assert!(leftover_files(&d).is_empty(), "{:?}", leftover_files(&d));
+    assert!(!cgroup.exists(), "{} left behind", cgroup.display());
+}
+
+/// The host cgroup (memory controller) holding a microVM's VMM and helpers.
+fn vm_cgroup(id: &str) -> PathBuf {
+    if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        Path::new("/sys/fs/cgroup/berth-vm").join(&id[..12])
+    } else {
+        Path::new("/sys/fs/cgroup/memory/berth-vm").join(&id[..12])
+    }
 }
 
 #[test]

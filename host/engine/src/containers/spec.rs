@@ -125,7 +125,7 @@ impl Containers {
             (Some(m), None | Some(0)) if m > 0 => Some(m * 2),
             (_, s) => s,
         };
-        Ok(ContainerSpec {
+        let mut spec = ContainerSpec {
             id: rec.id.clone(),
             rootfs: self.rootfs_for(rec)?,
             readonly_rootfs: hc.readonly_rootfs.unwrap_or(false),
@@ -175,7 +175,9 @@ impl Containers {
             },
             cgroup_parent: hc.cgroup_parent.clone().filter(|s| !s.is_empty()),
             init: hc.init.unwrap_or(false),
-        })
+        };
+        self.backend(rec).map_resources(&mut spec.resources);
+        Ok(spec)
     }
 }
 

@@ -74,6 +74,12 @@ pub trait IsolationBackend: Send + Sync {
     /// than "connection closed" (e.g. the VMM was killed).
     async fn failure_reason(&self, rec: &ContainerRecord) -> Option<String>;
 
+    /// Map the container's resource limits to what its agent enforces (e.g. a microVM's
+    /// `--cpuset-cpus` pins host CPUs for the VMM; inside the guest every vCPU is usable).
+    fn map_resources(&self, res: &mut berth_agent_protocol::Resources) {
+        let _ = res;
+    }
+
     /// Backend details for `docker inspect` (e.g. a microVM's hypervisor, guest kernel,
     /// vCPUs and memory), or `None`.
     fn inspect(&self, rec: &ContainerRecord) -> Option<serde_json::Value> {

@@ -138,6 +138,7 @@ impl Hypervisor for BerthVmm {
             &cfg.run_dir.join("vmm.log"),
             &cfg.run_dir,
             None,
+            &cfg.cgroups,
         )?;
         Ok(VmState {
             hypervisor: self.name().into(),

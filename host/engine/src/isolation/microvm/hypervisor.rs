@@ -38,6 +38,8 @@ pub struct VmConfig {
     pub serial_log: PathBuf,
     /// Unprivileged identity for the VMM and its helpers, when the host allows it.
     pub identity: Option<VmIdentity>,
+    /// `cgroup.procs` files the VMM and its helpers join (host accounting).
+    pub cgroups: Vec<PathBuf>,
 }
 
 /// A running VM as the daemon remembers it (persisted for re-adoption after a restart).

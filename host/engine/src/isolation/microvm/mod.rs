@@ -10,6 +10,7 @@
 
 pub mod berth_vmm;
 pub mod disks;
+pub mod host_cgroup;
 pub mod hypervisor;
 pub mod probe;
 pub mod procs;
@@ -110,10 +111,7 @@ impl MicrovmIsolation {
             }
             None => (
                 qemu.clone(),
-                format!(
-                    "probed: berth-vmm unavailable ({})",
-                    berth.unavailable_reason().unwrap_or_default()
-                ),
+                "probed: berth-vmm is unavailable here".to_string(),
             ),
         };
         let others = [&berth, &qemu]
@@ -245,6 +243,13 @@ impl MicrovmIsolation {
             serial_log: self.vm_dir(&rec.id).join("console.log"),
             run_dir,
             identity: Self::identity(&rec.id),
+            cgroups: host_cgroup::create(
+                &rec.id,
+                rec.host_config
+                    .cpuset_cpus
+                    .as_deref()
+                    .filter(|s| !s.is_empty()),
+            ),
         })
     }
 
@@ -425,6 +430,13 @@ impl IsolationBackend for MicrovmIsolation {
         )
     }
 
+    fn map_resources(&self, res: &mut berth_agent_protocol::Resources) {
+        // Host CPU/memory-node numbers mean nothing in the guest: the VM has exactly as many
+        // vCPUs as the set, and its host cgroup pins them.
+        res.cpuset_cpus = None;
+        res.cpuset_mems = None;
+    }
+
     fn inspect(&self, rec: &ContainerRecord) -> Option<serde_json::Value> {
         Some(serde_json::json!({
             "Hypervisor": self.hypervisor.name(),
@@ -557,5 +569,6 @@ impl IsolationBackend for MicrovmIsolation {
         }
         let _ = std::fs::remove_file(self.state_path(&rec.id));
         let _ = std::fs::remove_dir_all(self.vm_run_dir(&rec.id));
+        host_cgroup::remove(&rec.id).await;
     }
 }

@@ -120,6 +120,7 @@ pub fn spawn_detached(
     log: &Path,
     cwd: &Path,
     identity: Option<VmIdentity>,
+    cgroups: &[std::path::PathBuf],
 ) -> Result<VmProcess> {
     let out = std::fs::OpenOptions::new()
         .create(true)
@@ -131,7 +132,12 @@ pub fn spawn_detached(
         .stderr(Stdio::from(err));
     let cwd = std::ffi::CString::new(cwd.as_os_str().as_encoded_bytes())
         .map_err(|_| Error::internal("working directory contains NUL"))?;
-    // SAFETY: only async-signal-safe calls (setsid, chdir, setgroups, setgid, setuid) run
+    let cgroups: Vec<std::ffi::CString> = cgroups
+        .iter()
+        .filter_map(|p| std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).ok())
+        .collect();
+    // SAFETY: only async-signal-safe calls (setsid, open/write/close, chdir, setgroups,
+    // setgid, setuid) run
     // between fork and exec, on memory prepared before the fork.
     unsafe {
         cmd.pre_exec(move || {
@@ -143,6 +149,14 @@ pub fn spawn_detached(
                 }
             };
             check(libc::setsid())?;
+            // Join the VM's host cgroups before exec (best effort: accounting only).
+            for procs in &cgroups {
+                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if fd >= 0 {
+                    libc::write(fd, b"0".as_ptr().cast(), 1);
+                    libc::close(fd);
+                }
+            }
             check(libc::chdir(cwd.as_ptr()))?;
             if let Some(id) = identity {
                 check(libc::setgroups(0, std::ptr::null()))?;

@@ -140,8 +140,8 @@ impl Hypervisor for Qemu {
 
     fn describe(&self) -> String {
         let accel = match &self.kvm {
-            Kvm::Hardware => "KVM".to_string(),
-            Kvm::Unusable(why) => format!("TCG software emulation (hardware KVM unusable: {why})"),
+            Kvm::Hardware => "KVM",
+            Kvm::Unusable(_) => "TCG software emulation (no hardware KVM)",
         };
         format!(
             "qemu ({}) -M microvm, {accel}",
@@ -216,6 +216,7 @@ impl Hypervisor for Qemu {
             &cfg.run_dir.join("vhost-device-vsock.log"),
             &cfg.run_dir,
             cfg.identity,
+            &cfg.cgroups,
         )?;
         // qemu connects to the vhost-user socket at start-up: wait for it to exist.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -239,6 +240,7 @@ impl Hypervisor for Qemu {
             &cfg.run_dir.join("qemu.log"),
             &cfg.run_dir,
             None,
+            &cfg.cgroups,
         ) {
             Ok(p) => p,
             Err(e) => {
