@@ -420,9 +420,10 @@ async fn inspect(
         ..Default::default()
     };
     let mut v = serde_json::to_value(&resp).map_err(|e| ApiError::internal(e.to_string()))?;
-    // The model's enum only knows Windows' values; ours is written as recorded.
-    v["HostConfig"]["Isolation"] = r.isolation.as_str().into();
     if let Some(details) = engine.containers.isolation_details(&r) {
+        // The API's Isolation enum (default|process|hyperv) has no `microvm`, and typed
+        // clients reject unknown values: hypervisor isolation is `hyperv` there.
+        v["HostConfig"]["Isolation"] = "hyperv".into();
         // berth's own key: the microVM's hypervisor, guest kernel, vCPUs and memory.
         v["MicroVM"] = details;
     }

@@ -171,7 +171,7 @@ fn microvm_exec_logs_stop_kill_and_inspect() {
         ])
         .trim()
         .to_string();
-    assert_eq!(inspect(&d, &id, "{{.HostConfig.Isolation}}"), "microvm");
+    assert_eq!(inspect(&d, &id, "{{.HostConfig.Isolation}}"), "hyperv");
     assert_eq!(inspect(&d, &id, "{{.State.Running}}"), "true");
     assert_eq!(
         inspect(
@@ -422,7 +422,7 @@ fn microvm_default_isolation_and_info() {
         "{info}"
     );
     let id = d.docker_ok(&["create", "bb", "true"]).trim().to_string();
-    assert_eq!(inspect(&d, &id, "{{.HostConfig.Isolation}}"), "microvm");
+    assert_eq!(inspect(&d, &id, "{{.HostConfig.Isolation}}"), "hyperv");
     let o = d.docker(&["start", "-a", &id]);
     assert!(o.status.success(), "{}", stderr(&o));
     // Binds need a shared filesystem the guest does not have yet: refused, with the reason.

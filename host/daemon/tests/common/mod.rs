@@ -70,6 +70,14 @@ impl TestDaemon {
             .arg(self.dir.path().join("berthd.pid"))
             .arg("--log-level")
             .arg("debug")
+            // BERTH_TEST_ISOLATION=microvm runs a suite's containers in microVMs.
+            .args(
+                std::env::var("BERTH_TEST_ISOLATION")
+                    .ok()
+                    .filter(|v| !v.is_empty())
+                    .map(|v| vec!["--default-isolation".to_string(), v])
+                    .unwrap_or_default(),
+            )
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(log)
