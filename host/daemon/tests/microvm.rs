@@ -134,10 +134,11 @@ fn microvm_run_prints_and_propagates_exit_codes() {
     assert_eq!(o.status.code(), Some(3), "stderr: {}", stderr(&o));
 
     // stdout and stderr stay separate streams; the guest really is a different kernel.
+    // `--runtime microvm` is an alias (docker info lists it among the runtimes).
     let o = d.docker(&[
         "run",
         "--rm",
-        "--isolation=microvm",
+        "--runtime=microvm",
         "bb",
         "sh",
         "-c",

@@ -53,7 +53,13 @@ impl Containers {
         let img = self.images.image_config(&image_id)?;
         let mut hc: HostConfig = body.host_config.clone().unwrap_or_default();
         validate_host_config(&hc)?;
-        let isolation = self.isolation.parse(&req.isolation)?;
+        // `--runtime microvm|process` (the runtimes `docker info` lists) is an alias for
+        // `--isolation`; `berth` is the daemon's default runtime.
+        let runtime = hc.runtime.clone().filter(|r| !r.is_empty() && r != "berth");
+        let isolation = match (req.isolation.as_str(), runtime) {
+            ("" | "default", Some(rt)) => self.isolation.parse(&rt)?,
+            (iso, _) => self.isolation.parse(iso)?,
+        };
         let backend = self.isolation.get(isolation).clone();
 
         let explicit_name = match req.name.as_deref().filter(|n| !n.is_empty()) {
