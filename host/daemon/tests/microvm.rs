@@ -426,6 +426,26 @@ fn microvm_default_isolation_and_info() {
     assert_eq!(inspect(&d, &id, "{{.HostConfig.Isolation}}"), "hyperv");
     let o = d.docker(&["start", "-a", &id]);
     assert!(o.status.success(), "{}", stderr(&o));
+    // An image VOLUME keeps its data in the writable layer on the guest disk.
+    let tar = common::images::busybox_tar();
+    d.docker_ok(&[
+        "import",
+        "-c",
+        "VOLUME /data",
+        tar.to_str().unwrap(),
+        "bbvol",
+    ]);
+    assert_eq!(
+        d.docker_ok(&[
+            "run",
+            "--rm",
+            "bbvol",
+            "sh",
+            "-c",
+            "echo v > /data/f; cat /data/f"
+        ]),
+        "v\n"
+    );
     // Binds need a shared filesystem the guest does not have yet: refused, with the reason.
     let err = d.docker_err(&["run", "--rm", "-v", "/tmp:/host", "bb", "true"]);
     assert!(err.contains("cannot mount host paths"), "{err}");

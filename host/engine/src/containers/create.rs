@@ -153,17 +153,20 @@ impl Containers {
             hc.network_mode = Some("default".into());
         }
         let mut mounts = self.plan_mounts(&hc)?;
-        let image_volumes = config.volumes.clone().unwrap_or_default();
-        if !backend.capabilities().host_bind_mounts
-            && (mounts.iter().any(|m| m.kind != "tmpfs") || !image_volumes.is_empty())
-        {
+        // The image's VOLUMEs become anonymous volumes where host paths can be mounted; in
+        // a microVM their data stays in the container's writable layer, on its guest disk.
+        let image_volumes = if backend.capabilities().host_bind_mounts {
+            config.volumes.clone().unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        if !backend.capabilities().host_bind_mounts && mounts.iter().any(|m| m.kind != "tmpfs") {
             return Err(Error::invalid(format!(
                 "{} isolation cannot mount host paths or volumes yet (no shared filesystem in the guest): use --tmpfs",
                 isolation.as_str()
             )));
         }
-        self.prepare_volumes(&mut mounts, &config.volumes.clone().unwrap_or_default())
-            .await?;
+        self.prepare_volumes(&mut mounts, &image_volumes).await?;
 
         let dir = self.container_dir(&id);
         std::fs::create_dir_all(&dir)?;

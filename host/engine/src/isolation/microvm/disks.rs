@@ -131,14 +131,25 @@ pub fn image_disk(
 /// Default size of a container's writable disk (sparse: only written blocks use space).
 pub const RW_DISK_BYTES: u64 = 4 << 30;
 
-/// Create the container's writable disk: sparse ext4 with empty `upper/` and `work/`.
+/// Create the container's writable disk: sparse ext4 with empty `upper/` and `work/`, and
+/// in `upper/` the image's VOLUME directories (their data lives in the writable layer).
 /// No journal: the disk only lives as long as the container, and creating it stays cheap.
-pub fn create_rw_disk(path: &Path, bytes: u64) -> Result<()> {
+pub fn create_rw_disk(path: &Path, bytes: u64, volume_dirs: &[String]) -> Result<()> {
     let tmpl = tempfile::Builder::new()
         .prefix(".rw-")
         .tempdir_in(path.parent().unwrap_or(Path::new("/tmp")))?;
     std::fs::create_dir(tmpl.path().join("upper"))?;
     std::fs::create_dir(tmpl.path().join("work"))?;
+    for v in volume_dirs {
+        let rel = Path::new(v.trim_start_matches('/'));
+        let plain = rel
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)));
+        if !plain {
+            return Err(Error::invalid(format!("invalid volume path {v:?}")));
+        }
+        std::fs::create_dir_all(tmpl.path().join("upper").join(rel))?;
+    }
     let f = std::fs::File::create(path)?;
     f.set_len(bytes)?;
     drop(f);

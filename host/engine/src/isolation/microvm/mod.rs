@@ -462,9 +462,12 @@ impl IsolationBackend for MicrovmIsolation {
         let dir = self.vm_dir(&rec.id);
         std::fs::create_dir_all(&dir)?;
         let disk = dir.join("rw.ext4");
-        tokio::task::spawn_blocking(move || disks::create_rw_disk(&disk, disks::RW_DISK_BYTES))
-            .await
-            .map_err(Error::internal)?
+        let volumes = rec.config.volumes.clone().unwrap_or_default();
+        tokio::task::spawn_blocking(move || {
+            disks::create_rw_disk(&disk, disks::RW_DISK_BYTES, &volumes)
+        })
+        .await
+        .map_err(Error::internal)?
     }
 
     fn rootfs(&self, _rec: &ContainerRecord) -> Result<Rootfs> {
