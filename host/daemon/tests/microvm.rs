@@ -265,6 +265,16 @@ fn microvm_rm_leaves_nothing_behind() {
         leftover_processes(d.dir.path())
     );
     assert!(leftover_files(&d).is_empty(), "{:?}", leftover_files(&d));
+    // The image's cached block image goes with the image.
+    let disks = d.data_root.join("microvm/images");
+    let count = || std::fs::read_dir(&disks).map(|r| r.count()).unwrap_or(0);
+    assert_eq!(count(), 1, "one cached image disk");
+    d.docker_ok(&["rmi", "bb"]);
+    wait_until(
+        "the image disk to be removed",
+        Duration::from_secs(10),
+        || count() == 0,
+    );
 }
 
 #[test]

@@ -217,7 +217,7 @@ impl Containers {
                     )))
                 }
             };
-        let isolation = Self::open_isolation(&paths, &images, storage_driver)?;
+        let isolation = Self::open_isolation(&paths, &images, &events, storage_driver)?;
         let mut map = HashMap::new();
         for entry in std::fs::read_dir(&dir)?.flatten() {
             let p = entry.path().join("container.json");
@@ -348,6 +348,7 @@ impl Containers {
     fn open_isolation(
         paths: &ContainerPaths,
         images: &Arc<ImageStore>,
+        events: &EventBus,
         storage_driver: &'static str,
     ) -> Result<IsolationBackends> {
         let dirs = ContainerDirs {
@@ -360,12 +361,13 @@ impl Containers {
             images.clone(),
             storage_driver,
         );
-        let microvm = crate::isolation::microvm::MicrovmIsolation::new(
+        let microvm = Arc::new(crate::isolation::microvm::MicrovmIsolation::new(
             dirs,
             paths.agent_bin.clone(),
             images.clone(),
             &paths.microvm,
-        )?;
+        )?);
+        microvm.collect_unused_image_disks(events);
         // Process isolation stays the default unless asked: it needs nothing beyond the
         // host kernel, while a microVM needs a guest kernel and (here) software emulation.
         let default = match paths.default_isolation.as_deref() {
@@ -377,7 +379,7 @@ impl Containers {
                 )))
             }
         };
-        let backends = IsolationBackends::new(Arc::new(process), Arc::new(microvm), default)?;
+        let backends = IsolationBackends::new(Arc::new(process), microvm, default)?;
         for b in backends.all() {
             tracing::info!(mode = b.mode().as_str(), "isolation {}", b.describe());
         }

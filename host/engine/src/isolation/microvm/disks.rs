@@ -56,6 +56,48 @@ fn dir_bytes(p: &Path) -> u64 {
     crate::containers::dir_size_pub(p)
 }
 
+/// The chain of unpacked layer dirs (content-addressed) identifies a rootfs: images that
+/// share all their layers share the block image.
+fn chain_key(layers: &[PathBuf]) -> String {
+    let mut h = Sha256::new();
+    for l in layers {
+        h.update(l.as_os_str().as_encoded_bytes());
+        h.update(b"\n");
+    }
+    hex::encode(h.finalize())[..32].to_string()
+}
+
+/// Remove cached block images no image in the store uses any more (after `rmi`). Blocking;
+/// the caller holds the build lock.
+pub fn gc_image_disks(images: &Arc<ImageStore>, cache: &Path) {
+    let Ok(list) = images.list(&crate::images::ListOptions {
+        all: true,
+        ..Default::default()
+    }) else {
+        return;
+    };
+    let live: std::collections::HashSet<String> = list
+        .iter()
+        .filter_map(|i| images.layer_dirs(&i.id).ok())
+        .map(|l| chain_key(&l))
+        .collect();
+    let Ok(rd) = std::fs::read_dir(cache) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        // In-progress builds are hidden temp dirs.
+        if name.starts_with('.') {
+            continue;
+        }
+        let key = name.split('.').next().unwrap_or_default();
+        if !live.contains(key) {
+            tracing::info!(disk = %name, "removing unused microVM image disk");
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
 /// The block image of `image_id`'s rootfs under `cache`, built if missing. Blocking.
 pub fn image_disk(
     images: &Arc<ImageStore>,
@@ -63,16 +105,8 @@ pub fn image_disk(
     cache: &Path,
     fs: ImageFs,
 ) -> Result<PathBuf> {
-    let layers = images.layer_dirs(image_id)?;
-    // The chain of unpacked layer dirs (content-addressed) identifies the rootfs: images
-    // that share all their layers share the block image.
-    let mut h = Sha256::new();
-    for l in &layers {
-        h.update(l.as_os_str().as_encoded_bytes());
-        h.update(b"\n");
-    }
-    let key = hex::encode(h.finalize());
-    let dest = cache.join(format!("{}.{}", &key[..32], fs.as_str()));
+    let key = chain_key(&images.layer_dirs(image_id)?);
+    let dest = cache.join(format!("{key}.{}", fs.as_str()));
     if dest.exists() {
         return Ok(dest);
     }

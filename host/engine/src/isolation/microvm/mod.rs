@@ -141,6 +141,35 @@ impl MicrovmIsolation {
         })
     }
 
+    /// Drop cached image disks when images go away: at start-up, then after every `rmi`.
+    pub fn collect_unused_image_disks(self: &Arc<Self>, events: &crate::events::EventBus) {
+        let (_, mut rx) = events.subscribe();
+        let this = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                let Some(me) = this.upgrade() else { return };
+                {
+                    let _g = me.build_lock.lock().await;
+                    let images = me.images.clone();
+                    let cache = me.cache.join("images");
+                    let _ =
+                        tokio::task::spawn_blocking(move || disks::gc_image_disks(&images, &cache))
+                            .await;
+                }
+                drop(me);
+                // Until the next image deletion.
+                loop {
+                    match rx.recv().await {
+                        Ok(e) if e.typ == "image" && e.action == "delete" => break,
+                        Ok(_) => {}
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => break,
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                    }
+                }
+            }
+        });
+    }
+
     /// Persistent per-container VM dir (disk, serial log, VM state).
     fn vm_dir(&self, id: &str) -> PathBuf {
         self.dirs.container_dir(id).join("vm")
