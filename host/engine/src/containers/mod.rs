@@ -26,7 +26,7 @@ pub use commit::CommitOptions;
 pub use create::CreateRequest;
 pub use exec::{ExecConfig, ExecInstance, ExecStartOpts, ExecStarted, ExecState};
 pub use lifecycle::{signal_number, WaitCondition};
-pub use record::{ContainerRecord, Isolation, MountRecord, Status};
+pub use record::{ContainerDirs, ContainerRecord, Isolation, MountRecord, Status};
 pub use stdio::{AttachOpts, Attachment};
 
 use crate::events::EventBus;
@@ -153,26 +153,6 @@ pub struct ContainerPaths {
     pub default_isolation: Option<String>,
     /// `--vmm`, `--guest-kernel`.
     pub microvm: crate::isolation::microvm::MicrovmConfig,
-}
-
-/// Where a container's files live: persistent state under the data root, runtime state
-/// (sockets) under the exec root.
-#[derive(Debug, Clone)]
-pub struct ContainerDirs {
-    pub data_root: PathBuf,
-    pub exec_root: PathBuf,
-}
-
-impl ContainerDirs {
-    pub fn container_dir(&self, id: &str) -> PathBuf {
-        ContainerRecord::dir(&self.data_root, id)
-    }
-
-    /// Runtime dir of a container (agent socket and log). Keyed by the first 16 hex
-    /// digits so the agent's socket path stays under the 108-byte `sun_path` limit.
-    pub fn run_dir(&self, id: &str) -> PathBuf {
-        self.exec_root.join("c").join(&id[..16.min(id.len())])
-    }
 }
 
 pub struct Containers {

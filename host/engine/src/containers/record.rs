@@ -160,3 +160,23 @@ impl ContainerRecord {
         &self.id[..12]
     }
 }
+
+/// Where a container's files live: persistent state under the data root, runtime state
+/// (sockets) under the exec root.
+#[derive(Debug, Clone)]
+pub struct ContainerDirs {
+    pub data_root: PathBuf,
+    pub exec_root: PathBuf,
+}
+
+impl ContainerDirs {
+    pub fn container_dir(&self, id: &str) -> PathBuf {
+        ContainerRecord::dir(&self.data_root, id)
+    }
+
+    /// Runtime dir of a container (agent socket and log). Keyed by the first 16 hex
+    /// digits so the agent's socket path stays under the 108-byte `sun_path` limit.
+    pub fn run_dir(&self, id: &str) -> PathBuf {
+        self.exec_root.join("c").join(&id[..16.min(id.len())])
+    }
+}

@@ -19,7 +19,7 @@ use async_trait::async_trait;
 use berth_agent_protocol::client::AgentClient;
 use berth_agent_protocol::Rootfs;
 
-use crate::containers::{ContainerRecord, Isolation};
+use crate::containers::record::{ContainerRecord, Isolation};
 use crate::{Error, Result};
 
 /// What a backend can do, so the manager asks instead of matching on the mode.

@@ -12,7 +12,7 @@ use berth_agent_protocol::client::{
 use berth_agent_protocol::Rootfs;
 
 use super::{Capabilities, IsolationBackend, Sandbox};
-use crate::containers::{ContainerDirs, ContainerRecord, Isolation};
+use crate::containers::record::{ContainerDirs, ContainerRecord, Isolation};
 use crate::images::ImageStore;
 use crate::{Error, Result};
 

@@ -52,8 +52,20 @@ fn run(cmd: &mut Command, what: &str) -> Result<()> {
     Ok(())
 }
 
+/// Bytes of the regular files under `p` (symlinks not followed).
 fn dir_bytes(p: &Path) -> u64 {
-    crate::containers::dir_size_pub(p)
+    let mut total = 0;
+    let mut stack = vec![p.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            match e.metadata() {
+                Ok(m) if m.is_dir() => stack.push(e.path()),
+                Ok(m) => total += m.len(),
+                Err(_) => {}
+            }
+        }
+    }
+    total
 }
 
 /// The chain of unpacked layer dirs (content-addressed) identifies a rootfs: images that

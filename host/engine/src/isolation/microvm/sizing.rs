@@ -2,7 +2,7 @@
 //! sets the same cgroup limits there), so `docker stats` and OOM reporting behave as in
 //! process mode; the VM itself only needs room for them.
 
-use crate::containers::ContainerRecord;
+use crate::containers::record::ContainerRecord;
 
 /// Guest RAM beyond the container's `-m`: the guest kernel, the agent and page cache.
 pub const MEM_OVERHEAD_MIB: u64 = 128;

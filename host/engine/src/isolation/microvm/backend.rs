@@ -1,0 +1,209 @@
+//! `IsolationBackend` for microVMs: what the container manager calls, in terms of the
+//! VM helpers in `mod.rs` (disks, VM config, tracking, agent connection).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use berth_agent_protocol::client::AgentClient;
+use berth_agent_protocol::Rootfs;
+
+use super::hypervisor::VmState;
+use super::{disks, host_cgroup, sizing, ImageFs, MicrovmIsolation};
+use super::{AGENT_PORT, GUEST_IMAGE_DIR, GUEST_RW_DIR};
+use crate::containers::record::{ContainerRecord, Isolation};
+use crate::isolation::{Capabilities, IsolationBackend, Sandbox};
+use crate::{Error, Result};
+
+#[async_trait]
+impl IsolationBackend for MicrovmIsolation {
+    fn mode(&self) -> Isolation {
+        Isolation::Microvm
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            // The container's files live on a guest disk: no host path reaches them safely.
+            host_file_access: false,
+            // No shared filesystem (virtio-fs) yet.
+            host_bind_mounts: false,
+        }
+    }
+
+    fn unavailable_reason(&self) -> Option<String> {
+        if let Some(why) = self.hypervisor.unavailable_reason() {
+            return Some(format!("{} backend: {why}", self.hypervisor.name()));
+        }
+        match &self.kernel {
+            None => Some(
+                "no guest kernel: build it with guest-kernel/build.sh, or pass --guest-kernel / set $BERTH_GUEST_KERNEL"
+                    .into(),
+            ),
+            Some(k) if !k.is_file() => Some(format!("guest kernel {} not found", k.display())),
+            Some(_) => None,
+        }
+    }
+
+    fn describe(&self) -> String {
+        let state = match self.unavailable_reason() {
+            Some(why) => format!("unavailable: {why}"),
+            None => "available".into(),
+        };
+        format!(
+            "microvm: {state}; backend {} ({}); image disks {}; kernel {}; other backends: {}",
+            self.hypervisor.describe(),
+            self.choice,
+            self.image_fs.as_str(),
+            self.kernel
+                .as_ref()
+                .map(|k| k.display().to_string())
+                .unwrap_or_else(|| "none".into()),
+            self.others.join("; ")
+        )
+    }
+
+    fn map_resources(&self, res: &mut berth_agent_protocol::Resources) {
+        // Host CPU/memory-node numbers mean nothing in the guest: the VM has exactly as many
+        // vCPUs as the set, and its host cgroup pins them.
+        res.cpuset_cpus = None;
+        res.cpuset_mems = None;
+    }
+
+    fn inspect(&self, rec: &ContainerRecord) -> Option<serde_json::Value> {
+        Some(serde_json::json!({
+            "Hypervisor": self.hypervisor.name(),
+            "Accelerator": if self.hypervisor.capabilities().hardware_accel { "kvm" } else { "tcg" },
+            "GuestKernel": self.kernel_version,
+            "GuestKernelPath": self.kernel,
+            "VCPUs": sizing::vcpus(rec),
+            "MemoryMiB": sizing::mem_mib(rec),
+            "VmmPid": (rec.state.agent_pid > 0).then_some(rec.state.agent_pid),
+        }))
+    }
+
+    fn storage_name(&self) -> &'static str {
+        match self.image_fs {
+            ImageFs::Erofs => "microvm-erofs",
+            ImageFs::Ext4 => "microvm-ext4",
+        }
+    }
+
+    async fn prepare_storage(&self, rec: &ContainerRecord) -> Result<()> {
+        // Build the image disk now, so `docker run` pays for it once per image at create.
+        self.image_disk(&rec.image_id).await?;
+        let dir = self.vm_dir(&rec.id);
+        std::fs::create_dir_all(&dir)?;
+        let disk = dir.join("rw.ext4");
+        let volumes = rec.config.volumes.clone().unwrap_or_default();
+        tokio::task::spawn_blocking(move || {
+            disks::create_rw_disk(&disk, disks::RW_DISK_BYTES, &volumes)
+        })
+        .await
+        .map_err(Error::internal)?
+    }
+
+    fn rootfs(&self, _rec: &ContainerRecord) -> Result<Rootfs> {
+        Ok(Rootfs::Overlay {
+            lower: vec![PathBuf::from(GUEST_IMAGE_DIR)],
+            upper: Path::new(GUEST_RW_DIR).join("upper"),
+            work: Path::new(GUEST_RW_DIR).join("work"),
+        })
+    }
+
+    async fn start(&self, rec: &ContainerRecord) -> Result<Sandbox> {
+        if let Some(why) = self.unavailable_reason() {
+            return Err(Error::invalid(format!(
+                "microvm isolation is unavailable on this host: {why}"
+            )));
+        }
+        // A previous run's VM must be gone before its disk is used again.
+        self.release(rec).await;
+        let initrd = self.initramfs_path().await?;
+        let image = self.image_disk(&rec.image_id).await?;
+        let cfg = self.vm_config(rec, initrd, image)?;
+        Self::make_run_dir(&cfg.run_dir, cfg.identity)?;
+        // A fresh console log per run.
+        std::fs::write(&cfg.serial_log, b"")?;
+        let t0 = std::time::Instant::now();
+        let state = self.hypervisor.start_vm(&cfg).await?;
+        let bytes = serde_json::to_vec_pretty(&state).map_err(Error::internal)?;
+        if let Err(e) = crate::fsutil::write_atomic(&self.state_path(&rec.id), &bytes) {
+            self.hypervisor.stop_vm(&state, true).await;
+            return Err(e.into());
+        }
+        self.track(&rec.id, state.clone());
+        match self.connect(&rec.id, &state).await {
+            Ok(agent) => {
+                tracing::info!(
+                    id = %rec.id,
+                    hypervisor = self.hypervisor.name(),
+                    vmm_pid = state.vmm.pid,
+                    boot_ms = t0.elapsed().as_millis() as u64,
+                    "microVM agent connected"
+                );
+                Ok(Sandbox {
+                    agent,
+                    agent_pid: state.vmm.pid,
+                    host_pid_override: Some(state.vmm.pid),
+                })
+            }
+            Err(e) => {
+                self.release(rec).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn reconnect(&self, rec: &ContainerRecord) -> Option<Sandbox> {
+        let bytes = std::fs::read(self.state_path(&rec.id)).ok()?;
+        let state: VmState = serde_json::from_slice(&bytes).ok()?;
+        if !state.vmm.alive() {
+            return None;
+        }
+        let agent = match tokio::time::timeout(
+            Duration::from_secs(5),
+            AgentClient::connect_hybrid_vsock(&state.agent_uds, AGENT_PORT),
+        )
+        .await
+        {
+            Ok(Ok(a)) => a,
+            Ok(Err(e)) => {
+                tracing::warn!(id = %rec.id, "microVM agent reconnect failed: {e}");
+                return None;
+            }
+            Err(_) => return None,
+        };
+        self.track(&rec.id, state.clone());
+        Some(Sandbox {
+            agent,
+            agent_pid: state.vmm.pid,
+            host_pid_override: Some(state.vmm.pid),
+        })
+    }
+
+    async fn failure_reason(&self, rec: &ContainerRecord) -> Option<String> {
+        let mut ended = self.vms.lock().unwrap().get(&rec.id)?.ended.clone();
+        // The agent connection can close a moment before the VMM's exit is seen.
+        let r = tokio::time::timeout(Duration::from_secs(3), ended.wait_for(|e| e.is_some()))
+            .await
+            .ok()?
+            .ok()?
+            .clone();
+        r.filter(|s| !s.is_empty())
+    }
+
+    async fn release(&self, rec: &ContainerRecord) {
+        if let Some((state, releasing)) = self.take_vm(&rec.id) {
+            if let Some(r) = releasing {
+                r.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+            // After the agent's Shutdown the guest powers itself off: give it a moment.
+            let _ =
+                tokio::time::timeout(Duration::from_secs(5), self.hypervisor.wait_vm(&state)).await;
+            self.hypervisor.stop_vm(&state, true).await;
+        }
+        let _ = std::fs::remove_file(self.state_path(&rec.id));
+        let _ = std::fs::remove_dir_all(self.vm_run_dir(&rec.id));
+        host_cgroup::remove(&rec.id).await;
+    }
+}
