@@ -72,11 +72,13 @@ pub fn find_guest_kernel() -> Option<PathBuf> {
     builds.pop().map(|(_, p)| p)
 }
 
-/// The kernel's version banner (`6.1.192 (root@host) #1 SMP ...`), read from the image.
+/// The kernel's release (`6.1.192`), from the `Linux version ...` banner in the image.
 pub fn kernel_version(vmlinux: &Path) -> Option<String> {
     let bytes = std::fs::read(vmlinux).ok()?;
     let tag = b"Linux version ";
     let at = bytes.windows(tag.len()).position(|w| w == tag)? + tag.len();
-    let end = bytes[at..].iter().position(|b| *b == 0 || *b == b'\n')?;
-    Some(String::from_utf8_lossy(&bytes[at..at + end.min(200)]).into_owned())
+    let end = bytes[at..]
+        .iter()
+        .position(|b| *b == 0 || b.is_ascii_whitespace())?;
+    Some(String::from_utf8_lossy(&bytes[at..at + end.min(64)]).into_owned())
 }
