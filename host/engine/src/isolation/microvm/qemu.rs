@@ -108,6 +108,9 @@ impl Qemu {
             }
         }
         if let Some(id) = cfg.identity {
+            // Once its files are open, qemu keeps only its VM's run dir as its root and
+            // becomes the VM's own uid.
+            cmd.arg("-chroot").arg(&cfg.run_dir);
             cmd.arg("-runas").arg(format!("{}:{}", id.uid, id.gid));
         }
         Ok(cmd)
