@@ -12,6 +12,15 @@ pub const DEFAULT_VSOCK_PORT: u32 = 1024;
 /// every container start pivots into its rootfs. Called first, before anything is mounted.
 /// The agent binary keeps running from the old root, which stays in memory, unreachable.
 pub fn leave_initramfs() -> nix::Result<()> {
+    // Only an initramfs root needs this (ramfs, or tmpfs when the kernel picks it for
+    // rootfs). Anywhere else — a PID 1 in a namespace on a host, as the agent's tests run
+    // it — the real root stays.
+    const RAMFS_MAGIC: i64 = 0x8584_58f6;
+    const TMPFS_MAGIC: i64 = 0x0102_1994;
+    let fs_type = nix::sys::statfs::statfs("/")?.filesystem_type().0 as i64;
+    if fs_type != RAMFS_MAGIC && fs_type != TMPFS_MAGIC {
+        return Ok(());
+    }
     let new_root = "/newroot";
     let _ = fs::create_dir_all(new_root);
     mount(
