@@ -276,3 +276,21 @@ fn diff_hides_engine_mount_points() {
         "{diff}"
     );
 }
+
+/// A `docker run` killed (with berthd) before the container's record was written leaves
+/// a folder; the next start removes it instead of warning about it forever.
+#[test]
+fn unfinished_creates_are_cleaned_on_start() {
+    let mut d = TestDaemon::start();
+    let stray = d.data_root.join("containers").join("f".repeat(64));
+    std::fs::create_dir_all(stray.join("upper/etc")).unwrap();
+    std::fs::write(stray.join("upper/etc/x"), "x").unwrap();
+    d.kill();
+    d.restart();
+    assert!(!stray.exists(), "unfinished create left behind");
+    assert!(
+        !d.log().contains("skipping unreadable container record"),
+        "{}",
+        d.log()
+    );
+}

@@ -202,6 +202,16 @@ impl Containers {
         for entry in std::fs::read_dir(&dir)?.flatten() {
             let p = entry.path().join("container.json");
             crate::fsutil::clean_temp_files(&entry.path());
+            if entry.path().is_dir() && !p.exists() {
+                // A create that was killed before its record was written (the record
+                // is written atomically, so no record means it never existed for any
+                // client): finish it by removing what it left.
+                tracing::info!(dir = %entry.path().display(), "removing an unfinished container create");
+                if let Err(e) = std::fs::remove_dir_all(entry.path()) {
+                    tracing::warn!(dir = %entry.path().display(), "cannot remove unfinished create: {e}");
+                }
+                continue;
+            }
             match std::fs::read(&p)
                 .map_err(anyhow::Error::from)
                 .and_then(|b| {
