@@ -1050,12 +1050,12 @@ struct CommitQuery {
     comment: Option<String>,
     author: Option<String>,
     pause: Option<String>,
-    changes: Option<String>,
 }
 
 async fn commit(
     State(engine): State<AppState>,
     Q(q): Q<CommitQuery>,
+    axum::extract::RawQuery(raw): axum::extract::RawQuery,
     body: axum::body::Bytes,
 ) -> ApiResult<Response> {
     let name = q
@@ -1072,12 +1072,14 @@ async fn commit(
                 .map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))?,
         )
     };
-    // The CLI sends each --change as its own `changes` value; axum's form decoding
-    // keeps the last, so re-read them all from the raw query below.
-    let changes: Vec<String> = q
-        .changes
+    // The CLI sends each --change as its own `changes` value (a struct field would
+    // refuse the repeats), docker-py one value with an instruction per line.
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(raw.as_deref().unwrap_or(""))
+        .map_err(|e| ApiError::bad_request(format!("invalid query parameters: {e}")))?;
+    let changes: Vec<String> = pairs
         .iter()
-        .flat_map(|c| c.split('\n'))
+        .filter(|(k, _)| k == "changes")
+        .flat_map(|(_, c)| c.split('\n'))
         .filter(|c| !c.is_empty())
         .map(str::to_string)
         .collect();

@@ -118,13 +118,35 @@ impl Containers {
             }
             None => None,
         };
+        // Its own task: a client that hangs up drops the request's future, and the
+        // container must not stay frozen because of that.
+        let (this, c2) = (self.clone(), c.clone());
+        tokio::spawn(async move { this.commit_frozen(&c2, rec, opts, target).await })
+            .await
+            .map_err(Error::internal)?
+    }
+
+    /// Freezes a running container for the copy when asked (docker-py and the CLI ask by
+    /// default) and thaws it again whatever the commit's outcome.
+    async fn commit_frozen(
+        self: &Arc<Self>,
+        c: &Arc<Container>,
+        rec: super::ContainerRecord,
+        opts: CommitOptions,
+        target: Option<Reference>,
+    ) -> Result<String> {
         let paused_here = opts.pause && rec.state.status == Status::Running;
         if paused_here {
             self.pause(c).await?;
         }
         let result = self.commit_inner(c, &rec, &opts, target).await;
         if paused_here {
-            let _ = self.unpause(c).await;
+            if let Err(e) = self.unpause(c).await {
+                // Gone meanwhile (killed, exited) is fine; anything else is worth a line.
+                if c.status() == Status::Paused {
+                    tracing::warn!(id = %c.id, "thawing after commit: {e}");
+                }
+            }
         }
         let id = result?;
         self.publish(&c.record(), "commit", &[("comment", opts.comment.clone())]);
