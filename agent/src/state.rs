@@ -257,6 +257,12 @@ impl Agent {
                 }
                 Ok(Response::Ok)
             }
+            Request::Update { resources } => {
+                let cg = self.cgroup()?;
+                cg.update(&resources)
+                    .map_err(|e| err(ErrorKind::Internal, e.to_string()))?;
+                Ok(Response::Ok)
+            }
             Request::Shutdown => {
                 self.kill_all().await;
                 self.shutdown.notify_one();

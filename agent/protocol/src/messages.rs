@@ -1,7 +1,7 @@
 //! Control messages (JSON payloads of `Hello`, `Request`, `Response`, `Event` frames).
 use serde::{Deserialize, Serialize};
 
-use crate::spec::{ContainerSpec, ExecSpec};
+use crate::spec::{ContainerSpec, ExecSpec, Resources};
 
 /// Handle of a process inside one agent. [`ProcessId::INIT`] is the container's main process;
 /// execs get ids from 1 up, never reused within an agent's life.
@@ -95,6 +95,13 @@ pub enum Request {
     Top,
     Pause,
     Resume,
+    /// `docker update`: apply these limits to the running container's cgroups. Only the `Some`
+    /// fields change; `pids_limit <= 0` and `memory_swap == -1` lift the limit, unlike at create.
+    /// The registered spec keeps its limits (the host starts every run with a fresh `Create`).
+    /// Added in protocol 1 without a version bump: an older agent answers it with a decode error.
+    Update {
+        resources: Resources,
+    },
     /// Kill everything, remove cgroups, reply, and exit the agent.
     Shutdown,
 }

@@ -210,4 +210,8 @@ pub struct Resources {
     /// `--oom-kill-disable`.
     #[serde(default)]
     pub oom_kill_disable: bool,
+    /// `--blkio-weight` (10-1000): `blkio.bfq.weight`/`blkio.weight` (v1), `io.bfq.weight`/
+    /// `io.weight` (v2). Skipped where the kernel has neither; the host warns about that.
+    #[serde(default)]
+    pub blkio_weight: Option<u16>,
 }

@@ -57,6 +57,14 @@ impl Cgroup {
         }
     }
 
+    /// `docker update`: writes the `Some` fields of `res` into the live cgroup.
+    pub fn update(&self, res: &Resources) -> io::Result<()> {
+        match self {
+            Cgroup::V1(c) => c.update(res),
+            Cgroup::V2(c) => c.update(res),
+        }
+    }
+
     pub fn oom_kills(&self) -> u64 {
         match self {
             Cgroup::V1(c) => c.oom_kills(),

@@ -85,20 +85,39 @@ impl CgroupV1 {
     }
 
     fn apply(&self, res: &Resources, restrict_devices: bool) -> io::Result<()> {
-        if let Some(d) = self.dir("memory") {
-            if let Some(m) = res.memory.filter(|m| *m > 0) {
-                write(&d.join("memory.limit_in_bytes"), &m.to_string())?;
+        self.set_limits(res, false)?;
+        if res.oom_kill_disable {
+            if let Some(d) = self.dir("memory") {
+                write(&d.join("memory.oom_control"), "1")?;
             }
-            if let Some(s) = res.memory_swap.filter(|s| *s != 0) {
-                if d.join("memory.memsw.limit_in_bytes").exists() {
-                    write(&d.join("memory.memsw.limit_in_bytes"), &s.to_string())?;
+        }
+        if restrict_devices {
+            if let Some(d) = self.dir("devices") {
+                write(&d.join("devices.deny"), "a")?;
+                for rule in DEVICE_ALLOW {
+                    write(&d.join("devices.allow"), rule)?;
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// `docker update` on the live cgroup: only the `Some` fields are written.
+    pub fn update(&self, res: &Resources) -> io::Result<()> {
+        self.set_limits(res, true)
+    }
+
+    /// The limits shared by create and update. `update`: `pids_limit <= 0` lifts the limit
+    /// (at create it means "leave the default").
+    fn set_limits(&self, res: &Resources, update: bool) -> io::Result<()> {
+        if let Some(d) = self.dir("memory") {
+            set_memory_and_swap(
+                d,
+                res.memory.filter(|m| *m != 0),
+                res.memory_swap.filter(|s| *s != 0),
+            )?;
             if let Some(r) = res.memory_reservation.filter(|r| *r > 0) {
                 write(&d.join("memory.soft_limit_in_bytes"), &r.to_string())?;
-            }
-            if res.oom_kill_disable {
-                write(&d.join("memory.oom_control"), "1")?;
             }
         }
         if let Some(d) = self.dir("cpu") {
@@ -119,16 +138,20 @@ impl CgroupV1 {
             }
         }
         if let Some(d) = self.dir("pids") {
-            if let Some(p) = res.pids_limit.filter(|p| *p > 0) {
-                write(&d.join("pids.max"), &p.to_string())?;
+            match res.pids_limit {
+                Some(p) if p > 0 => write(&d.join("pids.max"), &p.to_string())?,
+                Some(_) if update => write(&d.join("pids.max"), "max")?,
+                _ => {}
             }
         }
-        if restrict_devices {
-            if let Some(d) = self.dir("devices") {
-                write(&d.join("devices.deny"), "a")?;
-                for rule in DEVICE_ALLOW {
-                    write(&d.join("devices.allow"), rule)?;
-                }
+        if let (Some(d), Some(w)) = (self.dir("blkio"), res.blkio_weight.filter(|w| *w > 0)) {
+            // BFQ's weight where the kernel uses BFQ (as runc prefers), else CFQ's.
+            if let Some(f) = ["blkio.bfq.weight", "blkio.weight"]
+                .iter()
+                .map(|f| d.join(f))
+                .find(|f| f.exists())
+            {
+                write(&f, &w.to_string())?;
             }
         }
         Ok(())
@@ -202,5 +225,31 @@ impl CgroupV1 {
             }
         }
         res
+    }
+}
+
+/// Writes the memory and memory+swap limits in the order the kernel accepts: it keeps
+/// `memory.limit_in_bytes <= memory.memsw.limit_in_bytes` at every write, so growing
+/// limits raise memsw first and shrinking ones lower memory first (runc's rule).
+/// `-1` lifts a limit.
+fn set_memory_and_swap(d: &Path, memory: Option<i64>, swap: Option<i64>) -> io::Result<()> {
+    let mem_file = d.join("memory.limit_in_bytes");
+    let swap_file = d.join("memory.memsw.limit_in_bytes");
+    // Without swap accounting there is no memsw file; Docker then ignores the swap limit.
+    let swap = swap.filter(|_| swap_file.exists());
+    match (memory, swap) {
+        (Some(m), Some(s)) => {
+            let current = read_u64(&mem_file);
+            if s == -1 || current < s as u64 {
+                write(&swap_file, &s.to_string())?;
+                write(&mem_file, &m.to_string())
+            } else {
+                write(&mem_file, &m.to_string())?;
+                write(&swap_file, &s.to_string())
+            }
+        }
+        (Some(m), None) => write(&mem_file, &m.to_string()),
+        (None, Some(s)) => write(&swap_file, &s.to_string()),
+        (None, None) => Ok(()),
     }
 }

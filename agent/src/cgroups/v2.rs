@@ -49,11 +49,34 @@ impl CgroupV2 {
     }
 
     fn apply(&self, res: &Resources) -> io::Result<()> {
+        self.set_limits(res, false)?;
+        if res.oom_kill_disable {
+            // v2 has no per-cgroup switch; the closest is not grouping the kill.
+            let _ = write(&self.dir.join("memory.oom.group"), "0");
+        }
+        Ok(())
+    }
+
+    /// `docker update` on the live cgroup: only the `Some` fields are written.
+    pub fn update(&self, res: &Resources) -> io::Result<()> {
+        self.set_limits(res, true)
+    }
+
+    /// The limits shared by create and update. `update`: `pids_limit <= 0` lifts the limit.
+    fn set_limits(&self, res: &Resources, update: bool) -> io::Result<()> {
         let d = &self.dir;
-        if let Some(m) = res.memory.filter(|m| *m > 0) {
-            write(&d.join("memory.max"), &m.to_string())?;
-            if let Some(s) = res.memory_swap {
-                let swap = if s < 0 {
+        let max = |v: i64| {
+            if v < 0 {
+                "max".to_string()
+            } else {
+                v.to_string()
+            }
+        };
+        if let Some(m) = res.memory.filter(|m| *m != 0) {
+            write(&d.join("memory.max"), &max(m))?;
+            if let Some(s) = res.memory_swap.filter(|s| *s != 0) {
+                // v2 limits swap alone; Docker's value is memory+swap.
+                let swap = if s < 0 || m < 0 {
                     "max".to_string()
                 } else {
                     (s - m).max(0).to_string()
@@ -66,17 +89,8 @@ impl CgroupV2 {
         if let Some(r) = res.memory_reservation.filter(|r| *r > 0) {
             write(&d.join("memory.low"), &r.to_string())?;
         }
-        if res.oom_kill_disable {
-            // v2 has no per-cgroup switch; the closest is not grouping the kill.
-            let _ = write(&d.join("memory.oom.group"), "0");
-        }
         if let Some((quota, period)) = super::cpu_quota_period(res) {
-            let q = if quota < 0 {
-                "max".to_string()
-            } else {
-                quota.to_string()
-            };
-            write(&d.join("cpu.max"), &format!("{q} {period}"))?;
+            write(&d.join("cpu.max"), &format!("{} {period}", max(quota)))?;
         }
         if let Some(s) = res.cpu_shares.filter(|s| *s > 0) {
             // runc's shares -> weight conversion.
@@ -89,8 +103,20 @@ impl CgroupV2 {
         if let Some(m) = res.cpuset_mems.as_deref().filter(|m| !m.is_empty()) {
             write(&d.join("cpuset.mems"), m)?;
         }
-        if let Some(p) = res.pids_limit.filter(|p| *p > 0) {
-            write(&d.join("pids.max"), &p.to_string())?;
+        match res.pids_limit {
+            Some(p) if p > 0 => write(&d.join("pids.max"), &p.to_string())?,
+            Some(_) if update => write(&d.join("pids.max"), "max")?,
+            _ => {}
+        }
+        if let Some(w) = res.blkio_weight.filter(|w| *w > 0) {
+            // BFQ's weight is 1-1000 like blkio's; io.weight's range (1-10000) holds it too.
+            if let Some(f) = ["io.bfq.weight", "io.weight"]
+                .iter()
+                .map(|f| d.join(f))
+                .find(|f| f.exists())
+            {
+                write(&f, &w.to_string())?;
+            }
         }
         Ok(())
     }

@@ -10,6 +10,7 @@ pub mod containers;
 pub mod exec;
 pub mod images;
 pub mod system;
+pub mod update;
 pub mod volumes;
 
 pub fn router() -> Router<AppState> {
@@ -17,6 +18,7 @@ pub fn router() -> Router<AppState> {
         .merge(system::router())
         .merge(images::router())
         .merge(containers::router())
+        .merge(update::router())
         .merge(exec::router())
         .merge(volumes::router())
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "page not found") })

@@ -340,6 +340,11 @@ impl AgentClient {
         self.call_ok(Request::Resume).await
     }
 
+    /// Changes the running container's cgroup limits (see [`Request::Update`]).
+    pub async fn update(&self, resources: crate::Resources) -> Result<()> {
+        self.call_ok(Request::Update { resources }).await
+    }
+
     /// Kills the container's processes, removes its cgroups and makes the agent exit.
     pub async fn shutdown(&self) -> Result<()> {
         match self.call(Request::Shutdown).await {

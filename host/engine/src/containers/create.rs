@@ -53,6 +53,14 @@ impl Containers {
         let img = self.images.image_config(&image_id)?;
         let mut hc: HostConfig = body.host_config.clone().unwrap_or_default();
         validate_host_config(&hc)?;
+        // dockerd records a bare `--memory`'s memory+swap limit as twice the memory, so
+        // inspect shows it and `docker update` checks new limits against it.
+        if hc.memory.unwrap_or(0) > 0
+            && hc.memory_swap.unwrap_or(0) == 0
+            && super::update::swap_limit_supported()
+        {
+            hc.memory_swap = hc.memory.map(|m| m * 2);
+        }
         // `--runtime microvm|process` (the runtimes `docker info` lists) is an alias for
         // `--isolation`; `berth` is the daemon's default runtime.
         let runtime = hc.runtime.clone().filter(|r| !r.is_empty() && r != "berth");

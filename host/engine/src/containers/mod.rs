@@ -12,6 +12,7 @@ mod lifecycle;
 pub mod record;
 mod spec;
 pub mod stdio;
+mod update;
 pub mod validate;
 mod volumes;
 

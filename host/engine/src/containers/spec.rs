@@ -172,6 +172,7 @@ impl Containers {
                 cpuset_mems: hc.cpuset_mems.clone().filter(|s| !s.is_empty()),
                 pids_limit: hc.pids_limit.filter(|p| *p > 0),
                 oom_kill_disable: hc.oom_kill_disable.unwrap_or(false),
+                blkio_weight: hc.blkio_weight.filter(|w| *w > 0),
             },
             cgroup_parent: hc.cgroup_parent.clone().filter(|s| !s.is_empty()),
             init: hc.init.unwrap_or(false),
