@@ -101,7 +101,10 @@ async fn info(State(engine): State<AppState>) -> ApiResult<Response> {
         images: Some(images as i64),
         driver: Some(containers.storage_driver.to_string()),
         driver_status: Some(vec![
-            vec!["Backing Filesystem".into(), "extfs".into()],
+            vec![
+                "Backing Filesystem".into(),
+                backing_filesystem(&engine.config.data_root).into(),
+            ],
             vec!["Supports d_type".into(), "true".into()],
         ]),
         docker_root_dir: Some(engine.config.data_root.display().to_string()),
@@ -205,13 +208,49 @@ async fn df(State(engine): State<AppState>) -> ApiResult<Json<serde_json::Value>
             })
         })
         .collect();
+    let mut volumes = Vec::new();
+    for rec in engine.volumes.list() {
+        let Ok(view) = engine.volumes.inspect(&rec.name).await else {
+            continue;
+        };
+        let size = berth_engine::containers::dir_size_pub(std::path::Path::new(&view.mountpoint));
+        let refs = engine.containers.volume_users(&rec.name).len();
+        let mut v = serde_json::to_value(super::volumes::to_model(&view)).unwrap_or_default();
+        v["UsageData"] = serde_json::json!({ "Size": size, "RefCount": refs });
+        volumes.push(v);
+    }
     Ok(Json(serde_json::json!({
         "LayersSize": du.layers_size,
         "Images": du.images,
         "Containers": containers,
-        "Volumes": [],
+        "Volumes": volumes,
         "BuildCache": [],
     })))
+}
+
+/// Docker's name for the filesystem under the data root (`docker info`'s "Backing
+/// Filesystem"), measured with statfs rather than assumed.
+fn backing_filesystem(path: &std::path::Path) -> &'static str {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return "unknown";
+    };
+    // SAFETY: statfs fills a zeroed struct through a valid pointer.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        return "unknown";
+    }
+    match st.f_type as u64 {
+        0xEF53 => "extfs",
+        0x5846_5342 => "xfs",
+        0x9123_683E => "btrfs",
+        0x0102_1994 => "tmpfs",
+        0x794C_7630 => "overlayfs",
+        0x2FC1_2FC1 => "zfs",
+        0x6969 => "nfs",
+        0x6573_5546 => "fuse",
+        _ => "unknown",
+    }
 }
 
 async fn ping() -> Response {

@@ -24,7 +24,7 @@ pub fn router() -> Router<AppState> {
         .route("/volumes/{name}", get(inspect).delete(remove))
 }
 
-fn to_model(v: &VolumeView) -> Volume {
+pub(super) fn to_model(v: &VolumeView) -> Volume {
     let r = &v.record;
     Volume {
         name: r.name.clone(),

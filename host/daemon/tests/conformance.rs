@@ -294,3 +294,51 @@ fn unfinished_creates_are_cleaned_on_start() {
         d.log()
     );
 }
+
+/// `docker system df` counts volumes; `docker info` measures the backing filesystem.
+#[test]
+fn system_df_lists_volumes_and_info_measures_the_filesystem() {
+    let d = TestDaemon::start();
+    import_busybox(&d, "bb:local");
+    d.docker_ok(&[
+        "run",
+        "--name",
+        "dfv",
+        "-v",
+        "dfvol:/data",
+        "bb:local",
+        "sh",
+        "-c",
+        "head -c 100000 /dev/zero > /data/blob",
+    ]);
+    let df = d.docker_ok(&[
+        "system",
+        "df",
+        "-v",
+        "--format",
+        "{{range .Volumes}}{{.Name}} {{.Links}} {{.Size}}{{end}}",
+    ]);
+    let f: Vec<&str> = df.split_whitespace().collect();
+    assert_eq!(f.first(), Some(&"dfvol"), "{df}");
+    assert_eq!(f.get(1), Some(&"1"), "{df}");
+    assert!(f.get(2).is_some_and(|s| s.starts_with("100")), "{df}");
+
+    let expect = match stdout(
+        &Command::new("stat")
+            .args(["-f", "-c", "%T"])
+            .arg(&d.data_root)
+            .output()
+            .unwrap(),
+    )
+    .trim()
+    {
+        "ext2/ext3" => "extfs",
+        "overlayfs" => "overlayfs",
+        other => Box::leak(other.to_string().into_boxed_str()),
+    };
+    let info = d.docker_ok(&["info", "-f", "{{json .DriverStatus}}"]);
+    assert!(
+        info.contains(&format!("[\"Backing Filesystem\",\"{expect}\"]")),
+        "{info} vs {expect}"
+    );
+}
