@@ -218,6 +218,93 @@ fn microvm_exec_logs_stop_kill_and_inspect() {
     assert!(leftover_files(&d).is_empty(), "{:?}", leftover_files(&d));
 }
 
+/// The data-integrity guarantees hold through the VM too: every log line back in order
+/// (through `logs` and a `logs -f` started first), docker-py exec output complete, and
+/// processes starting with default signal dispositions.
+#[test]
+fn microvm_output_is_lossless() {
+    require_microvm!();
+    let d = daemon();
+    const N: u64 = 100_000;
+    d.docker_ok(&[
+        "create",
+        "--isolation=microvm",
+        "--name",
+        "seqvm",
+        "bb",
+        "seq",
+        "1",
+        &N.to_string(),
+    ]);
+    let mut follower = d
+        .docker_cmd(&["logs", "-f", "seqvm"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let fout = follower.stdout.take().unwrap();
+    let followed = std::thread::spawn(move || {
+        use std::io::Read;
+        let mut s = String::new();
+        let mut r = fout;
+        r.read_to_string(&mut s).map(|_| s)
+    });
+    d.docker_ok(&["start", "-a", "seqvm"]);
+    let expect: String = (1..=N).map(|i| format!("{i}\n")).collect();
+    let logs = d.docker_ok(&["logs", "seqvm"]);
+    assert!(
+        logs == expect,
+        "docker logs: {} lines back of {N}",
+        logs.lines().count()
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while follower.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "logs -f did not end");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let f = followed.join().unwrap().unwrap();
+    assert!(
+        f == expect,
+        "logs -f: {} lines back of {N}",
+        f.lines().count()
+    );
+
+    d.docker_ok(&[
+        "run",
+        "-d",
+        "--isolation=microvm",
+        "--name",
+        "pyvm",
+        "bb",
+        "sleep",
+        "1000",
+    ]);
+    let sig = d.docker_ok(&[
+        "exec",
+        "pyvm",
+        "grep",
+        "-E",
+        "^Sig(Ign|Blk)",
+        "/proc/self/status",
+    ]);
+    assert!(sig.contains("SigIgn:\t0000000000000000"), "{sig}");
+    assert!(sig.contains("SigBlk:\t0000000000000000"), "{sig}");
+    let py = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(concat!(
+            "import docker,sys\n",
+            "c=docker.from_env().containers.get('pyvm')\n",
+            "bad=0\n",
+            "for i in range(50):\n",
+            "  r=c.exec_run(\"sh -c 'echo hello out; echo hello err >&2'\", demux=True)\n",
+            "  bad+= r.output!=(b'hello out\\n',b'hello err\\n') or r.exit_code!=0\n",
+            "print('lost',bad); sys.exit(1 if bad else 0)\n",
+        ))
+        .env("DOCKER_HOST", d.host())
+        .output()
+        .unwrap();
+    assert!(py.status.success(), "{}{}", stdout(&py), stderr(&py));
+}
+
 #[test]
 fn microvm_limits_apply_inside_the_guest() {
     require_microvm!();
