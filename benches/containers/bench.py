@@ -74,6 +74,19 @@ class Daemon:
         return sh(DOCKER, *args, env=env, check=check)
 
 
+def berthd_argv(berthd, work):
+    """berthd on private dirs under `work`, socket `work`/b.sock."""
+    return [berthd, "-H", f"unix://{work}/b.sock", "--data-root", f"{work}/b-data",
+            "--exec-root", f"{work}/b-run", "--pidfile", f"{work}/b.pid", "--log-level", "warn"]
+
+
+def dockerd_argv(work, *extra):
+    """The reference dockerd on private dirs under `work`, socket `work`/ref.sock, no bridge or iptables."""
+    return ["dockerd", "-H", f"unix://{work}/ref.sock", "--data-root", f"{work}/ref-data", "--exec-root", f"{work}/ref-exec",
+            "--pidfile", f"{work}/ref.pid", "--iptables=false", "--ip-masq=false", "--bridge=none",
+            "--storage-driver=overlay2", *extra]
+
+
 def timed(fn):
     t = time.perf_counter()
     fn()
@@ -121,13 +134,8 @@ def main():
     busybox_tar(tar)
     with open(f"{work}/daemon.json", "w") as f:
         json.dump({"runtimes": {"runsc": {"path": "/usr/bin/runsc", "runtimeArgs": ["--platform=ptrace", "--network=none", "--ignore-cgroups"]}}}, f)
-    ref_argv = ["dockerd", "-H", f"unix://{work}/ref.sock", "--data-root", f"{work}/ref-data", "--exec-root", f"{work}/ref-exec",
-                "--pidfile", f"{work}/ref.pid", "--iptables=false", "--ip-masq=false", "--bridge=none",
-                "--storage-driver=overlay2", "--config-file", f"{work}/daemon.json"]
-    daemons = [
-        Daemon("berthd (process)", [berthd, "-H", f"unix://{work}/b.sock", "--data-root", f"{work}/b-data",
-                                    "--exec-root", f"{work}/b-run", "--pidfile", f"{work}/b.pid", "--log-level", "warn"], f"{work}/b.sock"),
-    ]
+    ref_argv = dockerd_argv(work, "--config-file", f"{work}/daemon.json")
+    daemons = [Daemon("berthd (process)", berthd_argv(berthd, work), f"{work}/b.sock")]
     ref = Daemon("dockerd 20.10 + runc", ref_argv, f"{work}/ref.sock", ["--network", "none"])
     daemons.append(ref)
     if not a.no_runsc and shutil.which("runsc"):

@@ -14,7 +14,7 @@ target/release/berthd and berth-agent: `cargo build --release -p berthd -p berth
 import argparse, os, shutil, subprocess, sys, tempfile, time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "containers"))
-from bench import DOCKER, ROOT, Daemon, busybox_tar, sh  # noqa: E402
+from bench import DOCKER, ROOT, Daemon, berthd_argv, busybox_tar, dockerd_argv, sh  # noqa: E402
 
 
 def timed(fn):
@@ -62,13 +62,8 @@ def main():
     tar = f"{work}/bb.tar"
     busybox_tar(tar)
     daemons = [
-        Daemon("berthd (process)", [berthd, "-H", f"unix://{work}/b.sock", "--data-root", f"{work}/b-data",
-                                    "--exec-root", f"{work}/b-run", "--pidfile", f"{work}/b.pid", "--log-level", "warn"],
-               f"{work}/b.sock"),
-        Daemon("dockerd 20.10 + runc", ["dockerd", "-H", f"unix://{work}/ref.sock", "--data-root", f"{work}/ref-data",
-                                        "--exec-root", f"{work}/ref-exec", "--pidfile", f"{work}/ref.pid",
-                                        "--iptables=false", "--ip-masq=false", "--bridge=none",
-                                        "--storage-driver=overlay2"], f"{work}/ref.sock", ["--network", "none"]),
+        Daemon("berthd (process)", berthd_argv(berthd, work), f"{work}/b.sock"),
+        Daemon("dockerd 20.10 + runc", dockerd_argv(work), f"{work}/ref.sock", ["--network", "none"]),
     ]
     results = {}
     log = open(f"{work}/daemons.log", "w")

@@ -150,11 +150,7 @@ fn a_million_lines_are_all_logged() {
     assert!(all.wait().unwrap().success());
     let read = t1.elapsed();
     assert_eq!(res, Ok(N), "docker logs");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while follower.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "logs -f did not end");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    common::wait_exit(&mut follower, Duration::from_secs(60), "logs -f");
     assert_eq!(counted.join().unwrap(), Ok(N), "docker logs -f");
     println!("1M lines: attached run {run:?}, docker logs {read:?}");
 

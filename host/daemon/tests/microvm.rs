@@ -256,11 +256,7 @@ fn microvm_output_is_lossless() {
         "docker logs: {} lines back of {N}",
         logs.lines().count()
     );
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while follower.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "logs -f did not end");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    common::wait_exit(&mut follower, Duration::from_secs(60), "logs -f");
     let f = followed.join().unwrap().unwrap();
     assert!(
         f == expect,

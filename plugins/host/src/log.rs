@@ -572,10 +572,6 @@ impl LogSession {
         }
     }
 
-    pub fn mode(&self) -> LogMode {
-        self.session.mode
-    }
-
     pub fn stats(&self) -> LogStats {
         self.session.stats()
     }

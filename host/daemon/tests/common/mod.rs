@@ -233,6 +233,15 @@ extern "C" {
     fn libc_kill(pid: i32, sig: i32) -> i32;
 }
 
+/// Waits for `child` to exit on its own; panics with `what` after `timeout`.
+pub fn wait_exit(child: &mut Child, timeout: Duration, what: &str) {
+    let deadline = Instant::now() + timeout;
+    while child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "{what} did not end");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 pub fn tail(s: &str, n: usize) -> String {
     let lines: Vec<&str> = s.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
