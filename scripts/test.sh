@@ -8,6 +8,8 @@ cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
 bash scripts/build-plugins.sh
 cargo build --workspace --bins
+# vhost-device-vsock and virtiofsd for the microVM tests (cached outside the clone).
+bash scripts/install-vm-tools.sh
 
 # The guest kernel plus the agent as PID 1 under qemu TCG (KVM here is PVM): busybox
 # checks, the agent listening on vsock, and a protocol handshake over hybrid vsock.

@@ -80,19 +80,23 @@ pub fn mount_kernel_filesystems() {
     }
 }
 
-/// One `berth.disk=<ro|rw>,<fstype>,<target>` from the kernel command line: mount the
-/// first not yet used virtio disk with that read-only flag at `target`. Disks are matched by
-/// their read-only flag rather than their name, because the order in which a VMM's
-/// virtio-mmio devices become `vda`, `vdb`, ... is not something every VMM promises.
+/// One `berth.disk=<ro|rw>,<fstype>,<target>[,<uuid>]` from the kernel command line.
+///
+/// A disk with a filesystem UUID (volumes, the writable layer) is found by that UUID in its
+/// superblock; one without (the image) is the first unused virtio disk with its read-only
+/// flag. The order in which a VMM's virtio-mmio devices become `vda`, `vdb`, ... is not
+/// something every VMM promises, so names are never used.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct DiskMount {
     read_only: bool,
     fstype: String,
     target: String,
+    /// ext4 `s_uuid` as 32 lowercase hex digits.
+    uuid: Option<String>,
 }
 
 fn parse_disk(v: &str) -> Option<DiskMount> {
-    let mut it = v.splitn(3, ',');
+    let mut it = v.splitn(4, ',');
     let read_only = match it.next()? {
         "ro" => true,
         "rw" => false,
@@ -100,19 +104,41 @@ fn parse_disk(v: &str) -> Option<DiskMount> {
     };
     let fstype = it.next()?.to_string();
     let target = it.next()?.to_string();
+    let uuid = match it.next() {
+        Some(u) if u.len() == 32 && u.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            Some(u.to_ascii_lowercase())
+        }
+        Some(_) => return None,
+        None => None,
+    };
     target.starts_with('/').then_some(DiskMount {
         read_only,
         fstype,
         target,
+        uuid,
     })
 }
 
-/// Mounts the container's disks named by `berth.disk=` (the image, read-only, and the
-/// writable disk with the overlay's upper and work dirs). Failures are logged; the container
-/// then fails to start with the mount error, which reaches the user.
+/// The ext2/3/4 superblock's UUID of a block device, if it has one.
+fn ext4_uuid(dev: &str) -> Option<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    // The superblock starts at byte 1024: magic 0xEF53 at +0x38, s_uuid at +0x68.
+    let mut f = fs::File::open(dev).ok()?;
+    let mut sb = [0u8; 0x78];
+    f.seek(SeekFrom::Start(1024)).ok()?;
+    f.read_exact(&mut sb).ok()?;
+    if sb[0x38..0x3a] != [0x53, 0xEF] {
+        return None;
+    }
+    Some(sb[0x68..0x78].iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Mounts the container's disks named by `berth.disk=` (the image, read-only; the writable
+/// disk with the overlay's upper and work dirs; block volumes). Failures are logged; the
+/// container then fails to start with the mount error, which reaches the user.
 pub fn mount_disks_from_cmdline() {
     let cmdline = fs::read_to_string("/proc/cmdline").unwrap_or_default();
-    let wants: Vec<DiskMount> = cmdline
+    let mut wants: Vec<DiskMount> = cmdline
         .split_whitespace()
         .filter_map(|a| a.strip_prefix("berth.disk="))
         .filter_map(|v| {
@@ -138,15 +164,23 @@ pub fn mount_disks_from_cmdline() {
         })
         .unwrap_or_default();
     disks.sort();
+    // Disks named by UUID first, so the flag-matched ones choose among what is left.
+    wants.sort_by_key(|w| w.uuid.is_none());
     for want in wants {
-        let Some(i) = disks.iter().position(|(_, ro)| *ro == want.read_only) else {
+        let found = match &want.uuid {
+            Some(u) => disks
+                .iter()
+                .position(|(name, _)| ext4_uuid(&format!("/dev/{name}")).as_ref() == Some(u)),
+            None => disks.iter().position(|(_, ro)| *ro == want.read_only),
+        };
+        let Some(i) = found else {
             warn!(
-                "no {} disk for {}",
-                if want.read_only {
-                    "read-only"
-                } else {
-                    "writable"
-                },
+                "no {} disk{} for {}",
+                if want.read_only { "read-only" } else { "writable" },
+                want.uuid
+                    .as_ref()
+                    .map(|u| format!(" with filesystem UUID {u}"))
+                    .unwrap_or_default(),
                 want.target
             );
             continue;
@@ -167,6 +201,61 @@ pub fn mount_disks_from_cmdline() {
             None::<&str>,
         ) {
             warn!("mount {dev} ({}) on {}: {e}", want.fstype, want.target);
+        }
+    }
+}
+
+/// One `berth.fs=<tag>,<target>[,ro]`: a virtio-fs share (a host directory served by
+/// virtiofsd) to mount at `target`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct FsMount {
+    tag: String,
+    target: String,
+    read_only: bool,
+}
+
+fn parse_fs(v: &str) -> Option<FsMount> {
+    let mut it = v.split(',');
+    let tag = it.next().filter(|t| !t.is_empty())?.to_string();
+    let target = it.next().filter(|t| t.starts_with('/'))?.to_string();
+    let read_only = match it.next() {
+        None => false,
+        Some("ro") => true,
+        Some(_) => return None,
+    };
+    it.next().is_none().then_some(FsMount {
+        tag,
+        target,
+        read_only,
+    })
+}
+
+/// Mounts the virtio-fs shares named by `berth.fs=` (bind mounts and directory volumes).
+/// The guest's read-only flag is only a second line: a read-only share is also refused
+/// writes by virtiofsd on the host.
+pub fn mount_shares_from_cmdline() {
+    let cmdline = fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    for v in cmdline
+        .split_whitespace()
+        .filter_map(|a| a.strip_prefix("berth.fs="))
+    {
+        let Some(share) = parse_fs(v) else {
+            warn!("ignoring malformed berth.fs={v}");
+            continue;
+        };
+        let _ = fs::create_dir_all(&share.target);
+        let mut flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+        if share.read_only {
+            flags |= MsFlags::MS_RDONLY;
+        }
+        if let Err(e) = mount(
+            Some(share.tag.as_str()),
+            share.target.as_str(),
+            Some("virtiofs"),
+            flags,
+            None::<&str>,
+        ) {
+            warn!("mount virtio-fs {} on {}: {e}", share.tag, share.target);
         }
     }
 }
@@ -202,11 +291,35 @@ mod tests {
             Some(DiskMount {
                 read_only: true,
                 fstype: "erofs".into(),
-                target: "/run/vm/image".into()
+                target: "/run/vm/image".into(),
+                uuid: None,
             })
         );
+        assert_eq!(
+            parse_disk("rw,ext4,/run/vm/vol/1,0123456789ABCDEF0123456789abcdef")
+                .and_then(|d| d.uuid),
+            Some("0123456789abcdef0123456789abcdef".into())
+        );
+        assert!(parse_disk("rw,ext4,/x,notauuid").is_none());
         assert!(parse_disk("rw,ext4,relative").is_none());
         assert!(parse_disk("maybe,ext4,/x").is_none());
         assert!(parse_disk("ro").is_none());
+    }
+
+    #[test]
+    fn share_args() {
+        assert_eq!(
+            parse_fs("fs2,/run/vm/fs/2,ro"),
+            Some(FsMount {
+                tag: "fs2".into(),
+                target: "/run/vm/fs/2".into(),
+                read_only: true
+            })
+        );
+        assert_eq!(parse_fs("fs0,/a").map(|f| f.read_only), Some(false));
+        assert!(parse_fs("fs0,relative").is_none());
+        assert!(parse_fs(",/a").is_none());
+        assert!(parse_fs("fs0,/a,rw").is_none());
+        assert!(parse_fs("fs0,/a,ro,x").is_none());
     }
 }

@@ -158,6 +158,7 @@ fn guest_main(args: &[String]) -> Result<()> {
     if pid1 {
         // After logging is up, so a disk that cannot be mounted shows on the console.
         guest::mount_disks_from_cmdline();
+        guest::mount_shares_from_cmdline();
     }
     std::fs::create_dir_all(&exec_dir)?;
     let rt = tokio::runtime::Builder::new_current_thread()

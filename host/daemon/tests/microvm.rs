@@ -10,109 +10,17 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::images::import_busybox;
+use common::microvm::{
+    daemon, guest_kernel, inspect, leftover_files, leftover_processes, skip_without_microvm,
+    wait_until,
+};
 use common::{stderr, stdout, TestDaemon};
-
-fn guest_kernel() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("BERTH_GUEST_KERNEL") {
-        return Some(p.into());
-    }
-    std::fs::read_dir("/var/cache/berth/guest-kernel/out")
-        .ok()?
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| p.join("build-info").exists() && p.join("vmlinux").exists())
-        .map(|p| p.join("vmlinux"))
-}
-
-fn vhost_vsock() -> Option<PathBuf> {
-    let cached = PathBuf::from("/var/cache/berth/tools/bin/vhost-device-vsock");
-    if cached.exists() {
-        return Some(cached);
-    }
-    std::env::split_paths(&std::env::var_os("PATH")?)
-        .map(|d| d.join("vhost-device-vsock"))
-        .find(|p| p.exists())
-}
-
-/// Why microVM tests cannot run here, if they cannot.
-fn missing_prerequisite() -> Option<String> {
-    if guest_kernel().is_none() {
-        return Some("no guest kernel (run guest-kernel/build.sh)".into());
-    }
-    if vhost_vsock().is_none() {
-        return Some(
-            "no vhost-device-vsock (run guest-kernel/test-boot.sh --install-vhost-vsock)".into(),
-        );
-    }
-    if !Path::new("/usr/bin/qemu-system-x86_64").exists() {
-        return Some("no qemu-system-x86_64 (apt-get install qemu-system-x86)".into());
-    }
-    None
-}
-
-macro_rules! require_microvm {
-    () => {
-        if let Some(why) = missing_prerequisite() {
-            eprintln!("SKIPPED: microVM prerequisites missing: {why}");
-            return;
-        }
-    };
-}
-
-/// A daemon whose microVMs run through qemu, with the busybox image as `bb`.
-fn daemon() -> TestDaemon {
-    let d = TestDaemon::start_with(&["--vmm", "qemu"]);
-    import_busybox(&d, "bb");
-    d
-}
-
-/// Host processes whose command line mentions the test's directory (VMMs, helpers).
-fn leftover_processes(dir: &Path) -> Vec<String> {
-    let needle = dir.display().to_string();
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
-            continue;
-        };
-        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-        if cmd.contains(&needle) && !cmd.contains("berthd") {
-            out.push(format!("{pid}: {cmd}"));
-        }
-    }
-    out
-}
-
-/// Files left under the daemon's run dirs and container dirs.
-fn leftover_files(d: &TestDaemon) -> Vec<String> {
-    let mut out = Vec::new();
-    for root in [d.exec_root.join("c"), d.data_root.join("containers")] {
-        if let Ok(rd) = std::fs::read_dir(&root) {
-            out.extend(rd.flatten().map(|e| e.path().display().to_string()));
-        }
-    }
-    out
-}
-
-fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn inspect(d: &TestDaemon, id: &str, format: &str) -> String {
-    d.docker_ok(&["inspect", "-f", format, id])
-        .trim()
-        .to_string()
-}
 
 #[test]
 fn microvm_run_prints_and_propagates_exit_codes() {
-    require_microvm!();
+    if skip_without_microvm() {
+        return;
+    }
     let d = daemon();
     let t0 = Instant::now();
     let out = d.docker_ok(&["run", "--rm", "--isolation=microvm", "bb", "echo", "hi"]);
@@ -158,7 +66,9 @@ fn microvm_run_prints_and_propagates_exit_codes() {
 
 #[test]
 fn microvm_exec_logs_stop_kill_and_inspect() {
-    require_microvm!();
+    if skip_without_microvm() {
+        return;
+    }
     let d = daemon();
     let id = d
         .docker_ok(&[
@@ -223,7 +133,9 @@ fn microvm_exec_logs_stop_kill_and_inspect() {
 /// processes starting with default signal dispositions.
 #[test]
 fn microvm_output_is_lossless() {
-    require_microvm!();
+    if skip_without_microvm() {
+        return;
+    }
     let d = daemon();
     const N: u64 = 100_000;
     d.docker_ok(&[
@@ -303,7 +215,9 @@ fn microvm_output_is_lossless() {
 
 #[test]
 fn microvm_limits_apply_inside_the_guest() {
-    require_microvm!();
+    if skip_without_microvm() {
+        return;
+    }
     let d = daemon();
     // --cpus sizes the VM; -m is enforced by the guest's cgroup: OOM → 137 + OOMKilled.
     let id = d
@@ -333,7 +247,9 @@ fn microvm_limits_apply_inside_the_guest() {
 
 #[test]
 fn microvm_rm_leaves_nothing_behind() {
-    require_microvm!();
+    if skip_without_microvm() {
+        return;
+    }
     let d = daemon();
     d.docker_ok(&["run", "--rm", "--isolation=microvm", "bb", "true"]);
     // --rm removes after the exit is reported: give the daemon a moment.
@@ -362,7 +278,9 @@ fn microvm_rm_leaves_nothing_behind() {
 
 #[test]
 fn microvm_vmm_killed_marks_the_container_exited() {
-    require_microvm!();
+    if skip_without_microvm() {
+        return;
+    }
     let d = daemon();
     let id = d
         .docker_ok(&["run", "-d", "--isolation=microvm", "bb", "sleep", "1000"])
@@ -412,7 +330,9 @@ fn vm_cgroup(id: &str) -> PathBuf {
 
 #[test]
 fn microvm_is_readopted_after_a_daemon_restart() {
-    require_microvm!();
+    if skip_without_microvm() {
+        return;
+    }
     let mut d = daemon();
     let id = d
         .docker_ok(&["run", "-d", "--isolation=microvm", "bb", "sleep", "1000"])
@@ -437,7 +357,9 @@ fn microvm_is_readopted_after_a_daemon_restart() {
 
 #[test]
 fn microvm_three_containers_in_parallel() {
-    require_microvm!();
+    if skip_without_microvm() {
+        return;
+    }
     let d = std::sync::Arc::new(daemon());
     let t0 = Instant::now();
     let handles: Vec<_> = (0..3)
@@ -507,7 +429,9 @@ fn microvm_reports_why_it_is_unavailable() {
 
 #[test]
 fn microvm_default_isolation_and_info() {
-    require_microvm!();
+    if skip_without_microvm() {
+        return;
+    }
     let d = TestDaemon::start_with(&["--default-isolation", "microvm", "--vmm", "qemu"]);
     import_busybox(&d, "bb");
     let info = d.docker_ok(&["info", "--format", "{{json .Runtimes}} {{.Isolation}}"]);

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 
-use berth_plugin_host::{MountSource, PluginHost, VolumeDriverHandle};
+use berth_plugin_host::{DiskFormat, MountSource, PluginHost, VolumeDriverHandle};
 use serde::{Deserialize, Serialize};
 
 use crate::events::EventBus;
@@ -34,6 +34,15 @@ pub struct VolumeView {
     pub record: VolumeRecord,
     pub mountpoint: String,
     pub status: Vec<(String, String)>,
+}
+
+/// Where a mounted volume's data is on the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VolumeSource {
+    /// A directory, bind-mounted (process) or shared over virtio-fs (microVM).
+    Directory(PathBuf),
+    /// A disk image with a filesystem, attached to a microVM as a block device.
+    Disk(PathBuf),
 }
 
 pub type InUseHook = Arc<dyn Fn(&str) -> Vec<String> + Send + Sync>;
@@ -266,29 +275,34 @@ impl Volumes {
         (deleted, space)
     }
 
-    /// Mount for a container: the host path to bind (process isolation).
-    pub async fn mount(&self, name: &str, container_id: &str) -> Result<PathBuf> {
+    /// Mount for a container: the host directory to bind, or the disk image to attach.
+    pub async fn mount(&self, name: &str, container_id: &str) -> Result<VolumeSource> {
         let rec = self
             .get_record(name)
             .ok_or_else(|| Error::not_found(format!("get {name}: no such volume")))?;
         let h = self.driver(&rec.driver)?;
-        match h.mount(name, container_id).await.map_err(plugin_err)? {
-            MountSource::Directory(p) => {
-                self.events.publish(
-                    "volume",
-                    "mount",
-                    name,
-                    [("container", container_id.to_string())],
-                );
-                Ok(p)
-            }
+        let source = match h.mount(name, container_id).await.map_err(plugin_err)? {
+            MountSource::Directory(p) => VolumeSource::Directory(p),
+            MountSource::Disk {
+                path,
+                format: DiskFormat::Raw,
+                ..
+            } => VolumeSource::Disk(path),
             MountSource::Disk { .. } => {
                 let _ = h.unmount(name, container_id).await;
-                Err(Error::invalid(format!(
-                    "volume {name} is a disk image: it can only be attached with microvm isolation"
-                )))
+                return Err(Error::invalid(format!(
+                    "volume {name}: driver {} answered with a qcow2 image; berth attaches raw disk images only",
+                    rec.driver
+                )));
             }
-        }
+        };
+        self.events.publish(
+            "volume",
+            "mount",
+            name,
+            [("container", container_id.to_string())],
+        );
+        Ok(source)
     }
 
     pub async fn unmount(&self, name: &str, container_id: &str) {

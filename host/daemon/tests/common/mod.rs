@@ -9,6 +9,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 pub mod images;
+pub mod microvm;
 
 pub const DOCKER_CLI: &str = "/usr/local/bin/docker";
 

@@ -161,20 +161,10 @@ impl Containers {
             hc.network_mode = Some("default".into());
         }
         let mut mounts = self.plan_mounts(&hc)?;
-        // The image's VOLUMEs become anonymous volumes where host paths can be mounted; in
-        // a microVM their data stays in the container's writable layer, on its guest disk.
-        let image_volumes = if backend.capabilities().host_bind_mounts {
-            config.volumes.clone().unwrap_or_default()
-        } else {
-            Vec::new()
-        };
-        if !backend.capabilities().host_bind_mounts && mounts.iter().any(|m| m.kind != "tmpfs") {
-            return Err(Error::invalid(format!(
-                "{} isolation cannot mount host paths or volumes yet (no shared filesystem in the guest): use --tmpfs",
-                isolation.as_str()
-            )));
-        }
-        self.prepare_volumes(&mut mounts, &image_volumes).await?;
+        backend.check_mounts(&mounts)?;
+        let image_volumes = config.volumes.clone().unwrap_or_default();
+        self.prepare_volumes(&mut mounts, &image_volumes, backend.capabilities().block_volumes)
+            .await?;
 
         let dir = self.container_dir(&id);
         std::fs::create_dir_all(&dir)?;
@@ -277,6 +267,7 @@ impl Containers {
                     rw,
                     options: opts.into(),
                     anonymous: false,
+                    block: false,
                 });
             } else {
                 out.push(MountRecord {
@@ -288,6 +279,7 @@ impl Containers {
                     rw,
                     options: opts.into(),
                     anonymous: false,
+                    block: false,
                 });
             }
         }
@@ -316,6 +308,7 @@ impl Containers {
                         rw: !ro,
                         options: String::new(),
                         anonymous: false,
+                        block: false,
                     });
                 }
                 Some(MountType::TMPFS) => {
@@ -337,6 +330,7 @@ impl Containers {
                         rw: !ro,
                         options: opts.join(","),
                         anonymous: false,
+                        block: false,
                     });
                 }
                 Some(MountType::VOLUME) => {
@@ -350,6 +344,7 @@ impl Containers {
                         rw: !ro,
                         options: String::new(),
                         anonymous: name.is_empty(),
+                        block: false,
                     });
                 }
                 _ => return Err(Error::invalid("mount type not supported")),
@@ -365,6 +360,7 @@ impl Containers {
                 rw: !opts.split(',').any(|o| o == "ro"),
                 options: opts,
                 anonymous: false,
+                block: false,
             });
         }
         let mut seen = std::collections::HashSet::new();

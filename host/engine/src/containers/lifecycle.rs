@@ -149,7 +149,8 @@ impl Containers {
         rec_mounts: &super::ContainerRecord,
     ) -> Result<()> {
         let spec = self.build_spec(rec_mounts)?;
-        let sandbox = self.backend(rec).start(rec).await?;
+        // The backend sees the resolved mounts: a microVM attaches them as devices.
+        let sandbox = self.backend(rec).start(rec_mounts).await?;
         let (agent, agent_pid) = (sandbox.agent, sandbox.agent_pid);
         let backend = self.backend(rec).clone();
         let fail = |agent: AgentClient, e: Error| async move {

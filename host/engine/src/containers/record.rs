@@ -97,7 +97,7 @@ impl State {
 }
 
 /// A mount as recorded for inspect (`Mounts`) and for re-creating it at start.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct MountRecord {
     /// `bind`, `volume` or `tmpfs`.
     pub kind: String,
@@ -115,6 +115,10 @@ pub struct MountRecord {
     /// An anonymous volume created for this container (removed with `rm -v`/`--rm`).
     #[serde(default)]
     pub anonymous: bool,
+    /// Set at start for a volume whose driver answered with a disk image: `source` is then
+    /// that image, attached to a microVM as a block device.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub block: bool,
 }
 
 /// An exec instance as inspect shows it. Execs live in memory only, as in dockerd.

@@ -93,10 +93,11 @@ impl Containers {
             .filter(|v| v.len() == 2 && v[0] > 0 && v[1] > 0)
             .map(|v| (v[0] as u16, v[1] as u16));
         let mut mounts = Vec::new();
-        for m in &rec.mounts {
+        let backend = self.backend(rec);
+        for (i, m) in rec.mounts.iter().enumerate() {
             let kind = match m.kind.as_str() {
                 "bind" | "volume" => MountKind::Bind {
-                    source: m.source.clone().into(),
+                    source: backend.mount_source(i, m),
                 },
                 "tmpfs" => MountKind::Tmpfs {
                     options: m.options.clone(),

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use super::record::{ContainerRecord, MountRecord};
 use super::Containers;
-use crate::volumes::Volumes;
+use crate::volumes::{VolumeSource, Volumes};
 use crate::{Error, Result};
 
 impl Containers {
@@ -37,11 +37,14 @@ impl Containers {
     }
 
     /// At create: give every volume mount a volume, and add anonymous volumes for
-    /// the config's `Volumes` paths not otherwise mounted.
+    /// the config's `Volumes` paths not otherwise mounted. With `block` (a microVM
+    /// container), the volumes this creates with the `local` driver are ext4 disk images,
+    /// so no host filesystem is shared with the guest.
     pub(crate) async fn prepare_volumes(
         &self,
         mounts: &mut Vec<MountRecord>,
         config_volumes: &[String],
+        block: bool,
     ) -> Result<()> {
         for path in config_volumes {
             if !mounts.iter().any(|m| &m.destination == path) {
@@ -54,6 +57,7 @@ impl Containers {
                     rw: true,
                     options: String::new(),
                     anonymous: true,
+                    block: false,
                 });
             }
         }
@@ -65,14 +69,14 @@ impl Containers {
             let anonymous = m.name.is_empty();
             let name = (!anonymous).then(|| m.name.clone());
             let driver = Some(m.driver.clone()).filter(|d| !d.is_empty());
+            let mut opts = std::collections::BTreeMap::new();
+            let local = driver.as_deref().is_none_or(|d| d == "local");
+            let exists = name.as_ref().is_some_and(|n| volumes.get_record(n).is_some());
+            if block && local && !exists {
+                opts.insert("kind".to_string(), "disk".to_string());
+            }
             let rec = volumes
-                .create(
-                    name,
-                    driver,
-                    Default::default(),
-                    Default::default(),
-                    anonymous,
-                )
+                .create(name, driver, opts, Default::default(), anonymous)
                 .await?;
             m.name = rec.name;
             m.driver = rec.driver;
@@ -81,32 +85,85 @@ impl Containers {
         Ok(())
     }
 
-    /// At start: mount each volume through its driver and fill in the host source.
+    /// At start: mount each volume through its driver and fill in the host source (a
+    /// directory, or a disk image for a backend that attaches block devices). A disk image
+    /// is attached to one running container at a time: ext4 mounted by two kernels at once
+    /// is corrupted.
     pub(crate) async fn resolve_volume_mounts(&self, rec: &mut ContainerRecord) -> Result<()> {
         if !rec.mounts.iter().any(|m| m.kind == "volume") {
             return Ok(());
         }
         let volumes = self.volumes()?.clone();
+        let block_ok = self.backend(rec).capabilities().block_volumes;
         let mut mounted: Vec<String> = Vec::new();
+        let mut failure = None;
         for i in 0..rec.mounts.len() {
             if rec.mounts[i].kind != "volume" {
                 continue;
             }
             let name = rec.mounts[i].name.clone();
-            match volumes.mount(&name, &rec.id).await {
-                Ok(p) => {
-                    rec.mounts[i].source = p.display().to_string();
-                    mounted.push(name);
-                }
+            let source = match volumes.mount(&name, &rec.id).await {
+                Ok(s) => s,
                 Err(e) => {
-                    for n in mounted {
-                        volumes.unmount(&n, &rec.id).await;
-                    }
-                    return Err(e);
+                    failure = Some(e);
+                    break;
+                }
+            };
+            mounted.push(name.clone());
+            let (path, block) = match source {
+                VolumeSource::Directory(p) => (p, false),
+                VolumeSource::Disk(p) => (p, true),
+            };
+            if block {
+                if !block_ok {
+                    failure = Some(Error::invalid(format!(
+                        "volume {name} is a disk image (kind=disk): only microvm containers can attach it; use a directory volume with {} isolation",
+                        rec.isolation.as_str()
+                    )));
+                    break;
+                }
+                if let Some(other) = self.running_user_of(&name, &rec.id) {
+                    failure = Some(Error::conflict(format!(
+                        "volume {name} is a disk image attached to running container {}: a disk volume can be used by one running container at a time",
+                        &other[..12.min(other.len())]
+                    )));
+                    break;
                 }
             }
+            rec.mounts[i].source = path.display().to_string();
+            rec.mounts[i].block = block;
+        }
+        if let Some(e) = failure {
+            for n in mounted {
+                volumes.unmount(&n, &rec.id).await;
+            }
+            return Err(e);
         }
         Ok(())
+    }
+
+    /// Another container that is running (or paused) with volume `name` mounted.
+    fn running_user_of(&self, name: &str, except: &str) -> Option<String> {
+        self.all()
+            .into_iter()
+            .filter(|c| c.id != except)
+            .filter(|c| {
+                matches!(
+                    c.status(),
+                    super::record::Status::Running
+                        | super::record::Status::Paused
+                        | super::record::Status::Restarting
+                )
+            })
+            .find(|c| {
+                c.rec
+                    .lock()
+                    .unwrap()
+                    .mounts
+                    .iter()
+                    .any(|m| m.kind == "volume" && m.name == name)
+            })
+            .map(|c| c.id.clone())
     }
 
     /// When a run ends: release the driver's mounts.

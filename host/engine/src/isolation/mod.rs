@@ -19,7 +19,7 @@ use async_trait::async_trait;
 use berth_agent_protocol::client::AgentClient;
 use berth_agent_protocol::Rootfs;
 
-use crate::containers::record::{ContainerRecord, Isolation};
+use crate::containers::record::{ContainerRecord, Isolation, MountRecord};
 use crate::{Error, Result};
 
 /// What a backend can do, so the manager asks instead of matching on the mode.
@@ -28,8 +28,8 @@ pub struct Capabilities {
     /// The container's files are reachable from the host (`/proc/<pid>/root`, the overlay
     /// dirs): `docker cp`, `diff`, `commit` and `export` work on the host side.
     pub host_file_access: bool,
-    /// Host paths can be bind-mounted into the container (`-v /src:/dst`, volumes).
-    pub host_bind_mounts: bool,
+    /// Volumes whose driver answers with a disk image can be attached (as block devices).
+    pub block_volumes: bool,
 }
 
 /// A started (or re-adopted) agent.
@@ -73,6 +73,19 @@ pub trait IsolationBackend: Send + Sync {
     /// Why the agent connection of the current run broke, when the backend knows better
     /// than "connection closed" (e.g. the VMM was killed).
     async fn failure_reason(&self, rec: &ContainerRecord) -> Option<String>;
+
+    /// At create: refuse mounts this backend cannot provide, with the reason.
+    fn check_mounts(&self, mounts: &[MountRecord]) -> Result<()> {
+        let _ = mounts;
+        Ok(())
+    }
+
+    /// Where the agent finds the source of `rec.mounts[index]` (resolved at start): the
+    /// host path itself, or where the guest mounted it.
+    fn mount_source(&self, index: usize, m: &MountRecord) -> PathBuf {
+        let _ = index;
+        PathBuf::from(&m.source)
+    }
 
     /// Map the container's resource limits to what its agent enforces (e.g. a microVM's
     /// `--cpuset-cpus` pins host CPUs for the VMM; inside the guest every vCPU is usable).

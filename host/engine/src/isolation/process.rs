@@ -49,7 +49,7 @@ impl IsolationBackend for ProcessIsolation {
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             host_file_access: true,
-            host_bind_mounts: true,
+            block_volumes: false,
         }
     }
 

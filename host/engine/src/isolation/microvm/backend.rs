@@ -11,7 +11,8 @@ use berth_agent_protocol::Rootfs;
 use super::hypervisor::VmState;
 use super::{disks, host_cgroup, sizing, ImageFs, MicrovmIsolation};
 use super::{AGENT_PORT, GUEST_IMAGE_DIR, GUEST_RW_DIR};
-use crate::containers::record::{ContainerRecord, Isolation};
+use super::{guest_share, GuestShare};
+use crate::containers::record::{ContainerRecord, Isolation, MountRecord};
 use crate::isolation::{Capabilities, IsolationBackend, Sandbox};
 use crate::{Error, Result};
 
@@ -25,8 +26,23 @@ impl IsolationBackend for MicrovmIsolation {
         Capabilities {
             // The container's files live on a guest disk: no host path reaches them safely.
             host_file_access: false,
-            // No shared filesystem (virtio-fs) yet.
-            host_bind_mounts: false,
+            block_volumes: true,
+        }
+    }
+
+    fn check_mounts(&self, mounts: &[MountRecord]) -> Result<()> {
+        if mounts.iter().any(|m| m.kind == "bind") {
+            if let Err(why) = self.hypervisor.capabilities().shared_fs {
+                return Err(Error::invalid(why));
+            }
+        }
+        Ok(())
+    }
+
+    fn mount_source(&self, index: usize, m: &MountRecord) -> PathBuf {
+        match guest_share(index, m) {
+            GuestShare::None => PathBuf::from(&m.source),
+            GuestShare::Fs { target, .. } | GuestShare::Disk { target } => target,
         }
     }
 
@@ -94,10 +110,7 @@ impl IsolationBackend for MicrovmIsolation {
         let dir = self.vm_dir(&rec.id);
         std::fs::create_dir_all(&dir)?;
         let disk = dir.join("rw.ext4");
-        let volumes = rec.config.volumes.clone().unwrap_or_default();
-        tokio::task::spawn_blocking(move || {
-            disks::create_rw_disk(&disk, disks::RW_DISK_BYTES, &volumes)
-        })
+        tokio::task::spawn_blocking(move || disks::create_rw_disk(&disk, disks::RW_DISK_BYTES))
         .await
         .map_err(Error::internal)?
     }

@@ -95,6 +95,10 @@ impl Hypervisor for BerthVmm {
     fn capabilities(&self) -> HypervisorCaps {
         HypervisorCaps {
             hardware_accel: true,
+            shared_fs: Err(
+                "berth-vmm has no virtio-fs device yet: bind mounts and directory volumes in a microVM need --vmm qemu (block volumes, -o kind=disk, work with both)"
+                    .into(),
+            ),
         }
     }
 
@@ -108,6 +112,11 @@ impl Hypervisor for BerthVmm {
             return Err(Error::invalid(format!(
                 "berth-vmm backend unavailable: {why}"
             )));
+        }
+        if let Err(why) = self.capabilities().shared_fs {
+            if cfg.devices.iter().any(|d| matches!(d, Device::Fs { .. })) {
+                return Err(Error::invalid(why));
+            }
         }
         let cfg_path = cfg.run_dir.join("vm.json");
         let bytes = serde_json::to_vec_pretty(&self.config_json(cfg)).map_err(Error::internal)?;

@@ -180,22 +180,12 @@ pub const RW_DISK_BYTES: u64 = 4 << 30;
 /// Create the container's writable disk: sparse ext4 with empty `upper/` and `work/`, and
 /// in `upper/` the image's VOLUME directories (their data lives in the writable layer).
 /// No journal: the disk only lives as long as the container, and creating it stays cheap.
-pub fn create_rw_disk(path: &Path, bytes: u64, volume_dirs: &[String]) -> Result<()> {
+pub fn create_rw_disk(path: &Path, bytes: u64) -> Result<()> {
     let tmpl = tempfile::Builder::new()
         .prefix(".rw-")
         .tempdir_in(path.parent().unwrap_or(Path::new("/tmp")))?;
     std::fs::create_dir(tmpl.path().join("upper"))?;
     std::fs::create_dir(tmpl.path().join("work"))?;
-    for v in volume_dirs {
-        let rel = Path::new(v.trim_start_matches('/'));
-        let plain = rel
-            .components()
-            .all(|c| matches!(c, std::path::Component::Normal(_)));
-        if !plain {
-            return Err(Error::invalid(format!("invalid volume path {v:?}")));
-        }
-        std::fs::create_dir_all(tmpl.path().join("upper").join(rel))?;
-    }
     let f = std::fs::File::create(path)?;
     f.set_len(bytes)?;
     drop(f);
@@ -208,6 +198,18 @@ pub fn create_rw_disk(path: &Path, bytes: u64, volume_dirs: &[String]) -> Result
             .arg(path),
         "mkfs.ext4 (container disk)",
     )
+}
+
+/// The UUID of the ext2/3/4 filesystem in the image at `path` (32 hex digits), which the
+/// guest agent uses to find the disk among its virtio devices (`berth.disk=...,<uuid>`).
+pub fn ext4_uuid(path: &Path) -> Option<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    // Superblock at byte 1024: magic 0xEF53 at +0x38, s_uuid (16 bytes) at +0x68.
+    let mut f = std::fs::File::open(path).ok()?;
+    let mut sb = [0u8; 0x78];
+    f.seek(SeekFrom::Start(1024)).ok()?;
+    f.read_exact(&mut sb).ok()?;
+    (sb[0x38..0x3a] == [0x53, 0xEF]).then(|| hex::encode(&sb[0x68..0x78]))
 }
 
 /// The initramfs for `agent_bin` under `cache`, built if missing: a newc cpio holding the

@@ -17,6 +17,13 @@ pub enum Device {
     Block { path: PathBuf, read_only: bool },
     /// Hybrid vsock: the host connects to `uds_path` and sends `CONNECT <port>\n`.
     Vsock { guest_cid: u32, uds_path: PathBuf },
+    /// A host directory shared over virtio-fs, served by a `virtiofsd` of its own; the guest
+    /// mounts it by `tag`. `read_only` is enforced by virtiofsd, on the host side.
+    Fs {
+        tag: String,
+        shared_dir: PathBuf,
+        read_only: bool,
+    },
 }
 
 /// Everything a backend needs to boot one VM.
@@ -63,10 +70,12 @@ impl VmState {
 }
 
 /// What a backend can do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HypervisorCaps {
     /// Hardware-accelerated (KVM) rather than emulated (TCG).
     pub hardware_accel: bool,
+    /// Can share host directories with the guest ([`Device::Fs`]); `Err` says why not.
+    pub shared_fs: std::result::Result<(), String>,
 }
 
 #[async_trait]

@@ -26,7 +26,7 @@ use std::time::Duration;
 use berth_agent_protocol::client::AgentClient;
 use tokio::sync::watch;
 
-use crate::containers::record::{ContainerDirs, ContainerRecord};
+use crate::containers::record::{ContainerDirs, ContainerRecord, MountRecord};
 use crate::images::ImageStore;
 use crate::{Error, Result};
 use disks::ImageFs;
@@ -41,6 +41,9 @@ const GUEST_CID: u32 = 3;
 /// Where the guest agent mounts the disks (see agent/src/guest.rs).
 const GUEST_IMAGE_DIR: &str = "/run/vm/image";
 const GUEST_RW_DIR: &str = "/run/vm/rw";
+/// Where the guest agent mounts virtio-fs shares and block volumes, by mount index.
+const GUEST_SHARE_DIR: &str = "/run/vm/fs";
+const GUEST_VOLUME_DIR: &str = "/run/vm/vol";
 /// What the guest agent prints on the console once its vsock listener is up
 /// (agent/src/main.rs, at `RUST_LOG=info`).
 const AGENT_LISTENING: &str = "guest agent listening on vsock";
@@ -242,10 +245,65 @@ impl MicrovmIsolation {
             .clone()
             .ok_or_else(|| Error::invalid("microvm isolation is unavailable: no guest kernel"))?;
         let run_dir = self.vm_run_dir(&rec.id);
-        let cmdline = format!(
-            "berth.port={AGENT_PORT} berth.disk=ro,{},{GUEST_IMAGE_DIR} berth.disk=rw,ext4,{GUEST_RW_DIR} RUST_LOG=info",
+        let rw_disk = self.vm_dir(&rec.id).join("rw.ext4");
+        let rw_uuid = disks::ext4_uuid(&rw_disk).ok_or_else(|| {
+            Error::internal(format!("{}: no ext4 filesystem", rw_disk.display()))
+        })?;
+        let mut cmdline = format!(
+            "berth.port={AGENT_PORT} berth.disk=ro,{},{GUEST_IMAGE_DIR} berth.disk=rw,ext4,{GUEST_RW_DIR},{rw_uuid} RUST_LOG=info",
             self.image_fs.as_str()
         );
+        let mut devices = vec![
+            Device::Block {
+                path: image,
+                read_only: true,
+            },
+            Device::Block {
+                path: rw_disk,
+                read_only: false,
+            },
+        ];
+        for (i, m) in rec.mounts.iter().enumerate() {
+            match guest_share(i, m) {
+                GuestShare::None => {}
+                GuestShare::Fs {
+                    tag,
+                    target,
+                    read_only,
+                } => {
+                    cmdline.push_str(&format!(
+                        " berth.fs={tag},{}{}",
+                        target.display(),
+                        if read_only { ",ro" } else { "" }
+                    ));
+                    devices.push(Device::Fs {
+                        tag,
+                        shared_dir: PathBuf::from(&m.source),
+                        read_only,
+                    });
+                }
+                GuestShare::Disk { target } => {
+                    let uuid = disks::ext4_uuid(Path::new(&m.source)).ok_or_else(|| {
+                        Error::invalid(format!(
+                            "volume {}: its disk image has no ext4 filesystem to mount",
+                            m.name
+                        ))
+                    })?;
+                    cmdline.push_str(&format!(
+                        " berth.disk=rw,ext4,{},{uuid}",
+                        target.display()
+                    ));
+                    devices.push(Device::Block {
+                        path: PathBuf::from(&m.source),
+                        read_only: false,
+                    });
+                }
+            }
+        }
+        devices.push(Device::Vsock {
+            guest_cid: GUEST_CID,
+            uds_path: run_dir.join("vsock.sock"),
+        });
         Ok(VmConfig {
             name: rec.id[..12].to_string(),
             kernel,
@@ -253,20 +311,7 @@ impl MicrovmIsolation {
             cmdline,
             vcpus: sizing::vcpus(rec),
             mem_mib: sizing::mem_mib(rec),
-            devices: vec![
-                Device::Block {
-                    path: image,
-                    read_only: true,
-                },
-                Device::Block {
-                    path: self.vm_dir(&rec.id).join("rw.ext4"),
-                    read_only: false,
-                },
-                Device::Vsock {
-                    guest_cid: GUEST_CID,
-                    uds_path: run_dir.join("vsock.sock"),
-                },
-            ],
+            devices,
             serial_log: self.vm_dir(&rec.id).join("console.log"),
             run_dir,
             identity: Self::identity(&rec.id),
@@ -392,6 +437,36 @@ impl MicrovmIsolation {
         }
         let bytes = std::fs::read(self.state_path(id)).ok()?;
         serde_json::from_slice(&bytes).ok().map(|s| (s, None))
+    }
+}
+
+/// How a resolved mount of a microVM container crosses the VM boundary.
+enum GuestShare {
+    /// Nothing to carry (tmpfs: made inside the guest).
+    None,
+    /// A host directory (bind mount, directory volume) over virtio-fs.
+    Fs {
+        tag: String,
+        target: PathBuf,
+        read_only: bool,
+    },
+    /// A volume's disk image as a virtio-blk device with an ext4 filesystem.
+    Disk { target: PathBuf },
+}
+
+/// `rec.mounts[index]` as the VM sees it; the index names the device and guest path, so
+/// the VM config and the container spec agree without sharing state.
+fn guest_share(index: usize, m: &MountRecord) -> GuestShare {
+    match m.kind.as_str() {
+        "bind" | "volume" if m.block => GuestShare::Disk {
+            target: Path::new(GUEST_VOLUME_DIR).join(index.to_string()),
+        },
+        "bind" | "volume" => GuestShare::Fs {
+            tag: format!("fs{index}"),
+            target: Path::new(GUEST_SHARE_DIR).join(index.to_string()),
+            read_only: !m.rw,
+        },
+        _ => GuestShare::None,
     }
 }
 
