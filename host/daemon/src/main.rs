@@ -15,7 +15,7 @@ fn main() {
     // Internal re-exec used by `docker cp`: a chrooted helper, not a daemon.
     let argv: Vec<String> = std::env::args().collect();
     if argv.get(1).map(String::as_str) == Some("__archive") {
-        std::process::exit(berth_engine::containers::archive::archive_child_main(
+        std::process::exit(berth_engine::containers::archive_child::archive_child_main(
             &argv[2..],
         ));
     }

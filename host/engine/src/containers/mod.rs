@@ -5,6 +5,7 @@
 //! it over the versioned agent protocol; one agent lives for one run of the container.
 
 pub mod archive;
+pub mod archive_child;
 mod commit;
 mod create;
 mod exec;
