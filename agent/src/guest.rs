@@ -176,7 +176,11 @@ pub fn mount_disks_from_cmdline() {
         let Some(i) = found else {
             warn!(
                 "no {} disk{} for {}",
-                if want.read_only { "read-only" } else { "writable" },
+                if want.read_only {
+                    "read-only"
+                } else {
+                    "writable"
+                },
                 want.uuid
                     .as_ref()
                     .map(|u| format!(" with filesystem UUID {u}"))

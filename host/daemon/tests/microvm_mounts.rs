@@ -386,7 +386,13 @@ fn volumes_shared_between_containers_follow_the_documented_rules() {
 
     // A disk volume: one running microVM at a time; never a process container.
     d.docker_ok(&[
-        "volume", "create", "-o", "kind=disk", "-o", "size=64M", "blk",
+        "volume",
+        "create",
+        "-o",
+        "kind=disk",
+        "-o",
+        "size=64M",
+        "blk",
     ]);
     let first = d
         .docker_ok(&[
@@ -411,8 +417,7 @@ fn volumes_shared_between_containers_follow_the_documented_rules() {
         "true",
     ]);
     assert!(
-        err.contains("disk image attached to running container")
-            && err.contains(&first[..12]),
+        err.contains("disk image attached to running container") && err.contains(&first[..12]),
         "{err}"
     );
     let err = d.docker_err(&["run", "--rm", "-v", "blk:/b", "bb", "true"]);
@@ -536,11 +541,7 @@ fn microvm_cp_reaches_bind_mounts_and_directory_volumes() {
     );
     // Out of them, a whole mount keeping its name.
     let out = local.join("out");
-    d.docker_ok(&[
-        "cp",
-        &format!("{id}:/data"),
-        &out.display().to_string(),
-    ]);
+    d.docker_ok(&["cp", &format!("{id}:/data"), &out.display().to_string()]);
     assert_eq!(
         std::fs::read_to_string(out.join("in-share")).unwrap(),
         "shared\n"

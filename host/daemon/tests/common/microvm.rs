@@ -34,10 +34,13 @@ pub fn vhost_vsock() -> Option<PathBuf> {
 
 /// The virtio-fs daemon, where berthd looks for it.
 pub fn virtiofsd() -> Option<PathBuf> {
-    ["/var/cache/berth/tools/bin/virtiofsd", "/usr/libexec/virtiofsd"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists())
+    [
+        "/var/cache/berth/tools/bin/virtiofsd",
+        "/usr/libexec/virtiofsd",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .find(|p| p.exists())
 }
 
 /// Why microVM tests cannot run here, if they cannot.
@@ -117,4 +120,3 @@ pub fn inspect(d: &TestDaemon, id: &str, format: &str) -> String {
         .trim()
         .to_string()
 }
-

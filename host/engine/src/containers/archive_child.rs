@@ -11,7 +11,6 @@ use std::path::{Path, PathBuf};
 
 use super::archive::PathStat;
 
-
 fn go_file_mode(m: &std::fs::Metadata) -> u32 {
     let perm = m.permissions().mode() & 0o777;
     let ft = m.file_type();

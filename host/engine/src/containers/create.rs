@@ -163,8 +163,12 @@ impl Containers {
         let mut mounts = self.plan_mounts(&hc)?;
         backend.check_mounts(&mounts)?;
         let image_volumes = config.volumes.clone().unwrap_or_default();
-        self.prepare_volumes(&mut mounts, &image_volumes, backend.capabilities().block_volumes)
-            .await?;
+        self.prepare_volumes(
+            &mut mounts,
+            &image_volumes,
+            backend.capabilities().block_volumes,
+        )
+        .await?;
 
         let dir = self.container_dir(&id);
         std::fs::create_dir_all(&dir)?;

@@ -71,7 +71,9 @@ impl Containers {
             let driver = Some(m.driver.clone()).filter(|d| !d.is_empty());
             let mut opts = std::collections::BTreeMap::new();
             let local = driver.as_deref().is_none_or(|d| d == "local");
-            let exists = name.as_ref().is_some_and(|n| volumes.get_record(n).is_some());
+            let exists = name
+                .as_ref()
+                .is_some_and(|n| volumes.get_record(n).is_some());
             if block && local && !exists {
                 opts.insert("kind".to_string(), "disk".to_string());
             }

@@ -10,8 +10,8 @@ use berth_agent_protocol::Rootfs;
 
 use super::hypervisor::VmState;
 use super::{disks, host_cgroup, sizing, ImageFs, MicrovmIsolation};
-use super::{AGENT_PORT, GUEST_IMAGE_DIR, GUEST_RW_DIR};
 use super::{guest_share, GuestShare};
+use super::{AGENT_PORT, GUEST_IMAGE_DIR, GUEST_RW_DIR};
 use crate::containers::record::{ContainerRecord, Isolation, MountRecord};
 use crate::isolation::{Capabilities, IsolationBackend, Sandbox};
 use crate::{Error, Result};
@@ -111,8 +111,8 @@ impl IsolationBackend for MicrovmIsolation {
         std::fs::create_dir_all(&dir)?;
         let disk = dir.join("rw.ext4");
         tokio::task::spawn_blocking(move || disks::create_rw_disk(&disk, disks::RW_DISK_BYTES))
-        .await
-        .map_err(Error::internal)?
+            .await
+            .map_err(Error::internal)?
     }
 
     fn rootfs(&self, _rec: &ContainerRecord) -> Result<Rootfs> {

@@ -246,9 +246,8 @@ impl MicrovmIsolation {
             .ok_or_else(|| Error::invalid("microvm isolation is unavailable: no guest kernel"))?;
         let run_dir = self.vm_run_dir(&rec.id);
         let rw_disk = self.vm_dir(&rec.id).join("rw.ext4");
-        let rw_uuid = disks::ext4_uuid(&rw_disk).ok_or_else(|| {
-            Error::internal(format!("{}: no ext4 filesystem", rw_disk.display()))
-        })?;
+        let rw_uuid = disks::ext4_uuid(&rw_disk)
+            .ok_or_else(|| Error::internal(format!("{}: no ext4 filesystem", rw_disk.display())))?;
         let mut cmdline = format!(
             "berth.port={AGENT_PORT} berth.disk=ro,{},{GUEST_IMAGE_DIR} berth.disk=rw,ext4,{GUEST_RW_DIR},{rw_uuid} RUST_LOG=info",
             self.image_fs.as_str()
@@ -289,10 +288,7 @@ impl MicrovmIsolation {
                             m.name
                         ))
                     })?;
-                    cmdline.push_str(&format!(
-                        " berth.disk=rw,ext4,{},{uuid}",
-                        target.display()
-                    ));
+                    cmdline.push_str(&format!(" berth.disk=rw,ext4,{},{uuid}", target.display()));
                     devices.push(Device::Block {
                         path: PathBuf::from(&m.source),
                         read_only: false,
