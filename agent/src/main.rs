@@ -10,6 +10,7 @@ mod capabilities;
 mod cgroups;
 mod guest;
 mod init;
+mod limits;
 mod namespaces;
 mod process;
 mod rootfs;

@@ -348,6 +348,10 @@ fn child_setup(
         .filter_map(|e| CString::new(e.as_str()).ok())
         .collect();
 
+    // Before credentials change: raising a hard limit or lowering the OOM score needs
+    // CAP_SYS_RESOURCE.
+    crate::limits::apply_ulimits(&spec.ulimits).map_err(step("ulimits"))?;
+    crate::limits::apply_oom_score_adj(spec.oom_score_adj).map_err(step("oom_score_adj"))?;
     capabilities::apply_bounding(l.caps).map_err(step("capabilities"))?;
     if l.no_new_privs {
         prctl(libc::PR_SET_NO_NEW_PRIVS, 1).map_err(step("no_new_privs"))?;

@@ -183,6 +183,7 @@ pub fn setup(
         Some("mode=755,size=65536k"),
     )?;
     setup_dev(&dev)?;
+    add_devices(&root, &spec.devices)?;
     do_mount(
         Some("devpts"),
         &dir("/dev/pts")?,
@@ -190,12 +191,16 @@ pub fn setup(
         MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
         Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
     )?;
+    let shm = match spec.shm_size.filter(|&n| n > 0) {
+        Some(bytes) => format!("mode=1777,size={bytes}"),
+        None => "mode=1777,size=65536k".to_string(),
+    };
     do_mount(
         Some("shm"),
         &dir("/dev/shm")?,
         Some("tmpfs"),
         nodev,
-        Some("mode=1777,size=65536k"),
+        Some(&shm),
     )?;
     do_mount(
         Some("mqueue"),
@@ -257,6 +262,8 @@ pub fn setup(
             }
         }
     }
+    // Sysctls go in while /proc/sys is still writable.
+    crate::limits::apply_sysctls(&root.join("proc"), &spec.sysctls)?;
     if !privileged {
         for p in MASKED {
             let target = root.join(p.trim_start_matches('/'));
@@ -407,6 +414,47 @@ fn setup_dev(dev: &Path) -> io::Result<()> {
         ("core", "/proc/kcore"),
     ] {
         symlink(target, dev.join(link))?;
+    }
+    Ok(())
+}
+
+/// `--device`: the host's node (type, major:minor) recreated at its container path; the
+/// device cgroup allows it (see cgroups). The host path is read before pivot_root, while
+/// it is still reachable.
+fn add_devices(root: &Path, devices: &[berth_agent_protocol::DeviceSpec]) -> io::Result<()> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    for d in devices {
+        let meta = fs::metadata(&d.path_on_host).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!(
+                    "error gathering device information while adding custom device {:?}: {e}",
+                    d.path_on_host
+                ),
+            )
+        })?;
+        let kind = if meta.file_type().is_char_device() {
+            SFlag::S_IFCHR
+        } else if meta.file_type().is_block_device() {
+            SFlag::S_IFBLK
+        } else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{:?} is not a device node", d.path_on_host),
+            ));
+        };
+        let target = secure_join(root, &d.path_in_container.display().to_string())?;
+        if let Some(parent) = target.parent() {
+            fs::create_dir_all(parent)?;
+        }
+        let _ = fs::remove_file(&target);
+        let mode = meta.mode() & 0o7777;
+        ctx(
+            mknod(&target, kind, Mode::from_bits_truncate(mode), meta.rdev()),
+            || format!("mknod {}", target.display()),
+        )?;
+        fs::set_permissions(&target, fs::Permissions::from_mode(mode))?;
+        std::os::unix::fs::chown(&target, Some(meta.uid()), Some(meta.gid()))?;
     }
     Ok(())
 }

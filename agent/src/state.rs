@@ -476,11 +476,13 @@ impl Agent {
         let privileged = p.privileged;
         let etc_files;
         let target = if is_init {
+            let device_rules = crate::cgroups::device_rules(&spec.devices)
+                .map_err(|e| err(ErrorKind::InvalidArgument, e))?;
             let cg = Cgroup::create(
                 spec.cgroup_parent.as_deref().unwrap_or("berth"),
                 &spec.id,
                 &spec.resources,
-                !spec.security.privileged,
+                (!spec.security.privileged).then_some(device_rules.as_slice()),
             )
             .map_err(|e| err(ErrorKind::Internal, format!("cgroup: {e}")))?;
             st.cgroup = Some(Arc::new(cg));

@@ -44,6 +44,41 @@ pub struct ContainerSpec {
     /// Docker `--init`: run a tiny init as PID 1 that reaps zombies and forwards signals.
     #[serde(default)]
     pub init: bool,
+    /// `--ulimit`: resource limits of the main process and every exec.
+    #[serde(default)]
+    pub ulimits: Vec<Ulimit>,
+    /// `--sysctl`: namespaced kernel parameters (`net.*`, `kernel.shm*`, ...), written in the
+    /// container's namespaces before `/proc/sys` turns read-only. The host validated them.
+    #[serde(default)]
+    pub sysctls: std::collections::BTreeMap<String, String>,
+    /// `--oom-score-adj` (-1000..=1000) of the main process and every exec.
+    #[serde(default)]
+    pub oom_score_adj: Option<i32>,
+    /// `--shm-size` in bytes; `None` = Docker's 64 MiB.
+    #[serde(default)]
+    pub shm_size: Option<u64>,
+    /// `--device`: host device nodes recreated in the container's /dev and allowed in its
+    /// device cgroup.
+    #[serde(default)]
+    pub devices: Vec<DeviceSpec>,
+}
+
+/// One `--ulimit name=soft[:hard]`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Ulimit {
+    /// Docker's name (`nofile`, `nproc`, `core`, ...).
+    pub name: String,
+    pub soft: i64,
+    pub hard: i64,
+}
+
+/// One `--device host[:container[:perms]]`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct DeviceSpec {
+    pub path_on_host: PathBuf,
+    pub path_in_container: PathBuf,
+    /// Any of `r`, `w`, `m`.
+    pub permissions: String,
 }
 
 /// The container's root filesystem.

@@ -17,22 +17,18 @@ pub fn is_v2() -> bool {
 }
 
 impl Cgroup {
-    /// Creates `<parent>/<id>` and applies `res`. `devices` restricts device access (v1 only).
+    /// Creates `<parent>/<id>` and applies `res`. `devices` restricts device access to Docker's list plus the given rules (v1 only;
+    /// `None` = unrestricted).
     pub fn create(
         parent: &str,
         id: &str,
         res: &Resources,
-        restrict_devices: bool,
+        devices: Option<&[String]>,
     ) -> io::Result<Cgroup> {
         if is_v2() {
             Ok(Cgroup::V2(v2::CgroupV2::create(parent, id, res)?))
         } else {
-            Ok(Cgroup::V1(v1::CgroupV1::create(
-                parent,
-                id,
-                res,
-                restrict_devices,
-            )?))
+            Ok(Cgroup::V1(v1::CgroupV1::create(parent, id, res, devices)?))
         }
     }
 
@@ -210,4 +206,38 @@ pub(crate) fn cpu_quota_period(res: &Resources) -> Option<(i64, u64)> {
         (None, Some(p)) => Some((-1, p)),
         (None, None) => None,
     }
+}
+
+/// Device-cgroup rules (`c 10:229 rwm`) for `--device`s, from the host nodes.
+pub fn device_rules(devices: &[berth_agent_protocol::DeviceSpec]) -> Result<Vec<String>, String> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let mut rules = Vec::new();
+    for d in devices {
+        let meta = std::fs::metadata(&d.path_on_host).map_err(|e| {
+            format!(
+                "error gathering device information while adding custom device {:?}: {e}",
+                d.path_on_host
+            )
+        })?;
+        let kind = if meta.file_type().is_char_device() {
+            'c'
+        } else if meta.file_type().is_block_device() {
+            'b'
+        } else {
+            return Err(format!("{:?} is not a device node", d.path_on_host));
+        };
+        let rdev = meta.rdev();
+        let perms: String = d
+            .permissions
+            .chars()
+            .filter(|c| "rwm".contains(*c))
+            .collect();
+        rules.push(format!(
+            "{kind} {}:{} {}",
+            libc::major(rdev),
+            libc::minor(rdev),
+            if perms.is_empty() { "rwm" } else { &perms }
+        ));
+    }
+    Ok(rules)
 }

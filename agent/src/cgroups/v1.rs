@@ -38,7 +38,7 @@ impl CgroupV1 {
         parent: &str,
         id: &str,
         res: &Resources,
-        restrict_devices: bool,
+        devices: Option<&[String]>,
     ) -> io::Result<Self> {
         let mut dirs = Vec::new();
         for ctrl in CONTROLLERS {
@@ -70,7 +70,7 @@ impl CgroupV1 {
             dirs.push((*ctrl, dir));
         }
         let cg = CgroupV1 { dirs };
-        if let Err(e) = cg.apply(res, restrict_devices) {
+        if let Err(e) = cg.apply(res, devices) {
             let _ = cg.remove();
             return Err(e);
         }
@@ -84,17 +84,23 @@ impl CgroupV1 {
             .map(|(_, d)| d.as_path())
     }
 
-    fn apply(&self, res: &Resources, restrict_devices: bool) -> io::Result<()> {
+    /// `devices`: `None` leaves device access open (privileged); `Some(extra)` allows
+    /// Docker's default list plus `extra` (`--device` rules such as `c 10:229 rwm`).
+    fn apply(&self, res: &Resources, devices: Option<&[String]>) -> io::Result<()> {
         self.set_limits(res, false)?;
         if res.oom_kill_disable {
             if let Some(d) = self.dir("memory") {
                 write(&d.join("memory.oom_control"), "1")?;
             }
         }
-        if restrict_devices {
+        if let Some(extra) = devices {
             if let Some(d) = self.dir("devices") {
                 write(&d.join("devices.deny"), "a")?;
-                for rule in DEVICE_ALLOW {
+                for rule in DEVICE_ALLOW
+                    .iter()
+                    .copied()
+                    .chain(extra.iter().map(String::as_str))
+                {
                     write(&d.join("devices.allow"), rule)?;
                 }
             }

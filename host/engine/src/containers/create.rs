@@ -7,7 +7,7 @@ use std::sync::Arc;
 use bollard_stubs::models::{ContainerConfig, ContainerCreateBody, HostConfig, MountType};
 
 use super::record::{ContainerRecord, MountRecord, State};
-use super::validate::{validate_host_config, validate_name};
+use super::validate::{validate_host_config, validate_name, validate_run_options};
 use super::{new_id, Container, Containers};
 use crate::{Error, Result};
 
@@ -53,6 +53,11 @@ impl Containers {
         let img = self.images.image_config(&image_id)?;
         let mut hc: HostConfig = body.host_config.clone().unwrap_or_default();
         validate_host_config(&hc)?;
+        validate_run_options(&hc)?;
+        if hc.shm_size.unwrap_or(0) == 0 {
+            // dockerd's default, shown by inspect.
+            hc.shm_size = Some(64 << 20);
+        }
         // dockerd records a bare `--memory`'s memory+swap limit as twice the memory, so
         // inspect shows it and `docker update` checks new limits against it.
         if hc.memory.unwrap_or(0) > 0
@@ -161,7 +166,7 @@ impl Containers {
             hc.network_mode = Some("default".into());
         }
         let mut mounts = self.plan_mounts(&hc)?;
-        backend.check_mounts(&mounts)?;
+        backend.check_config(&hc, &mounts)?;
         let image_volumes = config.volumes.clone().unwrap_or_default();
         self.prepare_volumes(
             &mut mounts,

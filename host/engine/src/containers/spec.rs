@@ -1,7 +1,8 @@
 //! Record → agent `ContainerSpec`: everything the agent needs, resolved on the host.
 
 use berth_agent_protocol::{
-    ContainerSpec, Mount, MountKind, NetworkSpec, ProcessSpec, Resources, SeccompMode, SecuritySpec,
+    ContainerSpec, DeviceSpec, Mount, MountKind, NetworkSpec, ProcessSpec, Resources, SeccompMode,
+    SecuritySpec, Ulimit,
 };
 
 use super::record::ContainerRecord;
@@ -177,6 +178,42 @@ impl Containers {
             },
             cgroup_parent: hc.cgroup_parent.clone().filter(|s| !s.is_empty()),
             init: hc.init.unwrap_or(false),
+            ulimits: hc
+                .ulimits
+                .iter()
+                .flatten()
+                .map(|u| Ulimit {
+                    name: u.name.clone().unwrap_or_default(),
+                    soft: u.soft.unwrap_or(0),
+                    hard: u.hard.unwrap_or(0),
+                })
+                .collect(),
+            sysctls: hc
+                .sysctls
+                .iter()
+                .flatten()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            oom_score_adj: hc.oom_score_adj.filter(|v| *v != 0).map(|v| v as i32),
+            shm_size: hc.shm_size.filter(|s| *s > 0).map(|s| s as u64),
+            devices: hc
+                .devices
+                .iter()
+                .flatten()
+                .map(|d| {
+                    let host = d.path_on_host.clone().unwrap_or_default();
+                    DeviceSpec {
+                        path_in_container: d
+                            .path_in_container
+                            .clone()
+                            .filter(|p| !p.is_empty())
+                            .unwrap_or_else(|| host.clone())
+                            .into(),
+                        path_on_host: host.into(),
+                        permissions: d.cgroup_permissions.clone().unwrap_or_else(|| "rwm".into()),
+                    }
+                })
+                .collect(),
         };
         self.backend(rec).map_resources(&mut spec.resources);
         Ok(spec)

@@ -141,6 +141,97 @@ pub fn validate_host_config(hc: &HostConfig) -> Result<()> {
     Ok(())
 }
 
+/// Sysctls that live in a namespace of the container (runc's list): `net.*` in its network
+/// namespace (not with `--network host`), the IPC ones in its IPC namespace.
+fn sysctl_is_namespaced(key: &str, host_network: bool) -> bool {
+    const IPC: &[&str] = &[
+        "kernel.msgmax",
+        "kernel.msgmnb",
+        "kernel.msgmni",
+        "kernel.sem",
+        "kernel.shmall",
+        "kernel.shmmax",
+        "kernel.shmmni",
+        "kernel.shm_rmid_forced",
+    ];
+    IPC.contains(&key)
+        || key.starts_with("fs.mqueue.")
+        || (key.starts_with("net.") && !host_network)
+}
+
+/// The run options applied inside the container (`--ulimit`, `--sysctl`,
+/// `--oom-score-adj`, `--shm-size`, `--device`), with Docker's wording.
+pub fn validate_run_options(hc: &HostConfig) -> Result<()> {
+    if let Some(v) = hc.oom_score_adj {
+        if !(-1000..=1000).contains(&v) {
+            return Err(Error::invalid(format!(
+                "Invalid value {v}, range for oom score adj is [-1000, 1000]"
+            )));
+        }
+    }
+    if hc.shm_size.unwrap_or(0) < 0 {
+        return Err(Error::invalid("SHM size can not be less than 0"));
+    }
+    for u in hc.ulimits.iter().flatten() {
+        let name = u.name.as_deref().unwrap_or("");
+        const NAMES: &[&str] = &[
+            "core",
+            "cpu",
+            "data",
+            "fsize",
+            "locks",
+            "memlock",
+            "msgqueue",
+            "nice",
+            "nofile",
+            "nproc",
+            "rss",
+            "rtprio",
+            "rttime",
+            "sigpending",
+            "stack",
+        ];
+        if !NAMES.contains(&name) {
+            return Err(Error::invalid(format!("invalid ulimit type: {name}")));
+        }
+        let (soft, hard) = (u.soft.unwrap_or(0), u.hard.unwrap_or(0));
+        if hard >= 0 && (soft > hard || soft < 0) {
+            return Err(Error::invalid(format!(
+                "ulimit soft limit must be less than or equal to hard limit: {soft} > {hard}"
+            )));
+        }
+    }
+    let host_network = hc.network_mode.as_deref() == Some("host");
+    for key in hc.sysctls.iter().flat_map(|m| m.keys()) {
+        if key.contains('/') || key.split('.').any(|c| c.is_empty()) {
+            return Err(Error::invalid(format!("invalid sysctl {key:?}")));
+        }
+        if !sysctl_is_namespaced(key, host_network) {
+            return Err(Error::invalid(if key.starts_with("net.") {
+                format!("sysctl {key:?} not allowed in host network namespace")
+            } else {
+                format!("sysctl {key:?} is not in a separate kernel namespace")
+            }));
+        }
+    }
+    for d in hc.devices.iter().flatten() {
+        let host = d.path_on_host.as_deref().unwrap_or("");
+        let inside = d.path_in_container.as_deref().unwrap_or(host);
+        if !host.starts_with('/') || !inside.starts_with('/') {
+            return Err(Error::invalid(format!(
+                "invalid device mapping {host}:{inside}: paths must be absolute"
+            )));
+        }
+        let perms = d.cgroup_permissions.as_deref().unwrap_or("rwm");
+        if perms.is_empty() || !perms.chars().all(|c| "rwm".contains(c)) {
+            return Err(Error::invalid(format!(
+                "invalid device cgroup permissions {perms:?}: use a combination of r, w and m"
+            )));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -74,9 +74,13 @@ pub trait IsolationBackend: Send + Sync {
     /// than "connection closed" (e.g. the VMM was killed).
     async fn failure_reason(&self, rec: &ContainerRecord) -> Option<String>;
 
-    /// At create: refuse mounts this backend cannot provide, with the reason.
-    fn check_mounts(&self, mounts: &[MountRecord]) -> Result<()> {
-        let _ = mounts;
+    /// At create: refuse settings or mounts this backend cannot provide, with the reason.
+    fn check_config(
+        &self,
+        hc: &bollard_stubs::models::HostConfig,
+        mounts: &[MountRecord],
+    ) -> Result<()> {
+        let _ = (hc, mounts);
         Ok(())
     }
 

@@ -30,7 +30,16 @@ impl IsolationBackend for MicrovmIsolation {
         }
     }
 
-    fn check_mounts(&self, mounts: &[MountRecord]) -> Result<()> {
+    fn check_config(
+        &self,
+        hc: &bollard_stubs::models::HostConfig,
+        mounts: &[MountRecord],
+    ) -> Result<()> {
+        if hc.devices.as_ref().is_some_and(|d| !d.is_empty()) {
+            return Err(Error::invalid(
+                "--device is not supported with microvm isolation: host devices are not passed into the VM",
+            ));
+        }
         if mounts.iter().any(|m| m.kind == "bind") {
             if let Err(why) = self.hypervisor.capabilities().shared_fs {
                 return Err(Error::invalid(why));
