@@ -18,7 +18,7 @@ use berth_engine::logs::{LogEntry, ReadOpts, Source};
 use bollard_stubs::models::{
     ContainerCreateBody, ContainerInspectResponse, ContainerState, ContainerStateStatusEnum,
     ContainerSummary, ContainerSummaryHostConfig, ContainerSummaryNetworkSettings,
-    ContainerSummaryStateEnum, DriverData, MountPoint,
+    ContainerSummaryStateEnum, DriverData, HealthStatusEnum, HealthcheckResult, MountPoint,
 };
 use bytes::Bytes;
 use futures::StreamExt;
@@ -157,7 +157,15 @@ fn unix_secs(ts: &str) -> i64 {
 pub fn status_string(r: &ContainerRecord) -> String {
     let s = &r.state;
     match s.status {
-        Status::Running => format!("Up {}", human_duration(since(&s.started_at))),
+        Status::Running => {
+            let health = match s.health.as_ref().map(|h| h.status.as_str()) {
+                Some("starting") => " (health: starting)",
+                Some("healthy") => " (healthy)",
+                Some("unhealthy") => " (unhealthy)",
+                _ => "",
+            };
+            format!("Up {}{health}", human_duration(since(&s.started_at)))
+        }
         Status::Paused => format!("Up {} (Paused)", human_duration(since(&s.started_at))),
         Status::Restarting => format!(
             "Restarting ({}) {} ago",
@@ -271,6 +279,13 @@ fn matches_filters(f: &Filters, r: &ContainerRecord, all: &[ContainerRecord]) ->
                 || r.image_id.trim_start_matches("sha256:").starts_with(x)
         })
         && any("isolation", &|x| x == r.isolation.as_str())
+        && any("health", &|x| {
+            let status = match &r.state.health {
+                Some(h) if r.state.status.is_running() => h.status.as_str(),
+                _ => "none",
+            };
+            x == status
+        })
         && any("before", &|x| created_of(x).is_some_and(|c| r.created < c))
         && any("since", &|x| created_of(x).is_some_and(|c| r.created > c))
         && any("volume", &|x| {
@@ -387,7 +402,25 @@ async fn inspect(
             error: Some(s.error.clone()),
             started_at: Some(s.started_at.clone()),
             finished_at: Some(s.finished_at.clone()),
-            health: None,
+            health: s.health.as_ref().map(|h| bollard_stubs::models::Health {
+                status: Some(match h.status.as_str() {
+                    "healthy" => HealthStatusEnum::HEALTHY,
+                    "unhealthy" => HealthStatusEnum::UNHEALTHY,
+                    _ => HealthStatusEnum::STARTING,
+                }),
+                failing_streak: Some(h.failing_streak as i64),
+                log: Some(
+                    h.log
+                        .iter()
+                        .map(|l| HealthcheckResult {
+                            start: Some(l.start.clone()),
+                            end: Some(l.end.clone()),
+                            exit_code: Some(l.exit_code),
+                            output: Some(l.output.clone()),
+                        })
+                        .collect(),
+                ),
+            }),
         }),
         image: Some(r.image_id.clone()),
         resolv_conf_path: Some(String::new()),

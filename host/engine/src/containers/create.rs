@@ -134,7 +134,10 @@ impl Containers {
             stdin_once: Some(body.stdin_once.unwrap_or(false)),
             env: Some(env),
             cmd: Some(cmd),
-            healthcheck: body.healthcheck.clone(),
+            healthcheck: super::health::merge_image_healthcheck(
+                body.healthcheck.clone(),
+                img.healthcheck.as_ref(),
+            ),
             args_escaped: body.args_escaped,
             image: Some(image_ref.clone()),
             volumes: (!volumes.is_empty()).then_some(volumes),

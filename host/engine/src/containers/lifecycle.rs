@@ -213,6 +213,7 @@ impl Containers {
         self.save(c)?;
         self.publish(&c.record(), "start", &[]);
         self.spawn_monitor(c.clone(), agent, Some(pump));
+        self.spawn_health_monitor(c.clone(), true);
         Ok(())
     }
 
@@ -835,6 +836,7 @@ impl Containers {
                 let _ = self.save(c);
                 tracing::info!(id = %c.id, "re-adopted running container");
                 self.spawn_monitor(c.clone(), agent, Some(pump));
+                self.spawn_health_monitor(c.clone(), false);
                 true
             }
             ProcessStatus::Exited => {

@@ -9,6 +9,7 @@ pub mod archive_child;
 mod commit;
 mod create;
 mod exec;
+pub mod health;
 mod lifecycle;
 pub mod record;
 mod spec;

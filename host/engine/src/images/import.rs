@@ -145,6 +145,9 @@ pub fn apply_changes(config: &mut Map<String, Value>, changes: &[String]) -> Res
             "STOPSIGNAL" => {
                 config.insert("StopSignal".into(), json!(rest));
             }
+            "HEALTHCHECK" => {
+                config.insert("Healthcheck".into(), healthcheck(rest)?);
+            }
             "ONBUILD" => {
                 let ob = config.entry("OnBuild").or_insert_with(|| json!([]));
                 if let Some(a) = ob.as_array_mut() {
@@ -160,6 +163,53 @@ pub fn apply_changes(config: &mut Map<String, Value>, changes: &[String]) -> Res
         }
     }
     Ok(())
+}
+
+/// `HEALTHCHECK [--interval=D] [--timeout=D] [--start-period=D] [--start-interval=D]
+/// [--retries=N] CMD ...` or `HEALTHCHECK NONE`, as Docker's `Healthcheck` object.
+fn healthcheck(rest: &str) -> Result<Value> {
+    let bad = |m: String| Error::invalid(format!("HEALTHCHECK: {m}"));
+    let mut hc = Map::new();
+    let mut rest = rest.trim();
+    while let Some(flag) = rest.strip_prefix("--") {
+        let (opt, tail) = flag.split_once(char::is_whitespace).unwrap_or((flag, ""));
+        let (name, value) = opt
+            .split_once('=')
+            .ok_or_else(|| bad(format!("flag --{opt} needs a value")))?;
+        let key = match name {
+            "interval" => "Interval",
+            "timeout" => "Timeout",
+            "start-period" => "StartPeriod",
+            "start-interval" => "StartInterval",
+            "retries" => "Retries",
+            other => return Err(bad(format!("unknown flag: --{other}"))),
+        };
+        let n = if key == "Retries" {
+            value
+                .parse::<i64>()
+                .map_err(|_| bad(format!("invalid --retries {value:?}")))?
+        } else {
+            crate::fsutil::parse_go_duration(value)
+                .ok_or_else(|| bad(format!("invalid --{name} {value:?}")))?
+        };
+        hc.insert(key.into(), json!(n));
+        rest = tail.trim_start();
+    }
+    let (kind, cmd) = rest.split_once(char::is_whitespace).unwrap_or((rest, ""));
+    let test = match kind.to_ascii_uppercase().as_str() {
+        "NONE" if cmd.trim().is_empty() => json!(["NONE"]),
+        "CMD" if cmd.trim_start().starts_with('[') => {
+            let argv: Vec<String> = serde_json::from_str(cmd.trim())
+                .map_err(|e| bad(format!("invalid JSON command: {e}")))?;
+            let mut t = vec!["CMD".to_string()];
+            t.extend(argv);
+            json!(t)
+        }
+        "CMD" if !cmd.trim().is_empty() => json!(["CMD-SHELL", cmd.trim()]),
+        _ => return Err(bad("expected CMD <command> or NONE".into())),
+    };
+    hc.insert("Test".into(), test);
+    Ok(Value::Object(hc))
 }
 
 /// The reference an import is tagged with (`repo` may carry its own tag).
@@ -198,9 +248,20 @@ impl ImageStore {
         opts: ImportOptions,
         progress: Progress,
     ) -> Result<String> {
-        let target = import_ref(&opts.repo, &opts.tag)?;
         let mut config = Map::new();
-        apply_changes(&mut config, &opts.changes)?;
+        let checked = import_ref(&opts.repo, &opts.tag)
+            .and_then(|t| apply_changes(&mut config, &opts.changes).map(|_| t));
+        let target = match checked {
+            Ok(t) => t,
+            Err(e) => {
+                // Read an uploaded body to its end first: a client still sending would see
+                // a broken pipe instead of this error.
+                if let ImportSource::Body(mut body) = src {
+                    let _ = tokio::io::copy(&mut body, &mut tokio::io::sink()).await;
+                }
+                return Err(e);
+            }
+        };
         let tmp = tempfile::Builder::new()
             .prefix("import-")
             .tempfile_in(self.tmp_dir())?;
@@ -341,6 +402,7 @@ mod tests {
                 "USER 1000".into(),
                 "VOLUME /data".into(),
                 "STOPSIGNAL SIGINT".into(),
+                "HEALTHCHECK --interval=1m30s --retries=2 CMD curl -f http://x/".into(),
             ],
         )
         .unwrap();
@@ -354,6 +416,14 @@ mod tests {
         assert_eq!(v["User"], "1000");
         assert_eq!(v["Volumes"], json!({"/data": {}}));
         assert_eq!(v["StopSignal"], "SIGINT");
+        assert_eq!(
+            v["Healthcheck"],
+            json!({"Test": ["CMD-SHELL", "curl -f http://x/"], "Interval": 90_000_000_000i64, "Retries": 2})
+        );
+        let mut c = Map::new();
+        apply_changes(&mut c, &["HEALTHCHECK NONE".into()]).unwrap();
+        assert_eq!(c["Healthcheck"], json!({"Test": ["NONE"]}));
+        assert!(apply_changes(&mut c, &["HEALTHCHECK --bogus=1 CMD true".into()]).is_err());
         let mut c = Map::new();
         assert!(apply_changes(&mut c, &["RUN rm -rf /".into()]).is_err());
     }
