@@ -103,9 +103,13 @@ mod tests {
 
     #[test]
     fn sysctl_keys_stay_under_proc_sys() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut m = BTreeMap::new();
-        m.insert("net...x".to_string(), "1".to_string());
-        assert!(apply_sysctls(dir.path(), &m).is_err());
+        // Refused before any file is touched, so the path needs not exist.
+        let proc = Path::new("/nonexistent-proc");
+        for key in ["net...x", "net/../../etc", "..", ""] {
+            let mut m = BTreeMap::new();
+            m.insert(key.to_string(), "1".to_string());
+            let e = apply_sysctls(proc, &m).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{key}");
+        }
     }
 }

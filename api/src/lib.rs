@@ -65,23 +65,37 @@ impl Service<Request> for ApiService {
     }
 }
 
-/// Bind the API socket: a stale file is replaced, and the socket is made accessible
-/// to root and its group only (like `/var/run/docker.sock`).
-pub fn bind_unix(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
+/// Bind the API socket: a stale file is replaced, and the socket is accessible to root and
+/// `group` only (like `/var/run/docker.sock` with `-G docker`). The socket is born 0660 in a
+/// private 0700 directory and renamed into place, so no other user can connect in a window
+/// between bind and chmod (a process-wide umask would race with other threads).
+pub fn bind_unix(path: &Path, group: Option<u32>) -> anyhow::Result<tokio::net::UnixListener> {
     use anyhow::Context;
-    use std::os::unix::fs::PermissionsExt;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
-    }
-    match std::fs::remove_file(path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).with_context(|| format!("remove stale {}", path.display())),
-    }
-    let listener =
-        tokio::net::UnixListener::bind(path).with_context(|| format!("bind {}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
-    Ok(listener)
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    let private = dir.join(format!(".berthd-sock-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&private);
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&private)
+        .with_context(|| format!("create {}", private.display()))?;
+    let bind = || -> anyhow::Result<tokio::net::UnixListener> {
+        let tmp = private.join("sock");
+        let listener = tokio::net::UnixListener::bind(&tmp)
+            .with_context(|| format!("bind {}", path.display()))?;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o660))?;
+        if let Some(gid) = group {
+            std::os::unix::fs::chown(&tmp, None, Some(gid))
+                .with_context(|| format!("chgrp {} of {}", gid, path.display()))?;
+        }
+        // Replaces a stale socket atomically; the listener keeps the renamed inode.
+        std::fs::rename(&tmp, path).with_context(|| format!("rename to {}", path.display()))?;
+        Ok(listener)
+    };
+    let res = bind();
+    let _ = std::fs::remove_dir_all(&private);
+    res
 }
 
 /// Serve the API on a bound listener until `shutdown` resolves.

@@ -25,6 +25,15 @@ impl Cgroup {
         res: &Resources,
         devices: Option<&[String]>,
     ) -> io::Result<Cgroup> {
+        // The host validated both; checked again because they become paths under
+        // /sys/fs/cgroup, written as root.
+        let escapes = |p: &str| p.split('/').any(|c| c == ".." || c == ".");
+        if escapes(parent) || id.is_empty() || id.contains('/') || escapes(id) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("invalid cgroup path {parent:?}/{id:?}"),
+            ));
+        }
         if is_v2() {
             Ok(Cgroup::V2(v2::CgroupV2::create(parent, id, res)?))
         } else {

@@ -180,61 +180,12 @@ async fn list(State(state): State<AppState>, req: Request) -> ApiResult<Response
     Ok(Json(images).into_response())
 }
 
-/// `until`: unix timestamp, RFC 3339 date, or a Go duration ago (`24h`, `10m`).
+/// `until`: unix timestamp, RFC 3339 date, or a Go duration ago (`24h`, `10m`), in seconds.
 fn parse_until(v: &str) -> ApiResult<i64> {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
-    if let Ok(n) = v.split('.').next().unwrap_or("").parse::<i64>() {
-        return Ok(n);
-    }
-    if let Ok(t) = chrono_like_rfc3339(v) {
-        return Ok(t);
-    }
-    let mut total = 0f64;
-    let mut num = String::new();
-    let mut any = false;
-    for c in v.chars() {
-        if c.is_ascii_digit() || c == '.' {
-            num.push(c);
-            continue;
-        }
-        let n: f64 = num
-            .parse()
-            .map_err(|_| ApiError::bad_request(format!("invalid until value {v:?}")))?;
-        num.clear();
-        total += n * match c {
-            'h' => 3600.0,
-            'm' => 60.0,
-            's' => 1.0,
-            _ => return Err(ApiError::bad_request(format!("invalid until value {v:?}"))),
-        };
-        any = true;
-    }
-    if !any || !num.is_empty() {
-        return Err(ApiError::bad_request(format!("invalid until value {v:?}")));
-    }
-    Ok(now - total as i64)
-}
-
-fn chrono_like_rfc3339(v: &str) -> Result<i64, ()> {
-    // YYYY-MM-DDTHH:MM:SS(Z) is all docker sends; compute the epoch without a date crate.
-    let b = v.as_bytes();
-    if b.len() < 19 || b[4] != b'-' || b[7] != b'-' || (b[10] != b'T' && b[10] != b' ') {
-        return Err(());
-    }
-    let n = |s: &str| s.parse::<i64>().map_err(|_| ());
-    let (y, mo, d) = (n(&v[0..4])?, n(&v[5..7])?, n(&v[8..10])?);
-    let (h, mi, s) = (n(&v[11..13])?, n(&v[14..16])?, n(&v[17..19])?);
-    // Days from civil (Howard Hinnant).
-    let y2 = if mo <= 2 { y - 1 } else { y };
-    let era = y2.div_euclid(400);
-    let yoe = y2 - era * 400;
-    let doy = (153 * (if mo > 2 { mo - 3 } else { mo + 9 }) + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146097 + doe - 719468;
-    Ok(days * 86400 + h * 3600 + mi * 60 + s)
+    let now = berth_engine::fsutil::now_nanos() as i128;
+    berth_engine::fsutil::parse_docker_time(v, now)
+        .map(|n| n.div_euclid(1_000_000_000) as i64)
+        .ok_or_else(|| ApiError::bad_request(format!("invalid until value {v:?}")))
 }
 
 async fn get_named(

@@ -337,13 +337,10 @@ struct EventsQuery {
 
 /// Docker timestamps: unix seconds with optional fraction, or RFC 3339.
 pub fn parse_timestamp(s: &str) -> Result<i64, ApiError> {
-    let bad = || ApiError::bad_request(format!("invalid timestamp: {s}"));
-    if let Ok(f) = s.parse::<f64>() {
-        return Ok((f * 1e9) as i64);
-    }
-    berth_engine::fsutil::parse_rfc3339(s)
-        .map(|n| n as i64)
-        .ok_or_else(bad)
+    let now = berth_engine::fsutil::now_nanos() as i128;
+    berth_engine::fsutil::parse_docker_time(s, now)
+        .and_then(|n| i64::try_from(n).ok())
+        .ok_or_else(|| ApiError::bad_request(format!("invalid timestamp: {s}")))
 }
 
 fn event_matches(f: &Filters, e: &Event) -> bool {

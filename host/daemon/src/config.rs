@@ -58,6 +58,12 @@ pub struct Flags {
     /// guest-kernel/build.sh output in /var/cache/berth/guest-kernel).
     #[arg(long)]
     pub guest_kernel: Option<PathBuf>,
+    /// Group that may use the API socket (default `docker`, when it exists).
+    #[arg(short = 'G', long)]
+    pub group: Option<String>,
+    /// Largest image a URL import may download (bytes, or with k/m/g; default 16g).
+    #[arg(long)]
+    pub max_download_size: Option<String>,
 }
 
 /// The TOML file: the same settings as the flags, dockerd's names.
@@ -76,6 +82,8 @@ pub struct FileConfig {
     pub default_isolation: Option<String>,
     pub vmm: Option<String>,
     pub guest_kernel: Option<PathBuf>,
+    pub group: Option<String>,
+    pub max_download_size: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -92,6 +100,9 @@ pub struct Config {
     pub default_isolation: Option<String>,
     pub vmm: Option<String>,
     pub guest_kernel: Option<PathBuf>,
+    /// Group id for the API sockets (`-G`), when that group exists.
+    pub socket_group: Option<u32>,
+    pub max_download_bytes: Option<u64>,
 }
 
 impl Config {
@@ -149,7 +160,24 @@ impl Config {
             .or(file.guest_kernel)
             .map(absolute)
             .transpose()?;
+        let socket_group = match flags.group.or(file.group) {
+            // dockerd's default group is optional; a group named explicitly must exist.
+            None => group_id("docker"),
+            Some(g) => Some(
+                g.parse::<u32>()
+                    .ok()
+                    .or_else(|| group_id(&g))
+                    .with_context(|| format!("group {g:?} not found"))?,
+            ),
+        };
+        let max_download_bytes = flags
+            .max_download_size
+            .or(file.max_download_size)
+            .map(|s| parse_size(&s).with_context(|| format!("invalid --max-download-size {s:?}")))
+            .transpose()?;
         Ok(Config {
+            socket_group,
+            max_download_bytes,
             default_isolation: flags.default_isolation.or(file.default_isolation),
             vmm: flags.vmm.or(file.vmm),
             guest_kernel,
@@ -187,6 +215,32 @@ pub fn parse_host(h: &str) -> Result<PathBuf> {
         return Ok(PathBuf::from(h));
     }
     bail!("unsupported host {h:?}: only unix:///path sockets are served")
+}
+
+/// The gid of group `name` (getgrnam_r), if it exists.
+fn group_id(name: &str) -> Option<u32> {
+    let c = std::ffi::CString::new(name).ok()?;
+    let mut grp: libc::group = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    let mut out: *mut libc::group = std::ptr::null_mut();
+    // SAFETY: getgrnam_r fills `grp` using `buf`; all pointers are live for the call.
+    let rc =
+        unsafe { libc::getgrnam_r(c.as_ptr(), &mut grp, buf.as_mut_ptr(), buf.len(), &mut out) };
+    (rc == 0 && !out.is_null()).then_some(grp.gr_gid)
+}
+
+/// `16g`, `512m`, `1048576`.
+fn parse_size(s: &str) -> Option<u64> {
+    let t = s.trim().to_ascii_lowercase();
+    let t = t.trim_end_matches('b');
+    let (num, shift) = match t.chars().last()? {
+        'k' => (&t[..t.len() - 1], 10),
+        'm' => (&t[..t.len() - 1], 20),
+        'g' => (&t[..t.len() - 1], 30),
+        't' => (&t[..t.len() - 1], 40),
+        _ => (t, 0),
+    };
+    num.parse::<u64>().ok()?.checked_mul(1u64 << shift)
 }
 
 #[cfg(test)]

@@ -90,6 +90,7 @@ async fn run(config: Config) -> Result<()> {
             vmm: config.vmm.clone(),
             kernel: config.guest_kernel.clone(),
         },
+        max_download_bytes: config.max_download_bytes,
     })
     .await
     .context("open engine state")?;
@@ -100,7 +101,7 @@ async fn run(config: Config) -> Result<()> {
     let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
     let mut servers = Vec::new();
     for sock in &config.sockets {
-        let listener = berth_api::bind_unix(sock)?;
+        let listener = berth_api::bind_unix(sock, config.socket_group)?;
         let mut stop = stop_tx.subscribe();
         let engine = engine.clone();
         let sock = sock.clone();

@@ -94,6 +94,18 @@ pub fn parse_rfc3339(s: &str) -> Option<i128> {
     let h: i64 = t.next()?.parse().ok()?;
     let mi: i64 = t.next()?.parse().ok()?;
     let se: i64 = t.next()?.parse().ok()?;
+    // Client input: out-of-range fields are malformed, and must not overflow below.
+    let valid = (0..=9999).contains(&y)
+        && (1..=12).contains(&m)
+        && (1..=31).contains(&dd)
+        && (0..24).contains(&h)
+        && (0..60).contains(&mi)
+        && (0..=60).contains(&se)
+        && offset_secs.abs() < 86400
+        && t.next().is_none();
+    if !valid {
+        return None;
+    }
     let mut nanos: i128 = 0;
     for (i, c) in frac.chars().take(9).enumerate() {
         nanos += (c.to_digit(10)? as i128) * 10i128.pow(8 - i as u32);
@@ -124,6 +136,37 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
     let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
     (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+/// A point in time as Docker's `since`/`until` arguments give it: a unix timestamp with an
+/// optional fraction (`1700000000.5`), RFC 3339 (with or without a zone, which then means
+/// UTC, or a bare date), or a Go duration counted back from `now` (`10m`, `24h`). Unix
+/// nanoseconds; `None` when malformed.
+pub fn parse_docker_time(s: &str, now_nanos: i128) -> Option<i128> {
+    let s = s.trim();
+    let (int, frac) = s.split_once('.').unwrap_or((s, ""));
+    let digits = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit());
+    let int_digits = int.strip_prefix('-').unwrap_or(int);
+    if digits(int_digits) && (frac.is_empty() || digits(frac)) {
+        let secs: i64 = int.parse().ok()?;
+        let mut nanos: i128 = 0;
+        for (i, c) in frac.bytes().take(9).enumerate() {
+            nanos += ((c - b'0') as i128) * 10i128.pow(8 - i as u32);
+        }
+        let sign = if int.starts_with('-') { -1 } else { 1 };
+        return Some(secs as i128 * 1_000_000_000 + sign * nanos);
+    }
+    if let Some(t) = parse_rfc3339(s) {
+        return Some(t);
+    }
+    if s.contains('T') {
+        if let Some(t) = parse_rfc3339(&format!("{s}Z")) {
+            return Some(t);
+        }
+    } else if let Some(t) = parse_rfc3339(&format!("{s}T00:00:00Z")) {
+        return Some(t);
+    }
+    parse_go_duration(s).map(|d| now_nanos - d as i128)
 }
 
 /// A Go `time.Duration` string (`1m30s`, `500ms`, `1.5h`) in nanoseconds, as Docker's
@@ -199,5 +242,40 @@ mod tests {
         assert_eq!(parse_go_duration("10"), None);
         assert_eq!(parse_go_duration("-1s"), None);
         assert_eq!(parse_go_duration(""), None);
+    }
+
+    #[test]
+    fn docker_times() {
+        let now = 2_000_000_000i128 * 1_000_000_000;
+        assert_eq!(
+            parse_docker_time("1700000000.5", now),
+            Some(1_700_000_000_500_000_000)
+        );
+        assert_eq!(
+            parse_docker_time("2023-11-14T22:13:20Z", now),
+            Some(1_700_000_000 * 1_000_000_000)
+        );
+        assert_eq!(
+            parse_docker_time("2023-11-14T22:13:20", now),
+            parse_docker_time("2023-11-14T22:13:20Z", now)
+        );
+        assert_eq!(
+            parse_docker_time("2023-11-14", now),
+            Some(1_699_920_000 * 1_000_000_000)
+        );
+        assert_eq!(
+            parse_docker_time("10m", now),
+            Some(now - 600 * 1_000_000_000)
+        );
+        // Client input never panics: multibyte text, absurd years.
+        for bad in [
+            "é2023-11-14T22:13:20Z",
+            "2023-11-14T22:1é:20Z",
+            "99999999999999-01-01T00:00:00Z",
+            "",
+            "x",
+        ] {
+            assert_eq!(parse_docker_time(bad, now), None, "{bad}");
+        }
     }
 }

@@ -37,6 +37,8 @@ pub struct EngineConfig {
     pub default_isolation: Option<String>,
     /// `--vmm` and `--guest-kernel`.
     pub microvm: isolation::microvm::MicrovmConfig,
+    /// `--max-download-size`: the cap of a URL import (default 16 GiB).
+    pub max_download_bytes: Option<u64>,
 }
 
 pub struct Engine {
@@ -56,10 +58,12 @@ impl Engine {
         std::fs::create_dir_all(&config.data_root)?;
         std::fs::create_dir_all(&config.exec_root)?;
         let events = Arc::new(events::EventBus::new());
-        let images = Arc::new(images::ImageStore::open(
-            &config.data_root.join("images"),
-            events.clone(),
-        )?);
+        let mut image_store =
+            images::ImageStore::open(&config.data_root.join("images"), events.clone())?;
+        if let Some(max) = config.max_download_bytes {
+            image_store.max_download_bytes = max;
+        }
+        let images = Arc::new(image_store);
         let containers = containers::Containers::open(
             containers::ContainerPaths {
                 data_root: config.data_root.clone(),

@@ -64,7 +64,7 @@ impl Containers {
             && hc.memory_swap.unwrap_or(0) == 0
             && super::update::swap_limit_supported()
         {
-            hc.memory_swap = hc.memory.map(|m| m * 2);
+            hc.memory_swap = hc.memory.map(|m| m.saturating_mul(2));
         }
         // `--runtime microvm|process` (the runtimes `docker info` lists) is an alias for
         // `--isolation`; `berth` is the daemon's default runtime.

@@ -124,7 +124,7 @@ impl Containers {
             _ => NetworkSpec::Isolated,
         };
         let memory_swap = match (hc.memory, hc.memory_swap) {
-            (Some(m), None | Some(0)) if m > 0 => Some(m * 2),
+            (Some(m), None | Some(0)) if m > 0 => Some(m.saturating_mul(2)),
             (_, s) => s,
         };
         let mut spec = ContainerSpec {

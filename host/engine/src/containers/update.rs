@@ -203,7 +203,7 @@ fn live_resources(hc: &HostConfig, u: &ContainerUpdateBody) -> Resources {
         r.memory = (memory > 0).then_some(memory);
         // No memory+swap limit recorded: the start-time default of twice the memory.
         r.memory_swap = match hc.memory_swap.unwrap_or(0) {
-            0 if memory > 0 && swap_limit_supported() => Some(memory * 2),
+            0 if memory > 0 && swap_limit_supported() => Some(memory.saturating_mul(2)),
             0 => None,
             s => Some(s),
         };

@@ -43,7 +43,23 @@ pub fn parse_cpuset(s: &str) -> Option<Vec<usize>> {
     Some(out)
 }
 
+/// `--cgroup-parent`: a path inside each cgroup hierarchy (a leading `/` means from its
+/// root). `..` and `.` components are refused: joined to the hierarchy they would reach
+/// cgroups berth does not manage, where no limit of the container applies.
+pub fn validate_cgroup_parent(parent: &str) -> Result<()> {
+    let bad = parent.split('/').any(|c| c == ".." || c == ".") || parent.contains('\0');
+    if bad {
+        return Err(Error::invalid(format!(
+            "invalid cgroup parent {parent:?}: it must be a path inside the cgroup hierarchy, without \"..\" or \".\""
+        )));
+    }
+    Ok(())
+}
+
 pub fn validate_host_config(hc: &HostConfig) -> Result<()> {
+    if let Some(p) = hc.cgroup_parent.as_deref() {
+        validate_cgroup_parent(p)?;
+    }
     const MIN_MEMORY: i64 = 6 * 1024 * 1024;
     let memory = hc.memory.unwrap_or(0);
     if memory < 0 {
@@ -70,6 +86,11 @@ pub fn validate_host_config(hc: &HostConfig) -> Result<()> {
             return Err(Error::invalid(format!(
                 "Invalid value: {sw}, valid memory swappiness range is 0-100"
             )));
+        }
+    }
+    if let Some(w) = hc.blkio_weight.filter(|w| *w != 0) {
+        if !(10..=1000).contains(&w) {
+            return Err(Error::invalid("Range of blkio weight is from 10 to 1000"));
         }
     }
     let ncpu = online_cpus();

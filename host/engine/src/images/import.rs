@@ -314,7 +314,7 @@ impl ImageStore {
                 },
                 gzip: None,
             };
-            let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
+            let now = crate::fsutil::now_rfc3339();
             let comment = if message.is_empty() {
                 format!("Imported from {src_name}")
             } else {
@@ -347,25 +347,47 @@ impl ImageStore {
         Ok(id)
     }
 
+    /// Fetch a URL import to `path`, bounded: at most `max_download_bytes`, and no stall
+    /// longer than [`DOWNLOAD_STALL`] (connect included), so a hostile or dead server can
+    /// neither fill the disk nor hold the request forever.
     async fn download(&self, url: &str, path: &std::path::Path, progress: &Progress) -> Result<()> {
-        let resp = reqwest::get(url)
+        let max = self.max_download_bytes;
+        let fail = |m: String| Error::invalid(format!("import {url}: {m}"));
+        let client = reqwest::Client::builder()
+            .connect_timeout(DOWNLOAD_STALL)
+            .build()
+            .map_err(|e| fail(e.to_string()))?;
+        let resp = tokio::time::timeout(DOWNLOAD_STALL, client.get(url).send())
             .await
-            .map_err(|e| Error::invalid(format!("import {url}: {e}")))?;
+            .map_err(|_| fail(format!("no response within {}s", DOWNLOAD_STALL.as_secs())))?
+            .map_err(|e| fail(e.to_string()))?;
         if !resp.status().is_success() {
-            return Err(Error::invalid(format!(
-                "import {url}: HTTP {}",
-                resp.status()
-            )));
+            return Err(fail(format!("HTTP {}", resp.status())));
         }
+        let too_big = || {
+            fail(format!(
+                "the image is larger than the daemon's limit of {max} bytes (--max-download-size)"
+            ))
+        };
         let total = resp.content_length().unwrap_or(0);
+        if total > max {
+            return Err(too_big());
+        }
         let mut f = tokio::fs::File::create(path).await?;
         let mut stream = resp.bytes_stream();
         let mut got = 0u64;
         let mut last = std::time::Instant::now();
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| Error::invalid(format!("import {url}: {e}")))?;
-            f.write_all(&chunk).await?;
+        loop {
+            let next = tokio::time::timeout(DOWNLOAD_STALL, stream.next())
+                .await
+                .map_err(|_| fail(format!("no data for {}s", DOWNLOAD_STALL.as_secs())))?;
+            let Some(chunk) = next else { break };
+            let chunk = chunk.map_err(|e| fail(e.to_string()))?;
             got += chunk.len() as u64;
+            if got > max {
+                return Err(too_big());
+            }
+            f.write_all(&chunk).await?;
             if last.elapsed().as_millis() > 100 {
                 progress
                     .layer_progress("", "Downloading", got, total)
@@ -377,6 +399,9 @@ impl ImageStore {
         Ok(())
     }
 }
+
+/// How long a URL import may go without a byte.
+const DOWNLOAD_STALL: std::time::Duration = std::time::Duration::from_secs(60);
 
 fn target_name(repo: &str, tag: &str) -> Option<String> {
     import_ref(repo, tag).ok().flatten().map(|r| r.familiar())

@@ -120,6 +120,9 @@ pub struct ImageRuntimeConfig {
     pub os: String,
 }
 
+/// `--max-download-size` unless set: larger than any sane image, smaller than a disk.
+pub const DEFAULT_MAX_DOWNLOAD: u64 = 16 << 30;
+
 pub struct ImageStore {
     root: PathBuf,
     events: Arc<EventBus>,
@@ -128,6 +131,8 @@ pub struct ImageStore {
     /// garbage collection leaves them alone.
     pending: Mutex<HashMap<String, usize>>,
     in_use: RwLock<Option<InUseHook>>,
+    /// The largest URL import downloaded (`--max-download-size`).
+    pub max_download_bytes: u64,
 }
 
 /// Marks digests as in flight until dropped.
@@ -197,6 +202,7 @@ impl ImageStore {
             state: Mutex::new(state),
             pending: Mutex::new(HashMap::new()),
             in_use: RwLock::new(None),
+            max_download_bytes: DEFAULT_MAX_DOWNLOAD,
         };
         store.gc()?;
         Ok(store)
@@ -418,8 +424,7 @@ impl ImageStore {
         }
         if img.refs.iter().any(|r| r.tag.is_some()) {
             if let Some(rec) = st.images.get_mut(&id) {
-                rec.last_tag_time =
-                    Some(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true));
+                rec.last_tag_time = Some(crate::fsutil::now_rfc3339());
             }
         }
         self.save_state(&st)?;

@@ -65,18 +65,41 @@ pub struct DiskUsage {
     pub images: Vec<ImageSummary>,
 }
 
-/// `path.Match` with `*` and `?` (neither crosses `/`).
+/// `path.Match` with `*` and `?` (neither crosses `/`), in O(pattern × name) time: on a
+/// mismatch only the most recent `*` takes one more character, so a pattern of thousands
+/// of stars from a client cannot make the match exponential.
 pub fn glob_match(pattern: &str, s: &str) -> bool {
-    fn m(p: &[u8], s: &[u8]) -> bool {
-        match (p.first(), s.first()) {
-            (None, None) => true,
-            (Some(b'*'), _) => m(&p[1..], s) || (!s.is_empty() && s[0] != b'/' && m(p, &s[1..])),
-            (Some(b'?'), Some(c)) if *c != b'/' => m(&p[1..], &s[1..]),
-            (Some(a), Some(b)) if a == b => m(&p[1..], &s[1..]),
-            _ => false,
+    let p: Vec<char> = pattern.chars().collect();
+    let s: Vec<char> = s.chars().collect();
+    let (mut pi, mut si) = (0, 0);
+    // The last `*` seen and the position in `s` it currently extends to.
+    let mut star: Option<(usize, usize)> = None;
+    while si < s.len() {
+        match p.get(pi) {
+            Some('*') => {
+                star = Some((pi, si));
+                pi += 1;
+            }
+            Some('?') if s[si] != '/' => {
+                pi += 1;
+                si += 1;
+            }
+            Some(c) if *c != '?' && *c == s[si] => {
+                pi += 1;
+                si += 1;
+            }
+            _ => match star {
+                // A star never swallows a `/`, and no earlier star could either.
+                Some((sp, ss)) if s[ss] != '/' => {
+                    star = Some((sp, ss + 1));
+                    pi = sp + 1;
+                    si = ss + 1;
+                }
+                _ => return false,
+            },
         }
     }
-    m(pattern.as_bytes(), s.as_bytes())
+    p[pi..].iter().all(|c| *c == '*')
 }
 
 fn familiar(full: &str) -> String {
@@ -86,8 +109,8 @@ fn familiar(full: &str) -> String {
 }
 
 fn created_unix(created: &str) -> i64 {
-    chrono::DateTime::parse_from_rfc3339(created)
-        .map(|t| t.timestamp())
+    crate::fsutil::parse_rfc3339(created)
+        .map(|n| n.div_euclid(1_000_000_000) as i64)
         .unwrap_or(0)
 }
 
@@ -334,8 +357,7 @@ impl ImageStore {
             let id = Self::resolve_in(&st, name)?;
             st.refs.insert(r.to_string(), id.clone());
             if let Some(rec) = st.images.get_mut(&id) {
-                rec.last_tag_time =
-                    Some(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true));
+                rec.last_tag_time = Some(crate::fsutil::now_rfc3339());
             }
             self.save_state(&st)?;
             id
