@@ -32,7 +32,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::state::Agent;
 
@@ -264,7 +264,20 @@ async fn accept(listener: &Listener, agent: &Arc<Agent>) -> std::io::Result<()> 
     match listener {
         Listener::Unix(l) => {
             let (stream, _) = l.accept().await?;
-            tokio::spawn(server::serve_conn(agent.clone(), stream));
+            // Only a peer with the agent's own uid (root, the daemon) may drive it. The
+            // socket's directory is 0700 too; this holds even if that is ever loosened.
+            let me = nix::unistd::geteuid().as_raw();
+            match stream.peer_cred() {
+                Ok(c) if c.uid() == me => {
+                    tokio::spawn(server::serve_conn(agent.clone(), stream));
+                }
+                Ok(c) => warn!(
+                    uid = c.uid(),
+                    pid = ?c.pid(),
+                    "refused a connection from another user"
+                ),
+                Err(e) => warn!("refused a connection without peer credentials: {e}"),
+            }
         }
         Listener::Vsock(l) => {
             let stream = l.accept().await?;

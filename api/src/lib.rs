@@ -50,18 +50,41 @@ impl Service<Request> for ApiService {
     }
 
     fn call(&mut self, req: Request) -> Self::Future {
-        let mut router = self.router.clone();
+        let router = self.router.clone();
         Box::pin(async move {
             let method = req.method().clone();
             let path = req.uri().path().to_string();
             let mut resp = match version::rewrite(req) {
-                Ok(req) => router.call(req).await.into_response(),
+                Ok(req) => call_catching_panics(router, req).await,
                 Err(e) => e.into_response(),
             };
             version::stamp_headers(resp.headers_mut());
             tracing::debug!(%method, %path, status = resp.status().as_u16(), "request");
             Ok(resp)
         })
+    }
+}
+
+/// Run the router on one request. A handler that panics answers 500 with Docker's error
+/// shape instead of dropping the connection; the daemon keeps serving.
+async fn call_catching_panics(mut router: Router, req: Request) -> Response {
+    use futures::FutureExt;
+    let path = req.uri().path().to_string();
+    match std::panic::AssertUnwindSafe(router.call(req))
+        .catch_unwind()
+        .await
+    {
+        Ok(r) => r.into_response(),
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            tracing::error!(%path, panic = %what, "request handler panicked");
+            error::ApiError::internal(format!("internal error handling {path}: {what}"))
+                .into_response()
+        }
     }
 }
 
@@ -116,4 +139,45 @@ pub async fn serve(
         _ = shutdown => {}
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::routing::get;
+
+    #[tokio::test]
+    async fn a_panicking_handler_answers_500_and_the_next_request_is_served() {
+        let router: Router = Router::new()
+            .route(
+                "/boom",
+                get(|| async {
+                    let v: Vec<u8> = Vec::new();
+                    // An index out of bounds, as a handler bug would cause.
+                    v[std::hint::black_box(3)].to_string()
+                }),
+            )
+            .route("/ok", get(|| async { "fine" }));
+        let req = |p: &str| {
+            Request::builder()
+                .uri(p)
+                .body(axum::body::Body::empty())
+                .unwrap()
+        };
+        let resp = call_catching_panics(router.clone(), req("/boom")).await;
+        assert_eq!(resp.status(), 500);
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert!(
+            v["message"]
+                .as_str()
+                .unwrap()
+                .contains("index out of bounds"),
+            "{v}"
+        );
+        let resp = call_catching_panics(router, req("/ok")).await;
+        assert_eq!(resp.status(), 200);
+    }
 }

@@ -45,7 +45,11 @@ pub fn agent_socket_path(exec_dir: &Path) -> PathBuf {
 /// Starts a detached agent (own session, no inherited fds, survives the daemon) and connects.
 /// Returns the client and the agent's pid (not a child of the caller: it is re-parented to init).
 pub async fn spawn_process_agent(opts: &SpawnOpts) -> Result<(AgentClient, u32), ProtocolError> {
+    use std::os::unix::fs::PermissionsExt;
     std::fs::create_dir_all(&opts.exec_dir)?;
+    // Only the daemon's user may reach the agent's socket (and its logs); the agent also
+    // checks each peer's credentials.
+    std::fs::set_permissions(&opts.exec_dir, std::fs::Permissions::from_mode(0o700))?;
     let sock = agent_socket_path(&opts.exec_dir);
     let mut cmd = tokio::process::Command::new(&opts.agent_bin);
     cmd.arg("serve")
