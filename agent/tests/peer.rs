@@ -27,11 +27,11 @@ os.setgid(65534); os.setuid(65534)
 s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
 s.connect(sys.argv[1])
 s.settimeout(5)
-s.sendall(b"\0" * 64)
 try:
+    s.sendall(b"\0" * 64)
     data = s.recv(4096)
     print("closed" if data == b"" else "answered")
-except ConnectionResetError:
+except (ConnectionResetError, BrokenPipeError):
     print("closed")
 "#;
     let o = std::process::Command::new("python3")
