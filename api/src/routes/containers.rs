@@ -55,6 +55,7 @@ pub fn router() -> Router<AppState> {
             "/containers/{id}/archive",
             get(archive_get).head(archive_head).put(archive_put),
         )
+        .route("/containers/{id}/export", get(export))
         .route("/containers/{id}/changes", get(changes))
         .route("/commit", post(commit))
 }
@@ -1035,6 +1036,17 @@ async fn archive_get(
     );
     resp.headers_mut()
         .insert("x-docker-container-path-stat", stat_header(&stat));
+    Ok(resp)
+}
+
+async fn export(State(engine): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
+    let c = container(&engine, &id)?;
+    let out = engine.containers.export(&c).await?;
+    let mut resp = Response::new(Body::from_stream(tokio_util::io::ReaderStream::new(out)));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/x-tar"),
+    );
     Ok(resp)
 }
 

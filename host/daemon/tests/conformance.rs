@@ -342,3 +342,62 @@ fn system_df_lists_volumes_and_info_measures_the_filesystem() {
         "{info} vs {expect}"
     );
 }
+
+/// The entry names of a tar archive.
+fn tar_names(bytes: &[u8]) -> Vec<String> {
+    tar::Archive::new(bytes)
+        .entries()
+        .unwrap()
+        .map(|e| e.unwrap().path().unwrap().display().to_string())
+        .collect()
+}
+
+#[test]
+fn export_gives_the_container_filesystem_without_its_volumes() {
+    let d = TestDaemon::start();
+    import_busybox(&d, "bb");
+    let id = d
+        .docker_ok(&[
+            "run",
+            "-d",
+            "-v",
+            "/vol",
+            "bb",
+            "sh",
+            "-c",
+            "echo layer > /in-layer; echo vol > /vol/in-volume; sleep 1000",
+        ])
+        .trim()
+        .to_string();
+    let export = |d: &TestDaemon| {
+        let o = d.docker_cmd(&["export", &id]).output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        tar_names(&o.stdout)
+    };
+    let wait = std::time::Instant::now();
+    let names = loop {
+        let n = export(&d);
+        if n.iter().any(|p| p == "in-layer") || wait.elapsed().as_secs() > 20 {
+            break n;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    // Running: the layer's file and the image, the mount points but not what is in them.
+    for want in ["in-layer", "bin/busybox", "vol", "proc"] {
+        assert!(
+            names.iter().any(|p| p == want),
+            "{want} missing from {names:?}"
+        );
+    }
+    assert!(!names.iter().any(|p| p.starts_with("vol/in-volume")));
+    assert!(!names.iter().any(|p| p.starts_with("proc/1")));
+    // Stopped: the same filesystem.
+    d.docker_ok(&["stop", "-t", "0", &id]);
+    let names = export(&d);
+    assert!(names.iter().any(|p| p == "in-layer"), "{names:?}");
+    assert!(!names.iter().any(|p| p.starts_with("vol/in-volume")));
+    // `docker export -o` writes the same tar; an unknown container is a 404.
+    let err = d.docker_err(&["export", "nosuchcontainer"]);
+    assert!(err.contains("No such container"), "{err}");
+    d.docker_ok(&["rm", "-v", &id]);
+}

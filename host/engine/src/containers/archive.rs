@@ -178,8 +178,10 @@ impl Containers {
     ) -> Result<tokio::process::Command> {
         let target = self.archive_target(c, path).await?;
         let binds = match (&target.access, &target.root_name) {
-            // A live root has its mounts already; a mount's own source has no others.
+            // A live root has its mounts already; a mount's own source has no others; an
+            // export is of the container's own filesystem only.
             (RootAccess::Live(_), _) | (_, Some(_)) => Vec::new(),
+            _ if op == "export" => Vec::new(),
             _ => self.mounts_for_child(c).await,
         };
         let exe = std::env::current_exe().map_err(Error::internal)?;
@@ -294,6 +296,25 @@ impl Containers {
         drop(stdin);
         let out = child.wait_with_output().await.map_err(Error::internal)?;
         child_result(&out.status, &out.stderr, c, path)
+    }
+
+    /// `docker export`: a tar stream of the container's filesystem (without its volumes
+    /// and binds), running or not.
+    pub async fn export(&self, c: &Arc<Container>) -> Result<tokio::process::ChildStdout> {
+        self.require_host_file_access(&c.record(), "docker export")?;
+        let mut child = self
+            .archive_child(c, "export", "/", &[])
+            .await?
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(Error::internal)?;
+        let stdout = child.stdout.take().expect("piped");
+        tokio::spawn(async move {
+            let _ = child.wait().await;
+        });
+        Ok(stdout)
     }
 
     /// `docker diff`: changes in the writable layer against the image.

@@ -6,7 +6,7 @@
 
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use super::archive::PathStat;
@@ -209,6 +209,22 @@ pub fn archive_child_main(args: &[String]) -> i32 {
                 Err(e) => fail(1, e),
             }
         }
+        "export" => {
+            // `docker export`: the container's own filesystem. Volumes, binds and the
+            // kernel filesystems are other mounts (another device than the root): their
+            // mount points are kept, empty, as the image has them.
+            let dev = match std::fs::metadata("/") {
+                Ok(m) => m.dev(),
+                Err(e) => return fail(1, e),
+            };
+            let stdout = std::io::stdout().lock();
+            let mut b = tar::Builder::new(std::io::BufWriter::new(stdout));
+            b.follow_symlinks(false);
+            match export_tree(&mut b, Path::new("/"), Path::new(""), dev).and_then(|_| b.finish()) {
+                Ok(()) => 0,
+                Err(e) => fail(1, e),
+            }
+        }
         "put" => {
             match std::fs::metadata(&target) {
                 Ok(m) if m.is_dir() => {}
@@ -267,6 +283,31 @@ pub fn archive_child_main(args: &[String]) -> i32 {
         }
         other => fail(3, format!("unknown archive op {other}")),
     }
+}
+
+/// Appends the tree under `dir` (named `name` in the archive), staying on device `dev`.
+fn export_tree<W: std::io::Write>(
+    b: &mut tar::Builder<W>,
+    dir: &Path,
+    name: &Path,
+    dev: u64,
+) -> std::io::Result<()> {
+    let mut entries: Vec<_> = std::fs::read_dir(dir)?.collect::<Result<_, _>>()?;
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let path = e.path();
+        let rel = name.join(e.file_name());
+        let m = std::fs::symlink_metadata(&path)?;
+        if m.is_dir() {
+            b.append_dir(&rel, &path)?;
+            if m.dev() == dev {
+                export_tree(b, &path, &rel, dev)?;
+            }
+        } else if m.dev() == dev {
+            b.append_path_with_name(&path, &rel)?;
+        }
+    }
+    Ok(())
 }
 
 /// Does a member name climb above the directory it is extracted into (after `a/..`

@@ -281,10 +281,9 @@ mod tests {
             test: Some(vec!["NONE".into()]),
             ..Default::default()
         };
-        assert_eq!(
-            merge_image_healthcheck(Some(none.clone()), Some(&img)),
-            Some(none)
-        );
+        // NONE stays NONE: the image's probe does not come back.
+        let m = merge_image_healthcheck(Some(none), Some(&img)).unwrap();
+        assert_eq!(m.test.unwrap(), vec!["NONE".to_string()]);
     }
 
     #[test]

@@ -22,6 +22,13 @@ impl Containers {
 
     /// Containers that reference volume `name` (for `volume rm`).
     pub fn volume_users(&self, name: &str) -> Vec<String> {
+        self.users_of_volume(name)
+            .into_iter()
+            .map(|c| c.id.clone())
+            .collect()
+    }
+
+    fn users_of_volume(&self, name: &str) -> Vec<Arc<super::Container>> {
         self.all()
             .into_iter()
             .filter(|c| {
@@ -32,7 +39,6 @@ impl Containers {
                     .iter()
                     .any(|m| m.kind == "volume" && m.name == name)
             })
-            .map(|c| c.id.clone())
             .collect()
     }
 
@@ -146,24 +152,15 @@ impl Containers {
 
     /// Another container that is running (or paused) with volume `name` mounted.
     fn running_user_of(&self, name: &str, except: &str) -> Option<String> {
-        self.all()
+        use super::record::Status;
+        self.users_of_volume(name)
             .into_iter()
-            .filter(|c| c.id != except)
-            .filter(|c| {
-                matches!(
-                    c.status(),
-                    super::record::Status::Running
-                        | super::record::Status::Paused
-                        | super::record::Status::Restarting
-                )
-            })
             .find(|c| {
-                c.rec
-                    .lock()
-                    .unwrap()
-                    .mounts
-                    .iter()
-                    .any(|m| m.kind == "volume" && m.name == name)
+                c.id != except
+                    && matches!(
+                        c.status(),
+                        Status::Running | Status::Paused | Status::Restarting
+                    )
             })
             .map(|c| c.id.clone())
     }
