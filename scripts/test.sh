@@ -22,4 +22,10 @@ bash guest-kernel/test-boot.sh --install-vhost-vsock || {
   bash guest-kernel/test-boot.sh --install-vhost-vsock
 }
 
-cargo test --workspace --no-fail-fast -- --test-threads "${BERTH_TEST_THREADS:-4}"
+status=0
+cargo test --workspace --no-fail-fast -- --test-threads "${BERTH_TEST_THREADS:-4}" || status=$?
+
+# The container suite again, every container in a microVM (qemu/TCG here). Tests that
+# cannot apply to a microVM say so and skip.
+BERTH_TEST_ISOLATION=microvm cargo test -p berthd --test containers -- --test-threads 2 || status=$?
+exit $status

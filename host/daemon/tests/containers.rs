@@ -386,6 +386,13 @@ fn daemon_restart_keeps_state_and_running_containers() {
         .docker_ok(&["inspect", "-f", "{{.State.Pid}}", "alive"])
         .trim()
         .to_string();
+    // "before" is in the log before the kill: output still in flight between the agent
+    // and the log driver at the moment of a SIGKILL is not covered here (a known gap).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while d.docker_ok(&["logs", "alive"]) != "before\n" {
+        assert!(Instant::now() < deadline, "no output before the kill");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     // Kill the daemon hard: nothing gets a chance to clean up.
     d.kill();
     std::thread::sleep(Duration::from_millis(300));
@@ -452,6 +459,11 @@ extern "C" {
 
 #[test]
 fn fifty_parallel_containers_without_leaks() {
+    if common::skip_in_microvm_suite(
+        "50 VMs at once under TCG emulation take minutes on two cores; microvm.rs runs VMs in parallel",
+    ) {
+        return;
+    }
     let d = daemon_with_busybox();
     let ids: Vec<String> = std::thread::scope(|s| {
         let hs: Vec<_> = (0..50)
@@ -629,6 +641,11 @@ async fn bollard_create_start_wait_logs() {
 
 #[test]
 fn cp_both_ways_stays_inside_the_container() {
+    if common::skip_in_microvm_suite(
+        "docker cp outside mounts needs host access to the container's files, which live on a guest disk (microvm_mounts.rs covers cp through mounts)",
+    ) {
+        return;
+    }
     let d = daemon_with_busybox();
     d.docker_ok(&[
         "run",
@@ -686,6 +703,11 @@ fn cp_both_ways_stays_inside_the_container() {
 
 #[test]
 fn commit_makes_a_layered_image() {
+    if common::skip_in_microvm_suite(
+        "docker commit needs host access to the container's files, which live on a guest disk",
+    ) {
+        return;
+    }
     let d = daemon_with_busybox();
     d.docker_ok(&[
         "run",
@@ -732,6 +754,10 @@ fn commit_makes_a_layered_image() {
 
 #[test]
 fn copy_storage_driver_runs_containers() {
+    if common::skip_in_microvm_suite("--storage-driver copy is a process-isolation storage option")
+    {
+        return;
+    }
     // The fallback for hosts without overlayfs: each container gets a flattened copy.
     let d = TestDaemon::start_with(&["--storage-driver", "copy"]);
     import_busybox(&d, "bb:local");

@@ -249,3 +249,38 @@ fn find_file(dir: &std::path::Path, name: &str) -> Option<std::path::PathBuf> {
     }
     None
 }
+
+/// SIGTERM to berthd while a container holds an unfinished line: the daemon writes it to
+/// the log before it exits (its pumps drain), and the re-adopted container goes on.
+#[test]
+fn shutdown_flushes_a_line_in_progress() {
+    let mut d = TestDaemon::start();
+    common::images::import_busybox(&d, "bb");
+    let id = d
+        .docker_ok(&[
+            "run",
+            "-d",
+            "bb",
+            "sh",
+            "-c",
+            "echo whole; printf 'half of a line'; sleep 1000",
+        ])
+        .trim()
+        .to_string();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while d.docker_ok(&["logs", &id]) != "whole\n" {
+        assert!(std::time::Instant::now() < deadline, "no output");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // Give the shell a moment to write the unfinished line after the whole one.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    d.stop();
+    d.restart();
+    assert_eq!(d.docker_ok(&["logs", &id]), "whole\nhalf of a line");
+    assert_eq!(
+        d.docker_ok(&["inspect", "-f", "{{.State.Status}}", &id])
+            .trim(),
+        "running"
+    );
+    d.docker_ok(&["rm", "-f", &id]);
+}

@@ -133,9 +133,10 @@ impl Engine {
         }))
     }
 
-    /// Flush what must survive and release daemon-side resources. Containers in
-    /// process isolation keep running (live restore).
+    /// Flush what the daemon holds before it exits: output pumps drain into the logs and
+    /// close their log sessions, container records are saved. Containers keep running.
     pub async fn shutdown(&self) {
+        self.containers.shutdown().await;
         tracing::info!("engine shut down");
     }
 }

@@ -265,3 +265,13 @@ pub fn cache_dir() -> &'static Path {
         d
     })
 }
+
+/// True (after printing why) when this suite runs its containers in microVMs
+/// (`BERTH_TEST_ISOLATION=microvm`) and the test does not apply there: the caller returns.
+pub fn skip_in_microvm_suite(why: &str) -> bool {
+    let microvm = std::env::var("BERTH_TEST_ISOLATION").is_ok_and(|v| v == "microvm");
+    if microvm {
+        eprintln!("SKIPPED with BERTH_TEST_ISOLATION=microvm: {why}");
+    }
+    microvm
+}

@@ -175,7 +175,13 @@ impl Containers {
             Ok(l) => l,
             Err(e) => return fail(agent, e).await,
         };
-        let pump = tokio::spawn(stdio::pump(c.clone(), out, log));
+        let pump = tokio::spawn(stdio::pump(
+            c.clone(),
+            out,
+            log,
+            self.shutting_down.subscribe(),
+            self.active_pumps.clone(),
+        ));
         let pid = match agent.start(ProcessId::INIT).await {
             Ok(pid) => pid,
             Err(e) => {
@@ -823,7 +829,13 @@ impl Containers {
                     Ok(l) => l,
                     Err(_) => return false,
                 };
-                let pump = tokio::spawn(stdio::pump(c.clone(), out, log));
+                let pump = tokio::spawn(stdio::pump(
+                    c.clone(),
+                    out,
+                    log,
+                    self.shutting_down.subscribe(),
+                    self.active_pumps.clone(),
+                ));
                 *c.agent.lock().unwrap() = Some(agent.clone());
                 c.update(|r| {
                     r.state.status = if state.paused {

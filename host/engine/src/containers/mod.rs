@@ -171,6 +171,10 @@ pub struct Containers {
     /// Process and microVM isolation, and the daemon's default.
     pub isolation: IsolationBackends,
     pub(crate) volumes: std::sync::OnceLock<Arc<crate::volumes::Volumes>>,
+    /// Set when the daemon shuts down: every output pump drains into its log and ends.
+    pub(crate) shutting_down: watch::Sender<bool>,
+    /// Output pumps still running (see [`Containers::shutdown`]).
+    pub(crate) active_pumps: watch::Sender<usize>,
 }
 
 impl Containers {
@@ -237,6 +241,8 @@ impl Containers {
             images,
             log_drivers: RwLock::new(LogDrivers::builtin()),
             default_log_driver: RwLock::new("json-file".into()),
+            shutting_down: watch::channel(false).0,
+            active_pumps: watch::channel(0).0,
             storage_driver,
             isolation,
             volumes: std::sync::OnceLock::new(),
@@ -316,6 +322,29 @@ impl Containers {
             "{verb} is not supported yet for {} containers: their files live on a guest disk",
             rec.isolation.as_str()
         )))
+    }
+
+    /// Daemon shutdown: every pump writes what it holds (a line not yet ended included)
+    /// to its log driver and closes the log session; then every record is saved. Running
+    /// containers keep running; the next daemon re-adopts them and their output.
+    pub async fn shutdown(&self) {
+        let _ = self.shutting_down.send_replace(true);
+        let mut pumps = self.active_pumps.subscribe();
+        let drained = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            pumps.wait_for(|n| *n == 0),
+        )
+        .await
+        .is_ok();
+        if !drained {
+            let left = *pumps.borrow();
+            tracing::warn!(left, "log pumps still busy after 5 s at shutdown");
+        }
+        for c in self.all() {
+            if let Err(e) = self.save(&c) {
+                tracing::warn!(id = %c.id, "saving the record at shutdown: {e}");
+            }
+        }
     }
 
     /// Each isolation mode for `docker info`: name, why unavailable (if so), description.

@@ -89,10 +89,24 @@ impl Containers {
     }
 }
 
-/// Move one run's output into the log driver and the attached clients.
-pub(crate) async fn pump(c: Arc<Container>, mut out: OutputStream, mut log: Box<dyn LogWriter>) {
+/// Move one run's output into the log driver and the attached clients. At daemon shutdown
+/// (`shutting_down`), the pump stops taking output, writes what it holds and ends.
+pub(crate) async fn pump(
+    c: Arc<Container>,
+    mut out: OutputStream,
+    mut log: Box<dyn LogWriter>,
+    mut shutting_down: tokio::sync::watch::Receiver<bool>,
+    active: tokio::sync::watch::Sender<usize>,
+) {
+    active.send_modify(|n| *n += 1);
     let mut split = LineSplitter::default();
-    while let Some(chunk) = out.recv().await {
+    loop {
+        let chunk = tokio::select! {
+            biased;
+            chunk = out.recv() => chunk,
+            _ = shutting_down.wait_for(|s| *s) => None,
+        };
+        let Some(chunk) = chunk else { break };
         let source = match chunk.stream {
             StdStream::Stdout => Source::Stdout,
             StdStream::Stderr => Source::Stderr,
@@ -114,4 +128,5 @@ pub(crate) async fn pump(c: Arc<Container>, mut out: OutputStream, mut log: Box<
     log.flush();
     log.finish().await;
     c.attachers.close_all();
+    active.send_modify(|n| *n -= 1);
 }
