@@ -169,6 +169,7 @@ impl Containers {
             hc.network_mode = Some("default".into());
         }
         let mut mounts = self.plan_mounts(&hc)?;
+        self.mounts_from(&hc.volumes_from.clone().unwrap_or_default(), &mut mounts)?;
         backend.check_config(&hc, &mounts)?;
         let image_volumes = config.volumes.clone().unwrap_or_default();
         self.prepare_volumes(
@@ -280,6 +281,7 @@ impl Containers {
                     options: opts.into(),
                     anonymous: false,
                     block: false,
+                    subpath: String::new(),
                 });
             } else {
                 out.push(MountRecord {
@@ -292,6 +294,7 @@ impl Containers {
                     options: opts.into(),
                     anonymous: false,
                     block: false,
+                    subpath: String::new(),
                 });
             }
         }
@@ -321,6 +324,7 @@ impl Containers {
                         options: String::new(),
                         anonymous: false,
                         block: false,
+                        subpath: String::new(),
                     });
                 }
                 Some(MountType::TMPFS) => {
@@ -343,10 +347,23 @@ impl Containers {
                         options: opts.join(","),
                         anonymous: false,
                         block: false,
+                        subpath: String::new(),
                     });
                 }
                 Some(MountType::VOLUME) => {
                     let name = m.source.clone().unwrap_or_default();
+                    let subpath = m
+                        .volume_options
+                        .as_ref()
+                        .and_then(|o| o.subpath.clone())
+                        .unwrap_or_default();
+                    let escapes = subpath.starts_with('/')
+                        || subpath.split('/').any(|c| c == ".." || c == ".");
+                    if escapes {
+                        return Err(Error::invalid(format!(
+                            "invalid mount config for type \"volume\": subpath must be a relative path within the volume: {subpath:?}"
+                        )));
+                    }
                     out.push(MountRecord {
                         kind: "volume".into(),
                         name: name.clone(),
@@ -357,6 +374,7 @@ impl Containers {
                         options: String::new(),
                         anonymous: name.is_empty(),
                         block: false,
+                        subpath,
                     });
                 }
                 _ => return Err(Error::invalid("mount type not supported")),
@@ -373,6 +391,7 @@ impl Containers {
                 options: opts,
                 anonymous: false,
                 block: false,
+                subpath: String::new(),
             });
         }
         let mut seen = std::collections::HashSet::new();

@@ -140,6 +140,9 @@ pub struct MountRecord {
     /// that image, attached to a microVM as a block device.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub block: bool,
+    /// `--mount type=volume,volume-subpath=...`: only this directory of the volume.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub subpath: String,
 }
 
 /// An exec instance as inspect shows it. Execs live in memory only, as in dockerd.

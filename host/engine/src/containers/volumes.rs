@@ -64,6 +64,7 @@ impl Containers {
                     options: String::new(),
                     anonymous: true,
                     block: false,
+                    subpath: String::new(),
                 });
             }
         }
@@ -138,6 +139,20 @@ impl Containers {
                     break;
                 }
             }
+            // A subpath of a directory volume is resolved here, on the host; one of a
+            // disk volume inside the guest (see the microVM backend's mount_source).
+            let subpath = rec.mounts[i].subpath.clone();
+            let path = if subpath.is_empty() || block {
+                path
+            } else {
+                match resolve_subpath(&path, &subpath) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        failure = Some(e);
+                        break;
+                    }
+                }
+            };
             rec.mounts[i].source = path.display().to_string();
             rec.mounts[i].block = block;
         }
@@ -146,6 +161,39 @@ impl Containers {
                 volumes.unmount(&n, &rec.id).await;
             }
             return Err(e);
+        }
+        Ok(())
+    }
+
+    /// `--volumes-from ctr[:ro|:rw]`: the other container's volumes and binds at the same
+    /// destinations (explicit mounts of the new container win). The volumes stay the other
+    /// container's: `rm -v` of this one does not remove them.
+    pub(crate) fn mounts_from(
+        &self,
+        specs: &[String],
+        mounts: &mut Vec<MountRecord>,
+    ) -> Result<()> {
+        for spec in specs {
+            let (name, mode) = match spec.rsplit_once(':') {
+                Some((n, m)) if m == "ro" || m == "rw" => (n, Some(m == "rw")),
+                Some((_, m)) => {
+                    return Err(Error::invalid(format!(
+                        "invalid mode for volumes-from: {m}"
+                    )))
+                }
+                None => (spec.as_str(), None),
+            };
+            let other = self.get(name)?.record();
+            for m in other.mounts.iter().filter(|m| m.kind != "tmpfs") {
+                if mounts.iter().any(|x| x.destination == m.destination) {
+                    continue;
+                }
+                let mut copy = m.clone();
+                copy.rw = mode.unwrap_or(m.rw);
+                copy.anonymous = false;
+                copy.block = false;
+                mounts.push(copy);
+            }
         }
         Ok(())
     }
@@ -186,4 +234,18 @@ impl Containers {
             }
         }
     }
+}
+
+/// `dir/subpath`, which must exist and stay inside `dir` (symlinks resolved on the host).
+fn resolve_subpath(dir: &std::path::Path, subpath: &str) -> Result<std::path::PathBuf> {
+    let joined = dir.join(subpath);
+    let real = std::fs::canonicalize(&joined)
+        .map_err(|e| Error::invalid(format!("cannot access path {}: {e}", joined.display())))?;
+    let root = std::fs::canonicalize(dir)?;
+    if !real.starts_with(&root) {
+        return Err(Error::invalid(format!(
+            "volume subpath {subpath:?} resolves outside the volume"
+        )));
+    }
+    Ok(real)
 }

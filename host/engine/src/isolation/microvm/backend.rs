@@ -51,7 +51,10 @@ impl IsolationBackend for MicrovmIsolation {
     fn mount_source(&self, index: usize, m: &MountRecord) -> PathBuf {
         match guest_share(index, m) {
             GuestShare::None => PathBuf::from(&m.source),
-            GuestShare::Fs { target, .. } | GuestShare::Disk { target } => target,
+            GuestShare::Fs { target, .. } => target,
+            // The host cannot look inside the disk: the subpath is joined in the guest, where
+            // the agent resolves the bind source (it must exist there).
+            GuestShare::Disk { target } => target.join(&m.subpath),
         }
     }
 
