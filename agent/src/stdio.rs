@@ -35,6 +35,11 @@ pub struct OutBuf {
     abandoned: bool,
     subscribed: bool,
     credit: i64,
+    /// Sent to the host but not yet credited back: the host credits output once it is
+    /// stored (the daemon's log driver wrote it), so if the host dies first, the next
+    /// subscriber gets these again instead of losing them.
+    inflight: VecDeque<(FrameKind, Bytes)>,
+    inflight_bytes: usize,
     eof_sent: bool,
     /// A newer run replaced this one: stop delivering.
     retired: bool,
@@ -151,11 +156,16 @@ impl Run {
     }
 
     /// Host subscribed: returns false when this run's output was already fully delivered.
+    /// Output the previous subscriber received but never credited is sent again first.
     pub fn subscribe(&self) -> bool {
         let mut o = self.out.lock().unwrap();
         if o.eof_sent {
             return false;
         }
+        while let Some(item) = o.inflight.pop_back() {
+            o.queue.push_front(item);
+        }
+        o.bytes += std::mem::take(&mut o.inflight_bytes);
         o.subscribed = true;
         o.credit = OUTPUT_WINDOW as i64;
         drop(o);
@@ -171,7 +181,23 @@ impl Run {
     }
 
     pub fn add_credit(&self, n: u32) {
-        self.out.lock().unwrap().credit += n as i64;
+        let mut o = self.out.lock().unwrap();
+        o.credit += n as i64;
+        // The host has stored this much (in order): forget it.
+        let mut left = n as usize;
+        while left > 0 {
+            let Some((kind, data)) = o.inflight.pop_front() else {
+                break;
+            };
+            if data.len() > left {
+                o.inflight.push_front((kind, data.slice(left..)));
+                o.inflight_bytes -= left;
+                break;
+            }
+            left -= data.len();
+            o.inflight_bytes -= data.len();
+        }
+        drop(o);
         self.changed.notify_one();
     }
 
@@ -317,11 +343,15 @@ async fn deliver(agent: Arc<Agent>, process: ProcessId, run: Arc<Run>) {
                     let (kind, data) = o.queue.pop_front().expect("non-empty");
                     o.bytes -= data.len();
                     o.credit -= data.len() as i64;
+                    o.inflight_bytes += data.len();
+                    o.inflight.push_back((kind, data.clone()));
                     Step::Send(kind, data)
                 } else {
                     Step::Wait
                 }
-            } else if o.exited && (o.open_readers == 0 || o.abandoned) {
+            } else if o.exited && (o.open_readers == 0 || o.abandoned) && o.inflight.is_empty() {
+                // EOF once everything sent is also stored: a host that dies before then
+                // gets the rest on its next subscribe.
                 o.eof_sent = true;
                 o.subscribed = false;
                 Step::Eof

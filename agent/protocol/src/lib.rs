@@ -17,7 +17,10 @@
 //! 3. Output: after `Subscribe { process }` the agent sends `Stdout`/`Stderr` frames for that
 //!    process, then `Exited` event, then `OutputEof`. Per-process credit-based flow control: the
 //!    agent sends at most [`OUTPUT_WINDOW`] bytes ahead of the `Credit` frames the client returns
-//!    as it consumes. Until subscribed, output waits in a bounded buffer in the agent
+//!    as it consumes (or, for the daemon's log pump, once the output is stored). The agent keeps
+//!    sent bytes until they are credited and sends them again to the next subscriber, so output
+//!    in flight when the client dies is not lost; `OutputEof` follows only when all is
+//!    credited. Until subscribed, output waits in a bounded buffer in the agent
 //!    ([`AGENT_OUTPUT_BUFFER`] per process); when it is full the container's writes block.
 //! 4. Stdin: `Stdin` frames, each acknowledged by `StdinAck` (so a slow reader in the container
 //!    pushes back on the host), and `CloseStdin`.

@@ -75,6 +75,12 @@ pub trait LogWriter: Send {
     fn ready(&mut self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
         Box::pin(async {})
     }
+    /// Resolves once everything flushed so far is stored by the driver (a plugin's write
+    /// returned), so the agent may forget that output. Writers that store on `flush`
+    /// resolve at once.
+    fn stored(&mut self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+        Box::pin(async {})
+    }
     /// End of the run: hand over everything still buffered (plugins flush and
     /// close their session here). Awaited before the exit is reported.
     fn finish(self: Box<Self>) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {

@@ -179,6 +179,13 @@ impl LogWriter for PluginWriter {
         }
     }
 
+    fn stored(&mut self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+        match &self.session {
+            Some(s) => Box::pin(s.stored()),
+            None => Box::pin(async {}),
+        }
+    }
+
     fn ready(&mut self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
         Box::pin(async move {
             if let Some(s) = &self.session {

@@ -164,6 +164,10 @@ pub struct SessionShared {
     accepted: AtomicU64,
     dropped: AtomicU64,
     delivered: AtomicU64,
+    /// Accepted entries the worker is done with (written, or dropped and counted), and a
+    /// signal when that grows: see [`LogSession::stored`].
+    handled: AtomicU64,
+    progress: tokio::sync::Notify,
     wake_pending: AtomicBool,
     closing: AtomicBool,
     close_tx: Mutex<Option<tokio::sync::oneshot::Sender<LogStats>>>,
@@ -195,6 +199,12 @@ impl SessionShared {
     fn drop_n(&self, plugin: &Shared, n: u64) {
         self.dropped.fetch_add(n, Ordering::Relaxed);
         plugin.stats.entries_dropped.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// The worker is done with `n` accepted entries.
+    fn handled_n(&self, n: u64) {
+        self.handled.fetch_add(n, Ordering::AcqRel);
+        self.progress.notify_waiters();
     }
 }
 
@@ -316,6 +326,8 @@ impl LogDriverHandle {
             accepted: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             delivered: AtomicU64::new(0),
+            handled: AtomicU64::new(0),
+            progress: tokio::sync::Notify::new(),
             wake_pending: AtomicBool::new(false),
             closing: AtomicBool::new(false),
             close_tx: Mutex::new(None),
@@ -576,6 +588,25 @@ impl LogSession {
         self.session.stats()
     }
 
+    /// Resolves once every entry accepted so far has been written by the plugin (or
+    /// dropped and counted): the engine then tells the container's agent that the output
+    /// is stored, and the agent forgets it.
+    pub fn stored(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let s = self.session.clone();
+        let target = s.accepted.load(Ordering::Acquire);
+        async move {
+            loop {
+                let progress = s.progress.notified();
+                tokio::pin!(progress);
+                progress.as_mut().enable();
+                if s.handled.load(Ordering::Acquire) >= target {
+                    return;
+                }
+                progress.await;
+            }
+        }
+    }
+
     pub fn container_id(&self) -> &str {
         &self.session.info.id
     }
@@ -709,6 +740,7 @@ impl Runner {
                     }
                     Err(_) => s.drop_n(&self.shared, n),
                 }
+                s.handled_n(n);
             }
             let empty = s.buf.lock().unwrap_or_else(|p| p.into_inner()).q.is_empty();
             if empty && s.closing.load(Ordering::Acquire) {
@@ -751,6 +783,7 @@ impl Runner {
         };
         s.space.notify_waiters();
         s.drop_n(&self.shared, n as u64);
+        s.handled_n(n as u64);
     }
 
     /// Close the plugin-side session (if `call_close`), unregister, report stats.

@@ -38,7 +38,7 @@ use tokio::{
 use tracing::{debug, warn};
 
 pub use spawn::{agent_socket_path, remove_orphaned_cgroups, spawn_process_agent, SpawnOpts};
-pub use stdio::{OutputChunk, OutputStream, StdStream, StdinWriter, STDIN_IN_FLIGHT};
+pub use stdio::{CreditHandle, OutputChunk, OutputStream, StdStream, StdinWriter, STDIN_IN_FLIGHT};
 
 use crate::{
     AgentState, ContainerSpec, ErrorKind, Event, ExecSpec, ExitStatus, Frame, FrameKind,

@@ -53,8 +53,27 @@ pub struct OutputStream {
     rx: mpsc::UnboundedReceiver<OutputItem>,
     tx: mpsc::UnboundedSender<Frame>,
     unacked: u32,
+    /// The consumer credits the agent itself ([`OutputStream::manual_credit`]).
+    manual: bool,
     completed: bool,
     finished: bool,
+}
+
+/// Returns output window to the agent for a stream in manual-credit mode: call it once
+/// the bytes are stored, and the agent forgets them; bytes never credited are sent again
+/// to the next subscriber (e.g. after a daemon restart).
+#[derive(Clone)]
+pub struct CreditHandle {
+    process: ProcessId,
+    tx: mpsc::UnboundedSender<Frame>,
+}
+
+impl CreditHandle {
+    pub fn credit(&self, bytes: u32) {
+        if bytes > 0 {
+            let _ = self.tx.send(Frame::credit(self.process.0, bytes));
+        }
+    }
 }
 
 impl OutputStream {
@@ -68,6 +87,7 @@ impl OutputStream {
             rx,
             tx,
             unacked: 0,
+            manual: false,
             completed: false,
             finished: false,
         }
@@ -75,6 +95,19 @@ impl OutputStream {
 
     pub fn process(&self) -> ProcessId {
         self.process
+    }
+
+    /// From now on the consumer returns credit through the handle, after storing the
+    /// output, instead of the stream crediting on receipt.
+    pub fn manual_credit(&mut self) -> CreditHandle {
+        self.manual = true;
+        let pending = std::mem::take(&mut self.unacked);
+        let handle = CreditHandle {
+            process: self.process,
+            tx: self.tx.clone(),
+        };
+        handle.credit(pending);
+        handle
     }
 
     /// True once the agent said the output is complete (vs. the connection dropping).
@@ -93,11 +126,15 @@ impl OutputStream {
         match self.rx.poll_recv(cx) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(Some(OutputItem::Data(stream, data))) => {
-                // Return window to the agent in batches of a quarter window.
-                self.unacked += data.len() as u32;
-                if self.unacked >= OUTPUT_WINDOW / 4 {
-                    let _ = self.tx.send(Frame::credit(self.process.0, self.unacked));
-                    self.unacked = 0;
+                if !self.manual {
+                    // Return window in batches of a quarter window under load, and at once
+                    // when nothing more is waiting: the agent ends the output (EOF) only
+                    // once everything it sent was credited.
+                    self.unacked += data.len() as u32;
+                    if self.unacked >= OUTPUT_WINDOW / 4 || self.rx.is_empty() {
+                        let _ = self.tx.send(Frame::credit(self.process.0, self.unacked));
+                        self.unacked = 0;
+                    }
                 }
                 Poll::Ready(Some(OutputChunk { stream, data }))
             }

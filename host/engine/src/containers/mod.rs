@@ -341,6 +341,12 @@ impl Containers {
             tracing::warn!(left, "log pumps still busy after 5 s at shutdown");
         }
         for c in self.all() {
+            // A round trip after the pumps' last credits: once the agent answers, it has
+            // read them, so it will not send that output again to the next daemon.
+            if let Some(agent) = c.agent() {
+                let _ =
+                    tokio::time::timeout(std::time::Duration::from_secs(1), agent.state()).await;
+            }
             if let Err(e) = self.save(&c) {
                 tracing::warn!(id = %c.id, "saving the record at shutdown: {e}");
             }

@@ -100,6 +100,19 @@ pub(crate) async fn pump(
 ) {
     active.send_modify(|n| *n += 1);
     let mut split = LineSplitter::default();
+    // The agent keeps output until it is credited; credit it once the log driver stored
+    // it, in order, so output in flight when the daemon dies is sent again, not lost.
+    let credit = out.manual_credit();
+    let (stored_tx, mut stored_rx) = tokio::sync::mpsc::unbounded_channel::<(
+        std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+        u32,
+    )>();
+    let committer = tokio::spawn(async move {
+        while let Some((stored, bytes)) = stored_rx.recv().await {
+            stored.await;
+            credit.credit(bytes);
+        }
+    });
     loop {
         let chunk = tokio::select! {
             biased;
@@ -113,6 +126,7 @@ pub(crate) async fn pump(
         };
         split.push(source, &chunk.data, |e| log.write(&e));
         log.flush();
+        let _ = stored_tx.send((log.stored(), chunk.data.len() as u32));
         for a in c.attachers.snapshot() {
             let wanted = match chunk.stream {
                 StdStream::Stdout => a.stdout,
@@ -126,7 +140,10 @@ pub(crate) async fn pump(
     }
     split.finish(|e| log.write(&e));
     log.flush();
+    drop(stored_tx);
     log.finish().await;
+    // Closing the session stored everything: the last credits go out.
+    let _ = committer.await;
     c.attachers.close_all();
     active.send_modify(|n| *n -= 1);
 }
