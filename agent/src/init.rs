@@ -10,7 +10,7 @@ use nix::{
     unistd::{fork, ForkResult, Pid},
 };
 
-use crate::process::exec;
+use crate::exec::exec;
 
 pub fn run(sock: &OwnedFd, exe: &CString, argv: &[CString], envp: &[CString], cmd: &str) -> ! {
     let all = SigSet::all();

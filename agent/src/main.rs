@@ -8,6 +8,7 @@
 //! — microVM mode: mounts the kernel filesystems and serves the host over vsock.
 mod capabilities;
 mod cgroups;
+mod exec;
 mod guest;
 mod init;
 mod limits;

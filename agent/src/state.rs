@@ -709,3 +709,9 @@ impl Agent {
         }
     }
 }
+
+impl crate::stdio::OutputSink for Agent {
+    async fn send(&self, frame: Frame) {
+        Agent::send(self, frame).await
+    }
+}

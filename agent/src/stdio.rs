@@ -22,7 +22,11 @@ use tokio::{
     task::JoinHandle,
 };
 
-use crate::state::Agent;
+/// Where a run's output goes: the agent's current host connection. (A trait, so this
+/// module does not depend on the agent's state.)
+pub trait OutputSink: Send + Sync + 'static {
+    fn send(&self, frame: Frame) -> impl std::future::Future<Output = ()> + Send;
+}
 
 #[derive(Default)]
 pub struct OutBuf {
@@ -76,8 +80,8 @@ fn register(fd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
 
 impl Run {
     /// Starts the reader and delivery tasks for a freshly launched process.
-    pub fn start(
-        agent: &Arc<Agent>,
+    pub fn start<S: OutputSink>(
+        agent: &Arc<S>,
         process: ProcessId,
         stdio: crate::process::ParentStdio,
         subscribed: bool,
@@ -326,7 +330,7 @@ enum Step {
     Wait,
 }
 
-async fn deliver(agent: Arc<Agent>, process: ProcessId, run: Arc<Run>) {
+async fn deliver<S: OutputSink>(agent: Arc<S>, process: ProcessId, run: Arc<Run>) {
     loop {
         let changed = run.changed.notified();
         tokio::pin!(changed);

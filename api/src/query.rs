@@ -9,6 +9,15 @@ use serde::de::DeserializeOwned;
 
 use crate::error::ApiError;
 
+/// Docker's `since`/`until` timestamps (unix seconds with an optional fraction, RFC 3339,
+/// or a Go duration ago), in unix nanoseconds.
+pub fn parse_timestamp(s: &str) -> Result<i64, ApiError> {
+    let now = berth_engine::fsutil::now_nanos() as i128;
+    berth_engine::fsutil::parse_docker_time(s, now)
+        .and_then(|n| i64::try_from(n).ok())
+        .ok_or_else(|| ApiError::bad_request(format!("invalid timestamp: {s}")))
+}
+
 /// Docker's `BoolValue`: "", "0", "no", "false", "none" are false, anything else true.
 pub fn parse_bool(v: &str) -> bool {
     !matches!(
@@ -184,5 +193,20 @@ mod tests {
         assert!(f.match_labels("label", &labels));
         labels.insert("a".to_string(), "c".to_string());
         assert!(!f.match_labels("label", &labels));
+    }
+
+    #[test]
+    fn timestamps() {
+        assert_eq!(parse_timestamp("10").unwrap(), 10_000_000_000);
+        assert_eq!(parse_timestamp("1.5").unwrap(), 1_500_000_000);
+        assert_eq!(
+            parse_timestamp("1970-01-02T00:00:00Z").unwrap(),
+            86_400_000_000_000
+        );
+        assert_eq!(
+            parse_timestamp("1970-01-02T01:00:00+01:00").unwrap(),
+            86_400_000_000_000
+        );
+        assert!(parse_timestamp("yesterday").is_err());
     }
 }

@@ -738,7 +738,7 @@ async fn logs(
     let tty = c.record().config.tty.unwrap_or(false);
     let ts = |v: &Option<String>| -> ApiResult<Option<i64>> {
         match v.as_deref().filter(|s| !s.is_empty() && *s != "0") {
-            Some(s) => Ok(Some(super::system::parse_timestamp(s)?)),
+            Some(s) => Ok(Some(crate::query::parse_timestamp(s)?)),
             None => Ok(None),
         }
     };
@@ -962,7 +962,7 @@ async fn prune(
     let filters = Filters::parse(q.filters.as_deref())?;
     filters.validate(&["until", "label", "label!"])?;
     let until = match filters.get("until").first() {
-        Some(u) => Some(super::system::parse_timestamp(u)?),
+        Some(u) => Some(crate::query::parse_timestamp(u)?),
         None => None,
     };
     let f2 = filters.clone();

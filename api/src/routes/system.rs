@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 
+use crate::query::parse_timestamp;
 use bollard_stubs::models::{SystemVersion, SystemVersionComponents, SystemVersionPlatform};
 use bytes::Bytes;
 use futures::StreamExt;
@@ -213,7 +214,7 @@ async fn df(State(engine): State<AppState>) -> ApiResult<Json<serde_json::Value>
         let Ok(view) = engine.volumes.inspect(&rec.name).await else {
             continue;
         };
-        let size = berth_engine::containers::dir_size_pub(std::path::Path::new(&view.mountpoint));
+        let size = berth_engine::fsutil::dir_size(std::path::Path::new(&view.mountpoint));
         let refs = engine.containers.volume_users(&rec.name).len();
         let mut v = serde_json::to_value(super::volumes::to_model(&view)).unwrap_or_default();
         v["UsageData"] = serde_json::json!({ "Size": size, "RefCount": refs });
@@ -333,14 +334,6 @@ struct EventsQuery {
     since: Option<String>,
     until: Option<String>,
     filters: Option<String>,
-}
-
-/// Docker timestamps: unix seconds with optional fraction, or RFC 3339.
-pub fn parse_timestamp(s: &str) -> Result<i64, ApiError> {
-    let now = berth_engine::fsutil::now_nanos() as i128;
-    berth_engine::fsutil::parse_docker_time(s, now)
-        .and_then(|n| i64::try_from(n).ok())
-        .ok_or_else(|| ApiError::bad_request(format!("invalid timestamp: {s}")))
 }
 
 fn event_matches(f: &Filters, e: &Event) -> bool {
@@ -468,24 +461,4 @@ async fn events(State(engine): State<AppState>, Q(q): Q<EventsQuery>) -> ApiResu
         HeaderValue::from_static("application/json"),
     );
     Ok(resp)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn timestamps() {
-        assert_eq!(parse_timestamp("10").unwrap(), 10_000_000_000);
-        assert_eq!(parse_timestamp("1.5").unwrap(), 1_500_000_000);
-        assert_eq!(
-            parse_timestamp("1970-01-02T00:00:00Z").unwrap(),
-            86_400_000_000_000
-        );
-        assert_eq!(
-            parse_timestamp("1970-01-02T01:00:00+01:00").unwrap(),
-            86_400_000_000_000
-        );
-        assert!(parse_timestamp("yesterday").is_err());
-    }
 }

@@ -204,6 +204,34 @@ pub fn parse_go_duration(s: &str) -> Option<i64> {
     (total <= i64::MAX as f64).then_some(total as i64)
 }
 
+/// A new 64-hex-digit id (containers, exec instances, anonymous volumes), as Docker's.
+pub fn new_id() -> String {
+    use rand::RngCore;
+    let mut b = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut b);
+    hex::encode(b)
+}
+
+/// Bytes of the regular files under `p` (not following symlinks into other trees).
+pub fn dir_size(p: &std::path::Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![p.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        if let Ok(rd) = std::fs::read_dir(&d) {
+            for e in rd.flatten() {
+                if let Ok(m) = e.metadata() {
+                    if m.is_dir() {
+                        stack.push(e.path());
+                    } else {
+                        total += m.len();
+                    }
+                }
+            }
+        }
+    }
+    total
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

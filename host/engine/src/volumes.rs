@@ -155,7 +155,7 @@ impl Volumes {
                 }
                 n
             }
-            None => crate::containers::new_id(),
+            None => crate::fsutil::new_id(),
         };
         if let Some(existing) = self.get_record(&name) {
             if existing.driver != driver {
@@ -266,7 +266,7 @@ impl Volumes {
                 continue;
             }
             if let Ok(v) = self.inspect(&rec.name).await {
-                space += crate::containers::dir_size_pub(std::path::Path::new(&v.mountpoint));
+                space += crate::fsutil::dir_size(std::path::Path::new(&v.mountpoint));
             }
             if self.remove(&rec.name, false).await.is_ok() {
                 deleted.push(rec.name);

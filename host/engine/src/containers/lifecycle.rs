@@ -742,7 +742,7 @@ impl Containers {
             if rec.state.status.is_running() || keep(&rec) {
                 continue;
             }
-            let size = dir_size(&self.container_dir(&c.id).join("upper"));
+            let size = crate::fsutil::dir_size(&self.container_dir(&c.id).join("upper"));
             if self.remove(&c, false, false).await.is_ok() {
                 deleted.push(c.id.clone());
                 space += size;
@@ -862,25 +862,6 @@ impl Containers {
             ProcessStatus::Created => false,
         }
     }
-}
-
-pub fn dir_size(p: &std::path::Path) -> u64 {
-    let mut total = 0;
-    let mut stack = vec![p.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        if let Ok(rd) = std::fs::read_dir(&d) {
-            for e in rd.flatten() {
-                if let Ok(m) = e.metadata() {
-                    if m.is_dir() {
-                        stack.push(e.path());
-                    } else {
-                        total += m.len();
-                    }
-                }
-            }
-        }
-    }
-    total
 }
 
 #[cfg(test)]

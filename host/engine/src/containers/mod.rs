@@ -486,12 +486,7 @@ impl Containers {
 }
 
 /// 64 random hex digits, as Docker's ids.
-pub fn new_id() -> String {
-    use rand::RngCore;
-    let mut b = [0u8; 32];
-    rand::thread_rng().fill_bytes(&mut b);
-    hex::encode(b)
-}
+pub use crate::fsutil::new_id;
 pub use crate::isolation::default_agent_bin as runtime_default_agent_bin;
 
 impl Containers {
@@ -502,9 +497,6 @@ impl Containers {
     /// Bytes in the container's writable layer (`SizeRw`).
     pub fn container_rw_size(&self, id: &str) -> u64 {
         let dir = self.container_dir(id);
-        lifecycle::dir_size(&dir.join("upper")) + lifecycle::dir_size(&dir.join("rootfs"))
+        crate::fsutil::dir_size(&dir.join("upper")) + crate::fsutil::dir_size(&dir.join("rootfs"))
     }
-}
-pub fn dir_size_pub(p: &std::path::Path) -> u64 {
-    lifecycle::dir_size(p)
 }
