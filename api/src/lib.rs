@@ -55,8 +55,23 @@ impl Service<Request> for ApiService {
             let method = req.method().clone();
             let path = req.uri().path().to_string();
             let mut resp = match version::rewrite(req) {
-                Ok(req) => call_catching_panics(router, req).await,
-                Err(e) => e.into_response(),
+                Ok(req) => {
+                    let (req, unread) = stream::track_body(req);
+                    let resp = call_catching_panics(router, req).await;
+                    // A handler that answered without reading the whole body (an early
+                    // refusal): read the rest, so the client sees the answer instead of
+                    // a broken pipe.
+                    let rest = unread.lock().unwrap_or_else(|p| p.into_inner()).take();
+                    if let Some(body) = rest {
+                        stream::drain_body(body).await;
+                    }
+                    resp
+                }
+                Err(refused) => {
+                    let (e, req) = *refused;
+                    stream::drain_body(req.into_body()).await;
+                    e.into_response()
+                }
             };
             version::stamp_headers(resp.headers_mut());
             tracing::debug!(%method, %path, status = resp.status().as_u16(), "request");

@@ -52,3 +52,84 @@ where
         Ok(out.freeze())
     })
 }
+
+/// Read what is left of a request body the handler refused, bounded (64 MiB, 10 s): a
+/// client still sending would otherwise see a broken pipe instead of the error message.
+pub async fn drain_body(body: axum::body::Body) {
+    use http_body_util::BodyExt;
+    const LIMIT: usize = 64 << 20;
+    let mut body = body;
+    let drain = async {
+        let mut seen = 0usize;
+        while let Some(Ok(frame)) = body.frame().await {
+            if let Some(data) = frame.data_ref() {
+                seen += data.len();
+                if seen > LIMIT {
+                    break;
+                }
+            }
+        }
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), drain).await;
+}
+
+/// A request body whose unread rest comes back to the service when the handler drops it,
+/// so the service can drain it after answering ([`track_body`]).
+struct TrackedBody {
+    inner: Option<axum::body::Body>,
+    slot: std::sync::Arc<std::sync::Mutex<Option<axum::body::Body>>>,
+}
+
+impl http_body::Body for TrackedBody {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        match self.inner.as_mut() {
+            Some(b) => std::pin::Pin::new(b).poll_frame(cx),
+            None => std::task::Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.as_ref().is_none_or(|b| b.is_end_stream())
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner
+            .as_ref()
+            .map(|b| b.size_hint())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for TrackedBody {
+    fn drop(&mut self) {
+        if let Some(b) = self.inner.take() {
+            if !http_body::Body::is_end_stream(&b) {
+                *self.slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(b);
+            }
+        }
+    }
+}
+
+/// Wraps the request's body; after the handler answered, `take()` on the returned slot
+/// gives what the handler left unread (if it dropped the body early), for [`drain_body`].
+pub fn track_body(
+    req: axum::extract::Request,
+) -> (
+    axum::extract::Request,
+    std::sync::Arc<std::sync::Mutex<Option<axum::body::Body>>>,
+) {
+    let slot = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let req = req.map(|b| {
+        axum::body::Body::new(TrackedBody {
+            inner: Some(b),
+            slot: slot.clone(),
+        })
+    });
+    (req, slot)
+}

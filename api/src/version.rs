@@ -39,15 +39,16 @@ fn split_version(path: &str) -> Option<(Option<u32>, &str)> {
 
 /// Rewrite the URI before routing and remember the version. Versions below the
 /// minimum are rejected with Docker's message.
-pub fn rewrite(mut req: Request) -> Result<Request, crate::error::ApiError> {
+/// On error the request comes back too, so its body can be drained before answering.
+pub fn rewrite(mut req: Request) -> Result<Request, Box<(crate::error::ApiError, Request)>> {
     let path = req.uri().path().to_string();
     let mut version = ApiVersion::DEFAULT;
     if let Some((minor, rest)) = split_version(&path) {
         let minor = minor.unwrap_or(51);
         if minor < 24 {
-            return Err(crate::error::ApiError::bad_request(format!(
+            return Err(Box::new((crate::error::ApiError::bad_request(format!(
                 "client version 1.{minor} is too old. Minimum supported API version is {MIN_API_VERSION}, please upgrade your client to a newer version"
-            )));
+            )), req)));
         }
         version = ApiVersion(minor.min(51));
         let pq = match req.uri().query() {
@@ -55,12 +56,19 @@ pub fn rewrite(mut req: Request) -> Result<Request, crate::error::ApiError> {
             None => rest.to_string(),
         };
         let mut parts = req.uri().clone().into_parts();
-        parts.path_and_query = Some(
-            pq.parse()
-                .map_err(|_| crate::error::ApiError::bad_request("invalid request path"))?,
-        );
-        *req.uri_mut() = Uri::from_parts(parts)
-            .map_err(|_| crate::error::ApiError::bad_request("invalid request path"))?;
+        let uri = pq.parse().ok().and_then(|pq| {
+            parts.path_and_query = Some(pq);
+            Uri::from_parts(parts).ok()
+        });
+        match uri {
+            Some(u) => *req.uri_mut() = u,
+            None => {
+                return Err(Box::new((
+                    crate::error::ApiError::bad_request("invalid request path"),
+                    req,
+                )))
+            }
+        }
     }
     req.extensions_mut().insert(version);
     Ok(req)
