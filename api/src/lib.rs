@@ -9,6 +9,7 @@ pub mod query;
 pub mod routes;
 pub mod stream;
 pub mod version;
+pub mod zero_values;
 
 use std::convert::Infallible;
 use std::path::Path;

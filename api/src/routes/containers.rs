@@ -454,6 +454,11 @@ async fn inspect(
         ..Default::default()
     };
     let mut v = serde_json::to_value(&resp).map_err(|e| ApiError::internal(e.to_string()))?;
+    let runtime = match r.isolation {
+        berth_engine::containers::record::Isolation::Process => "runc",
+        berth_engine::containers::record::Isolation::Microvm => "microvm",
+    };
+    crate::zero_values::container(&mut v, runtime);
     if let Some(details) = engine.containers.isolation_details(&r) {
         // The API's Isolation enum (default|process|hyperv) has no `microvm`, and typed
         // clients reject unknown values: hypervisor isolation is `hyperv` there.
@@ -830,7 +835,7 @@ fn stats_json(
         }),
         None => serde_json::json!({ "cpu_usage": { "total_usage": 0 }, "throttling_data": {} }),
     };
-    serde_json::json!({
+    let mut v = serde_json::json!({
         "name": format!("/{}", rec.name),
         "id": rec.id,
         "read": read,
@@ -846,7 +851,9 @@ fn stats_json(
             "stats": { "cache": s.memory_cache, "total_inactive_file": s.memory_cache }
         })).unwrap_or(serde_json::json!({})),
         "networks": {}
-    })
+    });
+    crate::zero_values::stats(&mut v);
+    v
 }
 
 async fn stats(

@@ -41,6 +41,14 @@ pub fn router() -> Router<AppState> {
         )
 }
 
+/// The request's API minor version (1.x), as the version layer recorded it.
+fn api_minor(req: &Request) -> u32 {
+    req.extensions()
+        .get::<crate::version::ApiVersion>()
+        .map(|v| v.0)
+        .unwrap_or(crate::version::ApiVersion::DEFAULT.0)
+}
+
 /// All query pairs, repeated keys kept (`names=a&names=b`, `changes=…&changes=…`).
 fn pairs(req_query: Option<&str>) -> ApiResult<Vec<(String, String)>> {
     serde_urlencoded::from_str(req_query.unwrap_or(""))
@@ -177,7 +185,11 @@ async fn list(State(state): State<AppState>, req: Request) -> ApiResult<Response
     };
     let s = store(&state);
     let images = blocking(move || s.list(&opts)).await?;
-    Ok(Json(images).into_response())
+    let mut v = serde_json::to_value(images).map_err(|e| ApiError::internal(e.to_string()))?;
+    for i in v.as_array_mut().into_iter().flatten() {
+        crate::zero_values::image_summary(i, api_minor(&req));
+    }
+    Ok(Json(v).into_response())
 }
 
 /// `until`: unix timestamp, RFC 3339 date, or a Go duration ago (`24h`, `10m`), in seconds.
@@ -197,6 +209,8 @@ async fn get_named(
     if let Some(name) = rest.strip_suffix("/json") {
         let name = name.to_string();
         let v = blocking(move || s.inspect(&name)).await?;
+        let mut v = serde_json::to_value(v).map_err(|e| ApiError::internal(e.to_string()))?;
+        crate::zero_values::image(&mut v, api_minor(&req));
         return Ok(Json(v).into_response());
     }
     if let Some(name) = rest.strip_suffix("/history") {

@@ -187,10 +187,14 @@ async fn info(State(engine): State<AppState>) -> ApiResult<Response> {
         }
     }
     v["Runtimes"] = runtimes;
+    crate::zero_values::info(&mut v);
     Ok(Json(v).into_response())
 }
 
-async fn df(State(engine): State<AppState>) -> ApiResult<Json<serde_json::Value>> {
+async fn df(
+    State(engine): State<AppState>,
+    axum::Extension(ver): axum::Extension<crate::version::ApiVersion>,
+) -> ApiResult<Json<serde_json::Value>> {
     let du = engine.images.disk_usage()?;
     let containers: Vec<serde_json::Value> = engine
         .containers
@@ -220,13 +224,15 @@ async fn df(State(engine): State<AppState>) -> ApiResult<Json<serde_json::Value>
         v["UsageData"] = serde_json::json!({ "Size": size, "RefCount": refs });
         volumes.push(v);
     }
-    Ok(Json(serde_json::json!({
+    let mut v = serde_json::json!({
         "LayersSize": du.layers_size,
         "Images": du.images,
         "Containers": containers,
         "Volumes": volumes,
         "BuildCache": [],
-    })))
+    });
+    crate::zero_values::system_df(&mut v, ver.0);
+    Ok(Json(v))
 }
 
 /// Docker's name for the filesystem under the data root (`docker info`'s "Backing
