@@ -11,7 +11,7 @@ use common::TestDaemon;
 
 #[test]
 fn sigkill_during_parallel_runs_leaves_consistent_state() {
-    let mut d = TestDaemon::start();
+    let d = TestDaemon::start();
     import_busybox(&d, "bb");
     let image_id = d.docker_ok(&["image", "inspect", "-f", "{{.Id}}", "bb"]);
     let d = std::sync::Arc::new(std::sync::Mutex::new(Some(d)));
