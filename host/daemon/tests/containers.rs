@@ -301,7 +301,8 @@ fn stop_escalates_to_sigkill_after_timeout() {
     ]);
     let t0 = Instant::now();
     d.docker_ok(&["stop", "polite"]);
-    assert!(t0.elapsed() < Duration::from_secs(3));
+    // Well before the 10 s stop timeout (a microVM under TCG takes a few seconds to end).
+    assert!(t0.elapsed() < Duration::from_secs(8), "{:?}", t0.elapsed());
     let st = d.docker_ok(&["inspect", "-f", "{{.State.ExitCode}}", "polite"]);
     assert_eq!(st.trim(), "0");
     // Stopping a stopped container is fine (304 to the API).

@@ -184,6 +184,7 @@ impl Containers {
             _ if op == "export" => Vec::new(),
             _ => self.mounts_for_child(c).await,
         };
+        sweep_archive_mountpoints();
         let exe = std::env::current_exe().map_err(Error::internal)?;
         let mut cmd = tokio::process::Command::new(exe);
         cmd.arg("__archive").arg(op).arg(&target.path);
@@ -427,6 +428,28 @@ impl CharDev for std::fs::FileType {
 }
 
 // ---------------------------------------------------------------------------------
+/// The archive child mounts a stopped container's overlay on `<tmp>/berth-archive-<pid>` in
+/// its private mount namespace; the empty directory outlives it. Remove those of children
+/// that are gone.
+fn sweep_archive_mountpoints() {
+    let Ok(rd) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("berth-archive-"))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir(e.path());
+        }
+    }
+}
+
 /// `path` without repeated slashes and `.` components, absolute, keeping a trailing `/.`
 /// (Docker's "the directory's contents").
 fn lexical_clean(path: &str) -> String {
