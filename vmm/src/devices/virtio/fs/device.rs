@@ -116,11 +116,6 @@ impl Fs {
         &self.tag
     }
 
-    /// Whether the backend's rings are running (for tests and logs).
-    pub fn is_running(&self) -> bool {
-        self.running.is_some()
-    }
-
     fn wake_loop(&self) {
         if let Err(e) = self.work.write(1) {
             tracing::warn!("virtio-fs {}: cannot wake the device loop: {e}", self.tag);
