@@ -67,11 +67,10 @@ pub struct MmioTransport {
 
 impl MmioTransport {
     pub fn new(
-        device: Box<dyn VirtioDevice>,
+        mut device: Box<dyn VirtioDevice>,
         mem: GuestMemoryMmap,
         irqfd: EventFd,
     ) -> std::io::Result<Self> {
-        let mut device = device;
         let mut queues = Vec::new();
         let mut queue_evts = Vec::new();
         for &max in device.queue_max_sizes() {
