@@ -7,9 +7,11 @@ use std::time::{Duration, Instant};
 use crate::config::{SerialConfig, VmConfig};
 use crate::devices::legacy::SerialSink;
 use crate::devices::virtio::block::Block;
+use crate::devices::virtio::fs::Fs;
 use crate::devices::virtio::net::{parse_mac, Net, Tap, NET_HDR_LEN};
 use crate::devices::virtio::vsock::Vsock;
 use crate::error::{Error, Result};
+use crate::memory::MemoryBacking;
 use crate::vmm::MicroVm;
 
 fn serial_sink(cfg: &SerialConfig) -> Result<SerialSink> {
@@ -30,9 +32,18 @@ fn serial_sink(cfg: &SerialConfig) -> Result<SerialSink> {
 /// configured). The result only needs `start()`.
 pub fn build(config: &VmConfig, start: Instant) -> Result<MicroVm> {
     config.validate()?;
-    let mut vm = MicroVm::new(
+    // vhost-user backends map guest RAM themselves: it must be a shared
+    // memfd then. Otherwise anonymous memory keeps transparent huge pages
+    // (shmem THP is usually off on hosts; see memory.rs).
+    let backing = if config.fs.is_empty() {
+        MemoryBacking::Anonymous
+    } else {
+        MemoryBacking::SharedMemfd
+    };
+    let mut vm = MicroVm::with_memory(
         config.vcpus,
         config.mem_mib,
+        backing,
         serial_sink(&config.serial)?,
         start,
     )?;
@@ -57,6 +68,11 @@ pub fn build(config: &VmConfig, start: Instant) -> Result<MicroVm> {
                 .set_connect_base(std::path::Path::new("/").join(inner));
         }
         vm.add_virtio_device(Box::new(dev))?;
+    }
+    // Connected now, before the jail: the socket need not be reachable
+    // (or even exist) once the VMM is chrooted.
+    for f in &config.fs {
+        vm.add_virtio_device(Box::new(Fs::new(&f.tag, &f.socket)?))?;
     }
     if let Some(p) = &config.control_socket {
         let _ = std::fs::remove_file(p);

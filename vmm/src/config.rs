@@ -30,6 +30,9 @@ pub struct VmConfig {
     pub net: Vec<NetConfig>,
     #[serde(default)]
     pub vsock: Option<VsockConfig>,
+    /// virtio-fs devices, each served by a vhost-user backend (virtiofsd).
+    #[serde(default)]
+    pub fs: Vec<FsConfig>,
     #[serde(default)]
     pub serial: SerialConfig,
     #[serde(default)]
@@ -68,6 +71,17 @@ pub struct NetConfig {
 pub struct VsockConfig {
     pub guest_cid: u64,
     pub uds_path: PathBuf,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FsConfig {
+    /// Mount tag the guest uses (`mount -t virtiofs <tag> /mnt`), 1..=36 bytes.
+    pub tag: String,
+    /// The backend's vhost-user socket (virtiofsd `--socket-path`). The VMM
+    /// connects before entering its jail; with a chroot jail the socket
+    /// must still be inside the chroot, as vsock's `uds_path` must.
+    pub socket: PathBuf,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -171,18 +185,37 @@ impl VmConfig {
                 )));
             }
         }
+        let mut tags = std::collections::HashSet::new();
+        for f in &self.fs {
+            let max = crate::devices::virtio::fs::MAX_TAG_LEN;
+            if f.tag.is_empty() || f.tag.len() > max {
+                return Err(Error::Config(format!(
+                    "fs tag {:?} must be 1..={max} bytes",
+                    f.tag
+                )));
+            }
+            if !tags.insert(f.tag.as_str()) {
+                return Err(Error::Config(format!("fs tag {:?} is used twice", f.tag)));
+            }
+        }
         for n in &self.net {
             if let Some(m) = &n.mac {
                 crate::devices::virtio::net::parse_mac(m)?;
             }
         }
-        if let (Some(j), Some(v)) = (&self.jail, &self.vsock) {
-            if let Some(root) = &j.chroot {
+        if let Some(root) = self.jail.as_ref().and_then(|j| j.chroot.as_ref()) {
+            if let Some(v) = &self.vsock {
                 if !v.uds_path.starts_with(root) {
                     return Err(Error::Config(
                         "with a chroot jail, vsock.uds_path must be inside the chroot".into(),
                     ));
                 }
+            }
+            if let Some(f) = self.fs.iter().find(|f| !f.socket.starts_with(root)) {
+                return Err(Error::Config(format!(
+                    "with a chroot jail, fs socket {} must be inside the chroot",
+                    f.socket.display()
+                )));
             }
         }
         Ok(())
@@ -241,6 +274,16 @@ impl VmConfig {
                         uds_path: path.into(),
                     });
                 }
+                "--fs" => {
+                    let v = val()?;
+                    let (tag, socket) = v
+                        .split_once(',')
+                        .ok_or_else(|| bad("--fs TAG,SOCKET".into()))?;
+                    c.fs.push(FsConfig {
+                        tag: tag.into(),
+                        socket: socket.into(),
+                    });
+                }
                 "--serial" => {
                     let v = val()?;
                     c.serial = match v.as_str() {
@@ -274,6 +317,7 @@ pub fn usage() -> &'static str {
     "usage: berth-vmm --config FILE.json
        berth-vmm --kernel PATH [--initrd PATH] [--cmdline STR] [--vcpus N] [--mem-mib N]
                  [--drive PATH[,ro]]... [--net TAP[,MAC]]... [--vsock CID,UDS_PATH]
+                 [--fs TAG,VHOST_USER_SOCKET]...
                  [--serial none|stdout|file:PATH] [--control-socket PATH]
                  [--chroot DIR] [--uid N] [--gid N] [--no-seccomp]"
 }
@@ -289,10 +333,12 @@ mod tests {
                 "drives":[{"path":"/d","read_only":true}],
                 "net":[{"tap":"tap0","mac":"02:00:00:00:00:01"}],
                 "vsock":{"guest_cid":3,"uds_path":"/run/v.sock"},
+                "fs":[{"tag":"vol0","socket":"/run/vol0.sock"}],
                 "serial":{"file":"/tmp/console"},"control_socket":"/run/c.sock"}"#,
         )
         .unwrap();
         assert_eq!(c.vcpus, 2);
+        assert_eq!(c.fs[0].tag, "vol0");
         assert_eq!(c.serial, SerialConfig::File("/tmp/console".into()));
         assert!(c.drives[0].read_only);
         assert!(c.seccomp);
@@ -311,6 +357,11 @@ mod tests {
             r#"{"kernel":"/k","net":[{"tap":"t","mac":"zz"}]}"#,
             r#"{"kernel":"/k","bogus":1}"#,
             r#"{"kernel":"/k","jail":{"chroot":"/j"},"vsock":{"guest_cid":3,"uds_path":"/x"}}"#,
+            r#"{"kernel":"/k","fs":[{"tag":"","socket":"/s"}]}"#,
+            r#"{"kernel":"/k","fs":[{"tag":"0123456789012345678901234567890123456","socket":"/s"}]}"#,
+            r#"{"kernel":"/k","fs":[{"tag":"a","socket":"/s"},{"tag":"a","socket":"/t"}]}"#,
+            r#"{"kernel":"/k","fs":[{"tag":"a"}]}"#,
+            r#"{"kernel":"/k","jail":{"chroot":"/j"},"fs":[{"tag":"a","socket":"/x/s"}]}"#,
         ] {
             let e = VmConfig::from_json(bad).unwrap_err();
             assert_eq!(e.exit_code(), 2, "{bad}: {e}");
@@ -319,7 +370,7 @@ mod tests {
 
     #[test]
     fn flags() {
-        let args: Vec<String> = "--kernel /k --vcpus 2 --drive /d,ro --drive /e --net tap0,02:00:00:00:00:09 --vsock 5,/v --serial file:/s --uid 1000"
+        let args: Vec<String> = "--kernel /k --vcpus 2 --drive /d,ro --drive /e --net tap0,02:00:00:00:00:09 --vsock 5,/v --fs share,/run/fs.sock --serial file:/s --uid 1000"
             .split(' ')
             .map(String::from)
             .collect();
@@ -328,6 +379,13 @@ mod tests {
         assert!(c.drives[0].read_only && !c.drives[1].read_only);
         assert_eq!(c.net[0].mac.as_deref(), Some("02:00:00:00:00:09"));
         assert_eq!(c.vsock.unwrap().guest_cid, 5);
+        assert_eq!(
+            c.fs,
+            vec![FsConfig {
+                tag: "share".into(),
+                socket: "/run/fs.sock".into()
+            }]
+        );
         assert_eq!(c.serial, SerialConfig::File("/s".into()));
         assert_eq!(c.jail.unwrap().uid, Some(1000));
         assert!(VmConfig::from_args(&["--wat".to_string()]).is_err());

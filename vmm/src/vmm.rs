@@ -22,7 +22,7 @@ use crate::devices::legacy::{BootTimer, SerialDevice, SerialSink, I8042};
 use crate::devices::virtio::mmio::REG_QUEUE_NOTIFY;
 use crate::devices::virtio::{MmioTransport, VirtioDevice};
 use crate::error::{Error, Result};
-use crate::memory::create_guest_memory;
+use crate::memory::{create_guest_memory_with, MemoryBacking};
 use crate::seccomp;
 use crate::state::{ExitReason, VmmShared};
 use crate::vstate::{self, VcpuRunner};
@@ -74,13 +74,31 @@ impl MicroVm {
     /// Creates guest memory, the KVM VM (irqchip, PIT) and the legacy devices.
     /// `start` is when the process (or the test) started, for boot timing.
     pub fn new(nr_vcpus: u8, mem_mib: u64, serial_out: SerialSink, start: Instant) -> Result<Self> {
+        Self::with_memory(
+            nr_vcpus,
+            mem_mib,
+            MemoryBacking::Anonymous,
+            serial_out,
+            start,
+        )
+    }
+
+    /// As [`MicroVm::new`], with guest RAM backed as `backing` says
+    /// (shared memfd for vhost-user devices).
+    pub fn with_memory(
+        nr_vcpus: u8,
+        mem_mib: u64,
+        backing: MemoryBacking,
+        serial_out: SerialSink,
+        start: Instant,
+    ) -> Result<Self> {
         if nr_vcpus == 0 || nr_vcpus > mptable::MAX_SUPPORTED_CPUS {
             return Err(Error::Config(format!(
                 "vcpus must be 1..={}, got {nr_vcpus}",
                 mptable::MAX_SUPPORTED_CPUS
             )));
         }
-        let mem = create_guest_memory(mem_mib)?;
+        let mem = create_guest_memory_with(mem_mib, backing)?;
         let shared = Arc::new(VmmShared::new(start).map_err(Error::io("eventfd"))?);
         let (kvm, vm, mem_registration) = vstate::create_vm(&mem, &shared)?;
         tracing::debug!("startup: VM created at {} us", shared.elapsed_us());
@@ -418,7 +436,13 @@ impl LoopCtx {
         }
         for (d, t) in self.virtio.iter().enumerate() {
             let t = t.lock().unwrap();
-            for (q, evt) in t.queue_evts().iter().enumerate() {
+            // vhost-user devices: the backend reads the kicks itself.
+            let kicks = if t.polls_queue_evts() {
+                t.queue_evts()
+            } else {
+                &[]
+            };
+            for (q, evt) in kicks.iter().enumerate() {
                 add(
                     evt.as_raw_fd(),
                     TOK_QUEUE | ((d as u64) << 16) | q as u64,

@@ -208,6 +208,81 @@ fn failures_have_distinct_exit_codes_and_messages() {
     );
     let (code, err) = run(serde_json::json!({"kernel": "/k", "vcpus": 99}));
     assert_eq!(code, 2, "{err}");
+    let mut fs = base_config(&dir, &guest);
+    fs["fs"] = serde_json::json!([{"tag": "t", "socket": dir.join("nobody-listens.sock")}]);
+    let (code, err) = run(fs);
+    assert_eq!(code, 7, "{err}");
+    assert!(err.contains("virtio-fs t"), "{err}");
+}
+
+/// The virtio-fs path of the binary: config -> memfd guest RAM -> vhost-user
+/// connection to a real virtiofsd before the chroot jail, seccomp on, then a
+/// clean shutdown that also ends virtiofsd (it exits when its frontend goes).
+#[test]
+fn virtio_fs_device_in_a_jailed_vmm() {
+    if !kvm_available() {
+        return;
+    }
+    let Some(bin) = [
+        std::env::var_os("BERTH_VIRTIOFSD").map(PathBuf::from),
+        Some(PathBuf::from("/var/cache/berth/tools/bin/virtiofsd")),
+    ]
+    .into_iter()
+    .flatten()
+    .find(|p| p.is_file()) else {
+        eprintln!(
+            "skipping: virtiofsd not found (scripts/install-vm-tools.sh, or $BERTH_VIRTIOFSD)"
+        );
+        return;
+    };
+    let dir = tmpdir("virtiofs");
+    let root = dir.join("root");
+    let shared = dir.join("shared");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::create_dir_all(&shared).unwrap();
+    let sock = root.join("share.sock");
+    let mut daemon = Command::new(bin)
+        .arg("--socket-path")
+        .arg(&sock)
+        .arg("--shared-dir")
+        .arg(&shared)
+        .args(["--sandbox", "none", "--log-level", "error"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !sock.exists() {
+        assert!(Instant::now() < deadline, "virtiofsd did not listen");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let guest = write_guest(&dir, true);
+    let mut cfg = base_config(&dir, &guest);
+    cfg["jail"] = serde_json::json!({"chroot": root, "uid": 65534, "gid": 65534});
+    cfg["fs"] = serde_json::json!([{"tag": "share", "socket": sock}]);
+    let child = spawn(&cfg, &dir);
+    let pid = child.0.id();
+    let ctl = dir.join("control.sock");
+    wait_status(&ctl, |s| s.boot_time_us.is_some());
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    assert!(
+        maps.contains("/memfd:berth-guest-ram"),
+        "guest RAM is not the shared memfd"
+    );
+    assert!(
+        daemon.try_wait().unwrap().is_none(),
+        "virtiofsd exited early"
+    );
+    request(&ctl, &ControlRequest::Shutdown { force: false }).unwrap();
+    let (code, stderr) = finish(child);
+    assert_eq!(code, 0, "{stderr}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while daemon.try_wait().unwrap().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "virtiofsd still running after its VMM exited"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 #[test]

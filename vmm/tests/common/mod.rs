@@ -125,6 +125,11 @@ impl Asm {
     pub fn spin_until_word(&mut self, v: u8) -> &mut Self {
         self.b(&[0x66, 0x83, 0x3e, v, 0x75, 0xfa])
     }
+    /// Spins until the register at [ebx + disp] reads non-zero.
+    pub fn spin_until_reg_nonzero(&mut self, disp: u32) -> &mut Self {
+        // mov eax, [ebx + disp] (6 bytes); test eax, eax (2); jz back (2)
+        self.load(disp).b(&[0x85, 0xc0, 0x74, 0xf6])
+    }
     /// Waits for the i8042 output buffer to fill (a Ctrl+Alt+Del arrives).
     pub fn wait_i8042_data(&mut self) -> &mut Self {
         self.b(&[0xe4, 0x64, 0xa8, 0x01, 0x74, 0xfa])

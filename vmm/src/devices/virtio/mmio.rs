@@ -9,7 +9,7 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
-use super::{Interrupt, VirtioDevice, INTERRUPT_USED_RING, VIRTIO_F_VERSION_1};
+use super::{Interrupt, VirtioDevice, INTERRUPT_CONFIG, INTERRUPT_USED_RING, VIRTIO_F_VERSION_1};
 use crate::devices::bus::BusDevice;
 
 pub const MMIO_MAGIC_VALUE: u32 = 0x7472_6976; // "virt"
@@ -45,6 +45,7 @@ pub const STATUS_ACKNOWLEDGE: u32 = 1;
 pub const STATUS_DRIVER: u32 = 2;
 pub const STATUS_DRIVER_OK: u32 = 4;
 pub const STATUS_FEATURES_OK: u32 = 8;
+pub const STATUS_DEVICE_NEEDS_RESET: u32 = 0x40;
 pub const STATUS_FAILED: u32 = 0x80;
 
 pub struct MmioTransport {
@@ -53,6 +54,8 @@ pub struct MmioTransport {
     pub interrupt: Arc<Interrupt>,
     queues: Vec<Queue>,
     queue_evts: Vec<EventFd>,
+    /// The device's backend reads `queue_evts` itself (vhost-user).
+    external_kicks: bool,
     device_features_sel: u32,
     driver_features_sel: u32,
     acked_features: u64,
@@ -64,7 +67,7 @@ pub struct MmioTransport {
 
 impl MmioTransport {
     pub fn new(
-        device: Box<dyn VirtioDevice>,
+        mut device: Box<dyn VirtioDevice>,
         mem: GuestMemoryMmap,
         irqfd: EventFd,
     ) -> std::io::Result<Self> {
@@ -74,12 +77,14 @@ impl MmioTransport {
             queues.push(Queue::new(max).map_err(|e| std::io::Error::other(format!("queue: {e}")))?);
             queue_evts.push(EventFd::new(libc::EFD_NONBLOCK)?);
         }
+        let external_kicks = device.take_queue_events(&queue_evts)?;
         Ok(Self {
             device,
             mem,
             interrupt: Arc::new(Interrupt::new(irqfd)),
             queues,
             queue_evts,
+            external_kicks,
             device_features_sel: 0,
             driver_features_sel: 0,
             acked_features: 0,
@@ -97,6 +102,12 @@ impl MmioTransport {
     /// One eventfd per queue, registered as ioeventfds on QueueNotify.
     pub fn queue_evts(&self) -> &[EventFd] {
         &self.queue_evts
+    }
+
+    /// Whether the device loop should poll `queue_evts` (false when the
+    /// device's vhost-user backend consumes them).
+    pub fn polls_queue_evts(&self) -> bool {
+        !self.external_kicks
     }
 
     pub fn backend_fd(&self) -> Option<std::os::unix::io::RawFd> {
@@ -136,11 +147,22 @@ impl MmioTransport {
 
     /// Backend I/O is ready (TAP, sockets).
     pub fn process_backend(&mut self) {
-        if !self.activated {
+        if !self.activated && !self.device.backend_while_inactive() {
             return;
         }
-        if self.device.process_backend(&self.mem, &mut self.queues) {
+        if self.device.process_backend(&self.mem, &mut self.queues) && self.activated {
             self.interrupt.signal(INTERRUPT_USED_RING);
+        }
+        if self.device.needs_reset()
+            && self.status & STATUS_DRIVER_OK != 0
+            && self.status & STATUS_DEVICE_NEEDS_RESET == 0
+        {
+            tracing::warn!(
+                "virtio device {} needs reset: its backend failed",
+                self.device.device_type()
+            );
+            self.status |= STATUS_DEVICE_NEEDS_RESET;
+            self.interrupt.signal(INTERRUPT_CONFIG);
         }
     }
 
@@ -170,7 +192,8 @@ impl MmioTransport {
             v &= !STATUS_FEATURES_OK;
         }
         let newly_ok = v & STATUS_DRIVER_OK != 0 && self.status & STATUS_DRIVER_OK == 0;
-        self.status = v;
+        // DEVICE_NEEDS_RESET is the device's to set; only a reset clears it.
+        self.status = v | (self.status & STATUS_DEVICE_NEEDS_RESET);
         if newly_ok && !self.activated {
             let ready = self
                 .queues

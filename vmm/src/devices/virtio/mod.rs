@@ -1,6 +1,7 @@
 //! virtio devices over a shared virtio-mmio (version 2) transport.
 
 pub mod block;
+pub mod fs;
 pub mod mmio;
 pub mod net;
 #[cfg(test)]
@@ -19,6 +20,7 @@ pub use mmio::MmioTransport;
 pub const TYPE_NET: u32 = 1;
 pub const TYPE_BLOCK: u32 = 2;
 pub const TYPE_VSOCK: u32 = 19;
+pub const TYPE_FS: u32 = 26;
 
 /// VIRTIO_F_VERSION_1: we only speak the modern interface.
 pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
@@ -82,6 +84,25 @@ pub trait VirtioDevice: Send {
     }
     /// The driver reset the device: drop in-flight state.
     fn reset(&mut self) {}
+    /// vhost-user devices hand the queue notifications straight to their
+    /// backend: they keep clones of the transport's ioeventfds and return
+    /// true, and the device loop then never reads those eventfds, so guest
+    /// kicks reach the backend without waking the VMM.
+    fn take_queue_events(&mut self, _evts: &[EventFd]) -> std::io::Result<bool> {
+        Ok(false)
+    }
+    /// Whether `process_backend` must also run while the driver has not
+    /// activated the device (or reset it): devices whose backend fd carries
+    /// control work (vhost-user ring teardown, a dead backend's hang-up)
+    /// that would otherwise stay pending and keep the device loop spinning.
+    fn backend_while_inactive(&self) -> bool {
+        false
+    }
+    /// The device failed (its backend died): the transport sets
+    /// DEVICE_NEEDS_RESET and raises a configuration-change interrupt.
+    fn needs_reset(&self) -> bool {
+        false
+    }
 }
 
 /// Bytes of a config-space struct, bounds-checked.

@@ -1,7 +1,9 @@
 //! The berth-vmm backend: one `berth-vmm` process per VM (rust-vmm crates, `vmm/`), driven
 //! by its JSON config. It needs hardware KVM: under PVM a Linux guest cannot finish booting.
 //! The VMM opens every host resource, then enters its jail (chroot into the VM's run dir,
-//! drop to the VM's uid/gid) and installs per-thread seccomp filters.
+//! drop to the VM's uid/gid) and installs per-thread seccomp filters. Shared directories
+//! are served by one sandboxed virtiofsd each ([`virtiofs`]); berth-vmm connects to their
+//! sockets (in the run dir, so inside its chroot) before it enters the jail.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -10,11 +12,13 @@ use async_trait::async_trait;
 
 use super::hypervisor::{Device, Hypervisor, HypervisorCaps, VmConfig, VmState};
 use super::probe::{find_tool, Kvm};
-use super::procs::spawn_detached;
+use super::procs::{self, spawn_detached};
+use super::virtiofs;
 use crate::{Error, Result};
 
 pub struct BerthVmm {
     bin: Option<PathBuf>,
+    virtiofsd: Option<PathBuf>,
     kvm: Kvm,
 }
 
@@ -22,6 +26,7 @@ impl BerthVmm {
     pub fn probe(kvm: Kvm) -> BerthVmm {
         BerthVmm {
             bin: find_tool("BERTH_VMM", "berth-vmm", &[]),
+            virtiofsd: virtiofs::probe(),
             kvm,
         }
     }
@@ -45,6 +50,19 @@ impl BerthVmm {
             } => Some(serde_json::json!({ "guest_cid": guest_cid, "uds_path": uds_path })),
             _ => None,
         });
+        // The sockets are in the run dir, which is the jail's chroot: berth-vmm checks
+        // they are inside it, as for vsock's uds_path.
+        let fs: Vec<serde_json::Value> = cfg
+            .devices
+            .iter()
+            .filter_map(|d| match d {
+                Device::Fs { tag, .. } => Some(serde_json::json!({
+                    "tag": tag,
+                    "socket": virtiofs::socket_path(&cfg.run_dir, tag),
+                })),
+                _ => None,
+            })
+            .collect();
         let jail = cfg
             .identity
             .map(|id| serde_json::json!({ "chroot": cfg.run_dir, "uid": id.uid, "gid": id.gid }));
@@ -56,6 +74,7 @@ impl BerthVmm {
             "mem_mib": cfg.mem_mib,
             "drives": drives,
             "vsock": vsock,
+            "fs": fs,
             "serial": { "file": cfg.serial_log },
             "control_socket": cfg.run_dir.join("control.sock"),
             "jail": jail,
@@ -95,10 +114,10 @@ impl Hypervisor for BerthVmm {
     fn capabilities(&self) -> HypervisorCaps {
         HypervisorCaps {
             hardware_accel: true,
-            shared_fs: Err(
-                "berth-vmm has no virtio-fs device yet: bind mounts and directory volumes in a microVM need --vmm qemu (block volumes, -o kind=disk, work with both)"
-                    .into(),
-            ),
+            shared_fs: match self.virtiofsd {
+                Some(_) => Ok(()),
+                None => Err(virtiofs::MISSING.into()),
+            },
         }
     }
 
@@ -135,25 +154,99 @@ impl Hypervisor for BerthVmm {
             })
             .ok_or_else(|| Error::internal("a microVM needs a vsock device"))?;
         let _ = std::fs::remove_file(&uds_path);
+        // The virtiofsds must listen before berth-vmm starts: it connects while it sets up
+        // its devices.
+        let mut helpers = Vec::new();
+        if let Err(e) =
+            virtiofs::start_virtiofsds(self.virtiofsd.as_deref(), cfg, &mut helpers).await
+        {
+            procs::kill_all(&helpers).await;
+            return Err(e);
+        }
         let mut cmd = Command::new(self.bin.as_ref().expect("probed"));
         cmd.env_clear()
             .env("BERTH_VMM_LOG", "info")
             .arg("--config")
             .arg(cfg.run_dir.join("vm.json"));
         // berth-vmm drops privileges itself (jail) once its resources are open.
-        let vmm = spawn_detached(
+        let vmm = match spawn_detached(
             "berth-vmm",
             cmd,
             &cfg.run_dir.join("vmm.log"),
             &cfg.run_dir,
             None,
             &cfg.cgroups,
-        )?;
+        ) {
+            Ok(p) => p,
+            Err(e) => {
+                procs::kill_all(&helpers).await;
+                return Err(e);
+            }
+        };
         Ok(VmState {
             hypervisor: self.name().into(),
             vmm,
-            helpers: Vec::new(),
+            helpers,
             agent_uds: uds_path,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::isolation::microvm::procs::VmIdentity;
+
+    #[test]
+    fn config_json_is_a_valid_berth_vmm_config_with_fs_devices() {
+        let run_dir = PathBuf::from("/run/berth/vm/abc");
+        let cfg = VmConfig {
+            name: "abc".into(),
+            kernel: "/k".into(),
+            initrd: "/i".into(),
+            cmdline: "berth.port=1024".into(),
+            vcpus: 1,
+            mem_mib: 256,
+            devices: vec![
+                Device::Block {
+                    path: "/img".into(),
+                    read_only: true,
+                },
+                Device::Vsock {
+                    guest_cid: 3,
+                    uds_path: run_dir.join("vsock.sock"),
+                },
+                Device::Fs {
+                    tag: "m0".into(),
+                    shared_dir: "/srv/data".into(),
+                    read_only: true,
+                },
+            ],
+            run_dir: run_dir.clone(),
+            serial_log: "/var/lib/berth/c/vm/console.log".into(),
+            identity: Some(VmIdentity {
+                uid: 1000,
+                gid: 1000,
+            }),
+            cgroups: Vec::new(),
+        };
+        let b = BerthVmm {
+            bin: None,
+            virtiofsd: Some("/bin/true".into()),
+            kvm: Kvm::Hardware,
+        };
+        assert_eq!(b.capabilities().shared_fs, Ok(()));
+        let json = serde_json::to_string(&b.config_json(&cfg)).unwrap();
+        // berth-vmm's own parser and validation (sockets inside the chroot jail).
+        let parsed = berth_vmm::VmConfig::from_json(&json).unwrap();
+        assert_eq!(parsed.fs.len(), 1);
+        assert_eq!(parsed.fs[0].tag, "m0");
+        assert_eq!(parsed.fs[0].socket, run_dir.join("m0.sock"));
+        assert_eq!(parsed.jail.unwrap().chroot, Some(run_dir));
+        let without = BerthVmm {
+            virtiofsd: None,
+            ..b
+        };
+        assert!(without.capabilities().shared_fs.is_err());
     }
 }

@@ -17,6 +17,7 @@ pub mod probe;
 pub mod procs;
 pub mod qemu;
 pub mod sizing;
+pub mod virtiofs;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -13,6 +13,7 @@ use async_trait::async_trait;
 use super::hypervisor::{Device, Hypervisor, HypervisorCaps, VmConfig, VmState};
 use super::probe::{find_tool, Kvm};
 use super::procs::{self, spawn_detached};
+use super::virtiofs;
 use crate::{Error, Result};
 
 pub struct Qemu {
@@ -33,14 +34,7 @@ impl Qemu {
                     "/var/cache/berth/tools/bin/vhost-device-vsock",
                 )],
             ),
-            virtiofsd: find_tool(
-                "BERTH_VIRTIOFSD",
-                "virtiofsd",
-                &[
-                    PathBuf::from("/var/cache/berth/tools/bin/virtiofsd"),
-                    PathBuf::from("/usr/libexec/virtiofsd"),
-                ],
-            ),
+            virtiofsd: virtiofs::probe(),
             kvm,
         }
     }
@@ -141,71 +135,6 @@ impl Qemu {
     }
 }
 
-impl Qemu {
-    /// One `virtiofsd` per shared directory, each in its own mount, pid and network
-    /// namespaces with only that directory as its root (`--sandbox namespace`), seccomp
-    /// killing any syscall outside its list, and `--readonly` for read-only shares: a
-    /// read-only bind stays read-only whatever the guest kernel does. One daemon per share
-    /// rather than one per VM over a combined tree: each sandbox then holds exactly one host
-    /// directory, read-only is per daemon, and there is no host-side mount tree to build
-    /// and to leak when berthd or the VMM is killed. The cost is one process per share.
-    /// Returns the vhost-user sockets in device order.
-    async fn start_virtiofsds(
-        &self,
-        cfg: &VmConfig,
-        helpers: &mut Vec<procs::VmProcess>,
-    ) -> Result<Vec<PathBuf>> {
-        let mut socks = Vec::new();
-        for dev in &cfg.devices {
-            let Device::Fs {
-                tag,
-                shared_dir,
-                read_only,
-            } = dev
-            else {
-                continue;
-            };
-            let bin = self
-                .virtiofsd
-                .as_ref()
-                .ok_or_else(|| Error::invalid("virtiofsd is not installed"))?;
-            let sock = cfg.run_dir.join(format!("{tag}.sock"));
-            let _ = std::fs::remove_file(&sock);
-            let mut cmd = Command::new(bin);
-            cmd.env_clear()
-                .arg("--shared-dir")
-                .arg(shared_dir)
-                .arg("--socket-path")
-                .arg(&sock)
-                .args(["--sandbox", "namespace", "--seccomp", "kill"])
-                .args(["--cache", "auto", "--inode-file-handles=never"])
-                .args(["--log-level", "warn"]);
-            if *read_only {
-                cmd.arg("--readonly");
-            }
-            let log = cfg.run_dir.join(format!("virtiofsd-{tag}.log"));
-            // Root inside its own namespaces: it must serve files of any owner, as a bind
-            // mount does, but sees nothing of the host beyond `shared_dir`.
-            let p = spawn_detached("virtiofsd", cmd, &log, &cfg.run_dir, None, &cfg.cgroups)?;
-            helpers.push(p.clone());
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-            while !sock.exists() {
-                if !p.alive() || tokio::time::Instant::now() > deadline {
-                    let text = std::fs::read_to_string(&log).unwrap_or_default();
-                    return Err(Error::internal(format!(
-                        "virtiofsd for {} did not start: {}",
-                        shared_dir.display(),
-                        text.trim()
-                    )));
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            socks.push(sock);
-        }
-        Ok(socks)
-    }
-}
-
 /// qemu's option syntax doubles commas inside values.
 fn qemu_escape(p: &Path) -> String {
     p.display().to_string().replace(',', ",,")
@@ -249,10 +178,7 @@ impl Hypervisor for Qemu {
             hardware_accel: self.kvm.is_hardware(),
             shared_fs: match self.virtiofsd {
                 Some(_) => Ok(()),
-                None => Err(
-                    "bind mounts and directory volumes in a microVM need virtiofsd (scripts/install-vm-tools.sh installs it, or set $BERTH_VIRTIOFSD)"
-                        .into(),
-                ),
+                None => Err(virtiofs::MISSING.into()),
             },
         }
     }
@@ -337,13 +263,14 @@ impl Hypervisor for Qemu {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let mut helpers = vec![helper];
-        let fs_socks = match self.start_virtiofsds(cfg, &mut helpers).await {
-            Ok(s) => s,
-            Err(e) => {
-                procs::kill_all(&helpers).await;
-                return Err(e);
-            }
-        };
+        let fs_socks =
+            match virtiofs::start_virtiofsds(self.virtiofsd.as_deref(), cfg, &mut helpers).await {
+                Ok(s) => s,
+                Err(e) => {
+                    procs::kill_all(&helpers).await;
+                    return Err(e);
+                }
+            };
         let cmd = self.qemu_command(cfg, &vhost_sock, &fs_socks)?;
         // qemu drops to `identity` itself (-runas) after opening its files as root.
         let vmm = match spawn_detached(
