@@ -33,10 +33,11 @@ fn web(d: &TestDaemon, name: &str, args: &[&str]) -> String {
     d.docker_ok(&a).trim().to_string()
 }
 
-/// A shell command that GETs `url` within 5 s. Through `sh`: a container's PID 1 ignores
-/// the SIGTERM of `timeout` (no handler), so `timeout` must not exec into PID 1.
+/// A shell command that GETs `url` within 5 s. A container's PID 1 ignores the SIGTERM
+/// of `timeout` (no handler), so `timeout` must not become PID 1: the trailing `exit`
+/// keeps ash from exec'ing it.
 fn fetch(url: impl std::fmt::Display) -> String {
-    format!("timeout 5 wget -qO- {url}")
+    format!("timeout 5 wget -qO- {url}; exit $?")
 }
 
 /// Retry `f` for a few seconds: a server container may take a moment to listen.

@@ -525,10 +525,10 @@ impl Networks {
     pub(crate) async fn apply_nat(&self) -> Result<()> {
         let doc = {
             let st = self.state.lock().unwrap();
-            if !st.networks.iter().any(|n| n.is_bridge()) {
-                if !self.exec.owns("berth", ledger::Kind::NftTable, nat::TABLE) {
-                    return Ok(());
-                }
+            if !st.networks.iter().any(|n| n.is_bridge())
+                && !self.exec.owns("berth", ledger::Kind::NftTable, nat::TABLE)
+            {
+                return Ok(());
             }
             nat::ruleset(&st)
         };
