@@ -784,6 +784,8 @@ impl Containers {
             };
             if !adopted {
                 self.backend(&rec).release(&rec).await;
+                // Before a restart policy can start it again with a fresh sandbox.
+                self.release_network(&rec).await;
                 tracing::warn!(id = %c.id, "container's agent is gone; marking it exited");
                 self.on_exit(
                     &c,
@@ -870,6 +872,7 @@ impl Containers {
                 let _ = agent.shutdown().await;
                 let rec = c.record();
                 self.backend(&rec).release(&rec).await;
+                self.release_network(&rec).await;
                 self.on_exit(c, status).await;
                 true
             }

@@ -246,8 +246,13 @@ impl Containers {
             ("resolv.conf", resolv, "/etc/resolv.conf"),
             ("hostname", hostname, "/etc/hostname"),
         ] {
+            // Rewritten at every start and never read back by berth, so a plain write is
+            // enough (an atomic write costs two fsyncs per file on every `run`). A
+            // previous run's file is replaced (not truncated): a still-mounted old copy
+            // must not change under anyone.
             let p = dir.join(name);
-            crate::fsutil::write_atomic(&p, content.as_bytes())?;
+            let _ = std::fs::remove_file(&p);
+            std::fs::write(&p, content.as_bytes())?;
             binds.push(Mount {
                 kind: MountKind::Bind { source: p },
                 destination: dest.into(),

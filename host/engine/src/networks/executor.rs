@@ -297,3 +297,39 @@ impl Executor {
         Ok(link_index(h, name).await?.is_some())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The ledger check comes before any netlink call: a driver (or plugin) that asks to
+    /// delete a link it does not own is refused without touching the kernel.
+    #[tokio::test]
+    async fn refuses_links_it_does_not_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let exec = Executor::open(dir.path()).unwrap();
+        for link in ["lo", "eth0", "berth0"] {
+            let err = exec
+                .apply(
+                    "some-network",
+                    &Intent::RemoveLink {
+                        link: link.to_string(),
+                    },
+                )
+                .await
+                .unwrap_err();
+            assert!(matches!(err, Error::Forbidden(_)), "{err}");
+        }
+        exec.claim_other("net-a", Kind::Link, "br-a").unwrap();
+        let err = exec
+            .apply(
+                "net-b",
+                &Intent::RemoveLink {
+                    link: "br-a".into(),
+                },
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::Forbidden(_)), "{err}");
+    }
+}

@@ -110,3 +110,26 @@ impl Ledger {
         o
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn claims_are_exclusive_and_persisted() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut l = Ledger::open(dir.path()).unwrap();
+        l.claim("net-a", Kind::Link, "br-a").unwrap();
+        l.claim("net-a", Kind::Link, "br-a").unwrap();
+        // Another owner can never take over (or later delete) net-a's bridge.
+        assert!(matches!(
+            l.claim("net-b", Kind::Link, "br-a"),
+            Err(crate::Error::Forbidden(_))
+        ));
+        let l2 = Ledger::open(dir.path()).unwrap();
+        assert!(l2.owns("net-a", Kind::Link, "br-a"));
+        assert!(!l2.owns("net-b", Kind::Link, "br-a"));
+        l.release("net-a", Kind::Link, "br-a").unwrap();
+        assert!(Ledger::open(dir.path()).unwrap().entries.is_empty());
+    }
+}

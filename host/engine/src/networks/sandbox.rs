@@ -65,19 +65,23 @@ impl Networks {
         }
         if let Some(first) = eps.first() {
             let net = self.get(&first.network_id)?;
-            if !net.internal {
-                let reqs = ports::requests(&req.port_bindings, req.publish_all, &req.exposed)?;
-                let mut st = self.state.lock().unwrap();
-                let maps = ports::allocate(&reqs, &st.ports, cid, first.ip).map_err(|e| {
-                    Error::internal(format!(
-                        "driver failed programming external connectivity on endpoint {} ({}): {e}",
-                        req.container_name, first.id
-                    ))
-                })?;
-                st.ports.extend(maps);
-                st.save(&self.dir)?;
+            let reqs = ports::requests(&req.port_bindings, req.publish_all, &req.exposed)?;
+            // The nft table depends on networks and ports only: a container without
+            // published ports costs no `nft` run.
+            if !net.internal && !reqs.is_empty() {
+                {
+                    let mut st = self.state.lock().unwrap();
+                    let maps = ports::allocate(&reqs, &st.ports, cid, first.ip).map_err(|e| {
+                        Error::internal(format!(
+                            "driver failed programming external connectivity on endpoint {} ({}): {e}",
+                            req.container_name, first.id
+                        ))
+                    })?;
+                    st.ports.extend(maps);
+                    st.save(&self.dir)?;
+                }
+                self.apply_nat().await?;
             }
-            self.apply_nat().await?;
         }
         Ok(self.etc_files(req, &eps))
     }
@@ -202,10 +206,14 @@ impl Networks {
             .into_iter()
             .filter(|e| e.network_id == network_id)
             .collect();
+        let had_ports = !self.container_ports(container_id).is_empty();
         for ep in eps {
             self.leave_locked(&ep).await;
         }
-        self.apply_nat().await
+        if had_ports && self.container_ports(container_id).is_empty() {
+            self.apply_nat().await?;
+        }
+        Ok(())
     }
 
     async fn leave_locked(&self, ep: &EndpointRecord) {
@@ -260,7 +268,7 @@ impl Networks {
             st.ports.retain(|p| p.container_id != cid);
             let _ = st.save(&self.dir);
         }
-        if !eps.is_empty() || had_ports {
+        if had_ports {
             if let Err(e) = self.apply_nat().await {
                 tracing::warn!(container = %cid, "nftables: {e}");
             }
