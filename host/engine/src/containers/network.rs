@@ -207,7 +207,7 @@ impl Containers {
                 spec.network = NetworkSpec::Isolated;
                 default_files()
             }
-            Mode::Networks if !self.backend(rec).capabilities().host_bind_mounts => {
+            Mode::Networks if !self.backend(rec).capabilities().host_namespaces => {
                 // The microVM seam: a TAP in the sandbox joined to the veth (tc mirred)
                 // and virtio-net in the guest are not built yet; the guest gets loopback.
                 tracing::warn!(id = %rec.id, "microVM containers have loopback-only networking for now");
@@ -233,7 +233,7 @@ impl Containers {
         resolv: String,
     ) -> Result<()> {
         let hostname = format!("{}\n", rec.config.hostname.clone().unwrap_or_default());
-        if !self.backend(rec).capabilities().host_bind_mounts {
+        if !self.backend(rec).capabilities().host_namespaces {
             spec.etc_hosts = Some(hosts);
             spec.etc_resolv_conf = Some(resolv);
             spec.etc_hostname = Some(hostname);
@@ -307,7 +307,7 @@ impl Containers {
             )));
         }
         let att = attachment(&net, es.as_ref())?;
-        if rec.state.status.is_running() && self.backend(&rec).capabilities().host_bind_mounts {
+        if rec.state.status.is_running() && self.backend(&rec).capabilities().host_namespaces {
             let mut req = self.sandbox_request(&rec);
             req.attachments = vec![att.clone()];
             nets.connect_running(&req, &att).await?;
