@@ -456,6 +456,32 @@ fn network_api_errors_filters_prune_and_events() {
         err.contains("no matching subnet for gateway 10.98.0.1"),
         "{err}"
     );
+    // A network may not take over an interface berth did not create (here the
+    // namespace's own `ext0`): refused, and the interface is left alone.
+    let err = d.docker_err(&[
+        "network",
+        "create",
+        "-o",
+        "com.docker.network.bridge.name=ext0",
+        "evil",
+    ]);
+    assert!(
+        err.contains("link ext0 already exists and was not created by berth"),
+        "{err}"
+    );
+    assert!(d
+        .docker_ok(&["network", "ls"])
+        .lines()
+        .all(|l| !l.contains("evil")));
+    assert!(stdout(&d.in_netns(&["ip", "-o", "addr", "show", "ext0"])).contains(HOST_IP));
+    let err = d.docker_err(&[
+        "network",
+        "create",
+        "-o",
+        "com.docker.network.driver.mtu=9",
+        "tiny",
+    ]);
+    assert!(err.contains("invalid MTU 9"), "{err}");
     let err = d.docker_err(&["run", "--rm", "--network", "ghost", IMG, "true"]);
     assert!(err.contains("network ghost not found"), "{err}");
     d.docker_ok(&[

@@ -41,6 +41,8 @@ fn question(pkt: &[u8]) -> Option<(String, u16, usize)> {
         i += len;
     }
     let qtype = u16::from_be_bytes([*pkt.get(i)?, *pkt.get(i + 1)?]);
+    // qclass must be there too: the answer copies the question up to its end.
+    pkt.get(i + 3)?;
     Some((labels.join("."), qtype, i + 4))
 }
 
@@ -144,6 +146,9 @@ mod tests {
         let (name, qtype, end) = question(&q).unwrap();
         assert_eq!((name.as_str(), qtype, end), ("web", 1, q.len()));
         let r = response(&q, end, &["10.0.0.2".parse().unwrap()], 0);
+        // Truncated or hostile packets are ignored, never a panic.
+        assert!(question(&q[..q.len() - 1]).is_none());
+        assert!(question(&[0u8; 5]).is_none());
         assert_eq!(&r[..2], &[0x12, 0x34]);
         assert_eq!(&r[6..8], &[0, 1]);
         assert_eq!(&r[r.len() - 4..], &[10, 0, 0, 2]);

@@ -132,8 +132,17 @@ impl Executor {
 
     async fn bridge(&self, owner: &str, link: &str, address: Ipv4Net, mtu: u32) -> Result<()> {
         let h = self.handle().await?;
+        let ours = self.owns(owner, Kind::Link, link);
+        let existing = link_index(h, link).await?;
+        if existing.is_some() && !ours {
+            // Someone else's interface (`eth0`, another daemon's bridge...): berth must
+            // never take it over, or `network rm` would later delete it.
+            return Err(Error::Forbidden(format!(
+                "link {link} already exists and was not created by berth"
+            )));
+        }
         self.claim(owner, Kind::Link, link)?;
-        let index = match link_index(h, link).await? {
+        let index = match existing {
             Some(i) => i,
             None => {
                 match h
@@ -212,6 +221,11 @@ impl Executor {
         // The peer gets a temporary name unique to the endpoint: `eth0` may exist in
         // berthd's namespace.
         let peer = format!("p{}", &host_if[host_if.len().saturating_sub(12)..]);
+        if !self.owns(owner, Kind::Link, host_if) && link_index(h, host_if).await?.is_some() {
+            return Err(Error::Forbidden(format!(
+                "link {host_if} already exists and was not created by berth"
+            )));
+        }
         self.claim(owner, Kind::Link, host_if)?;
         h.link()
             .add(LinkVeth::new(host_if, &peer).mtu(mtu).build())

@@ -290,6 +290,11 @@ impl Networks {
                 Some(c) if c.subnet.as_deref().is_some_and(|s| !s.is_empty()) => {
                     let subnet: Ipv4Net = c.subnet.as_deref().unwrap_or_default().parse()?;
                     let subnet = subnet.network();
+                    if !(8..=30).contains(&subnet.prefix) {
+                        return Err(Error::invalid(format!(
+                            "invalid subnet {subnet}: berth takes prefixes from /8 to /30"
+                        )));
+                    }
                     if used.iter().any(|u| u.overlaps(&subnet)) {
                         return Err(Error::Forbidden(
                             "invalid pool request: Pool overlaps with other one on this address space".into(),
@@ -357,13 +362,16 @@ impl Networks {
                 .get("com.docker.network.bridge.name")
                 .cloned()
                 .unwrap_or_else(|| format!("br-{}", &id[..12]));
-            if bridge.len() > 15 || bridge.is_empty() || bridge.contains('/') {
+            let name_ok = |c: char| c.is_ascii_alphanumeric() || "_.-".contains(c);
+            if bridge.len() > 15 || bridge.is_empty() || !bridge.chars().all(name_ok) {
                 return Err(Error::invalid(format!("invalid bridge name {bridge:?}")));
             }
             let mtu = match options.get("com.docker.network.driver.mtu") {
                 Some(m) => m
-                    .parse()
-                    .map_err(|_| Error::invalid(format!("invalid MTU {m}")))?,
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|m| (68..=65535).contains(m))
+                    .ok_or_else(|| Error::invalid(format!("invalid MTU {m}")))?,
                 None => 1500,
             };
             NetworkRecord {
