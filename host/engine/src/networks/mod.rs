@@ -114,7 +114,7 @@ impl Networks {
             {
                 state
                     .networks
-                    .push(predefined(crate::containers::new_id(), name, driver));
+                    .push(predefined(crate::fsutil::new_id(), name, driver));
             }
         }
         // The default bridge follows the flags of this run.
@@ -132,7 +132,7 @@ impl Networks {
                 config.fixed_cidr.as_deref().map(str::parse).transpose()?;
             let mut rec = match existing {
                 Some(i) => state.networks.remove(i),
-                None => predefined(crate::containers::new_id(), "bridge", DRIVER_BRIDGE),
+                None => predefined(crate::fsutil::new_id(), "bridge", DRIVER_BRIDGE),
             };
             let (subnet, gateway) = match bip {
                 Some(b) => (b.network(), b.addr),
@@ -356,7 +356,7 @@ impl Networks {
                     (s, s.nth(1).expect("subnet has hosts"), None, HashMap::new())
                 }
             };
-            let id = crate::containers::new_id();
+            let id = crate::fsutil::new_id();
             let options = req.options.clone().unwrap_or_default();
             let bridge = options
                 .get("com.docker.network.bridge.name")

@@ -125,7 +125,7 @@ impl Networks {
                     ))
                 })?,
             };
-            let id = crate::containers::new_id();
+            let id = crate::fsutil::new_id();
             let ep = EndpointRecord {
                 host_if: format!("veth{}", &id[..7]),
                 id,
