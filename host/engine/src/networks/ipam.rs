@@ -171,6 +171,72 @@ pub fn allocate_ip(
         .find(|ip| *ip != net && *ip != bcast && subnet.contains(*ip) && !used.contains(ip))
 }
 
+/// The IPAM seam (Docker's `IpamDriver`): which subnet a network gets and which address
+/// an endpoint gets. [`DefaultIpam`] is Docker's `default` driver; a WASM `ipam-driver`
+/// plugin is meant to implement the same calls. Pure decisions over what the caller
+/// says is in use: the state file stays the only record of allocations.
+pub trait IpamDriver: Send + Sync {
+    /// A subnet for a new network: `requested` (checked against `used`) or one from the
+    /// driver's pools.
+    fn request_pool(&self, requested: Option<Ipv4Net>, used: &[Ipv4Net]) -> Result<Ipv4Net>;
+    /// An address of `subnet` (inside `range` when set): `preferred` (`--ip`) or the
+    /// first free one.
+    fn request_address(
+        &self,
+        subnet: Ipv4Net,
+        range: Option<Ipv4Net>,
+        preferred: Option<Ipv4Addr>,
+        used: &HashSet<Ipv4Addr>,
+    ) -> Result<Ipv4Addr>;
+}
+
+/// Docker's `default` IPAM over `--default-address-pool`s.
+pub struct DefaultIpam {
+    pub pools: Vec<Pool>,
+}
+
+impl IpamDriver for DefaultIpam {
+    fn request_pool(&self, requested: Option<Ipv4Net>, used: &[Ipv4Net]) -> Result<Ipv4Net> {
+        match requested {
+            Some(subnet) => {
+                if used.iter().any(|u| u.overlaps(&subnet)) {
+                    return Err(Error::Forbidden(
+                        "invalid pool request: Pool overlaps with other one on this address space"
+                            .into(),
+                    ));
+                }
+                Ok(subnet)
+            }
+            None => allocate_subnet(&self.pools, used).ok_or_else(|| {
+                Error::Forbidden("all predefined address pools have been fully subnetted".into())
+            }),
+        }
+    }
+
+    fn request_address(
+        &self,
+        subnet: Ipv4Net,
+        range: Option<Ipv4Net>,
+        preferred: Option<Ipv4Addr>,
+        used: &HashSet<Ipv4Addr>,
+    ) -> Result<Ipv4Addr> {
+        match preferred {
+            Some(ip) if !subnet.contains(ip) => Err(Error::invalid(format!(
+                "no configured subnet or ip-range contain the IP address {ip}"
+            ))),
+            Some(ip) if used.contains(&ip) => {
+                Err(Error::Forbidden("Address already in use".into()))
+            }
+            Some(ip) => Ok(ip),
+            None => allocate_ip(subnet, range, used).ok_or_else(|| {
+                Error::Forbidden(
+                    "no available IPv4 addresses on this network's address pools".into(),
+                )
+            }),
+        }
+    }
+}
+
 /// Docker's MAC for an address: `02:42` followed by the four address bytes.
 pub fn mac_for(ip: Ipv4Addr) -> String {
     let o = ip.octets();

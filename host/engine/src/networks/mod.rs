@@ -1,10 +1,12 @@
 //! Docker's network model: the predefined `bridge`, `host` and `none` networks, user
 //! networks with IPAM, endpoints of running containers and their published ports.
 //!
-//! Layers, one hop each: the API calls a verb here; the [`driver`] decides what the host
-//! should look like as intents; the [`executor`] applies them with netlink under the
-//! ownership [`ledger`]; [`nat`] owns the nftables table; [`dns`] answers names on user
-//! networks. Container-side wiring (the sandbox netns, endpoints, ports) is in [`sandbox`].
+//! Layers, one hop each: the API calls a verb here; [`ipam::IpamDriver`] picks subnets and
+//! addresses; the [`driver`] decides what the host should look like, as intents; the
+//! [`executor`] applies them with netlink under the ownership [`ledger`]; [`nat`] owns the
+//! nftables table (rendered from the recorded networks and port mappings); [`dns`] answers
+//! names on user networks. Container-side wiring (the sandbox netns, endpoints, ports) is
+//! in [`sandbox`]. The two traits are where WASM network/IPAM plugins will plug in.
 
 pub mod dns;
 pub mod driver;
@@ -29,7 +31,7 @@ use crate::events::EventBus;
 use crate::{Error, Result};
 use driver::{BridgeDriver, NetworkDriver};
 use executor::Executor;
-use ipam::{Ipv4Net, Pool};
+use ipam::{DefaultIpam, IpamDriver, Ipv4Net};
 use model::{NetState, NetworkRecord, DRIVER_BRIDGE, DRIVER_HOST, DRIVER_NULL};
 
 /// Daemon flags for networking.
@@ -53,7 +55,7 @@ pub const DEFAULT_BRIDGE_LINK: &str = "berth0";
 pub struct Networks {
     dir: PathBuf,
     netns_dir: PathBuf,
-    pools: Vec<Pool>,
+    ipam: Arc<dyn IpamDriver>,
     pub(crate) state: Arc<Mutex<NetState>>,
     pub(crate) exec: Executor,
     driver: Arc<dyn NetworkDriver>,
@@ -141,9 +143,10 @@ impl Networks {
                     _ => {
                         let used: Vec<Ipv4Net> =
                             state.networks.iter().filter_map(|n| n.subnet).collect();
-                        let s = ipam::allocate_subnet(&pools, &used).ok_or_else(|| {
-                            Error::invalid("no free address pool for the default bridge")
-                        })?;
+                        let s = DefaultIpam {
+                            pools: pools.clone(),
+                        }
+                        .request_pool(None, &used)?;
                         (s, s.nth(1).expect("subnet has hosts"))
                     }
                 },
@@ -178,7 +181,7 @@ impl Networks {
         Ok(Arc::new(Networks {
             netns_dir: exec_root.join("netns"),
             dir,
-            pools,
+            ipam: Arc::new(DefaultIpam { pools }),
             state: Arc::new(Mutex::new(state)),
             exec,
             driver: Arc::new(BridgeDriver),
@@ -295,11 +298,7 @@ impl Networks {
                             "invalid subnet {subnet}: berth takes prefixes from /8 to /30"
                         )));
                     }
-                    if used.iter().any(|u| u.overlaps(&subnet)) {
-                        return Err(Error::Forbidden(
-                            "invalid pool request: Pool overlaps with other one on this address space".into(),
-                        ));
-                    }
+                    let subnet = self.ipam.request_pool(Some(subnet), &used)?;
                     let gateway = match c.gateway.as_deref().filter(|g| !g.is_empty()) {
                         Some(g) => {
                             let g: Ipv4Addr = g.parse().map_err(|_| {
@@ -348,11 +347,7 @@ impl Networks {
                     ))
                 }
                 _ => {
-                    let s = ipam::allocate_subnet(&self.pools, &used).ok_or_else(|| {
-                        Error::Forbidden(
-                            "all predefined address pools have been fully subnetted".into(),
-                        )
-                    })?;
+                    let s = self.ipam.request_pool(None, &used)?;
                     (s, s.nth(1).expect("subnet has hosts"), None, HashMap::new())
                 }
             };
@@ -573,6 +568,10 @@ impl Networks {
 
     pub(crate) fn driver(&self) -> &Arc<dyn NetworkDriver> {
         &self.driver
+    }
+
+    pub(crate) fn ipam(&self) -> &Arc<dyn IpamDriver> {
+        &self.ipam
     }
 
     pub(crate) fn publish_endpoint(&self, net: &NetworkRecord, action: &str, container: &str) {

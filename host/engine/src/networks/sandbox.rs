@@ -106,25 +106,15 @@ impl Networks {
             let mut used: HashSet<Ipv4Addr> = st.endpoints_of(&net.id).map(|e| e.ip).collect();
             used.extend(net.gateway);
             used.extend(net.aux_addresses.values().copied());
-            let ip = match att.ipv4 {
-                Some(ip) => {
-                    if !subnet.contains(ip) {
-                        return Err(Error::invalid(format!(
-                            "no configured subnet or ip-range contain the IP address {ip}"
-                        )));
+            let ip = self
+                .ipam()
+                .request_address(subnet, net.ip_range, att.ipv4, &used)
+                .map_err(|e| match e {
+                    Error::Forbidden(m) if att.ipv4.is_none() => {
+                        Error::Forbidden(format!("{m}: {} ({})", net.name, net.id))
                     }
-                    if used.contains(&ip) {
-                        return Err(Error::Forbidden("Address already in use".into()));
-                    }
-                    ip
-                }
-                None => ipam::allocate_ip(subnet, net.ip_range, &used).ok_or_else(|| {
-                    Error::Forbidden(format!(
-                        "no available IPv4 addresses on this network's address pools: {} ({})",
-                        net.name, net.id
-                    ))
-                })?,
-            };
+                    other => other,
+                })?;
             let id = crate::fsutil::new_id();
             let ep = EndpointRecord {
                 host_if: format!("veth{}", &id[..7]),
