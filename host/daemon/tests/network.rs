@@ -605,3 +605,28 @@ fn network_api_errors_filters_prune_and_events() {
         assert!(ev.contains(want), "missing {want:?} in:\n{ev}");
     }
 }
+
+/// docker-py (the Python SDK compose and many tools use) drives the network API.
+#[test]
+fn docker_py_network_api() {
+    let ok = std::process::Command::new("python3")
+        .args(["-c", "import docker"])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        ok,
+        "docker-py is missing: scripts/install-deps.sh installs it"
+    );
+    let d = daemon(6);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/network_api.py");
+    let out = std::process::Command::new("python3")
+        .args([script, IMG])
+        .env("DOCKER_HOST", d.host())
+        .output()
+        .unwrap();
+    let text = format!("{}{}", stdout(&out), common::stderr(&out));
+    assert!(
+        out.status.success() && text.contains("network API: ok"),
+        "{text}"
+    );
+}
