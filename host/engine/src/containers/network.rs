@@ -173,12 +173,17 @@ impl Containers {
             )
         };
         let (hosts, resolv) = match mode(rec) {
-            Mode::Host => {
+            Mode::Host if self.backend(rec).capabilities().host_namespaces => {
                 spec.network = NetworkSpec::Host;
                 (
                     std::fs::read_to_string("/etc/hosts").unwrap_or_default(),
                     std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
                 )
+            }
+            // A microVM's "host" network is the guest's own.
+            Mode::Host => {
+                spec.network = NetworkSpec::Host;
+                default_files()
             }
             Mode::None => {
                 spec.network = NetworkSpec::Isolated;
