@@ -382,16 +382,29 @@ fn nothing_left_after_rm_and_after_kill9_restart() {
         "sleep",
         "2",
     ]);
+    // And one with a restart policy whose process dies while berthd is down: restarted at
+    // daemon start with a fresh sandbox, the stale one gone.
+    web(
+        &d,
+        "again",
+        &["--network", "n1", "--restart", "always", "-p", "8085:80"],
+    );
+    host_get(&d, "http://127.0.0.1:8085/", "hello from again");
+    let pid = d.docker_ok(&["inspect", "-f", "{{.State.Pid}}", "again"]);
     host_get(&d, "http://127.0.0.1:8083/", "hello from keep");
     d.kill();
+    let _ = std::process::Command::new("kill")
+        .args(["-9", pid.trim()])
+        .status();
     std::thread::sleep(Duration::from_secs(3));
     d.restart();
+    host_get(&d, "http://127.0.0.1:8085/", "hello from again");
     let t = nft_table(&d);
     assert!(t.contains("dport 8083") && !t.contains("dport 8084"), "{t}");
-    assert_eq!(links(&d).matches("veth").count(), 1, "{}", links(&d));
-    assert_eq!(ledger_owner_count(&d, "netns"), 1, "{}", ledger(&d));
+    assert_eq!(links(&d).matches("veth").count(), 2, "{}", links(&d));
+    assert_eq!(ledger_owner_count(&d, "netns"), 2, "{}", ledger(&d));
     host_get(&d, "http://127.0.0.1:8083/", "hello from keep");
-    d.docker_ok(&["rm", "-f", "keep", "brief"]);
+    d.docker_ok(&["rm", "-f", "keep", "brief", "again"]);
     d.docker_ok(&["network", "rm", "n1"]);
     assert_eq!(links(&d).matches("veth").count(), 0, "{}", links(&d));
     assert!(!links(&d).contains("br-"), "{}", links(&d));
