@@ -308,6 +308,23 @@ fn matches_filters(f: &Filters, r: &ContainerRecord, all: &[ContainerRecord]) ->
         && any("volume", &|x| {
             r.mounts.iter().any(|m| m.name == x || m.destination == x)
         })
+        && any("network", &|x| {
+            r.networks
+                .iter()
+                .any(|a| a.network_name == x || a.network_id.starts_with(x))
+                || r.host_config.network_mode.as_deref() == Some(x)
+        })
+        && any("expose", &|x| {
+            let key = if x.contains('/') {
+                x.to_string()
+            } else {
+                format!("{x}/tcp")
+            };
+            r.config
+                .exposed_ports
+                .as_ref()
+                .is_some_and(|p| p.contains(&key))
+        })
         && f.match_labels("label", &r.config.labels.clone().unwrap_or_default())
 }
 

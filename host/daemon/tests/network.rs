@@ -263,7 +263,16 @@ fn connect_disconnect_container_and_host_modes_and_etc_files() {
         nets.contains("bridge=10.231.3.") && nets.contains("n1=10.240.3."),
         "{nets}"
     );
+    let on_n1 = d.docker_ok(&["ps", "--filter", "network=n1", "--format", "{{.Names}}"]);
+    let mut on_n1: Vec<&str> = on_n1.lines().collect();
+    on_n1.sort();
+    assert_eq!(on_n1, ["ca", "cb"]);
     d.docker_ok(&["network", "disconnect", "n1", "ca"]);
+    assert_eq!(
+        d.docker_ok(&["ps", "--filter", "network=n1", "--format", "{{.Names}}"])
+            .trim(),
+        "cb"
+    );
     let o = d.docker(&["exec", "ca", "sh", "-c", &fetch("http://cb/")]);
     assert!(!o.status.success());
     assert!(!d
