@@ -9,9 +9,9 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use berth_engine::networks::model::NetworkRecord;
 use bollard_stubs::models::{
-    EndpointResource, Ipam, IpamConfig, NetworkConnectRequest, NetworkCreateRequest,
-    NetworkCreateResponse, NetworkDisconnectRequest, NetworkInspect, NetworkPruneResponse,
-    NetworkSummary,
+    ConfigReference, EndpointResource, Ipam, IpamConfig, NetworkConnectRequest,
+    NetworkCreateRequest, NetworkCreateResponse, NetworkDisconnectRequest, NetworkInspect,
+    NetworkPruneResponse, NetworkSummary,
 };
 use serde::Deserialize;
 
@@ -66,6 +66,9 @@ fn summary(n: &NetworkRecord) -> NetworkSummary {
         internal: Some(n.internal),
         attachable: Some(n.attachable),
         ingress: Some(false),
+        config_from: Some(ConfigReference {
+            network: Some(String::new()),
+        }),
         config_only: Some(false),
         options: Some(n.options.clone()),
         labels: Some(n.labels.clone()),
@@ -104,6 +107,7 @@ fn inspect_model(engine: &AppState, n: &NetworkRecord) -> NetworkInspect {
         internal: s.internal,
         attachable: s.attachable,
         ingress: s.ingress,
+        config_from: s.config_from,
         config_only: s.config_only,
         options: s.options,
         labels: s.labels,
@@ -138,7 +142,7 @@ struct ListQuery {
 async fn list(
     State(engine): State<AppState>,
     Q(q): Q<ListQuery>,
-) -> ApiResult<Json<Vec<NetworkSummary>>> {
+) -> ApiResult<Json<Vec<serde_json::Value>>> {
     let f = Filters::parse(q.filters.as_deref())?;
     f.validate(&["name", "id", "driver", "label", "type", "scope", "dangling"])?;
     for t in f.get("type") {
@@ -158,7 +162,12 @@ async fn list(
                 && engine.containers.network_users(&n.id).is_empty();
             matches(&f, n, dangling)
         })
-        .map(summary)
+        .map(|n| {
+            // dockerd's list carries an empty `Containers` (the model has no such field).
+            let mut v = serde_json::to_value(summary(n)).unwrap_or_default();
+            v["Containers"] = serde_json::json!({});
+            v
+        })
         .collect();
     Ok(Json(out))
 }
