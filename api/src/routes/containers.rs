@@ -217,7 +217,23 @@ fn command_string(r: &ContainerRecord) -> String {
         .join(" ")
 }
 
-fn summary(r: &ContainerRecord) -> ContainerSummary {
+/// An engine-owned /etc file of the container (empty until its first start writes it).
+fn etc_path(engine: &AppState, r: &ContainerRecord, name: &str) -> String {
+    let p = engine
+        .config
+        .data_root
+        .join("containers")
+        .join(&r.id)
+        .join(name);
+    if p.exists() {
+        p.display().to_string()
+    } else {
+        String::new()
+    }
+}
+
+fn summary(engine: &AppState, r: &ContainerRecord) -> ContainerSummary {
+    let net = super::networks::container_net(engine, r);
     ContainerSummary {
         id: Some(r.id.clone()),
         names: Some(vec![format!("/{}", r.name)]),
@@ -225,7 +241,7 @@ fn summary(r: &ContainerRecord) -> ContainerSummary {
         image_id: Some(r.image_id.clone()),
         command: Some(command_string(r)),
         created: Some(unix_secs(&r.created)),
-        ports: Some(Vec::new()),
+        ports: Some(net.summary_ports),
         labels: Some(r.config.labels.clone().unwrap_or_default()),
         state: Some(match r.state.status {
             Status::Created => ContainerSummaryStateEnum::CREATED,
@@ -242,7 +258,7 @@ fn summary(r: &ContainerRecord) -> ContainerSummary {
             annotations: None,
         }),
         network_settings: Some(ContainerSummaryNetworkSettings {
-            networks: Some(HashMap::new()),
+            networks: Some(net.networks),
         }),
         mounts: Some(mount_points(r)),
         ..Default::default()
@@ -291,6 +307,23 @@ fn matches_filters(f: &Filters, r: &ContainerRecord, all: &[ContainerRecord]) ->
         && any("since", &|x| created_of(x).is_some_and(|c| r.created > c))
         && any("volume", &|x| {
             r.mounts.iter().any(|m| m.name == x || m.destination == x)
+        })
+        && any("network", &|x| {
+            r.networks
+                .iter()
+                .any(|a| a.network_name == x || a.network_id.starts_with(x))
+                || r.host_config.network_mode.as_deref() == Some(x)
+        })
+        && any("expose", &|x| {
+            let key = if x.contains('/') {
+                x.to_string()
+            } else {
+                format!("{x}/tcp")
+            };
+            r.config
+                .exposed_ports
+                .as_ref()
+                .is_some_and(|p| p.contains(&key))
         })
         && f.match_labels("label", &r.config.labels.clone().unwrap_or_default())
 }
@@ -346,7 +379,7 @@ async fn list(
         .iter()
         .filter(|r| all || r.state.status.is_running())
         .filter(|r| matches_filters(&filters, r, &snapshot))
-        .map(summary)
+        .map(|r| summary(&engine, r))
         .collect();
     if let Some(l) = q.limit.filter(|l| *l > 0) {
         out.truncate(l as usize);
@@ -424,9 +457,9 @@ async fn inspect(
             }),
         }),
         image: Some(r.image_id.clone()),
-        resolv_conf_path: Some(String::new()),
-        hostname_path: Some(String::new()),
-        hosts_path: Some(String::new()),
+        resolv_conf_path: Some(etc_path(&engine, &r, "resolv.conf")),
+        hostname_path: Some(etc_path(&engine, &r, "hostname")),
+        hosts_path: Some(etc_path(&engine, &r, "hosts")),
         log_path: Some(r.log_path.clone()),
         name: Some(format!("/{}", r.name)),
         restart_count: Some(s.restart_count),
@@ -447,13 +480,10 @@ async fn inspect(
         }),
         mounts: Some(mount_points(&r)),
         config: Some(r.config.clone()),
-        network_settings: Some(bollard_stubs::models::NetworkSettings {
-            networks: Some(HashMap::new()),
-            ..Default::default()
-        }),
         ..Default::default()
     };
     let mut v = serde_json::to_value(&resp).map_err(|e| ApiError::internal(e.to_string()))?;
+    v["NetworkSettings"] = super::networks::network_settings_json(&engine, &r);
     let runtime = match r.isolation {
         berth_engine::containers::record::Isolation::Process => "runc",
         berth_engine::containers::record::Isolation::Microvm => "microvm",

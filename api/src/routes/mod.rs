@@ -9,6 +9,7 @@ use crate::AppState;
 pub mod containers;
 pub mod exec;
 pub mod images;
+pub mod networks;
 pub mod system;
 pub mod update;
 pub mod volumes;
@@ -21,6 +22,7 @@ pub fn router() -> Router<AppState> {
         .merge(update::router())
         .merge(exec::router())
         .merge(volumes::router())
+        .merge(networks::router())
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "page not found") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")

@@ -111,7 +111,7 @@ async fn info(State(engine): State<AppState>) -> ApiResult<Response> {
         docker_root_dir: Some(engine.config.data_root.display().to_string()),
         plugins: Some(PluginsInfo {
             volume: Some(engine.volumes.driver_names()),
-            network: Some(vec!["host".into(), "null".into()]),
+            network: Some(vec!["bridge".into(), "host".into(), "null".into()]),
             authorization: None,
             log: Some(containers.log_driver_names()),
         }),

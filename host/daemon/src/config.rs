@@ -64,6 +64,22 @@ pub struct Flags {
     /// Largest image a URL import may download (bytes, or with k/m/g; default 16g).
     #[arg(long)]
     pub max_download_size: Option<String>,
+    /// The default bridge: `none` turns it off (containers without a network get
+    /// loopback only); anything else keeps berth's own `berth0`.
+    #[arg(short = 'b', long)]
+    pub bridge: Option<String>,
+    /// The default bridge's address and prefix, e.g. 10.231.0.1/24.
+    #[arg(long)]
+    pub bip: Option<String>,
+    /// Where the default bridge hands out container addresses (inside --bip's subnet).
+    #[arg(long)]
+    pub fixed_cidr: Option<String>,
+    /// Pools for user networks without --subnet: base=CIDR,size=N (repeatable).
+    #[arg(long = "default-address-pool")]
+    pub default_address_pools: Vec<String>,
+    /// MTU of bridges and container interfaces (default 1500).
+    #[arg(long)]
+    pub mtu: Option<u32>,
 }
 
 /// The TOML file: the same settings as the flags, dockerd's names.
@@ -84,6 +100,11 @@ pub struct FileConfig {
     pub guest_kernel: Option<PathBuf>,
     pub group: Option<String>,
     pub max_download_size: Option<String>,
+    pub bridge: Option<String>,
+    pub bip: Option<String>,
+    pub fixed_cidr: Option<String>,
+    pub default_address_pools: Option<Vec<String>>,
+    pub mtu: Option<u32>,
 }
 
 #[derive(Debug, Clone)]
@@ -103,6 +124,7 @@ pub struct Config {
     /// Group id for the API sockets (`-G`), when that group exists.
     pub socket_group: Option<u32>,
     pub max_download_bytes: Option<u64>,
+    pub network: berth_engine::networks::NetworkConfig,
 }
 
 impl Config {
@@ -175,7 +197,19 @@ impl Config {
             .or(file.max_download_size)
             .map(|s| parse_size(&s).with_context(|| format!("invalid --max-download-size {s:?}")))
             .transpose()?;
+        let network = berth_engine::networks::NetworkConfig {
+            bridge_disabled: flags.bridge.or(file.bridge).as_deref() == Some("none"),
+            bip: flags.bip.or(file.bip),
+            fixed_cidr: flags.fixed_cidr.or(file.fixed_cidr),
+            default_address_pools: if flags.default_address_pools.is_empty() {
+                file.default_address_pools.unwrap_or_default()
+            } else {
+                flags.default_address_pools
+            },
+            mtu: flags.mtu.or(file.mtu),
+        };
         Ok(Config {
+            network,
             socket_group,
             max_download_bytes,
             default_isolation: flags.default_isolation.or(file.default_isolation),

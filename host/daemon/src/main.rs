@@ -91,6 +91,7 @@ async fn run(config: Config) -> Result<()> {
             kernel: config.guest_kernel.clone(),
         },
         max_download_bytes: config.max_download_bytes,
+        network: config.network.clone(),
     })
     .await
     .context("open engine state")?;

@@ -10,6 +10,7 @@ pub mod fsutil;
 pub mod images;
 pub mod isolation;
 pub mod logs;
+pub mod networks;
 pub mod plugins;
 pub mod volumes;
 
@@ -39,6 +40,8 @@ pub struct EngineConfig {
     pub microvm: isolation::microvm::MicrovmConfig,
     /// `--max-download-size`: the cap of a URL import (default 16 GiB).
     pub max_download_bytes: Option<u64>,
+    /// `--bridge`, `--bip`, `--fixed-cidr`, `--default-address-pool`, `--mtu`.
+    pub network: networks::NetworkConfig,
 }
 
 pub struct Engine {
@@ -48,6 +51,7 @@ pub struct Engine {
     pub containers: Arc<containers::Containers>,
     pub plugins: Option<Arc<berth_plugin_host::PluginHost>>,
     pub volumes: Arc<volumes::Volumes>,
+    pub networks: Arc<networks::Networks>,
     pub started: std::time::SystemTime,
 }
 
@@ -121,7 +125,22 @@ impl Engine {
             containers.log_drivers.read().unwrap().get(d)?;
             *containers.default_log_driver.write().unwrap() = d.clone();
         }
+        let networks = networks::Networks::open(
+            &config.data_root,
+            &config.exec_root,
+            &config.network,
+            events.clone(),
+        )?;
+        containers.set_networks(networks.clone());
+        networks.bring_up().await;
         containers.restore().await;
+        let running: std::collections::HashSet<String> = containers
+            .all()
+            .iter()
+            .filter(|c| c.status().is_running())
+            .map(|c| c.id.clone())
+            .collect();
+        networks.reconcile(&running).await;
         Ok(Arc::new(Engine {
             config,
             events,
@@ -129,6 +148,7 @@ impl Engine {
             containers,
             plugins,
             volumes,
+            networks,
             started: std::time::SystemTime::now(),
         }))
     }

@@ -23,6 +23,8 @@ pub struct TestDaemon {
     pub log_path: PathBuf,
     /// The extra flags it was started with (reused by `restart`).
     extra: Vec<String>,
+    /// The network namespace berthd runs in (`start_in_netns`), removed on drop.
+    pub netns: Option<String>,
 }
 
 impl TestDaemon {
@@ -30,8 +32,63 @@ impl TestDaemon {
         Self::start_with(&[])
     }
 
-    /// Start with extra flags.
+    /// Start with extra flags. The default bridge is off (`--bridge none`): a daemon
+    /// in the machine's own network namespace must not create links or nft rules there;
+    /// networking tests use [`TestDaemon::start_in_netns`].
     pub fn start_with(extra: &[&str]) -> TestDaemon {
+        let mut flags = vec!["--bridge", "none"];
+        flags.extend_from_slice(extra);
+        Self::start_inner(&flags, None)
+    }
+
+    /// Start berthd inside a fresh network namespace (`berth-t-<pid>-<n>`, with a veth
+    /// `ext0` at 10.239.0.2/24 standing for the host's own address). Everything berthd
+    /// creates — bridges, veths, addresses, nftables rules — stays in there, and the
+    /// namespace is deleted on drop. `extra` should pin the address pools.
+    pub fn start_in_netns(extra: &[&str]) -> TestDaemon {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let name = format!(
+            "berth-t-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+        );
+        let run = |args: &[&str]| {
+            let st = Command::new("ip").args(args).status().expect("run ip");
+            if !st.success() {
+                let _ = Command::new("ip").args(["netns", "del", &name]).status();
+                panic!("ip {args:?} failed");
+            }
+        };
+        run(&["netns", "add", &name]);
+        // A veth pair whose ends both stay in the namespace: `ext0` plays the host's
+        // outward-facing interface.
+        for cmd in [
+            &["link", "set", "lo", "up"][..],
+            &[
+                "link", "add", "ext0", "type", "veth", "peer", "name", "ext1",
+            ],
+            &["addr", "add", "10.239.0.2/24", "dev", "ext0"],
+            &["link", "set", "ext0", "up"],
+            &["link", "set", "ext1", "up"],
+        ] {
+            let mut a = vec!["-n", name.as_str()];
+            a.extend_from_slice(cmd);
+            run(&a);
+        }
+        Self::start_inner(extra, Some(name))
+    }
+
+    /// Run a command inside the daemon's network namespace.
+    pub fn in_netns(&self, args: &[&str]) -> Output {
+        let ns = self.netns.as_deref().expect("daemon has a netns");
+        Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{ns}"))
+            .args(args)
+            .output()
+            .expect("run nsenter")
+    }
+
+    fn start_inner(extra: &[&str], netns: Option<String>) -> TestDaemon {
         // Short paths: unix socket paths are limited to 108 bytes.
         let dir = tempfile::Builder::new()
             .prefix("berth-t")
@@ -49,6 +106,7 @@ impl TestDaemon {
             child: None,
             log_path,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            netns,
         };
         d.spawn(extra);
         d
@@ -60,7 +118,19 @@ impl TestDaemon {
             .append(true)
             .open(&self.log_path)
             .unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_berthd"))
+        // nsenter execs berthd, so the child's pid is berthd's. Only the network
+        // namespace changes (not the mount namespace, as `ip netns exec` would), so the
+        // netns files berthd pins stay visible to the next berthd after a restart.
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net=/run/netns/{ns}"))
+                    .arg(env!("CARGO_BIN_EXE_berthd"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_berthd")),
+        };
+        let mut child = cmd
             .arg("-H")
             .arg(format!("unix://{}", self.socket.display()))
             .arg("--data-root")
@@ -226,6 +296,15 @@ impl Drop for TestDaemon {
                 &format!("berth-agent serve --socket {}", self.dir.path().display()),
             ])
             .status();
+        // Sandboxes a failed test left pinned, then the namespace itself.
+        if let Ok(rd) = std::fs::read_dir(self.exec_root.join("netns")) {
+            for e in rd.flatten() {
+                let _ = Command::new("umount").arg("-l").arg(e.path()).status();
+            }
+        }
+        if let Some(ns) = &self.netns {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
     }
 }
 

@@ -122,7 +122,16 @@ impl Containers {
         }
         let env = merge_env(&img.env, &body.env.clone().unwrap_or_default());
         let config = ContainerConfig {
-            hostname: Some(non_empty(&body.hostname).unwrap_or_else(|| id[..12].to_string())),
+            // Docker's default: the short id, or the host's name on the host's network.
+            hostname: Some(non_empty(&body.hostname).unwrap_or_else(|| {
+                match hc.network_mode.as_deref() {
+                    Some("host") => nix::unistd::gethostname()
+                        .ok()
+                        .and_then(|h| h.into_string().ok())
+                        .unwrap_or_else(|| id[..12].to_string()),
+                    _ => id[..12].to_string(),
+                }
+            })),
             domainname: Some(body.domainname.clone().unwrap_or_default()),
             user: Some(non_empty(&body.user).unwrap_or(img.user.clone())),
             attach_stdin: Some(body.attach_stdin.unwrap_or(false)),
@@ -168,6 +177,7 @@ impl Containers {
         if hc.network_mode.as_deref().is_none_or(|m| m.is_empty()) {
             hc.network_mode = Some("default".into());
         }
+        let networks = self.plan_networks(&hc, body.networking_config.as_ref())?;
         let mut mounts = self.plan_mounts(&hc)?;
         self.mounts_from(&hc.volumes_from.clone().unwrap_or_default(), &mut mounts)?;
         backend.check_config(&hc, &mounts)?;
@@ -201,6 +211,7 @@ impl Containers {
             log_path: String::new(),
             storage,
             generation: 0,
+            networks,
         };
         {
             let d = self.log_drivers.read().unwrap().get(&rec.log_driver)?;

@@ -148,14 +148,24 @@ impl Containers {
         rec: &super::ContainerRecord,
         rec_mounts: &super::ContainerRecord,
     ) -> Result<()> {
-        let spec = self.build_spec(rec_mounts)?;
+        let mut spec = self.build_spec(rec_mounts)?;
+        // The network is ready before the agent exists: the container's process starts
+        // in a configured namespace.
+        self.network_sandbox(rec, &mut spec).await?;
         // The backend sees the resolved mounts: a microVM attaches them as devices.
-        let sandbox = self.backend(rec).start(rec_mounts).await?;
+        let sandbox = match self.backend(rec).start(rec_mounts).await {
+            Ok(s) => s,
+            Err(e) => {
+                self.release_network(rec).await;
+                return Err(e);
+            }
+        };
         let (agent, agent_pid) = (sandbox.agent, sandbox.agent_pid);
         let backend = self.backend(rec).clone();
         let fail = |agent: AgentClient, e: Error| async move {
             let _ = agent.shutdown().await;
             backend.release(rec).await;
+            self.release_network(rec).await;
             Err::<(), Error>(e)
         };
         if let Err(e) = agent.create(spec).await {
@@ -202,6 +212,7 @@ impl Containers {
                 let _ = agent.shutdown().await;
                 let _ = tokio::time::timeout(Duration::from_secs(2), pump).await;
                 self.backend(rec).release(rec).await;
+                self.release_network(rec).await;
                 return Err(Error::invalid(msg));
             }
         };
@@ -259,6 +270,7 @@ impl Containers {
             let rec = c.record();
             this.unmount_volumes(&rec).await;
             backend.release(&rec).await;
+            this.release_network(&rec).await;
             this.on_exit(&c, status).await;
         });
     }
@@ -619,8 +631,10 @@ impl Containers {
             });
         }
         let rec = c.record();
-        // Whatever the run left on the host (VMM, helpers, cgroups) goes with the container.
+        // Whatever the run left on the host (VMM, helpers, cgroups, its network sandbox)
+        // goes with the container.
         self.backend(&rec).release(&rec).await;
+        self.release_network(&rec).await;
         if let Ok(d) = self.log_drivers.read().unwrap().get(&rec.log_driver) {
             d.remove(&self.log_info(&rec));
         }
@@ -770,6 +784,8 @@ impl Containers {
             };
             if !adopted {
                 self.backend(&rec).release(&rec).await;
+                // Before a restart policy can start it again with a fresh sandbox.
+                self.release_network(&rec).await;
                 tracing::warn!(id = %c.id, "container's agent is gone; marking it exited");
                 self.on_exit(
                     &c,
@@ -856,6 +872,7 @@ impl Containers {
                 let _ = agent.shutdown().await;
                 let rec = c.record();
                 self.backend(&rec).release(&rec).await;
+                self.release_network(&rec).await;
                 self.on_exit(c, status).await;
                 true
             }

@@ -11,6 +11,7 @@ mod create;
 mod exec;
 pub mod health;
 mod lifecycle;
+mod network;
 pub mod record;
 mod spec;
 pub mod stdio;
@@ -175,6 +176,7 @@ pub struct Containers {
     pub(crate) shutting_down: watch::Sender<bool>,
     /// Output pumps still running (see [`Containers::shutdown`]).
     pub(crate) active_pumps: watch::Sender<usize>,
+    pub(crate) networks: std::sync::OnceLock<Arc<crate::networks::Networks>>,
 }
 
 impl Containers {
@@ -246,6 +248,7 @@ impl Containers {
             storage_driver,
             isolation,
             volumes: std::sync::OnceLock::new(),
+            networks: std::sync::OnceLock::new(),
         }))
     }
 

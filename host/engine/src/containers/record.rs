@@ -177,6 +177,10 @@ pub struct ContainerRecord {
     /// Bumped on every state change; waiters compare against it.
     #[serde(default)]
     pub generation: u64,
+    /// The networks the container joins when it runs, the first one as `eth0` with the
+    /// default route (`NetworkSettings.Networks`).
+    #[serde(default)]
+    pub networks: Vec<crate::networks::model::Attachment>,
 }
 
 impl ContainerRecord {

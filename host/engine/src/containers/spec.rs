@@ -34,51 +34,6 @@ pub fn parse_security_opts(opts: &[String]) -> Result<(SeccompMode, bool)> {
     Ok((seccomp, nnp))
 }
 
-fn hosts_file(hostname: &str, extra: &[String]) -> String {
-    let mut s = String::from(
-        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n",
-    );
-    for h in extra {
-        // --add-host name:ip
-        if let Some((name, ip)) = h.rsplit_once(':').or_else(|| h.split_once('=')) {
-            s.push_str(&format!("{ip}\t{name}\n"));
-        }
-    }
-    s.push_str(&format!("127.0.1.1\t{hostname}\n"));
-    s
-}
-
-/// The host's resolv.conf minus loopback nameservers (unreachable from the
-/// container's network namespace), as Docker does.
-fn resolv_conf(dns: &[String], search: &[String], options: &[String]) -> String {
-    let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-    let mut out = String::new();
-    if dns.is_empty() {
-        for l in host.lines() {
-            let t = l.trim();
-            if t.starts_with("nameserver") && (t.contains(" 127.") || t.contains(" ::1")) {
-                continue;
-            }
-            if !search.is_empty() && t.starts_with("search") {
-                continue;
-            }
-            out.push_str(l);
-            out.push('\n');
-        }
-    } else {
-        for d in dns {
-            out.push_str(&format!("nameserver {d}\n"));
-        }
-    }
-    if !search.is_empty() {
-        out.push_str(&format!("search {}\n", search.join(" ")));
-    }
-    if !options.is_empty() {
-        out.push_str(&format!("options {}\n", options.join(" ")));
-    }
-    out
-}
-
 impl Containers {
     pub(crate) fn build_spec(&self, rec: &ContainerRecord) -> Result<ContainerSpec> {
         let hc = &rec.host_config;
@@ -117,12 +72,6 @@ impl Containers {
                 readonly: !m.rw,
             });
         }
-        let network = match hc.network_mode.as_deref().unwrap_or("default") {
-            "host" => NetworkSpec::Host,
-            // bridge networking arrives with the network driver plugin: until then
-            // containers get a private namespace with loopback only.
-            _ => NetworkSpec::Isolated,
-        };
         let memory_swap = match (hc.memory, hc.memory_swap) {
             (Some(m), None | Some(0)) if m > 0 => Some(m.saturating_mul(2)),
             (_, s) => s,
@@ -143,18 +92,12 @@ impl Containers {
             },
             hostname: hostname.clone(),
             domainname: cfg.domainname.clone().unwrap_or_default(),
-            etc_hosts: Some(hosts_file(
-                &hostname,
-                &hc.extra_hosts.clone().unwrap_or_default(),
-            )),
-            etc_resolv_conf: Some(resolv_conf(
-                &hc.dns.clone().unwrap_or_default(),
-                &hc.dns_search.clone().unwrap_or_default(),
-                &hc.dns_options.clone().unwrap_or_default(),
-            )),
-            etc_hostname: Some(format!("{hostname}\n")),
+            // Filled by `network_sandbox` at start, with the network.
+            etc_hosts: None,
+            etc_resolv_conf: None,
+            etc_hostname: None,
             mounts,
-            network,
+            network: NetworkSpec::Isolated,
             security: SecuritySpec {
                 privileged: hc.privileged.unwrap_or(false),
                 cap_add: hc.cap_add.clone().unwrap_or_default(),
@@ -241,12 +184,5 @@ mod tests {
         );
         assert!(parse_security_opts(&["seccomp={\"x\":1}".into()]).is_err());
         assert!(parse_security_opts(&["bogus=1".into()]).is_err());
-    }
-
-    #[test]
-    fn hosts_has_hostname() {
-        let h = hosts_file("abc", &["db:10.0.0.2".into()]);
-        assert!(h.contains("10.0.0.2\tdb\n"));
-        assert!(h.ends_with("127.0.1.1\tabc\n"));
     }
 }

@@ -30,6 +30,10 @@ pub struct Capabilities {
     pub host_file_access: bool,
     /// Volumes whose driver answers with a disk image can be attached (as block devices).
     pub block_volumes: bool,
+    /// The container's processes run on the host: berth can prepare a network namespace
+    /// for them to join (bridge endpoints) and bind-mount host files (/etc/hosts...).
+    /// A microVM needs a TAP and virtio-net instead, which is not built yet.
+    pub host_namespaces: bool,
 }
 
 /// A started (or re-adopted) agent.

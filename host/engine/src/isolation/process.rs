@@ -50,6 +50,7 @@ impl IsolationBackend for ProcessIsolation {
         Capabilities {
             host_file_access: true,
             block_volumes: false,
+            host_namespaces: true,
         }
     }
 

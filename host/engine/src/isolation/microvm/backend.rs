@@ -27,6 +27,7 @@ impl IsolationBackend for MicrovmIsolation {
             // The container's files live on a guest disk: no host path reaches them safely.
             host_file_access: false,
             block_volumes: true,
+            host_namespaces: false,
         }
     }
 

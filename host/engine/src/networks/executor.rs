@@ -1,0 +1,349 @@
+//! The executor: applies driver [`Intent`]s with netlink (`rtnetlink`), guarded by the
+//! ownership [`Ledger`]. Nothing else in berth creates or deletes links or addresses.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::sync::Mutex;
+
+use futures::TryStreamExt;
+use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
+
+use super::driver::Intent;
+use super::ipam::Ipv4Net;
+use super::ledger::{Kind, Ledger};
+use super::netns;
+use crate::{Error, Result};
+
+pub struct Executor {
+    pub(crate) ledger: Mutex<Ledger>,
+    /// berthd's own netlink connection, opened on first use: a daemon whose containers
+    /// never leave `none`/`host` never talks netlink at all.
+    handle: tokio::sync::OnceCell<Handle>,
+}
+
+fn nl(e: rtnetlink::Error) -> Error {
+    Error::internal(format!("netlink: {e}"))
+}
+
+fn is_errno(e: &rtnetlink::Error, errno: i32) -> bool {
+    matches!(e, rtnetlink::Error::NetlinkError(m) if m.raw_code() == -errno)
+}
+
+async fn link_index(h: &Handle, name: &str) -> Result<Option<u32>> {
+    let mut links = h.link().get().match_name(name.to_string()).execute();
+    match links.try_next().await {
+        Ok(Some(l)) => Ok(Some(l.header.index)),
+        Ok(None) => Ok(None),
+        Err(e) if is_errno(&e, libc::ENODEV) => Ok(None),
+        Err(e) => Err(nl(e)),
+    }
+}
+
+async fn set_up(h: &Handle, index: u32) -> Result<()> {
+    h.link()
+        .set(LinkUnspec::new_with_index(index).up().build())
+        .execute()
+        .await
+        .map_err(nl)
+}
+
+async fn add_address(h: &Handle, index: u32, addr: Ipv4Net) -> Result<()> {
+    match h
+        .address()
+        .add(index, IpAddr::V4(addr.addr), addr.prefix)
+        .execute()
+        .await
+    {
+        Err(e) if is_errno(&e, libc::EEXIST) => Ok(()),
+        r => r.map_err(nl),
+    }
+}
+
+/// Write a sysctl of berthd's network namespace (never called from a container's).
+fn sysctl(path: &str, value: &str) {
+    if let Err(e) = std::fs::write(path, value) {
+        tracing::warn!(path, "cannot set sysctl: {e}");
+    }
+}
+
+impl Executor {
+    pub fn open(dir: &Path) -> Result<Executor> {
+        Ok(Executor {
+            ledger: Mutex::new(Ledger::open(dir)?),
+            handle: tokio::sync::OnceCell::new(),
+        })
+    }
+
+    async fn handle(&self) -> Result<&Handle> {
+        self.handle
+            .get_or_try_init(|| async {
+                let (conn, handle, _) = rtnetlink::new_connection()?;
+                tokio::spawn(conn);
+                Ok::<_, std::io::Error>(handle)
+            })
+            .await
+            .map_err(|e| Error::internal(format!("netlink: {e}")))
+    }
+
+    fn claim(&self, owner: &str, kind: Kind, name: &str) -> Result<()> {
+        self.ledger.lock().unwrap().claim(owner, kind, name)
+    }
+
+    fn release(&self, owner: &str, kind: Kind, name: &str) -> Result<()> {
+        self.ledger.lock().unwrap().release(owner, kind, name)
+    }
+
+    /// Record a daemon-side resource made outside netlink (a netns, the nft table).
+    pub fn claim_other(&self, owner: &str, kind: Kind, name: &str) -> Result<()> {
+        self.claim(owner, kind, name)
+    }
+
+    pub fn release_other(&self, owner: &str, kind: Kind, name: &str) -> Result<()> {
+        self.release(owner, kind, name)
+    }
+
+    pub fn owns(&self, owner: &str, kind: Kind, name: &str) -> bool {
+        self.ledger.lock().unwrap().owns(owner, kind, name)
+    }
+
+    /// Apply one intent on behalf of `owner` (a network or endpoint id).
+    pub async fn apply(&self, owner: &str, intent: &Intent) -> Result<()> {
+        match intent {
+            Intent::Bridge { link, address, mtu } => self.bridge(owner, link, *address, *mtu).await,
+            Intent::RemoveLink { link } => self.remove_link(owner, link).await,
+            Intent::Endpoint {
+                bridge,
+                host_if,
+                netns,
+                ifname,
+                address,
+                gateway,
+                mac,
+                mtu,
+            } => {
+                self.endpoint(
+                    owner, bridge, host_if, netns, ifname, *address, *gateway, *mac, *mtu,
+                )
+                .await
+            }
+        }
+    }
+
+    async fn bridge(&self, owner: &str, link: &str, address: Ipv4Net, mtu: u32) -> Result<()> {
+        let h = self.handle().await?;
+        let ours = self.owns(owner, Kind::Link, link);
+        let existing = link_index(h, link).await?;
+        if existing.is_some() && !ours {
+            // Someone else's interface (`eth0`, another daemon's bridge...): berth must
+            // never take it over, or `network rm` would later delete it.
+            return Err(Error::Forbidden(format!(
+                "link {link} already exists and was not created by berth"
+            )));
+        }
+        self.claim(owner, Kind::Link, link)?;
+        let index = match existing {
+            Some(i) => i,
+            None => {
+                match h
+                    .link()
+                    .add(LinkBridge::new(link).mtu(mtu).build())
+                    .execute()
+                    .await
+                {
+                    Err(e) if is_errno(&e, libc::EEXIST) => {}
+                    r => r.map_err(nl)?,
+                }
+                link_index(h, link)
+                    .await?
+                    .ok_or_else(|| Error::internal(format!("bridge {link} vanished")))?
+            }
+        };
+        self.claim(owner, Kind::Address, &format!("{link}/{address}"))?;
+        add_address(h, index, address).await?;
+        set_up(h, index).await?;
+        // Containers reach the host and the outside through berthd's routing, and
+        // published ports on 127.0.0.1 are DNATed onto the bridge (Docker's
+        // userland-proxy=false set-up needs route_localnet for that).
+        sysctl("/proc/sys/net/ipv4/ip_forward", "1");
+        sysctl(
+            &format!("/proc/sys/net/ipv4/conf/{link}/route_localnet"),
+            "1",
+        );
+        Ok(())
+    }
+
+    async fn remove_link(&self, owner: &str, link: &str) -> Result<()> {
+        if !self.owns(owner, Kind::Link, link) {
+            return Err(Error::Forbidden(format!(
+                "refusing to remove link {link}: the ledger does not record it as owned by {owner}"
+            )));
+        }
+        let h = self.handle().await?;
+        if let Some(index) = link_index(h, link).await? {
+            match h.link().del(index).execute().await {
+                Err(e) if is_errno(&e, libc::ENODEV) => {}
+                r => r.map_err(nl)?,
+            }
+        }
+        let addrs: Vec<String> = self
+            .ledger
+            .lock()
+            .unwrap()
+            .owned_by(owner)
+            .into_iter()
+            .filter(|e| e.kind == Kind::Address && e.name.starts_with(&format!("{link}/")))
+            .map(|e| e.name)
+            .collect();
+        for a in addrs {
+            self.release(owner, Kind::Address, &a)?;
+        }
+        self.release(owner, Kind::Link, link)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn endpoint(
+        &self,
+        owner: &str,
+        bridge: &str,
+        host_if: &str,
+        ns: &Path,
+        ifname: &str,
+        address: Ipv4Net,
+        gateway: Option<Ipv4Addr>,
+        mac: [u8; 6],
+        mtu: u32,
+    ) -> Result<()> {
+        let h = self.handle().await?;
+        let bridge_index = link_index(h, bridge)
+            .await?
+            .ok_or_else(|| Error::internal(format!("bridge {bridge} is missing")))?;
+        // The peer gets a temporary name unique to the endpoint: `eth0` may exist in
+        // berthd's namespace.
+        let peer = format!("p{}", &host_if[host_if.len().saturating_sub(12)..]);
+        if !self.owns(owner, Kind::Link, host_if) && link_index(h, host_if).await?.is_some() {
+            return Err(Error::Forbidden(format!(
+                "link {host_if} already exists and was not created by berth"
+            )));
+        }
+        self.claim(owner, Kind::Link, host_if)?;
+        h.link()
+            .add(LinkVeth::new(host_if, &peer).mtu(mtu).build())
+            .execute()
+            .await
+            .map_err(nl)?;
+        let host_index = link_index(h, host_if)
+            .await?
+            .ok_or_else(|| Error::internal(format!("veth {host_if} vanished")))?;
+        h.link()
+            .set(
+                LinkUnspec::new_with_index(host_index)
+                    .controller(bridge_index)
+                    .up()
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(nl)?;
+        let peer_index = link_index(h, &peer)
+            .await?
+            .ok_or_else(|| Error::internal(format!("veth peer {peer} vanished")))?;
+        let ns_file = std::fs::File::open(ns)?;
+        h.link()
+            .set(
+                LinkUnspec::new_with_index(peer_index)
+                    .setns_by_fd(ns_file.as_raw_fd())
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(nl)?;
+        // Inside the sandbox.
+        let inner = netns::netlink_in(ns)?;
+        let idx = link_index(&inner, &peer)
+            .await?
+            .ok_or_else(|| Error::internal(format!("veth peer {peer} not in the sandbox")))?;
+        inner
+            .link()
+            .set(
+                LinkUnspec::new_with_index(idx)
+                    .name(ifname.to_string())
+                    .address(mac.to_vec())
+                    .mtu(mtu)
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(nl)?;
+        set_up(&inner, idx).await?;
+        if let Some(lo) = link_index(&inner, "lo").await? {
+            set_up(&inner, lo).await?;
+        }
+        add_address(&inner, idx, address).await?;
+        if let Some(gw) = gateway {
+            let route = RouteMessageBuilder::<Ipv4Addr>::new()
+                .gateway(gw)
+                .output_interface(idx)
+                .build();
+            match inner.route().add(route).execute().await {
+                // A second network's endpoint: the first one's default route stays.
+                Err(e) if is_errno(&e, libc::EEXIST) => {}
+                r => r.map_err(nl)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Bring up loopback in a sandbox with no endpoint (`--network none` joins nothing,
+    /// but a prepared sandbox may lose its last endpoint on disconnect).
+    pub async fn loopback_up(&self, ns: &Path) -> Result<()> {
+        let inner = netns::netlink_in(ns)?;
+        if let Some(lo) = link_index(&inner, "lo").await? {
+            set_up(&inner, lo).await?;
+        }
+        Ok(())
+    }
+
+    /// Does a link of that name exist in berthd's namespace? (For reconciliation and
+    /// tests; read-only.)
+    pub async fn link_exists(&self, name: &str) -> Result<bool> {
+        let h = self.handle().await?;
+        Ok(link_index(h, name).await?.is_some())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The ledger check comes before any netlink call: a driver (or plugin) that asks to
+    /// delete a link it does not own is refused without touching the kernel.
+    #[tokio::test]
+    async fn refuses_links_it_does_not_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let exec = Executor::open(dir.path()).unwrap();
+        for link in ["lo", "eth0", "berth0"] {
+            let err = exec
+                .apply(
+                    "some-network",
+                    &Intent::RemoveLink {
+                        link: link.to_string(),
+                    },
+                )
+                .await
+                .unwrap_err();
+            assert!(matches!(err, Error::Forbidden(_)), "{err}");
+        }
+        exec.claim_other("net-a", Kind::Link, "br-a").unwrap();
+        let err = exec
+            .apply(
+                "net-b",
+                &Intent::RemoveLink {
+                    link: "br-a".into(),
+                },
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::Forbidden(_)), "{err}");
+    }
+}

@@ -1,0 +1,580 @@
+//! Docker's network model: the predefined `bridge`, `host` and `none` networks, user
+//! networks with IPAM, endpoints of running containers and their published ports.
+//!
+//! Layers, one hop each: the API calls a verb here; [`ipam::IpamDriver`] picks subnets and
+//! addresses; the [`driver`] decides what the host should look like, as intents; the
+//! [`executor`] applies them with netlink under the ownership [`ledger`]; [`nat`] owns the
+//! nftables table (rendered from the recorded networks and port mappings); [`dns`] answers
+//! names on user networks. Container-side wiring (the sandbox netns, endpoints, ports) is
+//! in [`sandbox`]. The two traits are where WASM network/IPAM plugins will plug in.
+
+pub mod dns;
+pub mod driver;
+pub mod etc;
+pub mod executor;
+pub mod ipam;
+pub mod ledger;
+pub mod model;
+pub mod nat;
+pub mod netns;
+pub mod ports;
+pub mod sandbox;
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use bollard_stubs::models::NetworkCreateRequest;
+
+use crate::events::EventBus;
+use crate::{Error, Result};
+use driver::{BridgeDriver, NetworkDriver};
+use executor::Executor;
+use ipam::{DefaultIpam, IpamDriver, Ipv4Net};
+use model::{NetState, NetworkRecord, DRIVER_BRIDGE, DRIVER_HOST, DRIVER_NULL};
+
+/// Daemon flags for networking.
+#[derive(Debug, Clone, Default)]
+pub struct NetworkConfig {
+    /// `--bridge none` turns the default bridge off: `bridge` is not listed and
+    /// containers that do not ask for a network get loopback only.
+    pub bridge_disabled: bool,
+    /// `--bip`: the default bridge's gateway/prefix.
+    pub bip: Option<String>,
+    /// `--fixed-cidr`: where the default bridge hands out addresses.
+    pub fixed_cidr: Option<String>,
+    /// `--default-address-pool base=CIDR,size=N` (repeatable).
+    pub default_address_pools: Vec<String>,
+    /// `--mtu` of bridges and veths (1500 when unset).
+    pub mtu: Option<u32>,
+}
+
+pub const DEFAULT_BRIDGE_LINK: &str = "berth0";
+
+pub struct Networks {
+    dir: PathBuf,
+    netns_dir: PathBuf,
+    ipam: Arc<dyn IpamDriver>,
+    pub(crate) state: Arc<Mutex<NetState>>,
+    pub(crate) exec: Executor,
+    driver: Arc<dyn NetworkDriver>,
+    /// Serializes changes that touch the kernel (create/remove/setup/teardown), so the
+    /// nftables table is always rebuilt from a consistent state.
+    pub(crate) op: tokio::sync::Mutex<()>,
+    events: Arc<EventBus>,
+    dns: Mutex<HashMap<String, tokio::task::JoinHandle<()>>>,
+}
+
+fn predefined(id: String, name: &str, driver: &str) -> NetworkRecord {
+    NetworkRecord {
+        id,
+        name: name.into(),
+        driver: driver.into(),
+        created: crate::fsutil::now_rfc3339(),
+        internal: false,
+        attachable: false,
+        labels: HashMap::new(),
+        options: HashMap::new(),
+        ipam_driver: "default".into(),
+        ipam_options: HashMap::new(),
+        subnet: None,
+        gateway: None,
+        ip_range: None,
+        aux_addresses: HashMap::new(),
+        bridge: String::new(),
+        mtu: 1500,
+        predefined: true,
+    }
+}
+
+impl Networks {
+    pub fn open(
+        data_root: &std::path::Path,
+        exec_root: &std::path::Path,
+        config: &NetworkConfig,
+        events: Arc<EventBus>,
+    ) -> Result<Arc<Networks>> {
+        let dir = data_root.join("network");
+        std::fs::create_dir_all(&dir)?;
+        let mut state = NetState::load(&dir)?;
+        let pools = if config.default_address_pools.is_empty() {
+            ipam::default_pools()
+        } else {
+            config
+                .default_address_pools
+                .iter()
+                .map(|p| p.parse())
+                .collect::<Result<Vec<_>>>()?
+        };
+        let mtu = config.mtu.unwrap_or(1500);
+        for (name, driver) in [("host", DRIVER_HOST), ("none", DRIVER_NULL)] {
+            if !state
+                .networks
+                .iter()
+                .any(|n| n.name == name && n.predefined)
+            {
+                state
+                    .networks
+                    .push(predefined(crate::fsutil::new_id(), name, driver));
+            }
+        }
+        // The default bridge follows the flags of this run.
+        let existing = state
+            .networks
+            .iter()
+            .position(|n| n.name == "bridge" && n.predefined);
+        if config.bridge_disabled {
+            if let Some(i) = existing {
+                state.networks.remove(i);
+            }
+        } else {
+            let bip: Option<Ipv4Net> = config.bip.as_deref().map(str::parse).transpose()?;
+            let fixed: Option<Ipv4Net> =
+                config.fixed_cidr.as_deref().map(str::parse).transpose()?;
+            let mut rec = match existing {
+                Some(i) => state.networks.remove(i),
+                None => predefined(crate::fsutil::new_id(), "bridge", DRIVER_BRIDGE),
+            };
+            let (subnet, gateway) = match bip {
+                Some(b) => (b.network(), b.addr),
+                None => match rec.subnet.zip(rec.gateway) {
+                    Some(sg) if config.default_address_pools.is_empty() => sg,
+                    _ => {
+                        let used: Vec<Ipv4Net> =
+                            state.networks.iter().filter_map(|n| n.subnet).collect();
+                        let s = DefaultIpam {
+                            pools: pools.clone(),
+                        }
+                        .request_pool(None, &used)?;
+                        (s, s.nth(1).expect("subnet has hosts"))
+                    }
+                },
+            };
+            if let Some(f) = fixed {
+                if !subnet.contains(f.network().addr) {
+                    return Err(Error::invalid(format!(
+                        "--fixed-cidr {f} is not inside the bridge subnet {subnet}"
+                    )));
+                }
+            }
+            rec.subnet = Some(subnet);
+            rec.gateway = Some(gateway);
+            rec.ip_range = fixed;
+            rec.bridge = DEFAULT_BRIDGE_LINK.into();
+            rec.mtu = mtu;
+            rec.options = HashMap::from([
+                (
+                    "com.docker.network.bridge.default_bridge".into(),
+                    "true".into(),
+                ),
+                (
+                    "com.docker.network.bridge.name".into(),
+                    DEFAULT_BRIDGE_LINK.into(),
+                ),
+                ("com.docker.network.driver.mtu".into(), mtu.to_string()),
+            ]);
+            state.networks.insert(0, rec);
+        }
+        state.save(&dir)?;
+        let exec = Executor::open(&dir)?;
+        Ok(Arc::new(Networks {
+            netns_dir: exec_root.join("netns"),
+            dir,
+            ipam: Arc::new(DefaultIpam { pools }),
+            state: Arc::new(Mutex::new(state)),
+            exec,
+            driver: Arc::new(BridgeDriver),
+            op: tokio::sync::Mutex::new(()),
+            events,
+            dns: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    pub fn default_bridge_enabled(&self) -> bool {
+        self.state
+            .lock()
+            .unwrap()
+            .networks
+            .iter()
+            .any(|n| n.is_default_bridge())
+    }
+
+    /// Docker's lookup: full id, exact name, then unique id prefix.
+    pub fn get(&self, name_or_id: &str) -> Result<NetworkRecord> {
+        let st = self.state.lock().unwrap();
+        if let Some(n) = st
+            .networks
+            .iter()
+            .find(|n| n.id == name_or_id)
+            .or_else(|| st.networks.iter().find(|n| n.name == name_or_id))
+        {
+            return Ok(n.clone());
+        }
+        if !name_or_id.is_empty() {
+            let hits: Vec<_> = st
+                .networks
+                .iter()
+                .filter(|n| n.id.starts_with(name_or_id))
+                .collect();
+            match hits.len() {
+                1 => return Ok(hits[0].clone()),
+                n if n > 1 => {
+                    return Err(Error::invalid(format!(
+                        "network {name_or_id} is ambiguous ({n} matches found based on ID prefix)"
+                    )))
+                }
+                _ => {}
+            }
+        }
+        Err(Error::not_found(format!("network {name_or_id} not found")))
+    }
+
+    pub fn list(&self) -> Vec<NetworkRecord> {
+        self.state.lock().unwrap().networks.clone()
+    }
+
+    pub fn endpoints(&self, network_id: &str) -> Vec<model::EndpointRecord> {
+        self.state
+            .lock()
+            .unwrap()
+            .endpoints_of(network_id)
+            .cloned()
+            .collect()
+    }
+
+    fn publish(&self, net: &NetworkRecord, action: &str, container: Option<&str>) {
+        let mut attrs = vec![
+            ("name".to_string(), net.name.clone()),
+            ("type".to_string(), net.driver.clone()),
+        ];
+        if let Some(c) = container {
+            attrs.push(("container".into(), c.to_string()));
+        }
+        self.events.publish("network", action, &net.id, attrs);
+    }
+
+    /// `POST /networks/create`.
+    pub async fn create(&self, req: NetworkCreateRequest) -> Result<(String, String)> {
+        let name = req.name.trim().to_string();
+        if name.is_empty() {
+            return Err(Error::invalid("network name must not be empty"));
+        }
+        let driver = req
+            .driver
+            .clone()
+            .filter(|d| !d.is_empty())
+            .unwrap_or_else(|| DRIVER_BRIDGE.into());
+        if driver != DRIVER_BRIDGE {
+            if driver == DRIVER_HOST || driver == DRIVER_NULL {
+                return Err(Error::Forbidden(format!(
+                    "only one instance of \"{driver}\" network is allowed"
+                )));
+            }
+            return Err(Error::not_found(format!("plugin \"{driver}\" not found")));
+        }
+        let _op = self.op.lock().await;
+        let mut rec = {
+            let st = self.state.lock().unwrap();
+            if st.networks.iter().any(|n| n.name == name) {
+                return Err(Error::conflict(format!(
+                    "network with name {name} already exists"
+                )));
+            }
+            let ipam = req.ipam.clone().unwrap_or_default();
+            let configs = ipam.config.clone().unwrap_or_default();
+            if configs.len() > 1 {
+                return Err(Error::invalid(
+                    "berth supports one IPv4 IPAM config per network",
+                ));
+            }
+            let used: Vec<Ipv4Net> = st.networks.iter().filter_map(|n| n.subnet).collect();
+            let (subnet, gateway, ip_range, aux) = match configs.first() {
+                Some(c) if c.subnet.as_deref().is_some_and(|s| !s.is_empty()) => {
+                    let subnet: Ipv4Net = c.subnet.as_deref().unwrap_or_default().parse()?;
+                    let subnet = subnet.network();
+                    if !(8..=30).contains(&subnet.prefix) {
+                        return Err(Error::invalid(format!(
+                            "invalid subnet {subnet}: berth takes prefixes from /8 to /30"
+                        )));
+                    }
+                    let subnet = self.ipam.request_pool(Some(subnet), &used)?;
+                    let gateway = match c.gateway.as_deref().filter(|g| !g.is_empty()) {
+                        Some(g) => {
+                            let g: Ipv4Addr = g.parse().map_err(|_| {
+                                Error::invalid(format!("invalid gateway address {g}"))
+                            })?;
+                            if !subnet.contains(g) {
+                                return Err(Error::invalid(format!(
+                                    "no matching subnet for gateway {g}"
+                                )));
+                            }
+                            g
+                        }
+                        None => subnet.nth(1).ok_or_else(|| {
+                            Error::invalid(format!("subnet {subnet} is too small"))
+                        })?,
+                    };
+                    let range = match c.ip_range.as_deref().filter(|r| !r.is_empty()) {
+                        Some(r) => {
+                            let r: Ipv4Net = r.parse()?;
+                            if !subnet.contains(r.network().addr) || r.prefix < subnet.prefix {
+                                return Err(Error::invalid(format!(
+                                    "no matching subnet for range {r}"
+                                )));
+                            }
+                            Some(r.network())
+                        }
+                        None => None,
+                    };
+                    let mut aux = HashMap::new();
+                    for (k, v) in c.auxiliary_addresses.clone().unwrap_or_default() {
+                        let ip: Ipv4Addr = v.parse().map_err(|_| {
+                            Error::invalid(format!("invalid auxiliary address {k}={v}"))
+                        })?;
+                        if !subnet.contains(ip) {
+                            return Err(Error::invalid(format!(
+                                "no matching subnet for aux-address {ip}"
+                            )));
+                        }
+                        aux.insert(k, ip);
+                    }
+                    (subnet, gateway, range, aux)
+                }
+                Some(c) if c.gateway.is_some() || c.ip_range.is_some() => {
+                    return Err(Error::invalid(
+                        "gateway and ip-range need a subnet (--subnet)",
+                    ))
+                }
+                _ => {
+                    let s = self.ipam.request_pool(None, &used)?;
+                    (s, s.nth(1).expect("subnet has hosts"), None, HashMap::new())
+                }
+            };
+            let id = crate::fsutil::new_id();
+            let options = req.options.clone().unwrap_or_default();
+            let bridge = options
+                .get("com.docker.network.bridge.name")
+                .cloned()
+                .unwrap_or_else(|| format!("br-{}", &id[..12]));
+            let name_ok = |c: char| c.is_ascii_alphanumeric() || "_.-".contains(c);
+            if bridge.len() > 15 || bridge.is_empty() || !bridge.chars().all(name_ok) {
+                return Err(Error::invalid(format!("invalid bridge name {bridge:?}")));
+            }
+            let mtu = match options.get("com.docker.network.driver.mtu") {
+                Some(m) => m
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|m| (68..=65535).contains(m))
+                    .ok_or_else(|| Error::invalid(format!("invalid MTU {m}")))?,
+                None => 1500,
+            };
+            NetworkRecord {
+                id,
+                name: name.clone(),
+                driver,
+                created: crate::fsutil::now_rfc3339(),
+                internal: req.internal.unwrap_or(false),
+                attachable: req.attachable.unwrap_or(false),
+                labels: req.labels.clone().unwrap_or_default(),
+                options,
+                ipam_driver: ipam
+                    .driver
+                    .filter(|d| !d.is_empty())
+                    .unwrap_or_else(|| "default".into()),
+                ipam_options: ipam.options.unwrap_or_default(),
+                subnet: Some(subnet),
+                gateway: Some(gateway),
+                ip_range,
+                aux_addresses: aux,
+                bridge,
+                mtu,
+                predefined: false,
+            }
+        };
+        if rec.ipam_driver != "default" {
+            return Err(Error::not_found(format!(
+                "plugin \"{}\" not found",
+                rec.ipam_driver
+            )));
+        }
+        rec.options.retain(|k, _| !k.is_empty());
+        {
+            let mut st = self.state.lock().unwrap();
+            st.networks.push(rec.clone());
+            st.save(&self.dir)?;
+        }
+        if let Err(e) = self.bring_up_network(&rec).await {
+            let _ = self.take_down_network(&rec).await;
+            let mut st = self.state.lock().unwrap();
+            st.networks.retain(|n| n.id != rec.id);
+            let _ = st.save(&self.dir);
+            return Err(e);
+        }
+        self.apply_nat().await?;
+        self.publish(&rec, "create", None);
+        Ok((rec.id, String::new()))
+    }
+
+    /// Host side of a bridge network (idempotent) and its DNS responder.
+    async fn bring_up_network(&self, net: &NetworkRecord) -> Result<()> {
+        if !net.is_bridge() {
+            return Ok(());
+        }
+        for intent in self.driver.create_network(net) {
+            self.exec.apply(&net.id, &intent).await?;
+        }
+        if !net.is_default_bridge() {
+            self.start_dns(net);
+        }
+        Ok(())
+    }
+
+    async fn take_down_network(&self, net: &NetworkRecord) -> Result<()> {
+        if let Some(h) = self.dns.lock().unwrap().remove(&net.id) {
+            h.abort();
+        }
+        if !net.is_bridge() || !self.exec.owns(&net.id, ledger::Kind::Link, &net.bridge) {
+            return Ok(());
+        }
+        for intent in self.driver.delete_network(net) {
+            self.exec.apply(&net.id, &intent).await?;
+        }
+        Ok(())
+    }
+
+    /// Names on `network_id`: container name, aliases, full and short id.
+    fn dns_lookup(&self, network_id: &str) -> dns::Lookup {
+        let state = self.state.clone();
+        let network_id = network_id.to_string();
+        Arc::new(move |name: &str| {
+            let st = state.lock().unwrap();
+            st.endpoints_of(&network_id)
+                .filter(|e| {
+                    e.container_name.eq_ignore_ascii_case(name)
+                        || e.aliases.iter().any(|a| a.eq_ignore_ascii_case(name))
+                        || e.container_id == name
+                        || (name.len() == 12 && e.container_id.starts_with(name))
+                })
+                .map(|e| e.ip)
+                .collect()
+        })
+    }
+
+    fn start_dns(&self, net: &NetworkRecord) {
+        let Some(gw) = net.gateway else { return };
+        let mut dns = self.dns.lock().unwrap();
+        if dns.contains_key(&net.id) {
+            return;
+        }
+        let lookup = self.dns_lookup(&net.id);
+        let id = net.id.clone();
+        let h = tokio::spawn(async move {
+            if let Err(e) = dns::serve(gw, lookup, dns::upstreams()).await {
+                tracing::warn!(network = %id, "embedded DNS stopped: {e}");
+            }
+        });
+        dns.insert(net.id.clone(), h);
+    }
+
+    /// `DELETE /networks/{id}`.
+    pub async fn remove(&self, name_or_id: &str) -> Result<()> {
+        let _op = self.op.lock().await;
+        let net = self.get(name_or_id)?;
+        if net.predefined {
+            return Err(Error::Forbidden(format!(
+                "{} is a pre-defined network and cannot be removed",
+                net.name
+            )));
+        }
+        if let Some(ep) = self.endpoints(&net.id).first() {
+            return Err(Error::Forbidden(format!(
+                "error while removing network: network {} has active endpoints (name:{:?} id:{:?})",
+                net.name,
+                ep.container_name,
+                &ep.container_id[..12]
+            )));
+        }
+        self.take_down_network(&net).await?;
+        {
+            let mut st = self.state.lock().unwrap();
+            st.networks.retain(|n| n.id != net.id);
+            st.save(&self.dir)?;
+        }
+        self.apply_nat().await?;
+        self.publish(&net, "destroy", None);
+        Ok(())
+    }
+
+    /// `POST /networks/prune`: user networks without endpoints, unless `keep` says so.
+    pub async fn prune(&self, keep: impl Fn(&NetworkRecord) -> bool) -> Vec<String> {
+        let candidates: Vec<NetworkRecord> = self
+            .list()
+            .into_iter()
+            .filter(|n| !n.predefined && !keep(n) && self.endpoints(&n.id).is_empty())
+            .collect();
+        let mut deleted = Vec::new();
+        for n in candidates {
+            match self.remove(&n.id).await {
+                Ok(()) => deleted.push(n.name),
+                Err(e) => tracing::warn!(network = %n.name, "prune: {e}"),
+            }
+        }
+        deleted
+    }
+
+    /// Rebuild `table ip berth` from the state. Nothing is touched while no bridge
+    /// network exists (e.g. `--bridge none` and no user networks).
+    pub(crate) async fn apply_nat(&self) -> Result<()> {
+        let doc = {
+            let st = self.state.lock().unwrap();
+            if !st.networks.iter().any(|n| n.is_bridge())
+                && !self.exec.owns("berth", ledger::Kind::NftTable, nat::TABLE)
+            {
+                return Ok(());
+            }
+            nat::ruleset(&st)
+        };
+        self.exec
+            .claim_other("berth", ledger::Kind::NftTable, nat::TABLE)?;
+        tokio::task::spawn_blocking(move || nat::apply(&doc))
+            .await
+            .map_err(Error::internal)?
+    }
+
+    /// At daemon start: bring every bridge network's host side up again (a reboot or a
+    /// crash may have lost it), then the NAT table.
+    pub async fn bring_up(&self) {
+        let _op = self.op.lock().await;
+        for net in self.list() {
+            if let Err(e) = self.bring_up_network(&net).await {
+                tracing::warn!(network = %net.name, "cannot bring the network up: {e}");
+            }
+        }
+        if let Err(e) = self.apply_nat().await {
+            tracing::warn!("nftables: {e}");
+        }
+    }
+
+    /// `NetworkSettings.SandboxKey`.
+    pub fn sandbox_key(&self, container_id: &str) -> String {
+        self.netns_path(container_id).display().to_string()
+    }
+
+    pub(crate) fn netns_path(&self, container_id: &str) -> PathBuf {
+        self.netns_dir
+            .join(&container_id[..16.min(container_id.len())])
+    }
+
+    pub(crate) fn driver(&self) -> &Arc<dyn NetworkDriver> {
+        &self.driver
+    }
+
+    pub(crate) fn ipam(&self) -> &Arc<dyn IpamDriver> {
+        &self.ipam
+    }
+
+    pub(crate) fn publish_endpoint(&self, net: &NetworkRecord, action: &str, container: &str) {
+        self.publish(net, action, Some(container));
+    }
+}

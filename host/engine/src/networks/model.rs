@@ -1,0 +1,162 @@
+//! What berth records about networks: the networks themselves, the endpoints of running
+//! containers and their published ports. One JSON file, written atomically after every
+//! change, so `kill -9` leaves either the old or the new state.
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::ipam::Ipv4Net;
+use crate::Result;
+
+/// Docker's network drivers that berth serves.
+pub const DRIVER_BRIDGE: &str = "bridge";
+pub const DRIVER_HOST: &str = "host";
+pub const DRIVER_NULL: &str = "null";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NetworkRecord {
+    pub id: String,
+    pub name: String,
+    pub driver: String,
+    /// RFC 3339.
+    pub created: String,
+    #[serde(default)]
+    pub internal: bool,
+    #[serde(default)]
+    pub attachable: bool,
+    #[serde(default)]
+    pub labels: HashMap<String, String>,
+    #[serde(default)]
+    pub options: HashMap<String, String>,
+    #[serde(default)]
+    pub ipam_driver: String,
+    #[serde(default)]
+    pub ipam_options: HashMap<String, String>,
+    /// The bridge driver's subnet, gateway (on the bridge) and allocation range.
+    #[serde(default)]
+    pub subnet: Option<Ipv4Net>,
+    #[serde(default)]
+    pub gateway: Option<Ipv4Addr>,
+    #[serde(default)]
+    pub ip_range: Option<Ipv4Net>,
+    /// `--aux-address name=ip`: reserved, never handed out.
+    #[serde(default)]
+    pub aux_addresses: HashMap<String, Ipv4Addr>,
+    /// The Linux bridge (`berth0` for the default network, `br-<id12>` otherwise).
+    #[serde(default)]
+    pub bridge: String,
+    #[serde(default = "default_mtu")]
+    pub mtu: u32,
+    /// `bridge`, `host` and `none`: listed always, never removed.
+    #[serde(default)]
+    pub predefined: bool,
+}
+
+fn default_mtu() -> u32 {
+    1500
+}
+
+impl NetworkRecord {
+    pub fn is_bridge(&self) -> bool {
+        self.driver == DRIVER_BRIDGE
+    }
+
+    /// The default `bridge` network: no embedded DNS, as in Docker.
+    pub fn is_default_bridge(&self) -> bool {
+        self.predefined && self.is_bridge()
+    }
+}
+
+/// A container's attachment to a network, while the container runs.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct EndpointRecord {
+    pub id: String,
+    pub network_id: String,
+    pub container_id: String,
+    pub container_name: String,
+    pub ip: Ipv4Addr,
+    pub prefix: u8,
+    pub gateway: Option<Ipv4Addr>,
+    pub mac: String,
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    /// The host end of the veth pair (on the bridge).
+    pub host_if: String,
+    /// The name inside the container (`eth0`, `eth1`...).
+    pub ifname: String,
+}
+
+/// One published port of a running container.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PortMapping {
+    pub container_id: String,
+    /// `tcp` or `udp`.
+    pub proto: String,
+    /// `0.0.0.0` = every host address.
+    pub host_ip: Ipv4Addr,
+    pub host_port: u16,
+    pub container_ip: Ipv4Addr,
+    pub container_port: u16,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct NetState {
+    pub networks: Vec<NetworkRecord>,
+    #[serde(default)]
+    pub endpoints: Vec<EndpointRecord>,
+    #[serde(default)]
+    pub ports: Vec<PortMapping>,
+}
+
+impl NetState {
+    pub fn path(dir: &Path) -> PathBuf {
+        dir.join("networks.json")
+    }
+
+    pub fn load(dir: &Path) -> Result<NetState> {
+        crate::fsutil::clean_temp_files(dir);
+        match std::fs::read(Self::path(dir)) {
+            Ok(b) => Ok(serde_json::from_slice(&b).map_err(crate::Error::internal)?),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(NetState::default()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        let bytes = serde_json::to_vec_pretty(self).map_err(crate::Error::internal)?;
+        crate::fsutil::write_atomic(&Self::path(dir), &bytes)?;
+        Ok(())
+    }
+
+    pub fn network(&self, id: &str) -> Option<&NetworkRecord> {
+        self.networks.iter().find(|n| n.id == id)
+    }
+
+    pub fn endpoints_of<'a>(
+        &'a self,
+        network_id: &'a str,
+    ) -> impl Iterator<Item = &'a EndpointRecord> + 'a {
+        self.endpoints
+            .iter()
+            .filter(move |e| e.network_id == network_id)
+    }
+}
+
+/// A container's wish to be on a network (recorded with the container; the endpoint
+/// exists only while it runs).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Attachment {
+    pub network_id: String,
+    pub network_name: String,
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    /// `--ip`.
+    #[serde(default)]
+    pub ipv4: Option<Ipv4Addr>,
+    /// `--mac-address`.
+    #[serde(default)]
+    pub mac: Option<String>,
+}
