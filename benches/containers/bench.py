@@ -75,9 +75,10 @@ class Daemon:
 
 
 def berthd_argv(berthd, work):
-    """berthd on private dirs under `work`, socket `work`/b.sock."""
+    """berthd on private dirs under `work`, socket `work`/b.sock, no bridge (as the dockerd peer)."""
     return [berthd, "-H", f"unix://{work}/b.sock", "--data-root", f"{work}/b-data",
-            "--exec-root", f"{work}/b-run", "--pidfile", f"{work}/b.pid", "--log-level", "warn"]
+            "--exec-root", f"{work}/b-run", "--pidfile", f"{work}/b.pid", "--log-level", "warn",
+            "--bridge", "none"]
 
 
 def dockerd_argv(work, *extra):

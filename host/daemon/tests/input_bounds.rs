@@ -63,7 +63,7 @@ fn socket_is_0660_and_takes_the_group() {
     assert!(stray.is_empty());
     // A group that does not exist is an error at start-up, not a silent root-only socket.
     let o = Command::new(env!("CARGO_BIN_EXE_berthd"))
-        .args(["-G", "no-such-group-berth", "-H"])
+        .args(["--bridge", "none", "-G", "no-such-group-berth", "-H"])
         .arg(format!("unix://{}/x.sock", d.dir.path().display()))
         .arg("--data-root")
         .arg(d.dir.path().join("d2"))

@@ -404,6 +404,7 @@ fn microvm_reports_why_it_is_unavailable() {
     assert_eq!(d.docker_ok(&["run", "--rm", "bb", "echo", "ok"]), "ok\n");
     // A default that cannot work is refused at start-up rather than failing every run.
     let o = std::process::Command::new(env!("CARGO_BIN_EXE_berthd"))
+        .args(["--bridge", "none"])
         .args([
             "--default-isolation",
             "microvm",
