@@ -297,8 +297,15 @@ fn stop_escalates_to_sigkill_after_timeout() {
         "bb:local",
         "sh",
         "-c",
-        "trap 'exit 0' TERM; while true; do sleep 0.1; done",
+        "trap 'exit 0' TERM; echo ready; while true; do sleep 0.1; done",
     ]);
+    // Only once the trap is set: before it, the shell is a PID 1 without a handler, which
+    // ignores SIGTERM (slow guests under TCG take a moment to get there).
+    let ready = Instant::now() + Duration::from_secs(30);
+    while d.docker_ok(&["logs", "polite"]) != "ready\n" {
+        assert!(Instant::now() < ready, "the container never set its trap");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let t0 = Instant::now();
     d.docker_ok(&["stop", "polite"]);
     // Well before the 10 s stop timeout (a microVM under TCG takes a few seconds to end).
