@@ -1,0 +1,139 @@
+#!/usr/bin/env python3
+"""Bridge networking side by side: berthd vs Debian's dockerd 20.10 + runc with its bridge
+and iptables, each daemon inside a network namespace of its own (nothing touches the
+machine's interfaces; all traffic stays inside the namespace).
+
+Measures, through the unchanged docker CLI:
+  * `docker run --rm <busybox> true` on the default bridge (median of N)
+  * TCP throughput container -> container on a user network (busybox nc, 512 MiB)
+  * TCP throughput namespace host -> published port on 127.0.0.1 (busybox nc, 512 MiB)
+`--write` appends the table to benches/RESULTS.md.
+
+usage: benches/network/bench.py [--runs 10] [--mib 512] [--write]   (as root)
+"""
+import argparse, os, statistics, subprocess, sys, tempfile, time
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "containers"))
+from bench import DOCKER, ROOT, Daemon, berthd_argv, busybox_tar, dockerd_argv  # noqa: E402
+
+
+def sh(*args, check=True):
+    return subprocess.run(args, check=check, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+class NsDaemon(Daemon):
+    """A daemon started inside network namespace `ns` (only the netns changes)."""
+
+    def __init__(self, name, argv, sock, ns):
+        super().__init__(name, ["nsenter", f"--net=/run/netns/{ns}", *argv], sock)
+        self.ns = ns
+
+
+def docker(d, *args, check=True):
+    return subprocess.run([DOCKER, "-H", f"unix://{d.sock}", *args], check=check,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def received(d, name, timeout=60):
+    """Bytes the sink container counted for the last connection (`wc -c` in its log)."""
+    end = time.time() + timeout
+    while time.time() < end:
+        lines = docker(d, "logs", name).stdout.decode().split()
+        if lines:
+            return int(lines[-1])
+        time.sleep(0.2)
+    return 0
+
+
+def check(d, name, mib, seconds):
+    """MiB/s, once the sink confirms it got every byte."""
+    got = received(d, name)
+    if got != mib << 20:
+        raise RuntimeError(f"{d.name}: {name} received {got} bytes, expected {mib << 20}")
+    return mib / seconds
+
+
+def measure(d, runs, mib):
+    docker(d, "run", "--rm", "bb", "true")  # warm
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        docker(d, "run", "--rm", "bb", "true")
+        times.append(time.perf_counter() - t)
+    run_ms = statistics.median(times) * 1000
+    # container -> container on a user network
+    docker(d, "network", "create", "--subnet", "10.77.0.0/24", "benchnet")
+    docker(d, "run", "-d", "--name", "sink", "--network", "benchnet", "bb", "sh", "-c",
+           "while true; do sleep 600 | nc -l -p 5000 | wc -c; done")
+    time.sleep(1)
+    t = time.perf_counter()
+    docker(d, "run", "--rm", "--network", "benchnet", "bb", "sh", "-c",
+           f"dd if=/dev/zero bs=1M count={mib} 2>/dev/null | nc sink 5000")
+    c2c = check(d, "sink", mib, time.perf_counter() - t)
+    # namespace host -> published port on 127.0.0.1
+    docker(d, "run", "-d", "--name", "pub", "-p", "18080:5000", "bb", "sh", "-c",
+           "while true; do sleep 600 | nc -l -p 5000 | wc -c; done")
+    time.sleep(1)
+    t = time.perf_counter()
+    subprocess.run(["nsenter", f"--net=/run/netns/{d.ns}", "sh", "-c",
+                    f"dd if=/dev/zero bs=1M count={mib} 2>/dev/null | busybox nc 127.0.0.1 18080"],
+                   check=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=300)
+    h2p = check(d, "pub", mib, time.perf_counter() - t)
+    docker(d, "rm", "-f", "sink", "pub", check=False)
+    docker(d, "network", "rm", "benchnet", check=False)
+    return {"run_ms": run_ms, "c2c": c2c, "h2p": h2p}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=10)
+    ap.add_argument("--mib", type=int, default=512)
+    ap.add_argument("--write", action="store_true")
+    a = ap.parse_args()
+    berthd = max((p for p in (f"{ROOT}/target/release/berthd", f"{ROOT}/target/debug/berthd")
+                  if os.path.exists(p)), key=os.path.getmtime)
+    work = tempfile.mkdtemp(prefix="berth-netbench-", dir="/var/tmp")
+    tar = f"{work}/bb.tar"
+    busybox_tar(tar)
+    b_argv = [x for x in berthd_argv(berthd, work) if x not in ("--bridge", "none")]
+    daemons = [
+        NsDaemon("berthd (process, bridge + nftables)", b_argv + ["--bip", "10.231.0.1/24"],
+                 f"{work}/b.sock", "berth-netbench-b"),
+        NsDaemon("dockerd 20.10 + runc (bridge + iptables)",
+                 [x for x in dockerd_argv(work) if x not in ("--iptables=false", "--ip-masq=false", "--bridge=none")]
+                 + ["--bip", "10.232.0.1/24"], f"{work}/ref.sock", "berth-netbench-d"),
+    ]
+    results = {}
+    log = open(f"{work}/daemons.log", "w")
+    try:
+        for d in daemons:
+            sh("ip", "netns", "add", d.ns)
+            sh("ip", "netns", "exec", d.ns, "ip", "link", "set", "lo", "up")
+            d.start(log)
+            with open(tar, "rb") as f:
+                subprocess.run([DOCKER, "-H", f"unix://{d.sock}", "import", "-", "bb"], stdin=f,
+                               check=True, stdout=subprocess.DEVNULL)
+            results[d.name] = measure(d, a.runs, a.mib)
+            print(d.name, {k: round(v, 1) for k, v in results[d.name].items()}, flush=True)
+            d.stop()
+    finally:
+        for d in daemons:
+            d.stop()
+            sh("ip", "netns", "del", d.ns, check=False)
+    lines = [f"| daemon | `run --rm true`, default bridge (ms, median of {a.runs}) | container→container TCP (MiB/s) "
+             f"| host→published port on 127.0.0.1 (MiB/s) |", "|---|---|---|---|"]
+    for name, r in results.items():
+        lines.append(f"| {name} | {r['run_ms']:.0f} | {r['c2c']:.0f} | {r['h2p']:.0f} |")
+    table = "\n".join(lines)
+    print(table)
+    if a.write:
+        stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        with open(f"{ROOT}/benches/RESULTS.md", "a") as f:
+            f.write(f"\n## network ({stamp})\n\nCommand: `python3 benches/network/bench.py --runs {a.runs} --mib {a.mib} "
+                    f"--write` (2 vCPU; each daemon in a network namespace of its own; berthd "
+                    f"`{os.path.relpath(berthd, ROOT)}`; throughput through busybox `nc`, {a.mib} MiB of zeros, "
+                    f"timed around the whole client including its container start).\n\n{table}\n")
+
+
+if __name__ == "__main__":
+    main()
