@@ -15,11 +15,27 @@ use berth_vmm::control::{request, ControlRequest, StatusResponse};
 use berth_vmm::ExitReason;
 use common::*;
 
-fn tmpdir(tag: &str) -> PathBuf {
+/// A scratch dir for one test, removed when the test ends (pass or fail).
+struct TmpDir(PathBuf);
+
+impl std::ops::Deref for TmpDir {
+    type Target = PathBuf;
+    fn deref(&self) -> &PathBuf {
+        &self.0
+    }
+}
+
+impl Drop for TmpDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn tmpdir(tag: &str) -> TmpDir {
     let d = std::env::temp_dir().join(format!("berth-vmm-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
-    d
+    TmpDir(d)
 }
 
 fn write_guest(dir: &Path, handle_cad: bool) -> PathBuf {

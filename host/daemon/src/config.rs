@@ -314,5 +314,6 @@ mod tests {
         std::fs::write(&f, "bogus = 1\n").unwrap();
         let flags = Flags::parse_from(["berthd", "--config-file", f.to_str().unwrap()]);
         assert!(Config::resolve(flags).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
