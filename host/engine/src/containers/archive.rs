@@ -236,19 +236,7 @@ impl Containers {
         path: &str,
     ) -> Result<(PathStat, tokio::process::ChildStdout)> {
         let stat = self.archive_stat(c, path).await?;
-        let mut child = self
-            .archive_child(c, "get", path, &[])
-            .await?
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(Error::internal)?;
-        let stdout = child.stdout.take().expect("piped");
-        // Reap in the background; the stream ends when the child exits.
-        tokio::spawn(async move {
-            let _ = child.wait().await;
-        });
+        let stdout = tar_stream(self.archive_child(c, "get", path, &[]).await?)?;
         Ok((stat, stdout))
     }
 
@@ -303,19 +291,7 @@ impl Containers {
     /// and binds), running or not.
     pub async fn export(&self, c: &Arc<Container>) -> Result<tokio::process::ChildStdout> {
         self.require_host_file_access(&c.record(), "docker export")?;
-        let mut child = self
-            .archive_child(c, "export", "/", &[])
-            .await?
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(Error::internal)?;
-        let stdout = child.stdout.take().expect("piped");
-        tokio::spawn(async move {
-            let _ = child.wait().await;
-        });
-        Ok(stdout)
+        tar_stream(self.archive_child(c, "export", "/", &[]).await?)
     }
 
     /// `docker diff`: changes in the writable layer against the image.
@@ -428,6 +404,22 @@ impl CharDev for std::fs::FileType {
 }
 
 // ---------------------------------------------------------------------------------
+/// Start an archive child that writes a tar to its stdout; the stream ends when it exits.
+fn tar_stream(mut cmd: tokio::process::Command) -> Result<tokio::process::ChildStdout> {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(Error::internal)?;
+    let stdout = child.stdout.take().expect("piped");
+    // Reap in the background.
+    tokio::spawn(async move {
+        let _ = child.wait().await;
+    });
+    Ok(stdout)
+}
+
 /// The archive child mounts a stopped container's overlay on `<tmp>/berth-archive-<pid>` in
 /// its private mount namespace; the empty directory outlives it. Remove those of children
 /// that are gone.

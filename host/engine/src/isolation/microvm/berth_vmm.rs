@@ -10,9 +10,9 @@ use std::process::Command;
 
 use async_trait::async_trait;
 
-use super::hypervisor::{Device, Hypervisor, HypervisorCaps, VmConfig, VmState};
+use super::hypervisor::{spawn_vmm, Device, Hypervisor, HypervisorCaps, VmConfig, VmState};
 use super::probe::{find_tool, Kvm};
-use super::procs::{self, spawn_detached};
+use super::procs;
 use super::virtiofs;
 use crate::{Error, Result};
 
@@ -169,26 +169,7 @@ impl Hypervisor for BerthVmm {
             .arg("--config")
             .arg(cfg.run_dir.join("vm.json"));
         // berth-vmm drops privileges itself (jail) once its resources are open.
-        let vmm = match spawn_detached(
-            "berth-vmm",
-            cmd,
-            &cfg.run_dir.join("vmm.log"),
-            &cfg.run_dir,
-            None,
-            &cfg.cgroups,
-        ) {
-            Ok(p) => p,
-            Err(e) => {
-                procs::kill_all(&helpers).await;
-                return Err(e);
-            }
-        };
-        Ok(VmState {
-            hypervisor: self.name().into(),
-            vmm,
-            helpers,
-            agent_uds: uds_path,
-        })
+        spawn_vmm(self.name(), cmd, "vmm.log", cfg, helpers, uds_path).await
     }
 }
 

@@ -111,3 +111,35 @@ pub trait Hypervisor: Send + Sync {
         vm.vmm.wait_exit().await
     }
 }
+
+/// Spawn the VMM process of `cfg` once its helpers run (it drops privileges itself), logging
+/// to `<run_dir>/<log_name>`; if it cannot start, the helpers are killed.
+pub(super) async fn spawn_vmm(
+    hypervisor: &str,
+    cmd: std::process::Command,
+    log_name: &str,
+    cfg: &VmConfig,
+    helpers: Vec<VmProcess>,
+    agent_uds: PathBuf,
+) -> Result<VmState> {
+    let vmm = match super::procs::spawn_detached(
+        hypervisor,
+        cmd,
+        &cfg.run_dir.join(log_name),
+        &cfg.run_dir,
+        None,
+        &cfg.cgroups,
+    ) {
+        Ok(p) => p,
+        Err(e) => {
+            super::procs::kill_all(&helpers).await;
+            return Err(e);
+        }
+    };
+    Ok(VmState {
+        hypervisor: hypervisor.into(),
+        vmm,
+        helpers,
+        agent_uds,
+    })
+}

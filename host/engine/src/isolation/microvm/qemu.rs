@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::hypervisor::{Device, Hypervisor, HypervisorCaps, VmConfig, VmState};
+use super::hypervisor::{spawn_vmm, Device, Hypervisor, HypervisorCaps, VmConfig, VmState};
 use super::probe::{find_tool, Kvm};
 use super::procs::{self, spawn_detached};
 use super::virtiofs;
@@ -273,25 +273,6 @@ impl Hypervisor for Qemu {
             };
         let cmd = self.qemu_command(cfg, &vhost_sock, &fs_socks)?;
         // qemu drops to `identity` itself (-runas) after opening its files as root.
-        let vmm = match spawn_detached(
-            "qemu",
-            cmd,
-            &cfg.run_dir.join("qemu.log"),
-            &cfg.run_dir,
-            None,
-            &cfg.cgroups,
-        ) {
-            Ok(p) => p,
-            Err(e) => {
-                procs::kill_all(&helpers).await;
-                return Err(e);
-            }
-        };
-        Ok(VmState {
-            hypervisor: self.name().into(),
-            vmm,
-            helpers,
-            agent_uds: uds_path,
-        })
+        spawn_vmm(self.name(), cmd, "qemu.log", cfg, helpers, uds_path).await
     }
 }
