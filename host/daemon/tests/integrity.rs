@@ -293,9 +293,10 @@ fn daemon_sigkill_mid_stream_loses_no_line() {
     let mut d = TestDaemon::start();
     import_busybox(&d, "bb");
     const N: u64 = 400_000;
-    // Bursts of 2,000 lines, a short pause between them: a few seconds of streaming.
+    // Bursts of 2,000 lines, a short pause between them: at least 10 s of streaming, so a
+    // loaded host still kills the daemon mid-stream.
     let script = format!(
-        "i=0; while [ $i -lt {N} ]; do seq $((i+1)) $((i+2000)); i=$((i+2000)); sleep 0.02; done"
+        "i=0; while [ $i -lt {N} ]; do seq $((i+1)) $((i+2000)); i=$((i+2000)); sleep 0.05; done"
     );
     let id = d
         .docker_ok(&["run", "-d", "bb", "sh", "-c", &script])
