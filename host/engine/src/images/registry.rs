@@ -84,6 +84,25 @@ impl RegistryAuth {
         RegistryAuth::default()
     }
 
+    /// `X-Registry-Config` (`docker build`): base64 JSON of registry → credentials.
+    pub fn configs_from_header(h: &str) -> std::collections::HashMap<String, RegistryAuth> {
+        let h = h.trim();
+        let engines = [
+            base64::engine::general_purpose::URL_SAFE,
+            base64::engine::general_purpose::URL_SAFE_NO_PAD,
+            base64::engine::general_purpose::STANDARD,
+            base64::engine::general_purpose::STANDARD_NO_PAD,
+        ];
+        for e in engines {
+            if let Ok(raw) = e.decode(h) {
+                if let Ok(m) = serde_json::from_slice(&raw) {
+                    return m;
+                }
+            }
+        }
+        Default::default()
+    }
+
     fn to_oci(&self) -> oci_client::secrets::RegistryAuth {
         use oci_client::secrets::RegistryAuth as A;
         if !self.registry_token.is_empty() {
@@ -334,6 +353,7 @@ impl ImageStore {
                 config,
                 layers,
                 refs,
+                parent: None,
             })
         })
         .await
