@@ -199,4 +199,3 @@ where
     });
     json_stream(out_rx)
 }
-

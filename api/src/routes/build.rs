@@ -110,7 +110,18 @@ async fn build(State(engine): State<AppState>, req: Request) -> ApiResult<Respon
 async fn prune(State(engine): State<AppState>, req: Request) -> ApiResult<Response> {
     let q = QueryPairs::from(&req)?;
     let filters = Filters::parse(q.get("filters"))?;
-    filters.validate(&["until", "label", "label!", "type", "id", "parent", "private", "shared", "inuse", "description"])?;
+    filters.validate(&[
+        "until",
+        "label",
+        "label!",
+        "type",
+        "id",
+        "parent",
+        "private",
+        "shared",
+        "inuse",
+        "description",
+    ])?;
     let report = engine.builder.prune(q.bool("all")).await?;
     Ok(Json(report).into_response())
 }

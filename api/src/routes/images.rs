@@ -14,9 +14,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use berth_engine::images::{
-    ImageStore, ImportOptions, ImportSource, ListOptions, RegistryAuth,
-};
+use berth_engine::images::{ImageStore, ImportOptions, ImportSource, ListOptions, RegistryAuth};
 use bytes::Bytes;
 use tokio::sync::mpsc;
 

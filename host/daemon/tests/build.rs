@@ -85,7 +85,10 @@ fn multi_stage_build_then_all_cache_hits() {
     let ctx_s = ctx.path().to_str().unwrap();
     let out = build_ok(&d, &["-t", "app:1", "--build-arg", "MSG=argv", ctx_s]);
     assert!(out.contains("Step 1/"), "{out}");
-    assert!(out.contains("step output on stdout"), "RUN output streamed: {out}");
+    assert!(
+        out.contains("step output on stdout"),
+        "RUN output streamed: {out}"
+    );
     assert!(out.contains("step output on stderr"), "{out}");
     assert!(out.contains("Successfully tagged app:1"), "{out}");
     let run = d.docker_ok(&["run", "--rm", "app:1"]);
@@ -111,7 +114,11 @@ fn multi_stage_build_then_all_cache_hits() {
     let steps = again.matches("Step ").count();
     let hits = again.matches("Using cache").count();
     let froms = 2;
-    assert_eq!(hits + froms + 1, steps, "all but FROM and the meta ARG cached:\n{again}");
+    assert_eq!(
+        hits + froms + 1,
+        steps,
+        "all but FROM and the meta ARG cached:\n{again}"
+    );
     assert!(!again.contains("Running in"), "{again}");
     assert_eq!(image_id(&d, "app:2"), first);
 
@@ -119,24 +126,36 @@ fn multi_stage_build_then_all_cache_hits() {
     write(ctx.path(), "app.txt", "changed\n");
     let changed = build_ok(&d, &["-t", "app:3", "--build-arg", "MSG=argv", ctx_s]);
     assert!(changed.contains("Running in"), "{changed}");
-    assert_eq!(d.docker_ok(&["run", "--rm", "app:3"]), "changed\nhello from build argv\n");
+    assert_eq!(
+        d.docker_ok(&["run", "--rm", "app:3"]),
+        "changed\nhello from build argv\n"
+    );
 
     // Intermediate images stay out of `docker images`, and no build container is left.
     let listed = d.docker_ok(&["images", "-q"]);
     let all = d.docker_ok(&["images", "-aq"]);
-    assert!(all.lines().count() > listed.lines().count() + 3, "{listed}\n{all}");
+    assert!(
+        all.lines().count() > listed.lines().count() + 3,
+        "{listed}\n{all}"
+    );
     assert_eq!(d.docker_ok(&["ps", "-aq"]).trim(), "");
 
     // --no-cache runs every step again.
     let fresh = build_ok(&d, &["--no-cache", "-q", "--build-arg", "MSG=argv", ctx_s]);
-    assert!(fresh.trim().starts_with("sha256:"), "-q prints the ID: {fresh}");
+    assert!(
+        fresh.trim().starts_with("sha256:"),
+        "-q prints the ID: {fresh}"
+    );
 
     // `builder prune` drops the cache; the tagged images stay.
     let pruned = d.docker_ok(&["builder", "prune", "-f"]);
     assert!(pruned.contains("Total"), "{pruned}");
     d.docker_ok(&["run", "--rm", "app:3"]);
     let after = build_ok(&d, &["--build-arg", "MSG=argv", ctx_s]);
-    assert!(after.contains("Running in"), "cache gone after prune: {after}");
+    assert!(
+        after.contains("Running in"),
+        "cache gone after prune: {after}"
+    );
 }
 
 #[test]
@@ -150,13 +169,30 @@ fn target_args_onbuild_and_metadata() {
          FROM bb:local AS second\nRUN echo second > /who\n",
     );
     let c = ctx.path().to_str().unwrap();
-    build_ok(&d, &["-t", "t:first", "--target", "first", "--build-arg", "WHO=me", c]);
-    assert_eq!(d.docker_ok(&["run", "--rm", "t:first", "cat", "/who"]), "first me\n");
+    build_ok(
+        &d,
+        &[
+            "-t",
+            "t:first",
+            "--target",
+            "first",
+            "--build-arg",
+            "WHO=me",
+            c,
+        ],
+    );
+    assert_eq!(
+        d.docker_ok(&["run", "--rm", "t:first", "cat", "/who"]),
+        "first me\n"
+    );
     let e = stderr(&build(&d, &["--target", "nope", c]));
     assert!(e.contains("failed to reach build target nope"), "{e}");
     // An undeclared --build-arg is reported, as dockerd does.
     let out = build_ok(&d, &["-t", "t:second", "--build-arg", "UNUSED=1", c]);
-    assert!(out.contains("[Warning] One or more build-args [UNUSED] were not consumed"), "{out}");
+    assert!(
+        out.contains("[Warning] One or more build-args [UNUSED] were not consumed"),
+        "{out}"
+    );
 
     // ONBUILD triggers run in the child build.
     let base = tempfile::tempdir().unwrap();
@@ -187,7 +223,13 @@ fn target_args_onbuild_and_metadata() {
         d.docker_ok(&["run", "--rm", "onbuild:child", "cat", "/marker"]),
         "from child context\ntriggered\n"
     );
-    let onbuild = d.docker_ok(&["image", "inspect", "-f", "{{json .Config.OnBuild}}", "onbuild:child"]);
+    let onbuild = d.docker_ok(&[
+        "image",
+        "inspect",
+        "-f",
+        "{{json .Config.OnBuild}}",
+        "onbuild:child",
+    ]);
     assert_eq!(onbuild.trim(), "null", "triggers are not inherited twice");
 }
 
@@ -201,8 +243,18 @@ fn failing_run_exits_non_zero_with_the_step_output() {
         "FROM bb:local\nRUN echo visible-step-output && exit 3\n",
     );
     let out = build(&d, &[ctx.path().to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(3), "{}\n{}", stdout(&out), stderr(&out));
-    assert!(stdout(&out).contains("visible-step-output"), "{}", stdout(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}\n{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert!(
+        stdout(&out).contains("visible-step-output"),
+        "{}",
+        stdout(&out)
+    );
     assert!(
         stderr(&out).contains("The command '/bin/sh -c echo visible-step-output && exit 3' returned a non-zero code: 3"),
         "{}",
@@ -214,7 +266,11 @@ fn failing_run_exits_non_zero_with_the_step_output() {
     assert_eq!(d.docker_ok(&["ps", "-aq"]).lines().count(), 1);
 
     // BuildKit-only syntax gets the classic builder's error.
-    write(ctx.path(), "Dockerfile", "FROM bb:local\nRUN --mount=type=cache,target=/c true\n");
+    write(
+        ctx.path(),
+        "Dockerfile",
+        "FROM bb:local\nRUN --mount=type=cache,target=/c true\n",
+    );
     let e = stderr(&build(&d, &[ctx.path().to_str().unwrap()]));
     assert!(e.contains("requires BuildKit"), "{e}");
     write(ctx.path(), "Dockerfile", "FROM bb:local\nBOGUS x\n");
@@ -270,7 +326,11 @@ fn hostile_contexts_never_reach_outside_files() {
     write(ctx.path(), "Dockerfile", "FROM bb:local\nCOPY link /got\n");
     let out = build(&d, &["-t", "leak:1", c]);
     assert!(!out.status.success(), "{}", stdout(&out));
-    assert!(stderr(&out).contains("file not found in build context"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("file not found in build context"),
+        "{}",
+        stderr(&out)
+    );
     // A relative link that climbs out of the context: the context is refused.
     std::fs::remove_file(ctx.path().join("link")).unwrap();
     std::os::unix::fs::symlink("../../../../../../../etc/hostname", ctx.path().join("link"))
@@ -291,7 +351,10 @@ fn hostile_contexts_never_reach_outside_files() {
     // A context without a Dockerfile.
     let (code, body) = post_build(&d, &tar_with(&[("x", b"y")]));
     assert_eq!(code, 400, "{body}");
-    assert!(body.contains("Cannot locate specified Dockerfile"), "{body}");
+    assert!(
+        body.contains("Cannot locate specified Dockerfile"),
+        "{body}"
+    );
     // A malformed tag never reads the context.
     let (code, _) = {
         let out = Command::new("curl")

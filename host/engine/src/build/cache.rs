@@ -73,7 +73,10 @@ impl BuildCache {
         if let Some(dir) = self.path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        write_atomic(&self.path, &serde_json::to_vec(e).map_err(crate::Error::internal)?)?;
+        write_atomic(
+            &self.path,
+            &serde_json::to_vec(e).map_err(crate::Error::internal)?,
+        )?;
         Ok(())
     }
 }

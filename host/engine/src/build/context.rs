@@ -37,8 +37,9 @@ impl Context {
 
     pub fn read_dockerfile(&self, name: &str) -> Result<String> {
         let name = if name.is_empty() { "Dockerfile" } else { name };
-        let p = resolve_in_root(&self.root, name)
-            .map_err(|_| Error::invalid(format!("forbidden path outside the build context: {name}")))?;
+        let p = resolve_in_root(&self.root, name).map_err(|_| {
+            Error::invalid(format!("forbidden path outside the build context: {name}"))
+        })?;
         let bytes = match std::fs::read(&p) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -80,8 +81,9 @@ pub fn clean_relative(rel: &str) -> Option<PathBuf> {
 /// (moby's `FollowSymlinkInScope`). The result may not exist. Climbing out of the
 /// root lexically is an error; through a symlink it stops at the root.
 pub fn resolve_in_root(root: &Path, rel: &str) -> Result<PathBuf> {
-    let start = clean_relative(rel)
-        .ok_or_else(|| Error::invalid(format!("forbidden path outside the build context: {rel}")))?;
+    let start = clean_relative(rel).ok_or_else(|| {
+        Error::invalid(format!("forbidden path outside the build context: {rel}"))
+    })?;
     let mut todo: Vec<std::ffi::OsString> = start
         .components()
         .rev()
@@ -128,8 +130,11 @@ fn has_glob(s: &str) -> bool {
 
 /// The context paths a COPY/ADD source names: one path, or every glob match (sorted).
 pub fn expand_source(root: &Path, src: &str) -> Result<Vec<PathBuf>> {
-    let cleaned = clean_relative(src)
-        .ok_or_else(|| Error::invalid(format!("forbidden path outside the build context: {src} ()")))?;
+    let cleaned = clean_relative(src).ok_or_else(|| {
+        Error::invalid(format!(
+            "forbidden path outside the build context: {src} ()"
+        ))
+    })?;
     if !has_glob(src) {
         let p = resolve_in_root(root, src)?;
         if std::fs::symlink_metadata(&p).is_err() {
@@ -173,7 +178,11 @@ pub fn expand_source(root: &Path, src: &str) -> Result<Vec<PathBuf>> {
     current
         .into_iter()
         .map(|p| {
-            let rel = p.strip_prefix(root).unwrap_or(&p).to_string_lossy().to_string();
+            let rel = p
+                .strip_prefix(root)
+                .unwrap_or(&p)
+                .to_string_lossy()
+                .to_string();
             resolve_in_root(root, &rel)
         })
         .collect()
@@ -202,7 +211,10 @@ pub fn hash_tree(path: &Path) -> Result<String> {
             let mut f = std::fs::File::open(&p)?;
             std::io::copy(&mut f, h)?;
         } else if m.is_dir() {
-            let mut names: Vec<_> = std::fs::read_dir(&p)?.flatten().map(|e| e.file_name()).collect();
+            let mut names: Vec<_> = std::fs::read_dir(&p)?
+                .flatten()
+                .map(|e| e.file_name())
+                .collect();
             names.sort();
             for n in names {
                 walk(h, base, &rel.join(n))?;
@@ -229,14 +241,23 @@ mod tests {
         std::os::unix::fs::symlink("../../../../etc", root.join("a/up")).unwrap();
         std::os::unix::fs::symlink("b/f", root.join("a/rel")).unwrap();
         assert_eq!(resolve_in_root(root, "a/rel").unwrap(), root.join("a/b/f"));
-        assert_eq!(resolve_in_root(root, "abs").unwrap(), root.join("etc/passwd"));
+        assert_eq!(
+            resolve_in_root(root, "abs").unwrap(),
+            root.join("etc/passwd")
+        );
         assert_eq!(resolve_in_root(root, "a/up/x").unwrap(), root.join("etc/x"));
         assert!(resolve_in_root(root, "../x").is_err());
         assert!(resolve_in_root(root, "a/../../x").is_err());
-        assert_eq!(resolve_in_root(root, "/a/./b/../b/f").unwrap(), root.join("a/b/f"));
+        assert_eq!(
+            resolve_in_root(root, "/a/./b/../b/f").unwrap(),
+            root.join("a/b/f")
+        );
         let e = expand_source(root, "abs").unwrap_err().to_string();
         assert!(e.contains("file not found in build context"), "{e}");
-        assert!(expand_source(root, "../x").unwrap_err().to_string().contains("outside the build context"));
+        assert!(expand_source(root, "../x")
+            .unwrap_err()
+            .to_string()
+            .contains("outside the build context"));
     }
 
     #[test]
@@ -251,7 +272,10 @@ mod tests {
         assert_eq!(got, vec![root.join("src/a.txt"), root.join("src/b.txt")]);
         assert!(expand_source(root, "nope/*.x").is_err());
         let h1 = hash_tree(&root.join("src")).unwrap();
-        assert_ne!(hash_tree(&root.join("src/a.txt")).unwrap(), hash_tree(&root.join("src/b.txt")).unwrap());
+        assert_ne!(
+            hash_tree(&root.join("src/a.txt")).unwrap(),
+            hash_tree(&root.join("src/b.txt")).unwrap()
+        );
         std::fs::write(root.join("src/c.md"), "changed").unwrap();
         assert_ne!(h1, hash_tree(&root.join("src")).unwrap());
     }

@@ -114,7 +114,13 @@ fn is_tar_archive(path: &Path) -> bool {
     let sum: u64 = block
         .iter()
         .enumerate()
-        .map(|(i, b)| if (148..156).contains(&i) { 32 } else { *b as u64 })
+        .map(|(i, b)| {
+            if (148..156).contains(&i) {
+                32
+            } else {
+                *b as u64
+            }
+        })
         .sum();
     stored == Some(sum) && block[0] != 0
 }
@@ -165,7 +171,8 @@ impl<W: Write> Writer<'_, W> {
         h.set_uid(uid);
         h.set_gid(gid);
         h.set_size(0);
-        self.tar.append_data(&mut h, tar_name(path), std::io::empty())?;
+        self.tar
+            .append_data(&mut h, tar_name(path), std::io::empty())?;
         self.made.insert(path.to_path_buf());
         Ok(())
     }
@@ -182,7 +189,10 @@ impl<W: Write> Writer<'_, W> {
             if !self.made.contains(dst) {
                 self.dir_entry(dst, m.permissions().mode() & 0o7777, Some(m.mtime()))?;
             }
-            let mut names: Vec<_> = std::fs::read_dir(src)?.flatten().map(|e| e.file_name()).collect();
+            let mut names: Vec<_> = std::fs::read_dir(src)?
+                .flatten()
+                .map(|e| e.file_name())
+                .collect();
             names.sort();
             for n in names {
                 self.tree(&src.join(&n), &dst.join(&n))?;
@@ -231,7 +241,8 @@ impl<W: Write> Writer<'_, W> {
                     for c in &target {
                         t.push(c);
                     }
-                    self.tar.append_link(&mut h, tar_name(&name), tar_name(&t))?;
+                    self.tar
+                        .append_link(&mut h, tar_name(&name), tar_name(&t))?;
                     continue;
                 }
             }
@@ -297,8 +308,10 @@ pub fn write_copy_layer<W: Write + Seek>(
                 if view.kind(&dest_abs) != Some(true) && !w.made.contains(&dest_abs) {
                     w.dir_entry(&dest_abs, 0o755, Some(m.mtime()))?;
                 }
-                let mut names: Vec<_> =
-                    std::fs::read_dir(src)?.flatten().map(|e| e.file_name()).collect();
+                let mut names: Vec<_> = std::fs::read_dir(src)?
+                    .flatten()
+                    .map(|e| e.file_name())
+                    .collect();
                 names.sort();
                 for n in names {
                     w.tree(&src.join(&n), &dest_abs.join(&n))?;
@@ -351,39 +364,69 @@ mod tests {
         std::fs::write(ctx.path().join("file"), "y").unwrap();
         let img = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(img.path().join("etc")).unwrap();
-        std::fs::write(img.path().join("etc/passwd"), "root:x:0:0::/root:/bin/sh\napp:x:1000:1001::/home/app:/bin/sh\n").unwrap();
+        std::fs::write(
+            img.path().join("etc/passwd"),
+            "root:x:0:0::/root:/bin/sh\napp:x:1000:1001::/home/app:/bin/sh\n",
+        )
+        .unwrap();
         std::fs::write(img.path().join("etc/group"), "root:x:0:\nstaff:x:50:\n").unwrap();
-        let view = ImageView { layers: vec![img.path().to_path_buf()] };
+        let view = ImageView {
+            layers: vec![img.path().to_path_buf()],
+        };
 
         // A file to a new name, relative to WORKDIR; a dir's contents into a dir.
         let srcs = [ctx.path().join("file")];
         let out = write_copy_layer(
             std::io::Cursor::new(Vec::new()),
-            &CopyRequest { sources: &srcs, dest: "out.txt", workdir: "/app", owner: None, extract_archives: false },
+            &CopyRequest {
+                sources: &srcs,
+                dest: "out.txt",
+                workdir: "/app",
+                owner: None,
+                extract_archives: false,
+            },
             &view,
         )
         .unwrap();
         let n = names(out.get_ref());
-        assert_eq!(n.iter().map(|x| x.0.as_str()).collect::<Vec<_>>(), vec!["app", "app/out.txt"]);
+        assert_eq!(
+            n.iter().map(|x| x.0.as_str()).collect::<Vec<_>>(),
+            vec!["app", "app/out.txt"]
+        );
 
         let srcs = [ctx.path().join("dir")];
         let owner = Some(view.resolve_chown("app:staff").unwrap());
         assert_eq!(owner, Some((1000, 50)));
         let out = write_copy_layer(
             std::io::Cursor::new(Vec::new()),
-            &CopyRequest { sources: &srcs, dest: "/etc/", workdir: "", owner, extract_archives: false },
+            &CopyRequest {
+                sources: &srcs,
+                dest: "/etc/",
+                workdir: "",
+                owner,
+                extract_archives: false,
+            },
             &view,
         )
         .unwrap();
         let n = names(out.get_ref());
-        assert_eq!(n.iter().map(|x| x.0.as_str()).collect::<Vec<_>>(), vec!["etc/sub", "etc/sub/f"]);
+        assert_eq!(
+            n.iter().map(|x| x.0.as_str()).collect::<Vec<_>>(),
+            vec!["etc/sub", "etc/sub/f"]
+        );
         assert!(n.iter().all(|x| x.1 == 1000 && x.2 == 50));
 
         // Two sources need a directory destination.
         let srcs = [ctx.path().join("file"), ctx.path().join("dir")];
         let e = write_copy_layer(
             std::io::Cursor::new(Vec::new()),
-            &CopyRequest { sources: &srcs, dest: "/nodir", workdir: "", owner: None, extract_archives: false },
+            &CopyRequest {
+                sources: &srcs,
+                dest: "/nodir",
+                workdir: "",
+                owner: None,
+                extract_archives: false,
+            },
             &view,
         );
         assert!(e.is_err());
@@ -407,12 +450,21 @@ mod tests {
         let srcs = [ctx.path().join("a.tar.gz")];
         let out = write_copy_layer(
             std::io::Cursor::new(Vec::new()),
-            &CopyRequest { sources: &srcs, dest: "/opt", workdir: "", owner: None, extract_archives: true },
+            &CopyRequest {
+                sources: &srcs,
+                dest: "/opt",
+                workdir: "",
+                owner: None,
+                extract_archives: true,
+            },
             &view,
         )
         .unwrap();
         let n = names(out.get_ref());
-        assert_eq!(n.iter().map(|x| x.0.as_str()).collect::<Vec<_>>(), vec!["opt", "opt/inner/a.txt"]);
+        assert_eq!(
+            n.iter().map(|x| x.0.as_str()).collect::<Vec<_>>(),
+            vec!["opt", "opt/inner/a.txt"]
+        );
 
         // An archive with `..` entries is refused.
         let mut evil = tar::Builder::new(Vec::new());
@@ -426,7 +478,13 @@ mod tests {
         let srcs = [ctx.path().join("evil.tar")];
         let e = write_copy_layer(
             std::io::Cursor::new(Vec::new()),
-            &CopyRequest { sources: &srcs, dest: "/opt/", workdir: "", owner: None, extract_archives: true },
+            &CopyRequest {
+                sources: &srcs,
+                dest: "/opt/",
+                workdir: "",
+                owner: None,
+                extract_archives: true,
+            },
             &view,
         );
         assert!(e.is_err());

@@ -7,10 +7,12 @@
 pub mod cache;
 mod context;
 pub mod dockerfile;
+mod instructions;
 mod layer;
 mod run;
 mod shell_lex;
 mod stage;
+mod steps;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -135,7 +137,9 @@ impl Builder {
         }
         progress.send(json!({ "aux": { "ID": id } })).await?;
         if opts.quiet {
-            progress.send(json!({ "stream": format!("{id}\n") })).await?;
+            progress
+                .send(json!({ "stream": format!("{id}\n") }))
+                .await?;
         } else {
             progress
                 .send(json!({ "stream": format!("Successfully built {}\n", short_id(&id)) }))

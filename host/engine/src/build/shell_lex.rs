@@ -154,7 +154,8 @@ impl Lexer<'_> {
                     Some(op @ (':' | '-' | '+' | '?')) => {
                         let colon = op == ':';
                         let op = if colon {
-                            sc.next().ok_or_else(|| Error::invalid("bad substitution"))?
+                            sc.next()
+                                .ok_or_else(|| Error::invalid("bad substitution"))?
                         } else {
                             op
                         };
@@ -164,13 +165,21 @@ impl Lexer<'_> {
                             None => false,
                         };
                         match op {
-                            '-' => Ok(if set { value.unwrap_or("").to_string() } else { word }),
+                            '-' => Ok(if set {
+                                value.unwrap_or("").to_string()
+                            } else {
+                                word
+                            }),
                             '+' => Ok(if set { word } else { String::new() }),
                             '?' => {
                                 if set {
                                     Ok(value.unwrap_or("").to_string())
                                 } else {
-                                    let msg = if word.is_empty() { "is not allowed to be unset".to_string() } else { word };
+                                    let msg = if word.is_empty() {
+                                        "is not allowed to be unset".to_string()
+                                    } else {
+                                        word
+                                    };
                                     Err(Error::invalid(format!("{name}: {msg}")))
                                 }
                             }
@@ -237,7 +246,10 @@ mod tests {
     #[test]
     fn expansion_rules_from_the_reference() {
         let env = env();
-        let l = Lexer { escape: '\\', env: &env };
+        let l = Lexer {
+            escape: '\\',
+            env: &env,
+        };
         assert_eq!(l.word("$A").unwrap(), "1");
         assert_eq!(l.word("${A}b").unwrap(), "1b");
         assert_eq!(l.word("${NOPE:-dflt}").unwrap(), "dflt");
@@ -246,7 +258,11 @@ mod tests {
         assert_eq!(l.word("${A:+alt}").unwrap(), "alt");
         assert_eq!(l.word("${NOPE:+alt}").unwrap(), "");
         assert_eq!(l.word("${NOPE:-$A}").unwrap(), "1");
-        assert!(l.word("${NOPE:?must be set}").unwrap_err().to_string().contains("must be set"));
+        assert!(l
+            .word("${NOPE:?must be set}")
+            .unwrap_err()
+            .to_string()
+            .contains("must be set"));
         assert_eq!(l.word("'$A'").unwrap(), "$A");
         assert_eq!(l.word("\"$A x\"").unwrap(), "1 x");
         assert_eq!(l.word("\\$A").unwrap(), "$A");
@@ -262,7 +278,10 @@ mod tests {
     #[test]
     fn words_split_outside_quotes() {
         let env = env();
-        let l = Lexer { escape: '\\', env: &env };
+        let l = Lexer {
+            escape: '\\',
+            env: &env,
+        };
         assert_eq!(l.words("80/tcp  $A").unwrap(), vec!["80/tcp", "1"]);
         assert_eq!(l.words("\"a b\" c").unwrap(), vec!["a b", "c"]);
         assert_eq!(l.words("$SP z").unwrap(), vec!["x", "y", "z"]);
@@ -273,7 +292,10 @@ mod tests {
     #[test]
     fn backtick_escape() {
         let env = env();
-        let l = Lexer { escape: '`', env: &env };
+        let l = Lexer {
+            escape: '`',
+            env: &env,
+        };
         assert_eq!(l.word("c:\\dir `$A").unwrap(), "c:\\dir $A");
     }
 }

@@ -182,15 +182,15 @@ impl Containers {
             &[]
         } else {
             &[
-            "Env",
-            "Cmd",
-            "Entrypoint",
-            "WorkingDir",
-            "User",
-            "ExposedPorts",
-            "Volumes",
-            "Labels",
-            "StopSignal",
+                "Env",
+                "Cmd",
+                "Entrypoint",
+                "WorkingDir",
+                "User",
+                "ExposedPorts",
+                "Volumes",
+                "Labels",
+                "StopSignal",
             ]
         };
         for key in merged_keys {

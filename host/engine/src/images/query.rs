@@ -166,12 +166,14 @@ impl ImageStore {
             .as_deref()
             .map(|s| Self::created_of(&st, s))
             .transpose()?;
+        // Images something was built on (a build step's parent), looked up once.
+        let parents: BTreeSet<&str> = st.images.values().map(|i| i.parent.as_str()).collect();
         let mut out = Vec::new();
         for (id, rec) in &st.images {
             let created = created_unix(&rec.created);
             let refs: Vec<&String> = st.refs_of(id).collect();
             let untagged = !refs.iter().any(|r| !r.contains('@'));
-            let intermediate = untagged && refs.is_empty() && Self::has_children(&st, id);
+            let intermediate = untagged && refs.is_empty() && parents.contains(id.as_str());
             if intermediate && !opts.all {
                 continue;
             }
@@ -476,7 +478,11 @@ impl ImageStore {
                 .refs_of(&id)
                 .filter(|x| **x != r && !x.contains('@'))
                 .count();
-            if others > 0 || r.contains('@') && st.refs_of(&id).any(|x| !x.contains('@')) {
+            // An image other images were built on keeps existing untagged.
+            if others > 0
+                || r.contains('@') && st.refs_of(&id).any(|x| !x.contains('@'))
+                || Self::has_children(&st, &id)
+            {
                 st.refs.remove(&r);
                 self.save_state(&st)?;
                 drop(st);
@@ -520,12 +526,16 @@ impl ImageStore {
             self.save_state(&st)?;
             return Ok(out);
         }
-        if Self::has_children(&st, &id) && !force {
+        if Self::has_children(&st, &id) {
             return Err(Error::conflict(format!(
                 "conflict: unable to delete {short} (cannot be forced) - image has dependent child images"
             )));
         }
-        let parent = st.images.get(&id).map(|r| r.parent.clone()).unwrap_or_default();
+        let parent = st
+            .images
+            .get(&id)
+            .map(|r| r.parent.clone())
+            .unwrap_or_default();
         out.extend(self.delete_locked(&mut st, &id));
         if !noprune {
             out.extend(self.delete_parents_locked(&mut st, parent));
