@@ -127,6 +127,12 @@ impl Executor {
                 )
                 .await
             }
+            Intent::Tap {
+                netns,
+                ifname,
+                tap,
+                mtu,
+            } => self.tap(owner, netns, ifname, tap, *mtu).await,
         }
     }
 
@@ -290,6 +296,57 @@ impl Executor {
                 Err(e) if is_errno(&e, libc::EEXIST) => {}
                 r => r.map_err(nl)?,
             }
+        }
+        Ok(())
+    }
+
+    /// [`Intent::Tap`]: only inside a sandbox the ledger records as `owner`'s. Every
+    /// link it makes lives in that namespace and goes away with it.
+    async fn tap(&self, owner: &str, ns: &Path, ifname: &str, tap: &str, mtu: u32) -> Result<()> {
+        if !self.owns(owner, Kind::Netns, &ns.display().to_string()) {
+            return Err(Error::Forbidden(format!(
+                "refusing to add {tap} to {}: the ledger does not record it as owned by {owner}",
+                ns.display()
+            )));
+        }
+        {
+            let (p, t) = (ns.to_path_buf(), tap.to_string());
+            tokio::task::spawn_blocking(move || netns::create_tap(&p, &t))
+                .await
+                .map_err(Error::internal)?
+                .map_err(|e| Error::internal(format!("creating TAP {tap}: {e}")))?;
+        }
+        let inner = netns::netlink_in(ns)?;
+        let veth = link_index(&inner, ifname)
+            .await?
+            .ok_or_else(|| Error::internal(format!("{ifname} is not in the sandbox")))?;
+        let tapi = link_index(&inner, tap)
+            .await?
+            .ok_or_else(|| Error::internal(format!("TAP {tap} vanished")))?;
+        inner
+            .link()
+            .set(LinkUnspec::new_with_index(tapi).mtu(mtu).up().build())
+            .execute()
+            .await
+            .map_err(nl)?;
+        // `tc qdisc add dev X ingress` + `tc filter add dev X parent ffff: protocol all
+        // u32 match u8 0 0 action mirred egress redirect dev Y`, both ways.
+        for (from, to) in [(veth, tapi), (tapi, veth)] {
+            match inner.qdisc().add(from as i32).ingress().execute().await {
+                Err(e) if is_errno(&e, libc::EEXIST) => {}
+                r => r.map_err(nl)?,
+            }
+            inner
+                .traffic_filter(from as i32)
+                .add()
+                .parent(0xffff_0000)
+                // Network byte order, as iproute2 sends `protocol all`.
+                .protocol((libc::ETH_P_ALL as u16).to_be())
+                .redirect(to)
+                .map_err(nl)?
+                .execute()
+                .await
+                .map_err(nl)?;
         }
         Ok(())
     }
