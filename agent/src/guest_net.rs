@@ -59,10 +59,14 @@ fn parse_nic(v: &str) -> Option<Nic> {
 
 /// The kernel's name for the interface with `mac`.
 fn name_by_mac(mac: &str) -> Option<String> {
-    fs::read_dir("/sys/class/net").ok()?.flatten().find_map(|e| {
-        let a = fs::read_to_string(e.path().join("address")).ok()?;
-        (a.trim().eq_ignore_ascii_case(mac)).then(|| e.file_name().to_string_lossy().into_owned())
-    })
+    fs::read_dir("/sys/class/net")
+        .ok()?
+        .flatten()
+        .find_map(|e| {
+            let a = fs::read_to_string(e.path().join("address")).ok()?;
+            (a.trim().eq_ignore_ascii_case(mac))
+                .then(|| e.file_name().to_string_lossy().into_owned())
+        })
 }
 
 fn ifreq(name: &str) -> libc::ifreq {

@@ -9,8 +9,8 @@ use bollard_stubs::models::{EndpointSettings, HostConfig, NetworkingConfig};
 
 use super::record::ContainerRecord;
 use super::{Container, Containers};
-use crate::networks::model::Attachment;
 use crate::isolation::{GuestNetwork, GuestNic};
+use crate::networks::model::Attachment;
 use crate::networks::sandbox::{tap_name, SandboxRequest};
 use crate::networks::{etc, Networks};
 use crate::{Error, Result};
@@ -400,7 +400,10 @@ impl Containers {
         }
         if rec.state.status.is_running() {
             if self.backend(&rec).capabilities().guest_nics {
-                return Err(Error::invalid(guest_nics_fixed(&rec.name, "disconnected from")));
+                return Err(Error::invalid(guest_nics_fixed(
+                    &rec.name,
+                    "disconnected from",
+                )));
             }
             nets.disconnect_running(&c.id, &net.id).await?;
         }

@@ -162,9 +162,8 @@ pub(super) async fn spawn_vmm(
 fn join_netns_at_exec(cmd: &mut std::process::Command, ns: &std::path::Path) -> Result<()> {
     use std::os::fd::AsRawFd;
     use std::os::unix::process::CommandExt;
-    let f = std::fs::File::open(ns).map_err(|e| {
-        crate::Error::internal(format!("network namespace {}: {e}", ns.display()))
-    })?;
+    let f = std::fs::File::open(ns)
+        .map_err(|e| crate::Error::internal(format!("network namespace {}: {e}", ns.display())))?;
     // SAFETY: setns(2) is async-signal-safe; the fd is opened before the fork and owned
     // by the closure (close-on-exec, so the VMM does not inherit it).
     unsafe {
