@@ -7,9 +7,12 @@ Measures, through the unchanged docker CLI:
   * `docker run --rm <busybox> true` on the default bridge (median of N)
   * TCP throughput container -> container on a user network (busybox nc, 512 MiB)
   * TCP throughput namespace host -> published port on 127.0.0.1 (busybox nc, 512 MiB)
-`--write` appends the table to benches/RESULTS.md.
+`--daemons` picks the rows: `process` (berthd, process isolation), `microvm` (berthd,
+every container a qemu microVM whose NIC is a TAP joined to the veth by tc mirred), and
+`dockerd`. `--write` appends the table to benches/RESULTS.md.
 
-usage: benches/network/bench.py [--runs 10] [--mib 512] [--write]   (as root)
+usage: benches/network/bench.py [--runs 10] [--mib 512] [--daemons process,dockerd]
+                                [--berthd PATH] [--write]   (as root)
 """
 import argparse, os, statistics, subprocess, sys, tempfile, time
 
@@ -88,21 +91,30 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=10)
     ap.add_argument("--mib", type=int, default=512)
+    ap.add_argument("--daemons", default="process,dockerd")
+    ap.add_argument("--berthd", help="berthd binary (default: the newest under target/)")
     ap.add_argument("--write", action="store_true")
     a = ap.parse_args()
-    berthd = max((p for p in (f"{ROOT}/target/release/berthd", f"{ROOT}/target/debug/berthd")
-                  if os.path.exists(p)), key=os.path.getmtime)
+    berthd = a.berthd or max((p for p in (f"{ROOT}/target/release/berthd", f"{ROOT}/target/debug/berthd")
+                              if os.path.exists(p)), key=os.path.getmtime)
     work = tempfile.mkdtemp(prefix="berth-netbench-", dir="/var/tmp")
     tar = f"{work}/bb.tar"
     busybox_tar(tar)
     b_argv = [x for x in berthd_argv(berthd, work) if x not in ("--bridge", "none")]
-    daemons = [
-        NsDaemon("berthd (process, bridge + nftables)", b_argv + ["--bip", "10.231.0.1/24"],
-                 f"{work}/b.sock", "berth-netbench-b"),
-        NsDaemon("dockerd 20.10 + runc (bridge + iptables)",
-                 [x for x in dockerd_argv(work) if x not in ("--iptables=false", "--ip-masq=false", "--bridge=none")]
-                 + ["--bip", "10.232.0.1/24"], f"{work}/ref.sock", "berth-netbench-d"),
-    ]
+    vm_work = f"{work}/vm"
+    os.makedirs(vm_work)
+    vm_argv = [x for x in berthd_argv(berthd, vm_work) if x not in ("--bridge", "none")]
+    every = {
+        "process": NsDaemon("berthd (process, bridge + nftables)", b_argv + ["--bip", "10.231.0.1/24"],
+                            f"{work}/b.sock", "berth-netbench-b"),
+        "microvm": NsDaemon("berthd (microVM, qemu TCG, TAP + tc mirred)",
+                            vm_argv + ["--bip", "10.233.0.1/24", "--default-isolation", "microvm", "--vmm", "qemu"],
+                            f"{vm_work}/b.sock", "berth-netbench-v"),
+        "dockerd": NsDaemon("dockerd 20.10 + runc (bridge + iptables)",
+                            [x for x in dockerd_argv(work) if x not in ("--iptables=false", "--ip-masq=false", "--bridge=none")]
+                            + ["--bip", "10.232.0.1/24"], f"{work}/ref.sock", "berth-netbench-d"),
+    }
+    daemons = [every[k] for k in a.daemons.split(",")]
     results = {}
     log = open(f"{work}/daemons.log", "w")
     try:

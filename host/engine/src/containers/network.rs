@@ -229,6 +229,15 @@ impl Containers {
             Mode::Container(other) => {
                 let o = self.get(other)?;
                 let orec = o.record();
+                // A VM's network lives in its guest: the host-side sandbox of a microVM
+                // only carries frames to its TAP, and a guest cannot join a host netns.
+                if self.backend(rec).capabilities().guest_nics
+                    || self.backend(&orec).capabilities().guest_nics
+                {
+                    return Err(Error::invalid(
+                        "--network container: is not supported with microvm isolation: a microVM's network is inside its guest",
+                    ));
+                }
                 if !orec.state.status.is_running() || orec.state.pid == 0 {
                     return Err(Error::conflict(format!(
                         "cannot join network of a non running container: {}",

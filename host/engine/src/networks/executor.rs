@@ -403,4 +403,31 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, Error::Forbidden(_)), "{err}");
     }
+
+    /// A TAP goes only into a sandbox the ledger records as the asker's.
+    #[tokio::test]
+    async fn refuses_taps_in_namespaces_it_does_not_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let exec = Executor::open(dir.path()).unwrap();
+        exec.claim_other("container-a", Kind::Netns, "/run/berth/netns/a")
+            .unwrap();
+        for (owner, ns) in [
+            ("container-b", "/run/berth/netns/a"),
+            ("container-a", "/proc/1/ns/net"),
+        ] {
+            let err = exec
+                .apply(
+                    owner,
+                    &Intent::Tap {
+                        netns: ns.into(),
+                        ifname: "eth0".into(),
+                        tap: "tap0".into(),
+                        mtu: 1500,
+                    },
+                )
+                .await
+                .unwrap_err();
+            assert!(matches!(err, Error::Forbidden(_)), "{err}");
+        }
+    }
 }
