@@ -4,7 +4,7 @@ and iptables, each daemon inside a network namespace of its own (nothing touches
 machine's interfaces; all traffic stays inside the namespace).
 
 Measures, through the unchanged docker CLI:
-  * `docker run --rm <busybox> true` on the default bridge (median of N)
+  * `docker run --rm <busybox> true` on the default bridge, and with `--network none` (medians of N)
   * TCP throughput container -> container on a user network (busybox nc, 512 MiB)
   * TCP throughput namespace host -> published port on 127.0.0.1 (busybox nc, 512 MiB)
 `--daemons` picks the rows: `process` (berthd, process isolation), `microvm` (berthd,
@@ -64,6 +64,13 @@ def measure(d, runs, mib):
         docker(d, "run", "--rm", "bb", "true")
         times.append(time.perf_counter() - t)
     run_ms = statistics.median(times) * 1000
+    # The same without a network: what the bridge (and for a microVM its TAP) costs.
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        docker(d, "run", "--rm", "--network", "none", "bb", "true")
+        times.append(time.perf_counter() - t)
+    none_ms = statistics.median(times) * 1000
     # container -> container on a user network
     docker(d, "network", "create", "--subnet", "10.77.0.0/24", "benchnet")
     docker(d, "run", "-d", "--name", "sink", "--network", "benchnet", "bb", "sh", "-c",
@@ -84,7 +91,7 @@ def measure(d, runs, mib):
     h2p = check(d, "pub", mib, time.perf_counter() - t)
     docker(d, "rm", "-f", "sink", "pub", check=False)
     docker(d, "network", "rm", "benchnet", check=False)
-    return {"run_ms": run_ms, "c2c": c2c, "h2p": h2p}
+    return {"run_ms": run_ms, "none_ms": none_ms, "c2c": c2c, "h2p": h2p}
 
 
 def main():
@@ -132,10 +139,10 @@ def main():
         for d in daemons:
             d.stop()
             sh("ip", "netns", "del", d.ns, check=False)
-    lines = [f"| daemon | `run --rm true`, default bridge (ms, median of {a.runs}) | container→container TCP (MiB/s) "
-             f"| host→published port on 127.0.0.1 (MiB/s) |", "|---|---|---|---|"]
+    lines = [f"| daemon | `run --rm true`, default bridge (ms, median of {a.runs}) | same, `--network none` (ms) "
+             f"| container→container TCP (MiB/s) | host→published port on 127.0.0.1 (MiB/s) |", "|---|---|---|---|---|"]
     for name, r in results.items():
-        lines.append(f"| {name} | {r['run_ms']:.0f} | {r['c2c']:.0f} | {r['h2p']:.0f} |")
+        lines.append(f"| {name} | {r['run_ms']:.0f} | {r['none_ms']:.0f} | {r['c2c']:.1f} | {r['h2p']:.1f} |")
     table = "\n".join(lines)
     print(table)
     if a.write:
