@@ -149,7 +149,7 @@ def main():
         stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
         with open(f"{ROOT}/benches/RESULTS.md", "a") as f:
             f.write(f"\n## network ({stamp})\n\nCommand: `python3 benches/network/bench.py --runs {a.runs} --mib {a.mib} "
-                    f"--write` (2 vCPU; each daemon in a network namespace of its own; berthd "
+                    f"--daemons {a.daemons} --write` (2 vCPU; each daemon in a network namespace of its own; berthd "
                     f"`{os.path.relpath(berthd, ROOT)}`; throughput through busybox `nc`, {a.mib} MiB of zeros, "
                     f"timed around the whole client including its container start).\n\n{table}\n")
 
