@@ -225,6 +225,30 @@ fn microvm_user_network_ports_dns_and_mixed_isolation() {
     assert!(err.contains("fixed at boot"), "{err}");
     let err = d.docker_err(&["network", "disconnect", "n1", "vweb"]);
     assert!(err.contains("fixed at boot"), "{err}");
+    // Stopped, it joins n2; the next boot has two NICs, each on its own TAP, and is
+    // reachable on both networks (and still on its published port).
+    d.docker_ok(&["stop", "-t", "1", "vweb"]);
+    d.docker_ok(&["network", "connect", "n2", "vweb"]);
+    d.docker_ok(&["start", "vweb"]);
+    let addrs = d.docker_ok(&["exec", "vweb", "ip", "-o", "-4", "addr"]);
+    assert!(
+        addrs.contains(" eth0 ") && addrs.contains(" eth1 "),
+        "{addrs}"
+    );
+    let q = sandbox_tc(&d, &vweb, &["filter", "show", "dev", "eth1", "ingress"]);
+    assert!(q.contains("Redirect to device tap1"), "{q}");
+    let got = d.docker_ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "n2",
+        IMG,
+        "sh",
+        "-c",
+        &fetch("http://vweb/"),
+    ]);
+    assert!(got.contains("hello from vweb"), "via n2: {got}");
+    host_get(&d, "http://127.0.0.1:8090/", "hello from vweb");
     d.docker_ok(&["rm", "-f", "vweb", "pweb"]);
     assert_nothing_left(&d);
 }
