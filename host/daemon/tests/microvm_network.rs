@@ -260,7 +260,7 @@ fn microvm_network_cleanup_after_kill9_restart() {
     }
     let mut d = daemon(12);
     d.docker_ok(&["network", "create", "n1"]);
-    web(&d, "keep", &[VM, "--network", "n1", "-p", "8091:80"]);
+    let keep = web(&d, "keep", &[VM, "--network", "n1", "-p", "8091:80"]);
     web(&d, "gone", &[VM, "--network", "n1", "-p", "8092:80"]);
     host_get(&d, "http://127.0.0.1:8091/", "hello from keep");
     host_get(&d, "http://127.0.0.1:8092/", "hello from gone");
@@ -278,6 +278,8 @@ fn microvm_network_cleanup_after_kill9_restart() {
     assert_eq!(veth_count(&d), 1);
     assert_eq!(ledger_count(&d, "netns"), 1);
     assert_eq!(netns_files(&d), 1);
+    let f = sandbox_tc(&d, &keep, &["filter", "show", "dev", "tap0", "ingress"]);
+    assert!(f.contains("Redirect to device eth0"), "{f}");
     let o = d.in_netns(&[
         "timeout",
         "3",
