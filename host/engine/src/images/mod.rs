@@ -15,6 +15,7 @@ mod archive;
 pub mod digest;
 mod flatten;
 mod import;
+mod login;
 mod progress;
 mod query;
 pub mod reference;
