@@ -103,6 +103,8 @@ pub fn launch(l: &Launch) -> Result<Launched, LaunchError> {
     }
 
     match &l.target {
+        // `--pid host`: the container's processes live in the agent's pid namespace.
+        Target::Init { .. } if l.container.host_namespaces.pid => {}
         Target::Init { .. } => unshare(CloneFlags::CLONE_NEWPID)
             .map_err(|e| LaunchError::setup(format!("unshare pid ns: {e}")))?,
         Target::Exec { init_pid } => {
@@ -219,8 +221,14 @@ fn child_setup(
     let spec = l.container;
     match &l.target {
         Target::Init { etc_files } => {
-            let mut flags =
-                CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC;
+            let host = spec.host_namespaces;
+            let mut flags = CloneFlags::CLONE_NEWNS;
+            if !host.uts {
+                flags |= CloneFlags::CLONE_NEWUTS;
+            }
+            if !host.ipc {
+                flags |= CloneFlags::CLONE_NEWIPC;
+            }
             if matches!(spec.network, NetworkSpec::Isolated) {
                 flags |= CloneFlags::CLONE_NEWNET;
             }
@@ -232,11 +240,12 @@ fn child_setup(
             if matches!(spec.network, NetworkSpec::Isolated) {
                 namespaces::loopback_up().map_err(step("loopback up"))?;
             }
-            if !spec.hostname.is_empty() {
+            // Never rename the host: with `--uts host` the names stay the host's.
+            if !spec.hostname.is_empty() && !host.uts {
                 nix::unistd::sethostname(&spec.hostname)
                     .map_err(|e| LaunchError::setup(format!("sethostname: {e}")))?;
             }
-            if !spec.domainname.is_empty() {
+            if !spec.domainname.is_empty() && !host.uts {
                 // SAFETY: pointer/len of a live string.
                 unsafe {
                     libc::setdomainname(spec.domainname.as_ptr().cast(), spec.domainname.len())

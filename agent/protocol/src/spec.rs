@@ -61,6 +61,21 @@ pub struct ContainerSpec {
     /// device cgroup.
     #[serde(default)]
     pub devices: Vec<DeviceSpec>,
+    /// `--pid host`, `--ipc host`, `--uts host`: stay in the agent's namespace of that kind
+    /// (the host's in process isolation, the VM's in a microVM).
+    #[serde(default)]
+    pub host_namespaces: HostNamespaces,
+}
+
+/// Namespaces a container shares with the agent instead of getting its own.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
+pub struct HostNamespaces {
+    #[serde(default)]
+    pub pid: bool,
+    #[serde(default)]
+    pub ipc: bool,
+    #[serde(default)]
+    pub uts: bool,
 }
 
 /// One `--ulimit name=soft[:hard]`.

@@ -240,3 +240,73 @@ print("ok")
         );
     }
 }
+
+/// `--pid host`, `--ipc host`, `--uts host` (process isolation): the container sees the
+/// host's namespace of that kind, and never renames the host; `container:` is refused.
+#[test]
+fn host_pid_ipc_and_uts_namespaces() {
+    let d = TestDaemon::start();
+    common::images::import_busybox(&d, "bb");
+    let host_ns = |kind: &str| {
+        std::fs::read_link(format!("/proc/self/ns/{kind}"))
+            .unwrap()
+            .to_string_lossy()
+            .to_string()
+    };
+    let host_name = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    let script = "readlink /proc/self/ns/pid; readlink /proc/self/ns/ipc; readlink /proc/self/ns/uts; hostname";
+    let shared = run(
+        &d,
+        "process",
+        &[
+            "--pid",
+            "host",
+            "--ipc",
+            "host",
+            "--uts",
+            "host",
+            "--hostname",
+            "ignored",
+        ],
+        script,
+    );
+    let lines: Vec<&str> = shared.lines().collect();
+    assert_eq!(lines[0], host_ns("pid"), "{shared}");
+    assert_eq!(lines[1], host_ns("ipc"), "{shared}");
+    assert_eq!(lines[2], host_ns("uts"), "{shared}");
+    assert_eq!(lines[3], host_name.trim(), "{shared}");
+    assert_eq!(
+        std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap(),
+        host_name,
+        "the host keeps its name"
+    );
+    // The host's processes are visible with --pid host (this test's own pid among them).
+    let me = std::process::id();
+    let seen = run(
+        &d,
+        "process",
+        &["--pid", "host"],
+        &format!("test -d /proc/{me} && echo seen"),
+    );
+    assert_eq!(seen, "seen\n");
+
+    let private = run(&d, "process", &["--ipc", "shareable"], script);
+    let lines: Vec<&str> = private.lines().collect();
+    for (i, kind) in ["pid", "ipc", "uts"].iter().enumerate() {
+        assert_ne!(lines[i], host_ns(kind), "{kind}: {private}");
+    }
+
+    let e = stderr(&d.docker(&["run", "--rm", "--pid", "container:abc", "bb", "true"]));
+    assert!(e.contains("not supported yet"), "{e}");
+    let e = stderr(&d.docker(&[
+        "run",
+        "--rm",
+        "--ipc",
+        "host",
+        "--sysctl",
+        "kernel.shmmax=1000000",
+        "bb",
+        "true",
+    ]));
+    assert!(e.contains("not allowed in host IPC namespace"), "{e}");
+}

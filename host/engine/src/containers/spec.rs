@@ -157,6 +157,7 @@ impl Containers {
                     }
                 })
                 .collect(),
+            host_namespaces: super::validate::host_namespaces(hc)?,
         };
         self.backend(rec).map_resources(&mut spec.resources);
         Ok(spec)

@@ -164,7 +164,7 @@ pub fn validate_host_config(hc: &HostConfig) -> Result<()> {
 
 /// Sysctls that live in a namespace of the container (runc's list): `net.*` in its network
 /// namespace (not with `--network host`), the IPC ones in its IPC namespace.
-fn sysctl_is_namespaced(key: &str, host_network: bool) -> bool {
+fn sysctl_is_namespaced(key: &str, host_network: bool, host_ipc: bool) -> bool {
     const IPC: &[&str] = &[
         "kernel.msgmax",
         "kernel.msgmnb",
@@ -175,9 +175,32 @@ fn sysctl_is_namespaced(key: &str, host_network: bool) -> bool {
         "kernel.shmmni",
         "kernel.shm_rmid_forced",
     ];
-    IPC.contains(&key)
-        || key.starts_with("fs.mqueue.")
+    ((IPC.contains(&key) || key.starts_with("fs.mqueue.")) && !host_ipc)
         || (key.starts_with("net.") && !host_network)
+}
+
+/// `--pid`, `--ipc`, `--uts`: `host` shares the agent's namespace (the host's, or the VM's
+/// in a microVM); empty/`private` (and for IPC `shareable`, `none`) get their own.
+pub fn host_namespaces(hc: &HostConfig) -> Result<berth_agent_protocol::HostNamespaces> {
+    fn mode(flag: &str, v: Option<&str>, private: &[&str]) -> Result<bool> {
+        match v.unwrap_or("") {
+            "host" => Ok(true),
+            v if v.is_empty() || private.contains(&v) => Ok(false),
+            v if v.starts_with("container:") => Err(Error::NotImplemented(format!(
+                "--{flag} {v}: sharing another container's {flag} namespace is not supported yet"
+            ))),
+            v => Err(Error::invalid(format!("invalid --{flag}: {v:?}"))),
+        }
+    }
+    Ok(berth_agent_protocol::HostNamespaces {
+        pid: mode("pid", hc.pid_mode.as_deref(), &["private"])?,
+        ipc: mode(
+            "ipc",
+            hc.ipc_mode.as_deref(),
+            &["private", "shareable", "none"],
+        )?,
+        uts: mode("uts", hc.uts_mode.as_deref(), &["private"])?,
+    })
 }
 
 /// The run options applied inside the container (`--ulimit`, `--sysctl`,
@@ -223,13 +246,16 @@ pub fn validate_run_options(hc: &HostConfig) -> Result<()> {
         }
     }
     let host_network = hc.network_mode.as_deref() == Some("host");
+    let host_ns = host_namespaces(hc)?;
     for key in hc.sysctls.iter().flat_map(|m| m.keys()) {
         if key.contains('/') || key.split('.').any(|c| c.is_empty()) {
             return Err(Error::invalid(format!("invalid sysctl {key:?}")));
         }
-        if !sysctl_is_namespaced(key, host_network) {
+        if !sysctl_is_namespaced(key, host_network, host_ns.ipc) {
             return Err(Error::invalid(if key.starts_with("net.") {
                 format!("sysctl {key:?} not allowed in host network namespace")
+            } else if host_ns.ipc && (key.starts_with("kernel.") || key.starts_with("fs.mqueue.")) {
+                format!("sysctl {key:?} not allowed in host IPC namespace")
             } else {
                 format!("sysctl {key:?} is not in a separate kernel namespace")
             }));
