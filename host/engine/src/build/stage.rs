@@ -10,8 +10,14 @@ use super::context::Context;
 use super::dockerfile::{Dockerfile, Instruction, Kind};
 use super::shell_lex::Lexer;
 use super::{cache, BuildOptions, Builder, PREDEFINED_ARGS};
-use crate::images::{ImageStore, LayerRecord, NewImage, Progress, Reference};
+use crate::images::{ImageStore, NewImage, Progress, Reference};
 use crate::{Error, Result};
+
+/// Writes a step's layer tar (COPY/ADD, WORKDIR) into the file it is given.
+pub(super) type LayerWriter = Box<
+    dyn FnOnce(std::io::BufWriter<std::fs::File>) -> Result<std::io::BufWriter<std::fs::File>>
+        + Send,
+>;
 
 pub fn short_id(id: &str) -> &str {
     let hex = id.strip_prefix("sha256:").unwrap_or(id);
@@ -424,7 +430,7 @@ impl<'a> BuildRun<'a> {
     pub(super) async fn commit_config(
         &self,
         st: &mut State,
-        layer: Option<LayerRecord>,
+        layer: Option<LayerWriter>,
         created_by: &str,
     ) -> Result<String> {
         let images = self.images().clone();
@@ -432,6 +438,13 @@ impl<'a> BuildRun<'a> {
         let parent = st.image.clone();
         let created_by = created_by.to_string();
         let (id, config) = tokio::task::spawn_blocking(move || -> Result<(String, Value)> {
+            // Held until the image is registered: the collector must not take the new
+            // layer's blob in between.
+            let mut guard = images.pending_guard();
+            let layer = match layer {
+                Some(write) => Some(images.ingest_written_tar(write, &mut guard)?),
+                None => None,
+            };
             let now = crate::fsutil::now_rfc3339();
             config["created"] = json!(now);
             if !config["rootfs"]["diff_ids"].is_array() {
@@ -472,6 +485,7 @@ impl<'a> BuildRun<'a> {
                 refs: Vec::new(),
                 parent,
             })?;
+            drop(guard);
             Ok((id, config))
         })
         .await

@@ -7,9 +7,8 @@ use super::context;
 use super::dockerfile::{CommandForm, CopySpec};
 use super::layer::{self, CopyRequest, ImageView};
 use super::shell_lex::Lexer;
-use super::stage::{short_id, BuildRun, State};
+use super::stage::{short_id, BuildRun, LayerWriter, State};
 use super::{cache, run, PREDEFINED_ARGS};
-use crate::images::LayerRecord;
 use crate::{Error, Result};
 
 impl BuildRun<'_> {
@@ -225,16 +224,12 @@ impl BuildRun<'_> {
             .unwrap_or("")
             .to_string();
         let dest2 = dest.clone();
-        let layer = tokio::task::spawn_blocking(move || -> Result<LayerRecord> {
+        let write: LayerWriter = Box::new(move |f| {
             let view = ImageView { layers };
             let owner = chown
                 .as_deref()
                 .map(|c| view.resolve_chown(c))
                 .transpose()?;
-            let tmp = tempfile::Builder::new()
-                .prefix("copy-")
-                .tempfile_in(images.tmp_dir())?;
-            let f = std::io::BufWriter::new(tmp.reopen()?);
             let req = CopyRequest {
                 sources: &sources,
                 dest: &dest2,
@@ -242,25 +237,11 @@ impl BuildRun<'_> {
                 owner,
                 extract_archives: add,
             };
-            let f = layer::write_copy_layer(f, &req, &view)?;
-            f.into_inner()
-                .map_err(|e| Error::from(e.into_error()))?
-                .sync_all()?;
-            let mut guard = images.pending_guard();
-            let rec = images.ingest_with_blob(
-                std::fs::File::open(tmp.path())?,
-                None,
-                None,
-                None,
-                &mut guard,
-            )?;
-            Ok(rec)
-        })
-        .await
-        .map_err(Error::internal)??;
-        drop(downloads);
+            layer::write_copy_layer(f, &req, &view)
+        });
         let parent = st.image.clone();
-        let id = self.commit_config(st, Some(layer), &created_by).await?;
+        let id = self.commit_config(st, Some(write), &created_by).await?;
+        drop(downloads);
         self.remember(parent.as_deref(), &created_by, &id).await?;
         self.say(format!(" ---> {}\n", short_id(&id))).await
     }
@@ -307,15 +288,10 @@ impl BuildRun<'_> {
         if self.cached(st, &created_by).await?.is_some() {
             return Ok(());
         }
-        let images = self.images().clone();
         let abs2 = abs.to_string();
-        let layer = tokio::task::spawn_blocking(move || -> Result<LayerRecord> {
+        let write: LayerWriter = Box::new(move |f| {
             let empty = tempfile::tempdir()?;
             let srcs = [empty.path().to_path_buf()];
-            let tmp = tempfile::Builder::new()
-                .prefix("workdir-")
-                .tempfile_in(images.tmp_dir())?;
-            let f = std::io::BufWriter::new(tmp.reopen()?);
             let req = CopyRequest {
                 sources: &srcs,
                 dest: &abs2,
@@ -323,23 +299,10 @@ impl BuildRun<'_> {
                 owner: None,
                 extract_archives: false,
             };
-            let f = layer::write_copy_layer(f, &req, &view)?;
-            f.into_inner()
-                .map_err(|e| Error::from(e.into_error()))?
-                .sync_all()?;
-            let mut guard = images.pending_guard();
-            images.ingest_with_blob(
-                std::fs::File::open(tmp.path())?,
-                None,
-                None,
-                None,
-                &mut guard,
-            )
-        })
-        .await
-        .map_err(Error::internal)??;
+            layer::write_copy_layer(f, &req, &view)
+        });
         let parent = st.image.clone();
-        let id = self.commit_config(st, Some(layer), &created_by).await?;
+        let id = self.commit_config(st, Some(write), &created_by).await?;
         self.remember(parent.as_deref(), &created_by, &id).await?;
         self.say(format!(" ---> {}\n", short_id(&id))).await
     }

@@ -216,24 +216,13 @@ impl Containers {
         });
         let container_id = c.id.clone();
         let id = tokio::task::spawn_blocking(move || -> Result<String> {
-            let tmp = tempfile::Builder::new()
-                .prefix("commit-")
-                .tempfile_in(images.tmp_dir())?;
-            {
-                let f = tmp.reopen()?;
-                let mut b = tar::Builder::new(std::io::BufWriter::new(f));
-                tar_upper(&upper, &mut b)?;
-                b.into_inner()?
-                    .into_inner()
-                    .map_err(|e| Error::from(e.into_error()))?
-                    .sync_all()?;
-            }
             let mut guard = images.pending_guard();
-            let layer = images.ingest_with_blob(
-                std::fs::File::open(tmp.path())?,
-                None,
-                None,
-                None,
+            let layer = images.ingest_written_tar(
+                |f| {
+                    let mut b = tar::Builder::new(f);
+                    tar_upper(&upper, &mut b)?;
+                    Ok(b.into_inner()?)
+                },
                 &mut guard,
             )?;
             let now = crate::fsutil::now_rfc3339();

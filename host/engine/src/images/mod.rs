@@ -308,6 +308,24 @@ impl ImageStore {
         Ok((diff_id, tar_size, size))
     }
 
+    /// A layer the engine writes itself (commit, build steps): `write` fills a temp
+    /// file with the tar, which is synced and ingested. The caller's `guard` keeps the
+    /// new blob from the collector until the image that uses it is committed.
+    pub(crate) fn ingest_written_tar(
+        &self,
+        write: impl FnOnce(std::io::BufWriter<fs::File>) -> Result<std::io::BufWriter<fs::File>>,
+        guard: &mut PendingGuard<'_>,
+    ) -> Result<LayerRecord> {
+        let tmp = tempfile::Builder::new()
+            .prefix("layer-")
+            .tempfile_in(self.tmp_dir())?;
+        write(std::io::BufWriter::new(tmp.reopen()?))?
+            .into_inner()
+            .map_err(|e| Error::from(e.into_error()))?
+            .sync_all()?;
+        self.ingest_with_blob(fs::File::open(tmp.path())?, None, None, None, guard)
+    }
+
     /// Ingest a layer and keep the bytes read (compressed or not) as its blob, in one
     /// pass over `r`. `expected_blob` is checked when given (OCI layouts, registries).
     pub(crate) fn ingest_with_blob<R: Read>(

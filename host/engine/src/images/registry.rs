@@ -60,47 +60,35 @@ pub struct RegistryAuth {
     pub server_address: String,
 }
 
+/// A credentials header: base64url JSON (standard base64 accepted too). Empty or
+/// undecodable means anonymous, as in Docker.
+fn decode_header<T: serde::de::DeserializeOwned>(h: &str) -> Option<T> {
+    let h = h.trim();
+    if h.is_empty() {
+        return None;
+    }
+    let engines = [
+        base64::engine::general_purpose::URL_SAFE,
+        base64::engine::general_purpose::URL_SAFE_NO_PAD,
+        base64::engine::general_purpose::STANDARD,
+        base64::engine::general_purpose::STANDARD_NO_PAD,
+    ];
+    engines
+        .iter()
+        .filter_map(|e| e.decode(h).ok())
+        .find_map(|raw| serde_json::from_slice(&raw).ok())
+}
+
 impl RegistryAuth {
     /// Decode the header (base64url JSON; standard base64 accepted too). An empty or
     /// undecodable header means anonymous, as in Docker.
     pub fn from_header(h: &str) -> RegistryAuth {
-        let h = h.trim();
-        if h.is_empty() {
-            return RegistryAuth::default();
-        }
-        let engines = [
-            base64::engine::general_purpose::URL_SAFE,
-            base64::engine::general_purpose::URL_SAFE_NO_PAD,
-            base64::engine::general_purpose::STANDARD,
-            base64::engine::general_purpose::STANDARD_NO_PAD,
-        ];
-        for e in engines {
-            if let Ok(raw) = e.decode(h) {
-                if let Ok(a) = serde_json::from_slice::<RegistryAuth>(&raw) {
-                    return a;
-                }
-            }
-        }
-        RegistryAuth::default()
+        decode_header(h).unwrap_or_default()
     }
 
     /// `X-Registry-Config` (`docker build`): base64 JSON of registry → credentials.
     pub fn configs_from_header(h: &str) -> std::collections::HashMap<String, RegistryAuth> {
-        let h = h.trim();
-        let engines = [
-            base64::engine::general_purpose::URL_SAFE,
-            base64::engine::general_purpose::URL_SAFE_NO_PAD,
-            base64::engine::general_purpose::STANDARD,
-            base64::engine::general_purpose::STANDARD_NO_PAD,
-        ];
-        for e in engines {
-            if let Ok(raw) = e.decode(h) {
-                if let Ok(m) = serde_json::from_slice(&raw) {
-                    return m;
-                }
-            }
-        }
-        Default::default()
+        decode_header(h).unwrap_or_default()
     }
 
     /// Username and password, given as such or as the base64 `auth` field.
