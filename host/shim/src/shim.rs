@@ -1,0 +1,71 @@
+//! The shim binary's lifecycle for containerd: `start` (spawn the serving shim and print
+//! its address), `delete` (clean up after a dead shim) and serving the Task service.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use containerd_shim::asynchronous::{spawn, ExitSignal, Shim};
+use containerd_shim::publisher::RemotePublisher;
+use containerd_shim::{Config, Error, Flags, StartOpts};
+use containerd_shim_protos::api::DeleteResponse;
+use containerd_shim_protos::protobuf::MessageField;
+
+use crate::events::{now_ns, timestamp, Events};
+use crate::sandbox::{self, Backends};
+use crate::task::TaskService;
+
+/// The CRI annotation naming a container's pod sandbox: the containers of one pod share
+/// one shim, as with runc's shim.
+const CRI_SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
+
+pub struct BerthShim {
+    namespace: String,
+    id: String,
+    exit: Arc<ExitSignal>,
+}
+
+#[async_trait]
+impl Shim for BerthShim {
+    type T = TaskService;
+
+    async fn new(_runtime_id: &str, args: &Flags, _config: &mut Config) -> Self {
+        BerthShim {
+            namespace: args.namespace.clone(),
+            id: args.id.clone(),
+            exit: Arc::new(ExitSignal::default()),
+        }
+    }
+
+    async fn start_shim(&mut self, opts: StartOpts) -> Result<String, Error> {
+        // containerd runs `start` in the bundle directory.
+        let grouping = crate::oci::load(std::path::Path::new("."))
+            .ok()
+            .and_then(|s| s.annotations().as_ref()?.get(CRI_SANDBOX_ID).cloned())
+            .unwrap_or_else(|| opts.id.clone());
+        spawn(opts, &grouping, Vec::new()).await
+    }
+
+    async fn delete_shim(&mut self) -> Result<DeleteResponse, Error> {
+        Backends::from_env()
+            .cleanup(&sandbox::key(&self.namespace, &self.id))
+            .await;
+        Ok(DeleteResponse {
+            exit_status: 137,
+            exited_at: MessageField::some(timestamp(now_ns())),
+            ..Default::default()
+        })
+    }
+
+    async fn wait(&mut self) {
+        self.exit.wait().await;
+    }
+
+    async fn create_task_service(&self, publisher: RemotePublisher) -> Self::T {
+        TaskService::new(
+            Arc::new(Backends::from_env()),
+            Events::new(publisher, &self.namespace),
+            &self.namespace,
+            self.exit.clone(),
+        )
+    }
+}
