@@ -24,6 +24,39 @@ pub struct BerthShim {
     exit: Arc<ExitSignal>,
 }
 
+/// Spawn the serving shim for `opts.id` (or join the one of its pod) and return its
+/// address. containerd runs `start` in the bundle directory.
+async fn start_server(opts: StartOpts) -> Result<String, Error> {
+    let grouping = crate::oci::load(std::path::Path::new("."))
+        .ok()
+        .and_then(|s| s.annotations().as_ref()?.get(CRI_SANDBOX_ID).cloned())
+        .unwrap_or_else(|| opts.id.clone());
+    let address = spawn(opts, &grouping, Vec::new()).await?;
+    // containerd's `delete` action and the server's exit find the socket here.
+    let _ = std::fs::write("address", &address);
+    Ok(address)
+}
+
+/// The `start` action: spawn the server and print its bare socket address (what
+/// containerd 1.6 expects; 1.7 and 2.x read it as a version-2 ttrpc shim).
+pub async fn legacy_start(flags: &Flags) -> Result<(), Error> {
+    let opts = StartOpts {
+        id: flags.id.clone(),
+        publish_binary: flags.publish_binary.clone(),
+        address: flags.address.clone(),
+        ttrpc_address: std::env::var("TTRPC_ADDRESS").unwrap_or_default(),
+        namespace: flags.namespace.clone(),
+        debug: flags.debug,
+        ..Default::default()
+    };
+    let address = start_server(opts).await?;
+    use std::io::Write;
+    let mut out = std::io::stdout();
+    out.write_all(address.as_bytes())
+        .and_then(|()| out.flush())
+        .map_err(|e| Error::Other(format!("writing the shim address: {e}")))
+}
+
 #[async_trait]
 impl Shim for BerthShim {
     type T = TaskService;
@@ -37,12 +70,7 @@ impl Shim for BerthShim {
     }
 
     async fn start_shim(&mut self, opts: StartOpts) -> Result<String, Error> {
-        // containerd runs `start` in the bundle directory.
-        let grouping = crate::oci::load(std::path::Path::new("."))
-            .ok()
-            .and_then(|s| s.annotations().as_ref()?.get(CRI_SANDBOX_ID).cloned())
-            .unwrap_or_else(|| opts.id.clone());
-        spawn(opts, &grouping, Vec::new()).await
+        start_server(opts).await
     }
 
     async fn delete_shim(&mut self) -> Result<DeleteResponse, Error> {

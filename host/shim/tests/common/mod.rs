@@ -307,6 +307,17 @@ impl Drop for Containerd {
     }
 }
 
+/// The memory limit of a task's cgroup, v1 or v2.
+pub fn memory_limit(id: &str) -> Option<u64> {
+    let key = hex::encode(Sha256::digest(format!("{NS}/{id}").as_bytes()));
+    [
+        format!("/sys/fs/cgroup/memory/berth-shim/{key}/memory.limit_in_bytes"),
+        format!("/sys/fs/cgroup/berth-shim/{key}/memory.max"),
+    ]
+    .iter()
+    .find_map(|p| std::fs::read_to_string(p).ok()?.trim().parse().ok())
+}
+
 /// The freezer state of a task's cgroup (`FROZEN`/`THAWED`), v1 or v2.
 pub fn freezer_state(id: &str) -> Option<String> {
     let key = hex::encode(Sha256::digest(format!("{NS}/{id}").as_bytes()));
