@@ -428,3 +428,43 @@ fn build_busybox_archive(dir: &Path) -> PathBuf {
     archive.into_inner().unwrap().flush().unwrap();
     path
 }
+
+/// `Update` through the shim's own Task API (ctr 1.6 has no `task update`): a real
+/// ttrpc client on the socket containerd got from the shim's `start`.
+pub fn update_memory_limit(c: &Containerd, id: &str, bytes: i64) {
+    use containerd_shim_protos::api::UpdateTaskRequest;
+    use containerd_shim_protos::protobuf::well_known_types::any::Any;
+    use containerd_shim_protos::shim_async::TaskClient;
+    use containerd_shim_protos::ttrpc::asynchronous::Client;
+    use containerd_shim_protos::ttrpc::context;
+
+    let bundle = c
+        .dir
+        .path()
+        .join("state/io.containerd.runtime.v2.task")
+        .join(NS)
+        .join(id);
+    let address = std::fs::read_to_string(bundle.join("address")).expect("the shim's address");
+    let resources = serde_json::json!({"memory": {"limit": bytes}});
+    let req = UpdateTaskRequest {
+        id: id.to_string(),
+        resources: Some(Any {
+            type_url: "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources".into(),
+            value: resources.to_string().into_bytes(),
+            ..Default::default()
+        })
+        .into(),
+        ..Default::default()
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let client = Client::connect(address.trim()).await.expect("connect to the shim");
+        TaskClient::new(client)
+            .update(context::with_timeout(10_000_000_000), &req)
+            .await
+            .expect("Update");
+    });
+}
