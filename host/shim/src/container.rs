@@ -113,7 +113,8 @@ impl Container {
     }
 
     pub async fn start(self: &Arc<Self>, exec_id: &str) -> Result<u32> {
-        let (pid, stdio, status) = self.with_proc(exec_id, |p| (p.id, p.stdio.clone(), p.status))?;
+        let (pid, stdio, status) =
+            self.with_proc(exec_id, |p| (p.id, p.stdio.clone(), p.status))?;
         if status != Status::Created {
             return Err(ShimError::Precondition(format!(
                 "process {exec_id:?} was already started"

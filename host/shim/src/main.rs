@@ -33,8 +33,7 @@ async fn main() {
             return;
         }
         // Serving (no action): the Task service under containerd 1.x's name too.
-        if flags.action.is_empty() && !flags.socket.is_empty() && !flags.info && !flags.version
-        {
+        if flags.action.is_empty() && !flags.socket.is_empty() && !flags.info && !flags.version {
             let code = match serve::serve(&flags).await {
                 Ok(()) => 0,
                 Err(e) => {
@@ -57,4 +56,3 @@ async fn main() {
     };
     containerd_shim::asynchronous::run::<shim::BerthShim>(RUNTIME_ID, Some(config)).await;
 }
-

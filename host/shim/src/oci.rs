@@ -56,10 +56,9 @@ pub fn container_spec(
         .ok_or_else(|| anyhow::anyhow!("config.json has no process"))?;
     let linux = spec.linux().as_ref();
     let namespaces = linux.and_then(|l| l.namespaces().as_ref());
-    let network = match namespaces.and_then(|ns| {
-        ns.iter()
-            .find(|n| n.typ() == LinuxNamespaceType::Network)
-    }) {
+    let network = match namespaces
+        .and_then(|ns| ns.iter().find(|n| n.typ() == LinuxNamespaceType::Network))
+    {
         // No network namespace in the spec: the host's (`ctr run --net-host`).
         None => NetworkSpec::Host,
         Some(n) => match n.path() {

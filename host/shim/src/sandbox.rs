@@ -54,7 +54,9 @@ impl Backends {
         ));
         // qemu (TCG or KVM) or berth-vmm, probed as berthd does unless `$BERTH_SHIM_VMM`.
         let cfg = MicrovmConfig {
-            vmm: std::env::var("BERTH_SHIM_VMM").ok().filter(|v| !v.is_empty()),
+            vmm: std::env::var("BERTH_SHIM_VMM")
+                .ok()
+                .filter(|v| !v.is_empty()),
             kernel: None,
         };
         let microvm =
@@ -98,7 +100,10 @@ impl Backends {
                     .map_err(|e| ShimError::Invalid(e.to_string()))?,
             }),
             "microvm" => {
-                let vm = self.microvm.as_ref().map_err(|e| ShimError::Invalid(e.clone()))?;
+                let vm = self
+                    .microvm
+                    .as_ref()
+                    .map_err(|e| ShimError::Invalid(e.clone()))?;
                 if let Some(why) = vm.unavailable_reason() {
                     return Err(ShimError::Invalid(format!(
                         "microvm isolation is unavailable on this host: {why}"
@@ -142,11 +147,9 @@ impl Backends {
         for (backend, mode) in backends {
             let rec = Self::record(key, mode);
             if let Some(sb) = backend.reconnect(&rec).await {
-                let _ = tokio::time::timeout(
-                    std::time::Duration::from_secs(10),
-                    sb.agent.shutdown(),
-                )
-                .await;
+                let _ =
+                    tokio::time::timeout(std::time::Duration::from_secs(10), sb.agent.shutdown())
+                        .await;
             }
             backend.release(&rec).await;
         }

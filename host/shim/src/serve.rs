@@ -23,13 +23,16 @@ const TASK_V3: &str = "containerd.task.v3.Task";
 const TASK_V2: &str = "containerd.task.v2.Task";
 
 pub async fn serve(flags: &Flags) -> anyhow::Result<()> {
-    let socket = flags.socket.strip_prefix("unix://").unwrap_or(&flags.socket);
+    let socket = flags
+        .socket
+        .strip_prefix("unix://")
+        .unwrap_or(&flags.socket);
     anyhow::ensure!(!socket.is_empty(), "no -socket given");
     // containerd reads the shim's log from the `log` FIFO in the bundle directory.
     containerd_shim::logger::init(flags.debug, "info", &flags.namespace, &flags.id)
         .map_err(|e| anyhow::anyhow!("shim logger: {e}"))?;
-    let ttrpc_address = std::env::var("TTRPC_ADDRESS")
-        .map_err(|_| anyhow::anyhow!("TTRPC_ADDRESS is not set"))?;
+    let ttrpc_address =
+        std::env::var("TTRPC_ADDRESS").map_err(|_| anyhow::anyhow!("TTRPC_ADDRESS is not set"))?;
     let publisher = RemotePublisher::new(&ttrpc_address)
         .await
         .map_err(|e| anyhow::anyhow!("connecting to containerd's events: {e}"))?;

@@ -77,6 +77,10 @@ impl Shim for BerthShim {
         Backends::from_env()
             .cleanup(&sandbox::key(&self.namespace, &self.id))
             .await;
+        // A killed shim leaves its socket behind; containerd runs `delete` in the bundle.
+        if let Ok(address) = std::fs::read_to_string("address") {
+            let _ = std::fs::remove_file(address.trim().trim_start_matches("unix://"));
+        }
         Ok(DeleteResponse {
             exit_status: 137,
             exited_at: MessageField::some(timestamp(now_ns())),
@@ -88,6 +92,8 @@ impl Shim for BerthShim {
         self.exit.wait().await;
     }
 
+    /// Only reached if the shim crate serves (main.rs serves itself, see serve.rs): the
+    /// same service, so both paths behave alike.
     async fn create_task_service(&self, publisher: RemotePublisher) -> Self::T {
         TaskService::new(
             Arc::new(Backends::from_env()),

@@ -79,12 +79,16 @@ impl TaskService {
             .collect();
         let key = crate::sandbox::key(&self.namespace, &req.id);
         let mode = oci::isolation(&spec);
-        let prepared = self
-            .backends
-            .prepare(&mode, &key, &mounts, &bundle)
-            .await?;
+        let prepared = self.backends.prepare(&mode, &key, &mounts, &bundle).await?;
         let cspec = oci::container_spec(&spec, &key, prepared.rootfs, !req.stdin.is_empty())
-            .map_err(|e| ShimError::Invalid(e.to_string()))?;
+            .map_err(|e| ShimError::Invalid(e.to_string()));
+        let cspec = match cspec {
+            Ok(c) => c,
+            Err(e) => {
+                self.backends.remove_storage(&key);
+                return Err(e);
+            }
+        };
         let stdio = StdioPaths {
             stdin: req.stdin.clone(),
             stdout: req.stdout.clone(),
@@ -101,7 +105,8 @@ impl TaskService {
             stdio,
             events: self.events.clone(),
         })
-        .await?;
+        .await
+        .inspect_err(|_| self.backends.remove_storage(&key))?;
         let pid = c.sandbox_pid();
         self.containers
             .lock()
@@ -234,11 +239,7 @@ impl Task for TaskService {
         })
     }
 
-    async fn exec(
-        &self,
-        _ctx: &TtrpcContext,
-        req: api::ExecProcessRequest,
-    ) -> TtrpcResult<Empty> {
+    async fn exec(&self, _ctx: &TtrpcContext, req: api::ExecProcessRequest) -> TtrpcResult<Empty> {
         let c = self.get(&req.id)?;
         let any = req
             .spec
@@ -306,11 +307,7 @@ impl Task for TaskService {
         Ok(Empty::new())
     }
 
-    async fn update(
-        &self,
-        _ctx: &TtrpcContext,
-        req: api::UpdateTaskRequest,
-    ) -> TtrpcResult<Empty> {
+    async fn update(&self, _ctx: &TtrpcContext, req: api::UpdateTaskRequest) -> TtrpcResult<Empty> {
         let c = self.get(&req.id)?;
         let any = req
             .resources

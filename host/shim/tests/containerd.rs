@@ -69,12 +69,42 @@ fn run_rm_stdout_and_exit_codes() {
     assert!(o.status.success(), "{}{}", out(&o), err(&o));
     assert_eq!(out(&o), "hi /tmp 0\n");
 
+    // stdin through its FIFO, closed at EOF (CloseIO): `cat` ends.
+    let mut cmd = c.ctr_cmd(&[
+        "run",
+        "--rm",
+        "--runtime",
+        common::RUNTIME,
+        "--fifo-dir",
+        c.fifo_dir().to_str().unwrap(),
+        common::IMAGE,
+        "stdin",
+        "cat",
+    ]);
+    let mut child = cmd
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(b"through stdin\n").unwrap();
+    }
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}{}", out(&o), err(&o));
+    assert_eq!(out(&o), "through stdin\n");
+
     // A command that does not exist fails the start.
     let o = c.run("missing", &["--rm"], &["/no/such/binary"]);
     assert!(!o.status.success(), "{}{}", out(&o), err(&o));
     let _ = c.ctr(&["task", "rm", "-f", "missing"]);
     let _ = c.ctr(&["c", "rm", "missing"]);
     assert_nothing_left(&c);
+    for id in ["hello", "codes", "spec", "stdin", "missing"] {
+        assert!(!c.shim_socket(id).exists(), "{id}: shim socket left");
+    }
 }
 
 #[test]
@@ -87,13 +117,30 @@ fn exec_kill_pause_and_task_ls() {
     let fifo = c.fifo_dir();
     let fifo = fifo.to_str().unwrap();
     let o = c.ctr(&[
-        "task", "exec", "--fifo-dir", fifo, "--exec-id", "e1", "svc", "sh", "-c",
+        "task",
+        "exec",
+        "--fifo-dir",
+        fifo,
+        "--exec-id",
+        "e1",
+        "svc",
+        "sh",
+        "-c",
         "echo exec says hi; cat /proc/1/cmdline | tr '\\0' ' '",
     ]);
     assert!(o.status.success(), "{}{}", out(&o), err(&o));
     assert_eq!(out(&o), "exec says hi\nsleep 1000 ");
     let o = c.ctr(&[
-        "task", "exec", "--fifo-dir", fifo, "--exec-id", "e2", "svc", "sh", "-c", "exit 5",
+        "task",
+        "exec",
+        "--fifo-dir",
+        fifo,
+        "--exec-id",
+        "e2",
+        "svc",
+        "sh",
+        "-c",
+        "exit 5",
     ]);
     assert_eq!(o.status.code(), Some(5), "{}{}", out(&o), err(&o));
 
@@ -116,7 +163,10 @@ fn exec_kill_pause_and_task_ls() {
     assert_eq!(common::freezer_state("svc").as_deref(), Some("THAWED"));
 
     let metrics = c.ctr_ok(&["task", "metrics", "svc"]);
-    assert!(metrics.contains("memory") || metrics.contains("pids"), "{metrics}");
+    assert!(
+        metrics.contains("memory") || metrics.contains("pids"),
+        "{metrics}"
+    );
 
     // Update (ctr 1.6 has no `task update`: the shim's Task API directly): a memory
     // limit the agent applies to the running container's cgroup.
@@ -176,4 +226,7 @@ fn a_dead_agent_or_shim_ends_the_task() {
     let _ = c.ctr(&["task", "rm", "orphan"]);
     c.ctr_ok(&["c", "rm", "orphan"]);
     assert_nothing_left(&c);
+    for id in ["victim", "orphan"] {
+        assert!(!c.shim_socket(id).exists(), "{id}: shim socket left");
+    }
 }

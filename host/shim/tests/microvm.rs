@@ -51,13 +51,21 @@ fn microvm_run_exec_kill_and_vmm_death() {
     let o = c.run(
         "vm1",
         &["--rm", "--annotation", MICROVM],
-        &["sh", "-c", "cat /proc/sys/kernel/osrelease; echo in-vm; exit 4"],
+        &[
+            "sh",
+            "-c",
+            "cat /proc/sys/kernel/osrelease; echo in-vm; exit 4",
+        ],
     );
     assert_eq!(o.status.code(), Some(4), "{}{}", out(&o), err(&o));
     let stdout = out(&o);
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines.len(), 2, "{}", out(&o));
-    assert_ne!(lines[0], host_kernel.trim(), "the container ran on the host kernel");
+    assert_ne!(
+        lines[0],
+        host_kernel.trim(),
+        "the container ran on the host kernel"
+    );
     assert_eq!(lines[1], "in-vm");
 
     // exec, kill, then the VMM dies under a running task: the task is marked exited.
@@ -66,11 +74,23 @@ fn microvm_run_exec_kill_and_vmm_death() {
     c.wait_status("vm2", "RUNNING", Duration::from_secs(60));
     let fifo = c.fifo_dir();
     let o = c.ctr(&[
-        "task", "exec", "--fifo-dir", fifo.to_str().unwrap(), "--exec-id", "e1", "vm2", "sh",
-        "-c", "echo exec in vm; exit 6",
+        "task",
+        "exec",
+        "--fifo-dir",
+        fifo.to_str().unwrap(),
+        "--exec-id",
+        "e1",
+        "vm2",
+        "sh",
+        "-c",
+        "echo exec in vm; exit 6",
     ]);
     assert_eq!(o.status.code(), Some(6), "{}{}", out(&o), err(&o));
     assert_eq!(out(&o), "exec in vm\n");
+    c.ctr_ok(&["task", "pause", "vm2"]);
+    c.wait_status("vm2", "PAUSED", Duration::from_secs(10));
+    c.ctr_ok(&["task", "resume", "vm2"]);
+    c.wait_status("vm2", "RUNNING", Duration::from_secs(10));
     let vmms: Vec<i32> = c
         .leftover_processes()
         .iter()

@@ -37,7 +37,9 @@ pub fn unavailable() -> Option<String> {
     }
     for tool in ["containerd", "ctr", "busybox"] {
         if which(tool).is_none() {
-            return Some(format!("{tool} not found (scripts/install-deps.sh installs it)"));
+            return Some(format!(
+                "{tool} not found (scripts/install-deps.sh installs it)"
+            ));
         }
     }
     None
@@ -258,6 +260,12 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
             .unwrap_or_default()
     }
 
+    /// The socket the shim of task `id` serves on (removed when the shim is gone).
+    pub fn shim_socket(&self, id: &str) -> PathBuf {
+        let a = containerd_shim::socket_address(&self.address().display().to_string(), NS, id);
+        PathBuf::from(a.trim_start_matches("unix://"))
+    }
+
     /// Entries left in the shim's state (agent run dirs).
     pub fn leftover_run_dirs(&self) -> Vec<PathBuf> {
         std::fs::read_dir(self.shim_state.join("c"))
@@ -374,7 +382,9 @@ fn build_busybox_archive(dir: &Path) -> PathBuf {
     let mut h = tar::Header::new_gnu();
     h.set_mode(0o755);
     h.set_size(bytes.len() as u64);
-    layer.append_data(&mut h, "bin/busybox", &bytes[..]).unwrap();
+    layer
+        .append_data(&mut h, "bin/busybox", &bytes[..])
+        .unwrap();
     let list = Command::new(&busybox).arg("--list").output().unwrap();
     for applet in String::from_utf8_lossy(&list.stdout).split_whitespace() {
         if applet == "busybox" {
@@ -461,7 +471,9 @@ pub fn update_memory_limit(c: &Containerd, id: &str, bytes: i64) {
         .build()
         .unwrap();
     rt.block_on(async {
-        let client = Client::connect(address.trim()).await.expect("connect to the shim");
+        let client = Client::connect(address.trim())
+            .await
+            .expect("connect to the shim");
         TaskClient::new(client)
             .update(context::with_timeout(10_000_000_000), &req)
             .await
