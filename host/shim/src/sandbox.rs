@@ -3,7 +3,7 @@
 //! per-container state they need (a key, a record, a run dir).
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use berth_agent_protocol::Rootfs;
 use berth_engine::containers::record::{ContainerDirs, ContainerRecord, Isolation};
@@ -22,8 +22,10 @@ const DEFAULT_STATE: &str = "/run/berth-shim";
 pub struct Backends {
     dirs: ContainerDirs,
     process: Arc<dyn IsolationBackend>,
-    /// `Err` says why microVMs cannot be built here (e.g. an unknown `$BERTH_SHIM_VMM`).
-    microvm: std::result::Result<Arc<MicrovmIsolation>, String>,
+    /// Built on first use: probing reads the guest kernel, which process-mode containers
+    /// should not pay for. `Err` says why microVMs cannot be built here (e.g. an unknown
+    /// `$BERTH_SHIM_VMM`).
+    microvm: OnceLock<std::result::Result<Arc<MicrovmIsolation>, String>>,
 }
 
 /// A container's backend, record and rootfs, ready for `Container::create`.
@@ -52,22 +54,29 @@ impl Backends {
             dirs.clone(),
             default_agent_bin(),
         ));
-        // qemu (TCG or KVM) or berth-vmm, probed as berthd does unless `$BERTH_SHIM_VMM`.
-        let cfg = MicrovmConfig {
-            vmm: std::env::var("BERTH_SHIM_VMM")
-                .ok()
-                .filter(|v| !v.is_empty()),
-            kernel: None,
-        };
-        let microvm =
-            MicrovmIsolation::for_prepared_rootfs(dirs.clone(), default_agent_bin(), &cfg)
-                .map(Arc::new)
-                .map_err(|e| e.to_string());
         Backends {
             dirs,
             process,
-            microvm,
+            microvm: OnceLock::new(),
         }
+    }
+
+    fn microvm(&self) -> std::result::Result<&Arc<MicrovmIsolation>, &String> {
+        self.microvm
+            .get_or_init(|| {
+                // qemu (TCG or KVM) or berth-vmm, probed as berthd does unless
+                // `$BERTH_SHIM_VMM` says which.
+                let cfg = MicrovmConfig {
+                    vmm: std::env::var("BERTH_SHIM_VMM")
+                        .ok()
+                        .filter(|v| !v.is_empty()),
+                    kernel: None,
+                };
+                MicrovmIsolation::for_prepared_rootfs(self.dirs.clone(), default_agent_bin(), &cfg)
+                    .map(Arc::new)
+                    .map_err(|e| e.to_string())
+            })
+            .as_ref()
     }
 
     /// The agent's exec dir for this container.
@@ -100,10 +109,7 @@ impl Backends {
                     .map_err(|e| ShimError::Invalid(e.to_string()))?,
             }),
             "microvm" => {
-                let vm = self
-                    .microvm
-                    .as_ref()
-                    .map_err(|e| ShimError::Invalid(e.clone()))?;
+                let vm = self.microvm().map_err(|e| ShimError::Invalid(e.clone()))?;
                 if let Some(why) = vm.unavailable_reason() {
                     return Err(ShimError::Invalid(format!(
                         "microvm isolation is unavailable on this host: {why}"
@@ -141,8 +147,11 @@ impl Backends {
     pub async fn cleanup(&self, key: &str) {
         let mut backends: Vec<(Arc<dyn IsolationBackend>, Isolation)> =
             vec![(self.process.clone(), Isolation::Process)];
-        if let Ok(vm) = &self.microvm {
-            backends.push((vm.clone(), Isolation::Microvm));
+        // Only a microVM container has VM state to clean up (and needs the probing).
+        if self.dirs.container_dir(key).exists() {
+            if let Ok(vm) = self.microvm() {
+                backends.push((vm.clone(), Isolation::Microvm));
+            }
         }
         for (backend, mode) in backends {
             let rec = Self::record(key, mode);
