@@ -139,13 +139,13 @@ impl Container {
             (INIT, Some(p)) => p,
             _ => agent_pid,
         };
-        let stdin = pump_stdin(&self.agent, pid, &stdio.stdin);
+        let agent = self.agent.clone();
         self.with_proc(exec_id, |p| {
             if p.status == Status::Created {
                 p.status = Status::Running;
             }
             p.pid = host_pid;
-            p.stdin_task = stdin;
+            p.stdin_task = p.stdin_open.take().map(|o| pump_stdin(&agent, pid, o));
         })?;
         if exec_id == INIT {
             let ev = TaskStart {

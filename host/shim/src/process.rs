@@ -5,7 +5,7 @@ use berth_agent_protocol::ProcessId;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::stdio::StdioPaths;
+use crate::stdio::{open_stdin, StdinOpen, StdioPaths};
 
 /// How a process ended: exit code (128+signal when killed) and Unix nanoseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,6 +28,8 @@ pub struct Proc {
     /// Host pid (process mode) or guest pid (microVM) once started.
     pub pid: u32,
     pub exit_tx: watch::Sender<Option<Exit>>,
+    /// The stdin FIFO being opened (until start).
+    pub stdin_open: Option<StdinOpen>,
     /// The stdin pump, aborted by CloseIO.
     pub stdin_task: Option<JoinHandle<()>>,
 }
@@ -36,6 +38,7 @@ impl Proc {
     pub fn new(id: ProcessId, stdio: StdioPaths) -> Self {
         Proc {
             id,
+            stdin_open: open_stdin(&stdio.stdin),
             stdio,
             status: Status::Created,
             pid: 0,
@@ -52,6 +55,9 @@ impl Proc {
     pub fn set_exited(&mut self, exit: Exit) -> bool {
         self.status = Status::Stopped;
         if let Some(t) = self.stdin_task.take() {
+            t.abort();
+        }
+        if let Some(t) = self.stdin_open.take() {
             t.abort();
         }
         self.exit_tx.send_if_modified(|e| {

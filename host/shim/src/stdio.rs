@@ -51,17 +51,28 @@ pub fn pump_output(mut out: OutputStream, paths: &StdioPaths) -> std::io::Result
     }))
 }
 
-/// Feed the stdin FIFO to the process until containerd closes its end, then close the
-/// process's stdin. The open waits (on a blocking thread) for containerd's writer.
-pub fn pump_stdin(agent: &AgentClient, process: ProcessId, path: &str) -> Option<JoinHandle<()>> {
+/// The stdin FIFO, being opened for reading. Opened at create/exec time, while containerd's
+/// client is still there to open its end: `ctr run -d` exits right after Start, and an
+/// open started after that would block its thread for good.
+pub type StdinOpen = JoinHandle<std::io::Result<std::fs::File>>;
+
+pub fn open_stdin(path: &str) -> Option<StdinOpen> {
     if path.is_empty() {
         return None;
     }
     let path = PathBuf::from(path);
+    // The open blocks until containerd's side opens its end.
+    Some(tokio::task::spawn_blocking(move || {
+        std::fs::File::open(&path)
+    }))
+}
+
+/// Feed the stdin FIFO to the started process until containerd closes its end, then
+/// close the process's stdin.
+pub fn pump_stdin(agent: &AgentClient, process: ProcessId, opening: StdinOpen) -> JoinHandle<()> {
     let mut writer = agent.stdin(process);
-    Some(tokio::spawn(async move {
-        let opened = tokio::task::spawn_blocking(move || std::fs::File::open(&path)).await;
-        let file = match opened {
+    tokio::spawn(async move {
+        let file = match opening.await {
             Ok(Ok(f)) => f,
             Ok(Err(e)) => {
                 tracing::warn!("opening the stdin FIFO: {e}");
@@ -82,5 +93,5 @@ pub fn pump_stdin(agent: &AgentClient, process: ProcessId, path: &str) -> Option
             }
         }
         let _ = writer.close().await;
-    }))
+    })
 }
