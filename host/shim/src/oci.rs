@@ -82,11 +82,7 @@ pub fn container_spec(
         hostname: spec.hostname().clone().unwrap_or_default(),
         mounts: mounts(spec),
         network,
-        security: SecuritySpec {
-            seccomp,
-            no_new_privileges: process.no_new_privileges().unwrap_or(false),
-            ..Default::default()
-        },
+        security: security(spec, process, seccomp),
         resources: linux
             .and_then(|l| l.resources().as_ref())
             .map(resources)
@@ -94,6 +90,41 @@ pub fn container_spec(
         cgroup_parent: Some(CGROUP_PARENT.into()),
         ..Default::default()
     })
+}
+
+/// The spec's capabilities as the agent's Docker-style options: everything dropped, then
+/// exactly the bounding set added. `ctr run --privileged` (all capabilities, no masked
+/// paths) maps to the agent's privileged mode (writable /sys, all devices).
+fn security(spec: &Spec, process: &Process, seccomp: SeccompMode) -> SecuritySpec {
+    let no_new_privileges = process.no_new_privileges().unwrap_or(false);
+    let caps: Vec<String> = process
+        .capabilities()
+        .as_ref()
+        .and_then(|c| c.bounding().as_ref())
+        .iter()
+        .flat_map(|set| set.iter())
+        .filter_map(|c| serde_json::to_value(c).ok()?.as_str().map(str::to_string))
+        .map(|n| n.trim_start_matches("CAP_").to_string())
+        .collect();
+    let unmasked = spec
+        .linux()
+        .as_ref()
+        .is_none_or(|l| l.masked_paths().as_ref().is_none_or(|m| m.is_empty()));
+    if unmasked && caps.iter().any(|c| c == "SYS_ADMIN") {
+        return SecuritySpec {
+            privileged: true,
+            seccomp: SeccompMode::Unconfined,
+            no_new_privileges,
+            ..Default::default()
+        };
+    }
+    SecuritySpec {
+        cap_drop: vec!["ALL".into()],
+        cap_add: caps,
+        seccomp,
+        no_new_privileges,
+        ..Default::default()
+    }
 }
 
 /// The spec's process (the container's, or an exec's) for the agent.
@@ -241,6 +272,32 @@ mod tests {
         assert_eq!(c.resources.pids_limit, Some(20));
         assert_eq!(c.resources.cpu_quota, Some(50000));
         assert_eq!(c.cgroup_parent.as_deref(), Some(CGROUP_PARENT));
+        // No capabilities in the spec: none kept.
+        assert_eq!(c.security.cap_drop, ["ALL"]);
+        assert!(c.security.cap_add.is_empty());
+        assert!(!c.security.privileged);
+    }
+
+    #[test]
+    fn capabilities_and_privileged() {
+        let s = spec(
+            r#"{"ociVersion":"1.0.2","process":{"args":["true"],"cwd":"/","user":{"uid":0,"gid":0},
+              "capabilities":{"bounding":["CAP_CHOWN","CAP_KILL"]}},
+            "linux":{"maskedPaths":["/proc/kcore"],"seccomp":{"defaultAction":"SCMP_ACT_ERRNO"}}}"#,
+        );
+        let c = container_spec(&s, "k", Rootfs::Dir { path: "/r".into() }, false).unwrap();
+        let mut add = c.security.cap_add.clone();
+        add.sort();
+        assert_eq!(add, ["CHOWN", "KILL"]);
+        assert_eq!(c.security.cap_drop, ["ALL"]);
+        assert_eq!(c.security.seccomp, SeccompMode::Default);
+        let s = spec(
+            r#"{"ociVersion":"1.0.2","process":{"args":["true"],"cwd":"/","user":{"uid":0,"gid":0},
+              "capabilities":{"bounding":["CAP_CHOWN","CAP_SYS_ADMIN"]}},
+            "linux":{}}"#,
+        );
+        let c = container_spec(&s, "k", Rootfs::Dir { path: "/r".into() }, false).unwrap();
+        assert!(c.security.privileged);
     }
 
     #[test]

@@ -69,6 +69,39 @@ fn run_rm_stdout_and_exit_codes() {
     assert!(o.status.success(), "{}{}", out(&o), err(&o));
     assert_eq!(out(&o), "hi /tmp 0\n");
 
+    // The spec's capabilities (containerd's defaults are Docker's: bounding set
+    // 0xa80425fb); `--privileged` gets them all and may mount.
+    let o = c.run(
+        "caps",
+        &["--rm"],
+        &["sh", "-c", "grep CapBnd /proc/self/status"],
+    );
+    assert_eq!(out(&o), "CapBnd:\t00000000a80425fb\n", "{}", err(&o));
+    let o = c.run(
+        "priv",
+        &["--rm", "--privileged"],
+        &[
+            "sh",
+            "-c",
+            "mkdir -p /mnt/t && mount -t tmpfs none /mnt/t && echo mounted",
+        ],
+    );
+    assert_eq!(out(&o), "mounted\n", "{}", err(&o));
+    let o = c.run(
+        "unpriv",
+        &["--rm"],
+        &[
+            "sh",
+            "-c",
+            "mkdir -p /mnt/t && mount -t tmpfs none /mnt/t && echo mounted",
+        ],
+    );
+    assert!(
+        !o.status.success(),
+        "mounted without privileges: {}",
+        out(&o)
+    );
+
     // stdin through its FIFO, closed at EOF (CloseIO): `cat` ends.
     let mut cmd = c.ctr_cmd(&[
         "run",
@@ -102,7 +135,9 @@ fn run_rm_stdout_and_exit_codes() {
     let _ = c.ctr(&["task", "rm", "-f", "missing"]);
     let _ = c.ctr(&["c", "rm", "missing"]);
     assert_nothing_left(&c);
-    for id in ["hello", "codes", "spec", "stdin", "missing"] {
+    for id in [
+        "hello", "codes", "spec", "caps", "priv", "unpriv", "stdin", "missing",
+    ] {
         assert!(!c.shim_socket(id).exists(), "{id}: shim socket left");
     }
 }
