@@ -46,9 +46,31 @@ fn assert_nothing_left(c: &Containerd) {
 #[test]
 fn run_rm_stdout_and_exit_codes() {
     let Some(c) = setup() else { return };
+    // The shim's task events reach containerd (`ctr events` subscribes to them).
+    let mut events = c
+        .ctr_cmd(&["events"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
     let o = c.run("hello", &["--rm"], &["echo", "hello from berth"]);
     assert!(o.status.success(), "{}{}", out(&o), err(&o));
     assert_eq!(out(&o), "hello from berth\n");
+    std::thread::sleep(Duration::from_millis(300));
+    let _ = events.kill();
+    let seen = out(&events.wait_with_output().unwrap());
+    for topic in [
+        "/tasks/create",
+        "/tasks/start",
+        "/tasks/exit",
+        "/tasks/delete",
+    ] {
+        assert!(
+            seen.lines()
+                .any(|l| l.contains(topic) && l.contains("hello")),
+            "no {topic} event for the task:\n{seen}"
+        );
+    }
 
     // stdout and stderr through their own FIFOs, the exit code back to ctr.
     let o = c.run(
