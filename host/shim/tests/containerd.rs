@@ -287,3 +287,37 @@ fn a_dead_agent_or_shim_ends_the_task() {
         assert!(!c.shim_socket(id).exists(), "{id}: shim socket left");
     }
 }
+
+#[test]
+fn containers_of_one_pod_share_a_shim() {
+    let Some(c) = setup() else { return };
+    // What containerd's CRI puts on a pod's containers: the sandbox's id.
+    let pod = ["--annotation", "io.kubernetes.cri.sandbox-id=pod1"];
+    for id in ["pod1", "pod1-app"] {
+        let mut flags = vec!["-d"];
+        flags.extend_from_slice(&pod);
+        let o = c.run(id, &flags, &["sleep", "1000"]);
+        assert!(o.status.success(), "{}{}", out(&o), err(&o));
+        c.wait_status(id, "RUNNING", Duration::from_secs(10));
+    }
+    assert_eq!(c.shim_pids().len(), 1, "one shim serves the pod");
+    // Each container still has its own agent.
+    let agents = c
+        .leftover_processes()
+        .iter()
+        .filter(|p| p.contains("berth-agent serve"))
+        .count();
+    assert_eq!(agents, 2);
+    // The shim outlives the first container's removal and exits after the last.
+    c.ctr_ok(&["task", "kill", "-s", "SIGKILL", "pod1-app"]);
+    c.wait_status("pod1-app", "STOPPED", Duration::from_secs(10));
+    c.ctr_ok(&["task", "rm", "pod1-app"]);
+    c.ctr_ok(&["c", "rm", "pod1-app"]);
+    assert_eq!(c.task_status("pod1").as_deref(), Some("RUNNING"));
+    assert_eq!(c.shim_pids().len(), 1);
+    c.ctr_ok(&["task", "kill", "-s", "SIGKILL", "pod1"]);
+    c.wait_status("pod1", "STOPPED", Duration::from_secs(10));
+    c.ctr_ok(&["task", "rm", "pod1"]);
+    c.ctr_ok(&["c", "rm", "pod1"]);
+    assert_nothing_left(&c);
+}
