@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use berth_agent_protocol::client::AgentClient;
+use berth_agent_protocol::client::{remove_orphaned_cgroups, AgentClient};
 use berth_agent_protocol::{ErrorKind, ExecSpec, ProcessId, Resources};
 use berth_engine::containers::record::ContainerRecord;
 use berth_engine::isolation::IsolationBackend;
@@ -41,6 +41,8 @@ pub struct Container {
     host_pid_override: Option<u32>,
     /// The agent's exec dir, removed at delete.
     run_dir: PathBuf,
+    /// The container's cgroup (parent, name), removed at delete if the agent could not.
+    cgroup: (String, String),
     procs: Mutex<HashMap<String, Proc>>,
     events: Events,
 }
@@ -51,6 +53,7 @@ pub struct CreateArgs {
     pub rec: ContainerRecord,
     pub backend: Arc<dyn IsolationBackend>,
     pub run_dir: PathBuf,
+    pub cgroup: (String, String),
     pub spec: berth_agent_protocol::ContainerSpec,
     pub stdio: StdioPaths,
     pub events: Events,
@@ -80,6 +83,7 @@ impl Container {
             sandbox_pid: sandbox.agent_pid,
             host_pid_override: sandbox.host_pid_override,
             run_dir: a.run_dir,
+            cgroup: a.cgroup,
             procs: Mutex::new(procs),
             events: a.events,
         }))
@@ -355,6 +359,11 @@ impl Container {
             let _ = tokio::time::timeout(Duration::from_secs(10), self.agent.shutdown()).await;
         }
         self.backend.release(&self.rec).await;
+        // The agent removes its cgroups at shutdown; one that died leaves them empty.
+        let (parent, name) = &self.cgroup;
+        if let Err(e) = remove_orphaned_cgroups(parent, name).await {
+            tracing::warn!(id = %self.id, "removing the container's cgroups: {e}");
+        }
         let _ = std::fs::remove_dir_all(&self.run_dir);
     }
 

@@ -43,7 +43,32 @@ pub fn isolation(spec: &Spec) -> String {
         .unwrap_or_else(|| "process".into())
 }
 
-/// The container's spec for the agent; `key` names its cgroup.
+/// The container's cgroup as (parent, name): the spec's `cgroupsPath` when it is a cgroupfs
+/// path (`/<namespace>/<id>` from containerd, `/kubepods/.../<id>` from the kubelet's
+/// cgroupfs driver), else `berth-shim/<key>` (systemd-style `slice:prefix:name` paths are
+/// not supported yet).
+pub fn cgroup_path(spec: &Spec, key: &str) -> (String, String) {
+    let fallback = (CGROUP_PARENT.to_string(), key.to_string());
+    let Some(path) = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.cgroups_path().as_ref())
+    else {
+        return fallback;
+    };
+    let path = path.to_string_lossy();
+    if path.contains(':') {
+        return fallback;
+    }
+    let parts: Vec<&str> = path.split('/').filter(|c| !c.is_empty()).collect();
+    match parts.split_last() {
+        Some((leaf, parent)) if !parent.is_empty() => (parent.join("/"), leaf.to_string()),
+        Some((leaf, _)) => (CGROUP_PARENT.to_string(), leaf.to_string()),
+        None => fallback,
+    }
+}
+
+/// The container's spec for the agent; `key` names its cgroup unless the spec does.
 pub fn container_spec(
     spec: &Spec,
     key: &str,
@@ -70,8 +95,9 @@ pub fn container_spec(
         Some(_) => SeccompMode::Default,
         None => SeccompMode::Unconfined,
     };
+    let (cgroup_parent, cgroup_name) = cgroup_path(spec, key);
     Ok(ContainerSpec {
-        id: key.to_string(),
+        id: cgroup_name,
         rootfs,
         readonly_rootfs: spec
             .root()
@@ -87,7 +113,7 @@ pub fn container_spec(
             .and_then(|l| l.resources().as_ref())
             .map(resources)
             .unwrap_or_default(),
-        cgroup_parent: Some(CGROUP_PARENT.into()),
+        cgroup_parent: Some(cgroup_parent),
         ..Default::default()
     })
 }
@@ -232,6 +258,7 @@ mod tests {
               {"destination":"/data","type":"bind","source":"/srv","options":["rbind","ro"]},
               {"destination":"/run","type":"tmpfs","source":"tmpfs","options":["nosuid","size=65536k","mode=755"]}],
             "linux":{"namespaces":[{"type":"pid"},{"type":"network","path":"/var/run/netns/x"}],
+              "cgroupsPath":"/kubepods/besteffort/pod1/c1",
               "resources":{"memory":{"limit":67108864},"pids":{"limit":20},"cpu":{"quota":50000,"period":100000}}}}"#,
         );
         let c = container_spec(&s, "k", Rootfs::Dir { path: "/r".into() }, false).unwrap();
@@ -271,7 +298,8 @@ mod tests {
         assert_eq!(c.resources.memory, Some(64 << 20));
         assert_eq!(c.resources.pids_limit, Some(20));
         assert_eq!(c.resources.cpu_quota, Some(50000));
-        assert_eq!(c.cgroup_parent.as_deref(), Some(CGROUP_PARENT));
+        assert_eq!(c.cgroup_parent.as_deref(), Some("kubepods/besteffort/pod1"));
+        assert_eq!(c.id, "c1");
         // No capabilities in the spec: none kept.
         assert_eq!(c.security.cap_drop, ["ALL"]);
         assert!(c.security.cap_add.is_empty());
@@ -309,5 +337,16 @@ mod tests {
         let c = container_spec(&s, "k", Rootfs::Dir { path: "/r".into() }, false).unwrap();
         assert_eq!(c.network, NetworkSpec::Host);
         assert_eq!(isolation(&s), "process");
+        // No cgroupsPath (or a systemd one): berth-shim/<key>.
+        assert_eq!(c.cgroup_parent.as_deref(), Some(CGROUP_PARENT));
+        assert_eq!(c.id, "k");
+        let s = spec(
+            r#"{"ociVersion":"1.0.2","process":{"args":["true"],"cwd":"/","user":{"uid":0,"gid":0}},
+            "linux":{"cgroupsPath":"system.slice:cri:c1"}}"#,
+        );
+        assert_eq!(
+            cgroup_path(&s, "k"),
+            (CGROUP_PARENT.to_string(), "k".to_string())
+        );
     }
 }

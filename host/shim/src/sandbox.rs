@@ -144,7 +144,7 @@ impl Backends {
 
     /// After the shim died (containerd's `delete` action): stop whatever the container's
     /// run left (agent, cgroups, run dir).
-    pub async fn cleanup(&self, key: &str) {
+    pub async fn cleanup(&self, key: &str, cgroup: (String, String)) {
         let mut backends: Vec<(Arc<dyn IsolationBackend>, Isolation)> =
             vec![(self.process.clone(), Isolation::Process)];
         // Only a microVM container has VM state to clean up (and needs the probing).
@@ -162,6 +162,7 @@ impl Backends {
             }
             backend.release(&rec).await;
         }
+        let _ = berth_agent_protocol::client::remove_orphaned_cgroups(&cgroup.0, &cgroup.1).await;
         let _ = std::fs::remove_dir_all(self.run_dir(key));
         self.remove_storage(key);
     }

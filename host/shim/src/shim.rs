@@ -74,9 +74,12 @@ impl Shim for BerthShim {
     }
 
     async fn delete_shim(&mut self) -> Result<DeleteResponse, Error> {
-        Backends::from_env()
-            .cleanup(&sandbox::key(&self.namespace, &self.id))
-            .await;
+        let key = sandbox::key(&self.namespace, &self.id);
+        // containerd runs `delete` in the bundle: the spec names the cgroup.
+        let cgroup = crate::oci::load(std::path::Path::new("."))
+            .map(|spec| crate::oci::cgroup_path(&spec, &key))
+            .unwrap_or_else(|_| (crate::oci::CGROUP_PARENT.to_string(), key.clone()));
+        Backends::from_env().cleanup(&key, cgroup).await;
         // A killed shim leaves its socket behind; containerd runs `delete` in the bundle.
         if let Ok(address) = std::fs::read_to_string("address") {
             let _ = std::fs::remove_file(address.trim().trim_start_matches("unix://"));

@@ -101,6 +101,7 @@ impl TaskService {
             rec: prepared.rec,
             backend: prepared.backend,
             run_dir: self.backends.run_dir(&key),
+            cgroup: oci::cgroup_path(&spec, &key),
             spec: cspec,
             stdio,
             events: self.events.clone(),

@@ -239,6 +239,7 @@ fn exec_kill_pause_and_task_ls() {
     c.ctr_ok(&["task", "rm", "svc"]);
     c.ctr_ok(&["c", "rm", "svc"]);
     assert_nothing_left(&c);
+    assert!(!common::cgroup_exists("svc"), "cgroup left");
 }
 
 #[test]
@@ -285,6 +286,7 @@ fn a_dead_agent_or_shim_ends_the_task() {
     assert_nothing_left(&c);
     for id in ["victim", "orphan"] {
         assert!(!c.shim_socket(id).exists(), "{id}: shim socket left");
+        assert!(!common::cgroup_exists(id), "{id}: cgroup left");
     }
 }
 

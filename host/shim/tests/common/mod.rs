@@ -301,6 +301,13 @@ impl Drop for Containerd {
             // SAFETY: a shim of this test's containerd.
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }
+        // The namespace's parent cgroups (the tasks' own are checked by the tests).
+        if let Ok(rd) = std::fs::read_dir("/sys/fs/cgroup") {
+            for e in rd.flatten() {
+                let _ = std::fs::remove_dir(e.path().join(NS));
+            }
+        }
+        let _ = std::fs::remove_dir(Path::new("/sys/fs/cgroup").join(NS));
         // containerd's snapshots are mounts under its root.
         let root = self.dir.path().join("root");
         if let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") {
@@ -315,12 +322,12 @@ impl Drop for Containerd {
     }
 }
 
-/// The memory limit of a task's cgroup, v1 or v2.
+/// The memory limit of a task's cgroup, v1 or v2: containerd's default `cgroupsPath`
+/// (`/<namespace>/<id>`), as runc would use it.
 pub fn memory_limit(id: &str) -> Option<u64> {
-    let key = hex::encode(Sha256::digest(format!("{NS}/{id}").as_bytes()));
     [
-        format!("/sys/fs/cgroup/memory/berth-shim/{key}/memory.limit_in_bytes"),
-        format!("/sys/fs/cgroup/berth-shim/{key}/memory.max"),
+        format!("/sys/fs/cgroup/memory/{NS}/{id}/memory.limit_in_bytes"),
+        format!("/sys/fs/cgroup/{NS}/{id}/memory.max"),
     ]
     .iter()
     .find_map(|p| std::fs::read_to_string(p).ok()?.trim().parse().ok())
@@ -328,14 +335,21 @@ pub fn memory_limit(id: &str) -> Option<u64> {
 
 /// The freezer state of a task's cgroup (`FROZEN`/`THAWED`), v1 or v2.
 pub fn freezer_state(id: &str) -> Option<String> {
-    let key = hex::encode(Sha256::digest(format!("{NS}/{id}").as_bytes()));
-    let v1 = format!("/sys/fs/cgroup/freezer/berth-shim/{key}/freezer.state");
+    let v1 = format!("/sys/fs/cgroup/freezer/{NS}/{id}/freezer.state");
     if let Ok(s) = std::fs::read_to_string(v1) {
         return Some(s.trim().to_string());
     }
-    let v2 = format!("/sys/fs/cgroup/berth-shim/{key}/cgroup.freeze");
+    let v2 = format!("/sys/fs/cgroup/{NS}/{id}/cgroup.freeze");
     let s = std::fs::read_to_string(v2).ok()?;
     Some(if s.trim() == "1" { "FROZEN" } else { "THAWED" }.to_string())
+}
+
+/// Does any hierarchy still have the task's cgroup?
+pub fn cgroup_exists(id: &str) -> bool {
+    std::fs::read_dir("/sys/fs/cgroup")
+        .map(|rd| rd.flatten().any(|e| e.path().join(NS).join(id).exists()))
+        .unwrap_or(false)
+        || std::path::Path::new(&format!("/sys/fs/cgroup/{NS}/{id}")).exists()
 }
 
 pub fn tail(s: &str, n: usize) -> String {
