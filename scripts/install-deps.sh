@@ -12,7 +12,9 @@ PKGS=(
   skopeo           # OCI layout interop tests
   lz4 util-linux   # vmm tests: Debian kernel unpacking, unshare
   cpio curl file iproute2 e2fsprogs tar xz-utils zstd bc python3
+  docker-compose   # compose 1.29 (the Python one) for the compose example app tests
   nftables         # berthd's NAT and port publishing (nft -j), networking tests
+  iperf3           # benches/network: TCP throughput
   erofs-utils      # microVM image disks (mkfs.erofs); ext4 via e2fsprogs otherwise
   rustc-web cargo-web rust-web-src lld-22 wasi-libc   # wasm32-wasip2 plugin builds (scripts/build-plugins.sh)
 )

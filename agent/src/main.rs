@@ -10,6 +10,7 @@ mod capabilities;
 mod cgroups;
 mod exec;
 mod guest;
+mod guest_net;
 mod init;
 mod limits;
 mod namespaces;
@@ -161,6 +162,7 @@ fn guest_main(args: &[String]) -> Result<()> {
         // After logging is up, so a disk that cannot be mounted shows on the console.
         guest::mount_disks_from_cmdline();
         guest::mount_shares_from_cmdline();
+        guest_net::configure_from_cmdline();
     }
     std::fs::create_dir_all(&exec_dir)?;
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -45,7 +45,9 @@ impl From<EngineError> for ApiError {
             EngineError::Forbidden(_) => StatusCode::FORBIDDEN,
             EngineError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             EngineError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            EngineError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            EngineError::StepFailed { .. } | EngineError::Internal(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
         };
         // `{:#}` keeps anyhow's context chain ("pull x: connect: refused").
         let message = match &e {

@@ -61,6 +61,15 @@ impl Connected<axum::serve::IncomingStream<'_, tokio::net::UnixListener>> for Co
     }
 }
 
+impl Connected<axum::serve::IncomingStream<'_, crate::tls::TlsListener>> for ConnFd {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, crate::tls::TlsListener>) -> Self {
+        use std::os::fd::AsRawFd;
+        // The TCP socket under the TLS session: its send queue says what the peer has
+        // not acknowledged yet.
+        ConnFd(stream.io().get_ref().0.as_raw_fd())
+    }
+}
+
 /// A 101 response on its way to the client; [`established`](Self::established) yields the
 /// raw connection.
 pub struct PendingHijack {

@@ -8,6 +8,7 @@ pub mod hijack;
 pub mod query;
 pub mod routes;
 pub mod stream;
+pub mod tls;
 pub mod version;
 pub mod zero_values;
 
@@ -138,11 +139,17 @@ pub fn bind_unix(path: &Path, group: Option<u32>) -> anyhow::Result<tokio::net::
 }
 
 /// Serve the API on a bound listener until `shutdown` resolves.
-pub async fn serve(
-    listener: tokio::net::UnixListener,
+pub async fn serve<L>(
+    listener: L,
     engine: Arc<Engine>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<()>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+    for<'a> hijack::ConnFd:
+        axum::extract::connect_info::Connected<axum::serve::IncomingStream<'a, L>>,
+{
     let svc = ApiService::new(engine);
     let server = axum::serve(
         listener,

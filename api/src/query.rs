@@ -165,6 +165,40 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     }
 }
 
+/// All query pairs, repeated keys kept (`names=a&names=b`, `changes=…&changes=…`).
+fn pairs(req_query: Option<&str>) -> Result<Vec<(String, String)>, ApiError> {
+    serde_urlencoded::from_str(req_query.unwrap_or(""))
+        .map_err(|e| ApiError::bad_request(format!("invalid query parameters: {e}")))
+}
+
+pub struct QueryPairs(Vec<(String, String)>);
+
+impl QueryPairs {
+    pub fn from(req: &axum::extract::Request) -> Result<Self, ApiError> {
+        Ok(QueryPairs(pairs(req.uri().query())?))
+    }
+    pub fn get(&self, k: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .rev()
+            .find(|(a, _)| a == k)
+            .map(|(_, v)| v.as_str())
+    }
+    pub fn all(&self, k: &str) -> Vec<String> {
+        self.0
+            .iter()
+            .filter(|(a, _)| a == k)
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+    pub fn str(&self, k: &str) -> String {
+        self.get(k).unwrap_or("").to_string()
+    }
+    pub fn bool(&self, k: &str) -> bool {
+        self.get(k).map(parse_bool).unwrap_or(false)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

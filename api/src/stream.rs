@@ -5,7 +5,15 @@ use axum::body::Body;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::Response;
 use bytes::Bytes;
-use futures::StreamExt;
+use std::future::Future;
+
+use axum::response::IntoResponse;
+use berth_engine::images::Progress;
+use futures::{StreamExt, TryStreamExt};
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+use crate::error::ApiError;
 use tokio_stream::wrappers::ReceiverStream;
 
 /// Turn a channel of JSON values into a streaming 200 `application/json` response.
@@ -132,4 +140,62 @@ pub fn track_body(
         })
     });
     (req, slot)
+}
+
+pub fn body_reader(body: Body) -> impl tokio::io::AsyncRead + Unpin + Send {
+    tokio_util::io::StreamReader::new(body.into_data_stream().map_err(std::io::Error::other))
+}
+
+/// Run a progress-reporting engine operation. An error before the first message is a
+/// plain HTTP error (as dockerd answers when nothing was streamed yet); after it, an
+/// in-band `errorDetail` message. If the client goes away, the engine sees its
+/// progress channel closed and stops.
+pub async fn progress_stream<F, Fut, T>(op: F) -> Response
+where
+    F: FnOnce(Progress) -> Fut,
+    Fut: Future<Output = berth_engine::Result<T>> + Send + 'static,
+    T: Send + 'static,
+{
+    let (tx, mut rx) = mpsc::channel::<Value>(64);
+    let task = tokio::spawn(op(Progress::new(tx)));
+    let first = match rx.recv().await {
+        Some(v) => v,
+        None => {
+            return match task.await {
+                Ok(Ok(_)) => json_stream(mpsc::channel(1).1),
+                Ok(Err(e)) => ApiError::from(e).into_response(),
+                Err(e) => ApiError::internal(e.to_string()).into_response(),
+            }
+        }
+    };
+    let (out_tx, out_rx) = mpsc::channel::<Value>(64);
+    tokio::spawn(async move {
+        if out_tx.send(first).await.is_err() {
+            return;
+        }
+        while let Some(v) = rx.recv().await {
+            if out_tx.send(v).await.is_err() {
+                return; // client gone: dropping rx makes the engine stop
+            }
+        }
+        match task.await {
+            Ok(Ok(_)) => {}
+            Ok(Err(berth_engine::Error::StepFailed { message, code })) => {
+                // The failing step's exit code becomes the CLI's exit status.
+                let v = serde_json::json!({
+                    "errorDetail": { "code": code, "message": message },
+                    "error": message,
+                });
+                let _ = out_tx.send(v).await;
+            }
+            Ok(Err(e)) => {
+                let msg = ApiError::from(e).message;
+                let _ = out_tx.send(error_message(&msg)).await;
+            }
+            Err(e) => {
+                let _ = out_tx.send(error_message(&e.to_string())).await;
+            }
+        }
+    });
+    json_stream(out_rx)
 }

@@ -1177,6 +1177,8 @@ async fn commit(
                 pause: q.pause.as_deref().map(parse_bool).unwrap_or(true),
                 changes,
                 config,
+                replace_config: false,
+                created_by: None,
             },
         )
         .await?;

@@ -5,7 +5,6 @@
 //! that is not a fixed path is routed through one wildcard and split on the verb
 //! suffix (`/json`, `/history`, `/tag`, `/push`, `/get`).
 
-use std::future::Future;
 use std::io::Write;
 use std::sync::Arc;
 
@@ -15,17 +14,13 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use berth_engine::images::{
-    ImageStore, ImportOptions, ImportSource, ListOptions, Progress, RegistryAuth,
-};
+use berth_engine::images::{ImageStore, ImportOptions, ImportSource, ListOptions, RegistryAuth};
 use bytes::Bytes;
-use futures::TryStreamExt;
-use serde_json::Value;
 use tokio::sync::mpsc;
 
 use crate::error::{ApiError, ApiResult};
-use crate::query::{parse_bool, Filters};
-use crate::stream::{error_message, json_stream};
+use crate::query::{parse_bool, Filters, QueryPairs};
+use crate::stream::{body_reader, progress_stream};
 use crate::AppState;
 
 pub fn router() -> Router<AppState> {
@@ -49,40 +44,6 @@ fn api_minor(req: &Request) -> u32 {
         .unwrap_or(crate::version::ApiVersion::DEFAULT.0)
 }
 
-/// All query pairs, repeated keys kept (`names=a&names=b`, `changes=…&changes=…`).
-fn pairs(req_query: Option<&str>) -> ApiResult<Vec<(String, String)>> {
-    serde_urlencoded::from_str(req_query.unwrap_or(""))
-        .map_err(|e| ApiError::bad_request(format!("invalid query parameters: {e}")))
-}
-
-struct QueryPairs(Vec<(String, String)>);
-
-impl QueryPairs {
-    fn from(req: &Request) -> ApiResult<Self> {
-        Ok(QueryPairs(pairs(req.uri().query())?))
-    }
-    fn get(&self, k: &str) -> Option<&str> {
-        self.0
-            .iter()
-            .rev()
-            .find(|(a, _)| a == k)
-            .map(|(_, v)| v.as_str())
-    }
-    fn all(&self, k: &str) -> Vec<String> {
-        self.0
-            .iter()
-            .filter(|(a, _)| a == k)
-            .map(|(_, v)| v.clone())
-            .collect()
-    }
-    fn str(&self, k: &str) -> String {
-        self.get(k).unwrap_or("").to_string()
-    }
-    fn bool(&self, k: &str) -> bool {
-        self.get(k).map(parse_bool).unwrap_or(false)
-    }
-}
-
 fn store(state: &AppState) -> Arc<ImageStore> {
     state.images.clone()
 }
@@ -102,56 +63,6 @@ fn auth_from(headers: &HeaderMap) -> RegistryAuth {
         .and_then(|v| v.to_str().ok())
         .map(RegistryAuth::from_header)
         .unwrap_or_default()
-}
-
-fn body_reader(body: Body) -> impl tokio::io::AsyncRead + Unpin + Send {
-    tokio_util::io::StreamReader::new(body.into_data_stream().map_err(std::io::Error::other))
-}
-
-/// Run a progress-reporting engine operation. An error before the first message is a
-/// plain HTTP error (as dockerd answers when nothing was streamed yet); after it, an
-/// in-band `errorDetail` message. If the client goes away, the engine sees its
-/// progress channel closed and stops.
-async fn progress_stream<F, Fut, T>(op: F) -> Response
-where
-    F: FnOnce(Progress) -> Fut,
-    Fut: Future<Output = berth_engine::Result<T>> + Send + 'static,
-    T: Send + 'static,
-{
-    let (tx, mut rx) = mpsc::channel::<Value>(64);
-    let task = tokio::spawn(op(Progress::new(tx)));
-    let first = match rx.recv().await {
-        Some(v) => v,
-        None => {
-            return match task.await {
-                Ok(Ok(_)) => json_stream(mpsc::channel(1).1),
-                Ok(Err(e)) => ApiError::from(e).into_response(),
-                Err(e) => ApiError::internal(e.to_string()).into_response(),
-            }
-        }
-    };
-    let (out_tx, out_rx) = mpsc::channel::<Value>(64);
-    tokio::spawn(async move {
-        if out_tx.send(first).await.is_err() {
-            return;
-        }
-        while let Some(v) = rx.recv().await {
-            if out_tx.send(v).await.is_err() {
-                return; // client gone: dropping rx makes the engine stop
-            }
-        }
-        match task.await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => {
-                let msg = ApiError::from(e).message;
-                let _ = out_tx.send(error_message(&msg)).await;
-            }
-            Err(e) => {
-                let _ = out_tx.send(error_message(&e.to_string())).await;
-            }
-        }
-    });
-    json_stream(out_rx)
 }
 
 // ---- list / inspect / history ------------------------------------------------------

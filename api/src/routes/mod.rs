@@ -6,6 +6,7 @@ use axum::Router;
 use crate::error::ApiError;
 use crate::AppState;
 
+pub mod build;
 pub mod containers;
 pub mod exec;
 pub mod images;
@@ -18,6 +19,7 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .merge(system::router())
         .merge(images::router())
+        .merge(build::router())
         .merge(containers::router())
         .merge(update::router())
         .merge(exec::router())

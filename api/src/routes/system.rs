@@ -24,6 +24,7 @@ use berth_engine::events::Event;
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/_ping", get(ping).head(ping))
+        .route("/auth", axum::routing::post(auth))
         .route("/version", get(version))
         .route("/events", get(events))
         .route("/info", get(info))
@@ -467,4 +468,16 @@ async fn events(State(engine): State<AppState>, Q(q): Q<EventsQuery>) -> ApiResu
         HeaderValue::from_static("application/json"),
     );
     Ok(resp)
+}
+
+/// `POST /auth` (`docker login`): the credentials are checked with the registry.
+async fn auth(
+    State(engine): State<AppState>,
+    crate::query::JsonBody(body): crate::query::JsonBody<berth_engine::images::RegistryAuth>,
+) -> ApiResult<Response> {
+    engine.images.login(&body).await?;
+    Ok(
+        Json(serde_json::json!({ "Status": "Login Succeeded", "IdentityToken": "" }))
+            .into_response(),
+    )
 }

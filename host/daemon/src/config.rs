@@ -80,6 +80,21 @@ pub struct Flags {
     /// MTU of bridges and container interfaces (default 1500).
     #[arg(long)]
     pub mtu: Option<u32>,
+    /// Serve TLS on tcp:// hosts (implied by --tlsverify).
+    #[arg(long)]
+    pub tls: bool,
+    /// Serve TLS on tcp:// hosts and require client certificates signed by --tlscacert.
+    #[arg(long)]
+    pub tlsverify: bool,
+    /// CA that client certificates must chain to (with --tlsverify).
+    #[arg(long)]
+    pub tlscacert: Option<PathBuf>,
+    /// The server's TLS certificate (PEM).
+    #[arg(long)]
+    pub tlscert: Option<PathBuf>,
+    /// The server's TLS private key (PEM).
+    #[arg(long)]
+    pub tlskey: Option<PathBuf>,
 }
 
 /// The TOML file: the same settings as the flags, dockerd's names.
@@ -105,11 +120,19 @@ pub struct FileConfig {
     pub fixed_cidr: Option<String>,
     pub default_address_pools: Option<Vec<String>>,
     pub mtu: Option<u32>,
+    pub tls: Option<bool>,
+    pub tlsverify: Option<bool>,
+    pub tlscacert: Option<PathBuf>,
+    pub tlscert: Option<PathBuf>,
+    pub tlskey: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
 pub struct Config {
     pub sockets: Vec<PathBuf>,
+    /// `-H tcp://ADDR:PORT` listeners, always TLS.
+    pub tcp: Vec<std::net::SocketAddr>,
+    pub tls: Option<berth_api::tls::TlsFiles>,
     pub data_root: PathBuf,
     pub exec_root: PathBuf,
     pub pidfile: PathBuf,
@@ -138,15 +161,25 @@ impl Config {
             }
             None => FileConfig::default(),
         };
+        let tls = tls_files(&flags_tls(&flags), &file)?;
         let hosts = if !flags.hosts.is_empty() {
             flags.hosts
         } else {
             file.hosts.unwrap_or_else(|| vec![DEFAULT_HOST.to_string()])
         };
-        let sockets = hosts
-            .iter()
-            .map(|h| parse_host(h))
-            .collect::<Result<Vec<_>>>()?;
+        let mut sockets = Vec::new();
+        let mut tcp = Vec::new();
+        for h in &hosts {
+            match parse_host(h)? {
+                Host::Unix(p) => sockets.push(p),
+                Host::Tcp(a) => tcp.push(a),
+            }
+        }
+        if !tcp.is_empty() && tls.is_none() {
+            bail!(
+                "tcp:// hosts are served only over TLS: give --tlscert and --tlskey (and --tlsverify --tlscacert to require client certificates); an unencrypted remote Docker API is root on this host"
+            );
+        }
         let data_root = flags
             .data_root
             .or(file.data_root)
@@ -220,6 +253,8 @@ impl Config {
             storage_driver: flags.storage_driver.or(file.storage_driver),
             plugin_dirs,
             sockets,
+            tcp,
+            tls,
             data_root: absolute(data_root)?,
             exec_root: absolute(exec_root)?,
             pidfile: absolute(pidfile)?,
@@ -236,19 +271,87 @@ fn absolute(p: PathBuf) -> Result<PathBuf> {
     })
 }
 
-/// `unix:///path` (or a bare absolute path) → the socket path. TCP is refused: an
-/// unauthenticated remote Docker API is root on the host.
-pub fn parse_host(h: &str) -> Result<PathBuf> {
+/// Where the API listens.
+#[derive(Debug, PartialEq)]
+pub enum Host {
+    Unix(PathBuf),
+    Tcp(std::net::SocketAddr),
+}
+
+/// `unix:///path` (or a bare absolute path), or `tcp://ADDR:PORT` (port 2376 when
+/// left out, as dockerd's TLS port).
+pub fn parse_host(h: &str) -> Result<Host> {
     if let Some(p) = h.strip_prefix("unix://") {
         if p.is_empty() {
-            return Ok(PathBuf::from("/run/berth/berth.sock"));
+            return Ok(Host::Unix(PathBuf::from("/run/berth/berth.sock")));
         }
-        return Ok(PathBuf::from(p));
+        return Ok(Host::Unix(PathBuf::from(p)));
     }
     if h.starts_with('/') {
-        return Ok(PathBuf::from(h));
+        return Ok(Host::Unix(PathBuf::from(h)));
     }
-    bail!("unsupported host {h:?}: only unix:///path sockets are served")
+    if let Some(a) = h.strip_prefix("tcp://") {
+        let a = a.trim_end_matches('/');
+        let with_port = if a
+            .rsplit_once(':')
+            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+            && !a.ends_with(']')
+        {
+            a.to_string()
+        } else {
+            format!("{a}:2376")
+        };
+        return with_port
+            .parse()
+            .map(Host::Tcp)
+            .with_context(|| format!("invalid tcp host {h:?}: want tcp://IP:PORT"));
+    }
+    bail!("unsupported host {h:?}: unix:///path and tcp://IP:PORT (with TLS) are served")
+}
+
+/// The TLS flags as given on the command line.
+struct TlsFlags {
+    tls: bool,
+    verify: bool,
+    ca: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+}
+
+fn flags_tls(f: &Flags) -> TlsFlags {
+    TlsFlags {
+        tls: f.tls,
+        verify: f.tlsverify,
+        ca: f.tlscacert.clone(),
+        cert: f.tlscert.clone(),
+        key: f.tlskey.clone(),
+    }
+}
+
+/// dockerd's rules: `--tlsverify` implies `--tls` and needs a CA; a certificate and key
+/// are needed for either.
+fn tls_files(f: &TlsFlags, file: &FileConfig) -> Result<Option<berth_api::tls::TlsFiles>> {
+    let verify = f.verify || file.tlsverify.unwrap_or(false);
+    let tls = verify || f.tls || file.tls.unwrap_or(false);
+    let cert = f.cert.clone().or(file.tlscert.clone());
+    let key = f.key.clone().or(file.tlskey.clone());
+    let ca = f.ca.clone().or(file.tlscacert.clone());
+    if !tls && cert.is_none() && key.is_none() {
+        return Ok(None);
+    }
+    let (Some(cert), Some(key)) = (cert, key) else {
+        bail!("TLS needs both --tlscert and --tlskey");
+    };
+    let client_ca = if verify {
+        Some(absolute(ca.context("--tlsverify needs --tlscacert")?)?)
+    } else {
+        None
+    };
+    Ok(Some(berth_api::tls::TlsFiles {
+        cert: absolute(cert)?,
+        key: absolute(key)?,
+        client_ca,
+    }))
 }
 
 /// The gid of group `name` (getgrnam_r), if it exists.
@@ -285,9 +388,28 @@ mod tests {
     fn hosts_parse() {
         assert_eq!(
             parse_host("unix:///tmp/x.sock").unwrap(),
-            PathBuf::from("/tmp/x.sock")
+            Host::Unix(PathBuf::from("/tmp/x.sock"))
         );
-        assert!(parse_host("tcp://0.0.0.0:2375").is_err());
+        assert_eq!(
+            parse_host("tcp://127.0.0.1:2375").unwrap(),
+            Host::Tcp("127.0.0.1:2375".parse().unwrap())
+        );
+        assert_eq!(
+            parse_host("tcp://10.0.0.1").unwrap(),
+            Host::Tcp("10.0.0.1:2376".parse().unwrap())
+        );
+        assert!(parse_host("tcp://nohost:x").is_err());
+        assert!(parse_host("ssh://x").is_err());
+    }
+
+    #[test]
+    fn tcp_without_tls_is_refused() {
+        let flags = Flags::parse_from(["berthd", "-H", "tcp://127.0.0.1:2375"]);
+        let e = Config::resolve(flags).unwrap_err().to_string();
+        assert!(e.contains("only over TLS"), "{e}");
+        let flags = Flags::parse_from(["berthd", "--tlsverify", "--tlscert", "c", "--tlskey", "k"]);
+        let e = Config::resolve(flags).unwrap_err().to_string();
+        assert!(e.contains("--tlscacert"), "{e}");
     }
 
     #[test]

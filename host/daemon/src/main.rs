@@ -115,9 +115,31 @@ async fn run(config: Config) -> Result<()> {
             .with_context(|| format!("serve {}", sock.display()))
         }));
     }
+    let mut tcp_addrs = Vec::new();
+    if let Some(files) = &config.tls {
+        let tls = berth_api::tls::server_config(files).context("TLS configuration")?;
+        for addr in &config.tcp {
+            let listener = berth_api::tls::TlsListener::bind(*addr, tls.clone()).await?;
+            let local = listener.addr();
+            tracing::info!(%local, client_certs = files.client_ca.is_some(), "API listening (TLS)");
+            tcp_addrs.push(local);
+            let mut stop = stop_tx.subscribe();
+            let engine = engine.clone();
+            servers.push(tokio::spawn(async move {
+                berth_api::serve(listener, engine, async move {
+                    let _ = stop.recv().await;
+                })
+                .await
+                .with_context(|| format!("serve tcp://{local}"))
+            }));
+        }
+    }
     // A machine-readable line for scripts and tests: the daemon is ready.
     for sock in &config.sockets {
         println!("berthd listening on unix://{}", sock.display());
+    }
+    for addr in &tcp_addrs {
+        println!("berthd listening on tcp://{addr}");
     }
     let _ = std::io::stdout().flush();
     tracing::info!(data_root = %config.data_root.display(), "berthd started");

@@ -861,9 +861,9 @@ fn registry_push_pull_progress() {
 
 /// `X-Registry-Auth` reaches the registry: pushing without credentials is refused,
 /// with them it works.
-#[test]
-fn registry_auth_is_honoured() {
-    let hash = Command::new("python3")
+/// A bcrypt hash of `s3cret` for the registry's htpasswd file.
+fn bcrypt_secret() -> Option<String> {
+    Command::new("python3")
         .args([
             "-W",
             "ignore",
@@ -874,8 +874,12 @@ fn registry_auth_is_honoured() {
         .ok()
         .filter(|o| o.status.success())
         .map(|o| stdout(&o).trim().to_string())
-        .filter(|h| h.starts_with("$2"));
-    let Some(hash) = hash else {
+        .filter(|h| h.starts_with("$2"))
+}
+
+#[test]
+fn registry_auth_is_honoured() {
+    let Some(hash) = bcrypt_secret() else {
         eprintln!("SKIP: cannot make a bcrypt htpasswd line (python3 crypt module missing)");
         return;
     };
@@ -1301,4 +1305,55 @@ fn save_and_load_interoperate_with_dockerd() {
     let out = d.docker_ok(&["load", "-i", theirs.to_str().unwrap()]);
     assert!(out.contains("Loaded image: xo:fromdockerd"), "{out}");
     assert_eq!(inspect(&d, "xo:fromdockerd")["Id"], id.as_str());
+}
+
+/// `docker login` asks berthd (`POST /auth`), which checks the credentials with the
+/// registry; the CLI then sends them with every push.
+#[test]
+fn docker_login_checks_credentials_with_the_registry() {
+    let Some(hash) = bcrypt_secret() else {
+        eprintln!("SKIP: cannot make a bcrypt htpasswd line (python3 crypt module missing)");
+        return;
+    };
+    let Some(reg) = start_registry(Some(&format!("tester:{hash}"))) else {
+        return;
+    };
+    let d = TestDaemon::start();
+    let login = |password: &str| {
+        let mut c = d.docker_cmd(&["login", "-u", "tester", "--password-stdin", &reg.addr]);
+        c.stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = c.spawn().unwrap();
+        use std::io::Write as _;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(password.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let bad = login("wrong");
+    assert!(!bad.status.success(), "{}", stdout(&bad));
+    assert!(stderr(&bad).contains("401"), "{}", stderr(&bad));
+    let good = login("s3cret");
+    assert!(good.status.success(), "{}", stderr(&good));
+    assert!(
+        stdout(&good).contains("Login Succeeded"),
+        "{}",
+        stdout(&good)
+    );
+    // The stored credentials now go with a push.
+    let repo = format!("{}/afterlogin", reg.addr);
+    let out = docker_load_bytes(
+        &d,
+        &docker_archive(&format!("{repo}:1"), &[data_layer("l", 500, 3)], None),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    d.docker_ok(&["push", &format!("{repo}:1")]);
+    // A registry that is not there: a clear error, not a hang.
+    let out = d.docker(&["login", "-u", "x", "-p", "y", "127.0.0.1:1"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("unreachable"), "{}", stderr(&out));
 }

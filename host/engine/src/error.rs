@@ -30,6 +30,9 @@ pub enum Error {
     /// 503: a backend (registry, plugin) is unreachable.
     #[error("{0}")]
     Unavailable(String),
+    /// A build step's command failed: the step's exit code becomes the client's.
+    #[error("{message}")]
+    StepFailed { message: String, code: i64 },
     /// 500
     #[error(transparent)]
     Internal(#[from] anyhow::Error),

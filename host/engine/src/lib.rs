@@ -3,6 +3,7 @@
 //!
 //! The API crate holds an `Arc<Engine>` and calls one engine verb per request.
 
+pub mod build;
 pub mod containers;
 pub mod error;
 pub mod events;
@@ -52,6 +53,7 @@ pub struct Engine {
     pub plugins: Option<Arc<berth_plugin_host::PluginHost>>,
     pub volumes: Arc<volumes::Volumes>,
     pub networks: Arc<networks::Networks>,
+    pub builder: build::Builder,
     pub started: std::time::SystemTime,
 }
 
@@ -141,6 +143,7 @@ impl Engine {
             .map(|c| c.id.clone())
             .collect();
         networks.reconcile(&running).await;
+        let builder = build::Builder::open(&config.data_root, containers.clone());
         Ok(Arc::new(Engine {
             config,
             events,
@@ -149,6 +152,7 @@ impl Engine {
             plugins,
             volumes,
             networks,
+            builder,
             started: std::time::SystemTime::now(),
         }))
     }

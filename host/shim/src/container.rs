@@ -10,7 +10,7 @@ use std::time::Duration;
 use berth_agent_protocol::client::{remove_orphaned_cgroups, AgentClient};
 use berth_agent_protocol::{ErrorKind, ExecSpec, ProcessId, Resources};
 use berth_engine::containers::record::ContainerRecord;
-use berth_engine::isolation::IsolationBackend;
+use berth_engine::isolation::{GuestNetwork, IsolationBackend};
 use containerd_shim_protos::events::task::{
     TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskPaused, TaskResumed, TaskStart,
 };
@@ -64,7 +64,7 @@ impl Container {
     pub async fn create(a: CreateArgs) -> Result<Arc<Container>> {
         let sandbox = a
             .backend
-            .start(&a.rec)
+            .start(&a.rec, &GuestNetwork::default())
             .await
             .map_err(|e| ShimError::Internal(format!("starting the agent: {e}")))?;
         if let Err(e) = sandbox.agent.create(a.spec).await {

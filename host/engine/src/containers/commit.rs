@@ -22,6 +22,11 @@ pub struct CommitOptions {
     pub changes: Vec<String>,
     /// Config fields from the request body, overriding the container's.
     pub config: Option<Value>,
+    /// Take `config` as the whole new run config instead of merging the container's
+    /// into it (the builder: a RUN step's command must not become the image's `Cmd`).
+    pub replace_config: bool,
+    /// The history entry's `created_by` (default: the container's command line).
+    pub created_by: Option<String>,
 }
 
 /// Files the engine writes into every container; they are not the user's changes.
@@ -172,19 +177,25 @@ impl Containers {
             .and_then(|v| v.as_object().cloned())
             .unwrap_or_default();
         let container_cfg = serde_json::to_value(&rec.config).map_err(Error::internal)?;
-        for key in [
-            "Env",
-            "Cmd",
-            "Entrypoint",
-            "WorkingDir",
-            "User",
-            "ExposedPorts",
-            "Volumes",
-            "Labels",
-            "StopSignal",
-        ] {
-            if let Some(v) = container_cfg.get(key).filter(|v| !v.is_null()) {
-                run_cfg.insert(key.into(), v.clone());
+        let merged_keys: &[&str] = if opts.replace_config {
+            run_cfg.clear();
+            &[]
+        } else {
+            &[
+                "Env",
+                "Cmd",
+                "Entrypoint",
+                "WorkingDir",
+                "User",
+                "ExposedPorts",
+                "Volumes",
+                "Labels",
+                "StopSignal",
+            ]
+        };
+        for key in merged_keys {
+            if let Some(v) = container_cfg.get(*key).filter(|v| !v.is_null()) {
+                run_cfg.insert(key.to_string(), v.clone());
             }
         }
         if let Some(Value::Object(over)) = &opts.config {
@@ -197,10 +208,12 @@ impl Containers {
         apply_changes(&mut run_cfg, &opts.changes)?;
         let comment = opts.comment.clone();
         let author = opts.author.clone();
-        let cmd_line = std::iter::once(rec.path.clone())
-            .chain(rec.args.clone())
-            .collect::<Vec<_>>()
-            .join(" ");
+        let cmd_line = opts.created_by.clone().unwrap_or_else(|| {
+            std::iter::once(rec.path.clone())
+                .chain(rec.args.clone())
+                .collect::<Vec<_>>()
+                .join(" ")
+        });
         let container_id = c.id.clone();
         let id = tokio::task::spawn_blocking(move || -> Result<String> {
             let tmp = tempfile::Builder::new()
@@ -270,6 +283,7 @@ impl Containers {
                 config: raw,
                 layers,
                 refs: target.into_iter().collect(),
+                parent: Some(parent_id),
             })?;
             drop(guard);
             Ok(id)

@@ -151,9 +151,17 @@ impl Containers {
         let mut spec = self.build_spec(rec_mounts)?;
         // The network is ready before the agent exists: the container's process starts
         // in a configured namespace.
-        self.network_sandbox(rec, &mut spec).await?;
-        // The backend sees the resolved mounts: a microVM attaches them as devices.
-        let sandbox = match self.backend(rec).start(rec_mounts).await {
+        let net = match self.network_sandbox(rec, &mut spec).await {
+            Ok(n) => n,
+            Err(e) => {
+                // Whatever part of the sandbox was made (e.g. the /etc files failed).
+                self.release_network(rec).await;
+                return Err(e);
+            }
+        };
+        // The backend sees the resolved mounts: a microVM attaches them as devices (and
+        // its NICs, on the sandbox's TAPs).
+        let sandbox = match self.backend(rec).start(rec_mounts, &net).await {
             Ok(s) => s,
             Err(e) => {
                 self.release_network(rec).await;

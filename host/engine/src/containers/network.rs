@@ -1,6 +1,7 @@
 //! Containers ↔ networks: which networks a new container joins (`NetworkMode` and
 //! `EndpointsConfig`), its sandbox at start, `docker network connect/disconnect`.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use berth_agent_protocol::{ContainerSpec, Mount, MountKind, NetworkSpec};
@@ -8,8 +9,9 @@ use bollard_stubs::models::{EndpointSettings, HostConfig, NetworkingConfig};
 
 use super::record::ContainerRecord;
 use super::{Container, Containers};
+use crate::isolation::{GuestNetwork, GuestNic};
 use crate::networks::model::Attachment;
-use crate::networks::sandbox::SandboxRequest;
+use crate::networks::sandbox::{tap_name, SandboxRequest};
 use crate::networks::{etc, Networks};
 use crate::{Error, Result};
 
@@ -68,6 +70,14 @@ fn attachment(
         ipv4,
         mac: es.mac_address.filter(|m| !m.is_empty()),
     })
+}
+
+/// Why a running microVM container cannot change networks.
+fn guest_nics_fixed(name: &str, what: &str) -> String {
+    format!(
+        "container {} runs in a microVM, whose network interfaces are fixed at boot: it can be {what} a network only while it is stopped",
+        name.trim_start_matches('/')
+    )
 }
 
 impl Containers {
@@ -154,16 +164,43 @@ impl Containers {
             dns: hc.dns.clone().unwrap_or_default(),
             dns_search: hc.dns_search.clone().unwrap_or_default(),
             dns_options: hc.dns_options.clone().unwrap_or_default(),
+            vm_taps: self.backend(rec).capabilities().guest_nics,
         }
     }
 
+    /// The NICs a VM needs for the sandbox just set up: one per endpoint, on its TAP.
+    fn guest_network(&self, rec: &ContainerRecord, netns: PathBuf) -> Result<GuestNetwork> {
+        let nets = self.networks()?;
+        let mut eps = nets.container_endpoints(&rec.id);
+        eps.sort_by(|a, b| a.ifname.cmp(&b.ifname));
+        let nics = eps
+            .into_iter()
+            .map(|ep| {
+                Ok(GuestNic {
+                    tap: tap_name(&ep.ifname),
+                    mtu: nets.get(&ep.network_id)?.mtu,
+                    ifname: ep.ifname,
+                    mac: ep.mac,
+                    address: ep.ip,
+                    prefix: ep.prefix,
+                    gateway: ep.gateway,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(GuestNetwork {
+            netns: Some(netns),
+            nics,
+        })
+    }
+
     /// Prepare the run's network and put it into `spec`: the namespace to join (or
-    /// not), and the /etc files. Returns whether a sandbox was made (to tear down).
+    /// not), and the /etc files. Returns the NICs a VM backend must give its guest.
     pub(crate) async fn network_sandbox(
         &self,
         rec: &ContainerRecord,
         spec: &mut ContainerSpec,
-    ) -> Result<()> {
+    ) -> Result<GuestNetwork> {
+        let mut guest = GuestNetwork::default();
         let req = self.sandbox_request(rec);
         let default_files = || {
             let extra = etc::parse_extra_hosts(&req.extra_hosts, None).unwrap_or_default();
@@ -192,6 +229,15 @@ impl Containers {
             Mode::Container(other) => {
                 let o = self.get(other)?;
                 let orec = o.record();
+                // A VM's network lives in its guest: the host-side sandbox of a microVM
+                // only carries frames to its TAP, and a guest cannot join a host netns.
+                if self.backend(rec).capabilities().guest_nics
+                    || self.backend(&orec).capabilities().guest_nics
+                {
+                    return Err(Error::invalid(
+                        "--network container: is not supported with microvm isolation: a microVM's network is inside its guest",
+                    ));
+                }
                 if !orec.state.status.is_running() || orec.state.pid == 0 {
                     return Err(Error::conflict(format!(
                         "cannot join network of a non running container: {}",
@@ -212,12 +258,14 @@ impl Containers {
                 spec.network = NetworkSpec::Isolated;
                 default_files()
             }
-            Mode::Networks if !self.backend(rec).capabilities().host_namespaces => {
-                // The microVM seam: a TAP in the sandbox joined to the veth (tc mirred)
-                // and virtio-net in the guest are not built yet; the guest gets loopback.
-                tracing::warn!(id = %rec.id, "microVM containers have loopback-only networking for now");
-                spec.network = NetworkSpec::Isolated;
-                default_files()
+            Mode::Networks if self.backend(rec).capabilities().guest_nics => {
+                // The sandbox's endpoints come with TAPs; the VMM runs in the sandbox and
+                // the guest's NICs are the endpoints, so the container uses the guest's
+                // own namespace.
+                let info = self.networks()?.setup(&req).await?;
+                guest = self.guest_network(rec, info.netns)?;
+                spec.network = NetworkSpec::Host;
+                (info.hosts, info.resolv_conf)
             }
             Mode::Networks => {
                 let info = self.networks()?.setup(&req).await?;
@@ -225,7 +273,8 @@ impl Containers {
                 (info.hosts, info.resolv_conf)
             }
         };
-        self.place_etc_files(rec, spec, hosts, resolv)
+        self.place_etc_files(rec, spec, hosts, resolv)?;
+        Ok(guest)
     }
 
     /// Engine-owned /etc files: written in the container's dir and bind-mounted where the
@@ -312,7 +361,11 @@ impl Containers {
             )));
         }
         let att = attachment(&net, es.as_ref())?;
-        if rec.state.status.is_running() && self.backend(&rec).capabilities().host_namespaces {
+        let running = rec.state.status.is_running();
+        if running && self.backend(&rec).capabilities().guest_nics {
+            return Err(Error::invalid(guest_nics_fixed(&rec.name, "connected to")));
+        }
+        if running && self.backend(&rec).capabilities().host_namespaces {
             let mut req = self.sandbox_request(&rec);
             req.attachments = vec![att.clone()];
             nets.connect_running(&req, &att).await?;
@@ -355,6 +408,12 @@ impl Containers {
             )));
         }
         if rec.state.status.is_running() {
+            if self.backend(&rec).capabilities().guest_nics {
+                return Err(Error::invalid(guest_nics_fixed(
+                    &rec.name,
+                    "disconnected from",
+                )));
+            }
             nets.disconnect_running(&c.id, &net.id).await?;
         }
         c.update(|r| r.networks.retain(|a| a.network_id != net.id));

@@ -321,6 +321,7 @@ impl ImageStore {
                 config,
                 layers,
                 refs,
+                parent: None,
             });
         }
         Ok(out)
@@ -369,6 +370,7 @@ impl ImageStore {
                 config,
                 layers,
                 refs,
+                parent: None,
             });
         }
         if out.is_empty() {

@@ -333,6 +333,7 @@ impl ImageStore {
                 config: raw,
                 layers: vec![layer.clone()],
                 refs: target.clone().into_iter().collect(),
+                parent: None,
             })?;
             drop(tmp);
             Ok((id, layer))

@@ -15,6 +15,7 @@ mod archive;
 pub mod digest;
 mod flatten;
 mod import;
+mod login;
 mod progress;
 mod query;
 pub mod reference;
@@ -34,7 +35,7 @@ use crate::{Error, Result};
 pub use digest::Compression;
 pub use import::{apply_changes, ImportOptions, ImportSource};
 pub use progress::Progress;
-pub use query::{DeleteItem, DiskUsage, ImageSummary, ListOptions, PruneReport};
+pub use query::{glob_match, DeleteItem, DiskUsage, ImageSummary, ListOptions, PruneReport};
 pub use reference::Reference;
 pub use registry::RegistryAuth;
 
@@ -173,6 +174,9 @@ pub(crate) struct NewImage {
     pub config: Vec<u8>,
     pub layers: Vec<LayerRecord>,
     pub refs: Vec<Reference>,
+    /// The image this one was built on (`docker build` steps, `docker commit`): hides
+    /// untagged intermediates from `docker images` and lets `rmi` remove the chain.
+    pub parent: Option<String>,
 }
 
 pub(crate) use crate::fsutil::{now_nanos, write_atomic};
@@ -406,7 +410,7 @@ impl ImageStore {
             id: id.clone(),
             created: cfg.created().clone().unwrap_or_default(),
             size,
-            parent: String::new(),
+            parent: img.parent.clone().unwrap_or_default(),
             layers: diff_ids,
             added: now_nanos(),
             last_tag_time: None,

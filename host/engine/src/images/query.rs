@@ -166,11 +166,18 @@ impl ImageStore {
             .as_deref()
             .map(|s| Self::created_of(&st, s))
             .transpose()?;
+        // Images something was built on (a build step's parent), looked up once.
+        let parents: BTreeSet<&str> = st.images.values().map(|i| i.parent.as_str()).collect();
         let mut out = Vec::new();
         for (id, rec) in &st.images {
             let created = created_unix(&rec.created);
             let refs: Vec<&String> = st.refs_of(id).collect();
-            let dangling = !refs.iter().any(|r| !r.contains('@'));
+            let untagged = !refs.iter().any(|r| !r.contains('@'));
+            let intermediate = untagged && refs.is_empty() && parents.contains(id.as_str());
+            if intermediate && !opts.all {
+                continue;
+            }
+            let dangling = untagged && !intermediate;
             if let Some(d) = opts.dangling {
                 if d != dangling {
                     continue;
@@ -389,6 +396,59 @@ impl ImageStore {
         out
     }
 
+    /// Whether another image was built on `id` (a build step, a commit).
+    fn has_children(st: &State, id: &str) -> bool {
+        st.images.values().any(|i| i.parent == id)
+    }
+
+    /// After `id` went away: its untagged parents that nothing else uses go too, as
+    /// dockerd removes a build's intermediate images with the image.
+    fn delete_parents_locked(&self, st: &mut State, mut parent: String) -> Vec<DeleteItem> {
+        let mut out = Vec::new();
+        while let Some(rec) = st.images.get(&parent) {
+            let next = rec.parent.clone();
+            if st.refs_of(&parent).next().is_some()
+                || Self::has_children(st, &parent)
+                || self.in_use(&parent)
+            {
+                break;
+            }
+            out.extend(self.delete_locked(st, &parent));
+            parent = next;
+        }
+        out
+    }
+
+    /// `docker builder prune`: the untagged images among `ids` (the build cache's)
+    /// that no container, tag or other image needs. Returns (IDs, bytes reclaimed).
+    pub fn remove_untagged(&self, ids: &[String]) -> Result<(Vec<String>, u64)> {
+        let mut st = self.state.lock().unwrap();
+        let mut deleted = Vec::new();
+        // Children first: repeat until nothing more can go.
+        loop {
+            let before = deleted.len();
+            for id in ids {
+                if !st.images.contains_key(id)
+                    || st.refs_of(id).next().is_some()
+                    || Self::has_children(&st, id)
+                    || self.in_use(id)
+                {
+                    continue;
+                }
+                self.delete_locked(&mut st, id);
+                deleted.push(id.clone());
+            }
+            if deleted.len() == before {
+                break;
+            }
+        }
+        let reclaimed = Self::orphan_layer_bytes(&st);
+        self.save_state(&st)?;
+        drop(st);
+        self.gc()?;
+        Ok((deleted, reclaimed))
+    }
+
     /// Bytes of layers that no image references any more.
     fn orphan_layer_bytes(st: &State) -> u64 {
         let used: BTreeSet<&String> = st.images.values().flat_map(|i| i.layers.iter()).collect();
@@ -402,7 +462,7 @@ impl ImageStore {
     /// `DELETE /images/{name}?force=&noprune=`. In-use images are refused (409) unless
     /// forced; forced, they lose their tags but keep their layers (a container runs
     /// from them).
-    pub fn remove(&self, name: &str, force: bool, _noprune: bool) -> Result<Vec<DeleteItem>> {
+    pub fn remove(&self, name: &str, force: bool, noprune: bool) -> Result<Vec<DeleteItem>> {
         let mut st = self.state.lock().unwrap();
         let id = Self::resolve_in(&st, name)?;
         let short = &digest::hex_part(&id)[..12];
@@ -418,7 +478,11 @@ impl ImageStore {
                 .refs_of(&id)
                 .filter(|x| **x != r && !x.contains('@'))
                 .count();
-            if others > 0 || r.contains('@') && st.refs_of(&id).any(|x| !x.contains('@')) {
+            // An image other images were built on keeps existing untagged.
+            if others > 0
+                || r.contains('@') && st.refs_of(&id).any(|x| !x.contains('@'))
+                || Self::has_children(&st, &id)
+            {
                 st.refs.remove(&r);
                 self.save_state(&st)?;
                 drop(st);
@@ -462,7 +526,20 @@ impl ImageStore {
             self.save_state(&st)?;
             return Ok(out);
         }
+        if Self::has_children(&st, &id) {
+            return Err(Error::conflict(format!(
+                "conflict: unable to delete {short} (cannot be forced) - image has dependent child images"
+            )));
+        }
+        let parent = st
+            .images
+            .get(&id)
+            .map(|r| r.parent.clone())
+            .unwrap_or_default();
         out.extend(self.delete_locked(&mut st, &id));
+        if !noprune {
+            out.extend(self.delete_parents_locked(&mut st, parent));
+        }
         self.save_state(&st)?;
         drop(st);
         self.gc()?;
@@ -501,10 +578,12 @@ impl ImageStore {
                 continue;
             }
             let tagged = st.refs_of(&id).any(|r| !r.contains('@'));
-            if dangling_only && tagged {
+            if dangling_only && tagged || Self::has_children(&st, &id) {
                 continue;
             }
-            let items = self.delete_locked(&mut st, &id);
+            let parent = rec.parent.clone();
+            let mut items = self.delete_locked(&mut st, &id);
+            items.extend(self.delete_parents_locked(&mut st, parent));
             reclaimed += Self::orphan_layer_bytes(&st);
             let used: BTreeSet<String> = st
                 .images

@@ -84,22 +84,49 @@ impl RegistryAuth {
         RegistryAuth::default()
     }
 
+    /// `X-Registry-Config` (`docker build`): base64 JSON of registry → credentials.
+    pub fn configs_from_header(h: &str) -> std::collections::HashMap<String, RegistryAuth> {
+        let h = h.trim();
+        let engines = [
+            base64::engine::general_purpose::URL_SAFE,
+            base64::engine::general_purpose::URL_SAFE_NO_PAD,
+            base64::engine::general_purpose::STANDARD,
+            base64::engine::general_purpose::STANDARD_NO_PAD,
+        ];
+        for e in engines {
+            if let Ok(raw) = e.decode(h) {
+                if let Ok(m) = serde_json::from_slice(&raw) {
+                    return m;
+                }
+            }
+        }
+        Default::default()
+    }
+
+    /// Username and password, given as such or as the base64 `auth` field.
+    pub fn basic(&self) -> Option<(String, String)> {
+        if !self.username.is_empty() {
+            return Some((self.username.clone(), self.password.clone()));
+        }
+        if !self.auth.is_empty() {
+            if let Ok(raw) = base64::engine::general_purpose::STANDARD.decode(&self.auth) {
+                if let Some((u, p)) = String::from_utf8_lossy(&raw).split_once(':') {
+                    return Some((u.to_string(), p.to_string()));
+                }
+            }
+        }
+        None
+    }
+
     fn to_oci(&self) -> oci_client::secrets::RegistryAuth {
         use oci_client::secrets::RegistryAuth as A;
         if !self.registry_token.is_empty() {
             return A::Bearer(self.registry_token.clone());
         }
-        if !self.username.is_empty() {
-            return A::Basic(self.username.clone(), self.password.clone());
+        match self.basic() {
+            Some((u, p)) => A::Basic(u, p),
+            None => A::Anonymous,
         }
-        if !self.auth.is_empty() {
-            if let Ok(raw) = base64::engine::general_purpose::STANDARD.decode(&self.auth) {
-                if let Some((u, p)) = String::from_utf8_lossy(&raw).split_once(':') {
-                    return A::Basic(u.to_string(), p.to_string());
-                }
-            }
-        }
-        A::Anonymous
     }
 }
 
@@ -334,6 +361,7 @@ impl ImageStore {
                 config,
                 layers,
                 refs,
+                parent: None,
             })
         })
         .await

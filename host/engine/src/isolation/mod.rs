@@ -32,8 +32,32 @@ pub struct Capabilities {
     pub block_volumes: bool,
     /// The container's processes run on the host: berth can prepare a network namespace
     /// for them to join (bridge endpoints) and bind-mount host files (/etc/hosts...).
-    /// A microVM needs a TAP and virtio-net instead, which is not built yet.
+    /// A microVM gets [`GuestNetwork`] NICs instead.
     pub host_namespaces: bool,
+    /// The container runs behind NICs of its own (a VM's virtio-net), which berth joins
+    /// to the sandbox's endpoints through TAPs: see [`GuestNetwork`].
+    pub guest_nics: bool,
+}
+
+/// One NIC of a VM: the TAP in the sandbox that carries one endpoint, and what the guest
+/// must configure on its side (the endpoint's own MAC, so ARP answers match).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestNic {
+    pub tap: String,
+    pub ifname: String,
+    pub mac: String,
+    pub address: std::net::Ipv4Addr,
+    pub prefix: u8,
+    pub gateway: Option<std::net::Ipv4Addr>,
+    pub mtu: u32,
+}
+
+/// The network a run's sandbox prepared for a backend with [`Capabilities::guest_nics`]:
+/// the netns its VMM runs in (the TAPs are there) and the NICs. Empty for other runs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GuestNetwork {
+    pub netns: Option<PathBuf>,
+    pub nics: Vec<GuestNic>,
 }
 
 /// A started (or re-adopted) agent.
@@ -68,8 +92,9 @@ pub trait IsolationBackend: Send + Sync {
     /// The rootfs as the agent sees it.
     fn rootfs(&self, rec: &ContainerRecord) -> Result<Rootfs>;
 
-    /// Start a fresh agent for a new run of the container and connect to it.
-    async fn start(&self, rec: &ContainerRecord) -> Result<Sandbox>;
+    /// Start a fresh agent for a new run of the container and connect to it; `net` is the
+    /// run's prepared network (used only by backends with `guest_nics`).
+    async fn start(&self, rec: &ContainerRecord, net: &GuestNetwork) -> Result<Sandbox>;
 
     /// After a daemon restart: reconnect to the agent of a run that may still be live.
     async fn reconnect(&self, rec: &ContainerRecord) -> Option<Sandbox>;

@@ -11,7 +11,7 @@ use berth_agent_protocol::client::{
 };
 use berth_agent_protocol::Rootfs;
 
-use super::{Capabilities, IsolationBackend, Sandbox};
+use super::{Capabilities, GuestNetwork, IsolationBackend, Sandbox};
 use crate::containers::record::{ContainerDirs, ContainerRecord, Isolation};
 use crate::images::ImageStore;
 use crate::{Error, Result};
@@ -70,6 +70,7 @@ impl IsolationBackend for ProcessIsolation {
             host_file_access: true,
             block_volumes: false,
             host_namespaces: true,
+            guest_nics: false,
         }
     }
 
@@ -125,7 +126,7 @@ impl IsolationBackend for ProcessIsolation {
         })
     }
 
-    async fn start(&self, rec: &ContainerRecord) -> Result<Sandbox> {
+    async fn start(&self, rec: &ContainerRecord, _net: &GuestNetwork) -> Result<Sandbox> {
         let run_dir = self.dirs.run_dir(&rec.id);
         // A leftover socket from a previous run would confuse the launcher.
         let _ = std::fs::remove_file(agent_socket_path(&run_dir));

@@ -4,8 +4,8 @@
 //! network owns. The built-in bridge driver below is written against this trait so that a
 //! WASM `network-plugin` can take its place later without changes to the executor.
 //!
-//! MicroVM isolation will need one more intent (a TAP in the sandbox netns joined to the
-//! veth with tc mirred); the sandbox side of [`Intent::Endpoint`] is where it goes.
+//! MicroVM isolation adds one intent of the sandbox's own, whatever the driver:
+//! [`Intent::Tap`], a TAP joined to an endpoint's sandbox side (Kata's tcfilter model).
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -34,6 +34,16 @@ pub enum Intent {
         address: Ipv4Net,
         gateway: Option<Ipv4Addr>,
         mac: [u8; 6],
+        mtu: u32,
+    },
+    /// A TAP `tap` in the sandbox `netns`, joined both ways to the endpoint's sandbox
+    /// side `ifname` by tc ingress qdiscs with mirred redirects: every frame the veth
+    /// receives leaves through the TAP (to a VM's virtio-net) and back, so the VM's NIC
+    /// *is* the endpoint (its MAC and address) without any bridge or NAT in the sandbox.
+    Tap {
+        netns: PathBuf,
+        ifname: String,
+        tap: String,
         mtu: u32,
     },
 }

@@ -127,6 +127,12 @@ impl Executor {
                 )
                 .await
             }
+            Intent::Tap {
+                netns,
+                ifname,
+                tap,
+                mtu,
+            } => self.tap(owner, netns, ifname, tap, *mtu).await,
         }
     }
 
@@ -294,6 +300,57 @@ impl Executor {
         Ok(())
     }
 
+    /// [`Intent::Tap`]: only inside a sandbox the ledger records as `owner`'s. Every
+    /// link it makes lives in that namespace and goes away with it.
+    async fn tap(&self, owner: &str, ns: &Path, ifname: &str, tap: &str, mtu: u32) -> Result<()> {
+        if !self.owns(owner, Kind::Netns, &ns.display().to_string()) {
+            return Err(Error::Forbidden(format!(
+                "refusing to add {tap} to {}: the ledger does not record it as owned by {owner}",
+                ns.display()
+            )));
+        }
+        {
+            let (p, t) = (ns.to_path_buf(), tap.to_string());
+            tokio::task::spawn_blocking(move || netns::create_tap(&p, &t))
+                .await
+                .map_err(Error::internal)?
+                .map_err(|e| Error::internal(format!("creating TAP {tap}: {e}")))?;
+        }
+        let inner = netns::netlink_in(ns)?;
+        let veth = link_index(&inner, ifname)
+            .await?
+            .ok_or_else(|| Error::internal(format!("{ifname} is not in the sandbox")))?;
+        let tapi = link_index(&inner, tap)
+            .await?
+            .ok_or_else(|| Error::internal(format!("TAP {tap} vanished")))?;
+        inner
+            .link()
+            .set(LinkUnspec::new_with_index(tapi).mtu(mtu).up().build())
+            .execute()
+            .await
+            .map_err(nl)?;
+        // `tc qdisc add dev X ingress` + `tc filter add dev X parent ffff: protocol all
+        // u32 match u8 0 0 action mirred egress redirect dev Y`, both ways.
+        for (from, to) in [(veth, tapi), (tapi, veth)] {
+            match inner.qdisc().add(from as i32).ingress().execute().await {
+                Err(e) if is_errno(&e, libc::EEXIST) => {}
+                r => r.map_err(nl)?,
+            }
+            inner
+                .traffic_filter(from as i32)
+                .add()
+                .parent(0xffff_0000)
+                // Network byte order, as iproute2 sends `protocol all`.
+                .protocol((libc::ETH_P_ALL as u16).to_be())
+                .redirect(to)
+                .map_err(nl)?
+                .execute()
+                .await
+                .map_err(nl)?;
+        }
+        Ok(())
+    }
+
     /// Bring up loopback in a sandbox with no endpoint (`--network none` joins nothing,
     /// but a prepared sandbox may lose its last endpoint on disconnect).
     pub async fn loopback_up(&self, ns: &Path) -> Result<()> {
@@ -345,5 +402,32 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(err, Error::Forbidden(_)), "{err}");
+    }
+
+    /// A TAP goes only into a sandbox the ledger records as the asker's.
+    #[tokio::test]
+    async fn refuses_taps_in_namespaces_it_does_not_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let exec = Executor::open(dir.path()).unwrap();
+        exec.claim_other("container-a", Kind::Netns, "/run/berth/netns/a")
+            .unwrap();
+        for (owner, ns) in [
+            ("container-b", "/run/berth/netns/a"),
+            ("container-a", "/proc/1/ns/net"),
+        ] {
+            let err = exec
+                .apply(
+                    owner,
+                    &Intent::Tap {
+                        netns: ns.into(),
+                        ifname: "eth0".into(),
+                        tap: "tap0".into(),
+                        mtu: 1500,
+                    },
+                )
+                .await
+                .unwrap_err();
+            assert!(matches!(err, Error::Forbidden(_)), "{err}");
+        }
     }
 }

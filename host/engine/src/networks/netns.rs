@@ -55,6 +55,42 @@ pub fn remove(path: &Path) -> io::Result<()> {
     }
 }
 
+/// A persistent TAP `name` in the namespace at `path`, for a VMM that runs in that
+/// namespace to open by name. Persistent, so it outlives this call's fd; it goes away
+/// with the namespace (or when a VMM that opened it is gone and the namespace is removed).
+pub fn create_tap(path: &Path, name: &str) -> io::Result<()> {
+    if name.is_empty() || name.len() >= libc::IFNAMSIZ {
+        return Err(io::Error::other(format!("invalid TAP name {name:?}")));
+    }
+    let p = path.to_path_buf();
+    let name = name.to_string();
+    on_thread(move || {
+        let target = std::fs::File::open(&p)?;
+        setns(&target, CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
+        let tun = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/net/tun")?;
+        // SAFETY: ifreq is plain data (all-zero is valid); the ioctls read it (and an
+        // integer) during the call only, on an fd we own.
+        unsafe {
+            let mut ifr: libc::ifreq = std::mem::zeroed();
+            for (i, b) in name.bytes().enumerate() {
+                ifr.ifr_name[i] = b as libc::c_char;
+            }
+            ifr.ifr_ifru.ifru_flags =
+                (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as libc::c_short;
+            use std::os::fd::AsRawFd;
+            if libc::ioctl(tun.as_raw_fd(), libc::TUNSETIFF, &ifr) < 0
+                || libc::ioctl(tun.as_raw_fd(), libc::TUNSETPERSIST, 1 as libc::c_ulong) < 0
+            {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        Ok(())
+    })
+}
+
 /// Is `path` a pinned network namespace (a mount point, not the plain file left behind)?
 pub fn is_pinned(path: &Path) -> bool {
     let (Ok(a), Some(Ok(b))) = (

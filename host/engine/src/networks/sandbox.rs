@@ -26,6 +26,14 @@ pub struct SandboxRequest {
     pub dns: Vec<String>,
     pub dns_search: Vec<String>,
     pub dns_options: Vec<String>,
+    /// The container runs in a VM: each endpoint also gets a TAP ([`tap_name`]) for the
+    /// VM's NIC, joined to it by [`Intent::Tap`](super::driver::Intent::Tap).
+    pub vm_taps: bool,
+}
+
+/// The TAP that carries endpoint `ifname` (`eth0` → `tap0`) into a VM.
+pub fn tap_name(ifname: &str) -> String {
+    format!("tap{}", ifname.strip_prefix("eth").unwrap_or(ifname))
 }
 
 /// A prepared sandbox: the netns to join and the /etc contents.
@@ -142,8 +150,19 @@ impl Networks {
         };
         let mac = ipam::parse_mac(&ep.mac)?;
         let path = self.netns_path(cid);
-        for intent in self.driver().join(&net, &ep, path, mac) {
+        for intent in self.driver().join(&net, &ep, path.clone(), mac) {
             self.exec.apply(&ep.id, &intent).await?;
+        }
+        if req.vm_taps {
+            // The sandbox's own intent (not the driver's), owned by the container that
+            // owns the netns.
+            let tap = super::driver::Intent::Tap {
+                netns: path,
+                ifname: ep.ifname.clone(),
+                tap: tap_name(&ep.ifname),
+                mtu: net.mtu,
+            };
+            self.exec.apply(cid, &tap).await?;
         }
         self.publish_endpoint(&net, "connect", cid);
         Ok(ep)

@@ -13,7 +13,7 @@ use super::{disks, host_cgroup, sizing, ImageFs, MicrovmIsolation};
 use super::{guest_share, GuestShare};
 use super::{AGENT_PORT, GUEST_IMAGE_DIR, GUEST_RW_DIR};
 use crate::containers::record::{ContainerRecord, Isolation, MountRecord};
-use crate::isolation::{Capabilities, IsolationBackend, Sandbox};
+use crate::isolation::{Capabilities, GuestNetwork, IsolationBackend, Sandbox};
 use crate::{Error, Result};
 
 #[async_trait]
@@ -28,6 +28,7 @@ impl IsolationBackend for MicrovmIsolation {
             host_file_access: false,
             block_volumes: true,
             host_namespaces: false,
+            guest_nics: true,
         }
     }
 
@@ -136,7 +137,7 @@ impl IsolationBackend for MicrovmIsolation {
         })
     }
 
-    async fn start(&self, rec: &ContainerRecord) -> Result<Sandbox> {
+    async fn start(&self, rec: &ContainerRecord, net: &GuestNetwork) -> Result<Sandbox> {
         if let Some(why) = self.unavailable_reason() {
             return Err(Error::invalid(format!(
                 "microvm isolation is unavailable on this host: {why}"
@@ -146,7 +147,7 @@ impl IsolationBackend for MicrovmIsolation {
         self.release(rec).await;
         let initrd = self.initramfs_path().await?;
         let image = self.image_disk(rec).await?;
-        let cfg = self.vm_config(rec, initrd, image)?;
+        let cfg = self.vm_config(rec, initrd, image, net)?;
         Self::make_run_dir(&cfg.run_dir, cfg.identity)?;
         // A fresh console log per run.
         std::fs::write(&cfg.serial_log, b"")?;

@@ -63,6 +63,15 @@ impl BerthVmm {
                 _ => None,
             })
             .collect();
+        // berth-vmm runs in the sandbox netns and opens each TAP by name before its jail.
+        let net: Vec<serde_json::Value> = cfg
+            .devices
+            .iter()
+            .filter_map(|d| match d {
+                Device::Net { tap, mac } => Some(serde_json::json!({ "tap": tap, "mac": mac })),
+                _ => None,
+            })
+            .collect();
         let jail = cfg
             .identity
             .map(|id| serde_json::json!({ "chroot": cfg.run_dir, "uid": id.uid, "gid": id.gid }));
@@ -75,6 +84,7 @@ impl BerthVmm {
             "drives": drives,
             "vsock": vsock,
             "fs": fs,
+            "net": net,
             "serial": { "file": cfg.serial_log },
             "control_socket": cfg.run_dir.join("control.sock"),
             "jail": jail,
@@ -179,7 +189,7 @@ mod tests {
     use crate::isolation::microvm::procs::VmIdentity;
 
     #[test]
-    fn config_json_is_a_valid_berth_vmm_config_with_fs_devices() {
+    fn config_json_is_a_valid_berth_vmm_config_with_fs_and_net_devices() {
         let run_dir = PathBuf::from("/run/berth/vm/abc");
         let cfg = VmConfig {
             name: "abc".into(),
@@ -202,6 +212,10 @@ mod tests {
                     shared_dir: "/srv/data".into(),
                     read_only: true,
                 },
+                Device::Net {
+                    tap: "tap0".into(),
+                    mac: "02:42:0a:e9:00:02".into(),
+                },
             ],
             run_dir: run_dir.clone(),
             serial_log: "/var/lib/berth/c/vm/console.log".into(),
@@ -210,6 +224,7 @@ mod tests {
                 gid: 1000,
             }),
             cgroups: Vec::new(),
+            netns: None,
         };
         let b = BerthVmm {
             bin: None,
@@ -224,6 +239,8 @@ mod tests {
         assert_eq!(parsed.fs[0].tag, "m0");
         assert_eq!(parsed.fs[0].socket, run_dir.join("m0.sock"));
         assert_eq!(parsed.jail.unwrap().chroot, Some(run_dir));
+        assert_eq!(parsed.net.len(), 1);
+        assert_eq!(parsed.net[0].tap, "tap0");
         let without = BerthVmm {
             virtiofsd: None,
             ..b

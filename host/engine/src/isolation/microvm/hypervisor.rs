@@ -24,6 +24,8 @@ pub enum Device {
         shared_dir: PathBuf,
         read_only: bool,
     },
+    /// virtio-net on the TAP `tap` (in the VMM's netns), with the guest MAC `mac`.
+    Net { tap: String, mac: String },
 }
 
 /// Everything a backend needs to boot one VM.
@@ -47,6 +49,9 @@ pub struct VmConfig {
     pub identity: Option<VmIdentity>,
     /// `cgroup.procs` files the VMM and its helpers join (host accounting).
     pub cgroups: Vec<PathBuf>,
+    /// The network namespace the VMM runs in (the container's sandbox, where its TAPs
+    /// are), or none: the VMM then stays in berthd's.
+    pub netns: Option<PathBuf>,
 }
 
 /// A running VM as the daemon remembers it (persisted for re-adoption after a restart).
@@ -122,6 +127,13 @@ pub(super) async fn spawn_vmm(
     helpers: Vec<VmProcess>,
     agent_uds: PathBuf,
 ) -> Result<VmState> {
+    let mut cmd = cmd;
+    if let Some(ns) = &cfg.netns {
+        if let Err(e) = join_netns_at_exec(&mut cmd, ns) {
+            super::procs::kill_all(&helpers).await;
+            return Err(e);
+        }
+    }
     let vmm = match super::procs::spawn_detached(
         hypervisor,
         cmd,
@@ -142,4 +154,25 @@ pub(super) async fn spawn_vmm(
         helpers,
         agent_uds,
     })
+}
+
+/// Make `cmd` enter the network namespace at `ns` before exec: the VMM then opens its
+/// TAPs by name and has no other network. Runs before `spawn_detached`'s own pre-exec
+/// steps (closures run in order), so before any privilege is dropped.
+fn join_netns_at_exec(cmd: &mut std::process::Command, ns: &std::path::Path) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let f = std::fs::File::open(ns)
+        .map_err(|e| crate::Error::internal(format!("network namespace {}: {e}", ns.display())))?;
+    // SAFETY: setns(2) is async-signal-safe; the fd is opened before the fork and owned
+    // by the closure (close-on-exec, so the VMM does not inherit it).
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    Ok(())
 }

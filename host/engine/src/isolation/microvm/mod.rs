@@ -300,6 +300,7 @@ impl MicrovmIsolation {
         rec: &ContainerRecord,
         initrd: PathBuf,
         image: PathBuf,
+        net: &crate::isolation::GuestNetwork,
     ) -> Result<VmConfig> {
         let kernel = self
             .kernel
@@ -357,6 +358,24 @@ impl MicrovmIsolation {
                 }
             }
         }
+        for nic in &net.nics {
+            // Read by agent/src/guest_net.rs before the agent listens.
+            cmdline.push_str(&format!(
+                " berth.net={},{},{}/{},{},{}",
+                nic.ifname,
+                nic.mac,
+                nic.address,
+                nic.prefix,
+                nic.gateway
+                    .map(|g| g.to_string())
+                    .unwrap_or_else(|| "-".into()),
+                nic.mtu
+            ));
+            devices.push(Device::Net {
+                tap: nic.tap.clone(),
+                mac: nic.mac.clone(),
+            });
+        }
         devices.push(Device::Vsock {
             guest_cid: GUEST_CID,
             uds_path: run_dir.join("vsock.sock"),
@@ -379,6 +398,7 @@ impl MicrovmIsolation {
                     .as_deref()
                     .filter(|s| !s.is_empty()),
             ),
+            netns: net.netns.clone(),
         })
     }
 

@@ -123,6 +123,16 @@ impl Qemu {
                     cmd.arg("-device")
                         .arg(format!("vhost-user-fs-device,chardev=f{i},tag={tag}"));
                 }
+                Device::Net { tap, mac } => {
+                    // qemu runs in the sandbox netns and opens the TAP by name (before
+                    // -chroot/-runas); no scripts: berth has already configured it.
+                    cmd.arg("-netdev").arg(format!(
+                        "tap,id=n{i},ifname={},script=no,downscript=no",
+                        tap.replace(',', ",,")
+                    ));
+                    cmd.arg("-device")
+                        .arg(format!("virtio-net-device,netdev=n{i},mac={mac}"));
+                }
             }
         }
         if let Some(id) = cfg.identity {

@@ -1,0 +1,228 @@
+//! Guest mode: the VM's NICs, from `berth.net=` on the kernel command line.
+//!
+//! The host joins each virtio-net NIC to one of the container's bridge endpoints (a TAP
+//! mirrored onto the veth in the container's netns, Kata's tcfilter model), so the guest
+//! interface must carry exactly that endpoint's MAC, address and route. The kernel command
+//! line is enough: a VM boots fresh for every run and its NICs are fixed at boot (the
+//! microvm machine has no hotplug), and the interface is configured before the agent
+//! listens, so no container process ever sees a half-configured network.
+
+use std::fs;
+use std::io;
+use std::net::Ipv4Addr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+use tracing::{info, warn};
+
+/// One `berth.net=<ifname>,<mac>,<ip>/<prefix>,<gateway|->,<mtu>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Nic {
+    ifname: String,
+    mac: String,
+    ip: Ipv4Addr,
+    prefix: u8,
+    gateway: Option<Ipv4Addr>,
+    mtu: u32,
+}
+
+fn parse_nic(v: &str) -> Option<Nic> {
+    let f: Vec<&str> = v.split(',').collect();
+    let [ifname, mac, cidr, gw, mtu] = f[..] else {
+        return None;
+    };
+    // IFNAMSIZ is 16 with the NUL.
+    if ifname.is_empty() || ifname.len() > 15 || ifname.contains('/') {
+        return None;
+    }
+    let mac_ok = mac.len() == 17
+        && mac
+            .split(':')
+            .all(|b| b.len() == 2 && b.bytes().all(|c| c.is_ascii_hexdigit()));
+    if !mac_ok {
+        return None;
+    }
+    let (ip, prefix) = cidr.split_once('/')?;
+    let prefix: u8 = prefix.parse().ok().filter(|p| *p <= 32)?;
+    let gateway = match gw {
+        "-" => None,
+        g => Some(g.parse().ok()?),
+    };
+    Some(Nic {
+        ifname: ifname.to_string(),
+        mac: mac.to_ascii_lowercase(),
+        ip: ip.parse().ok()?,
+        prefix,
+        gateway,
+        mtu: mtu.parse().ok().filter(|m| (68..=65535).contains(m))?,
+    })
+}
+
+/// The kernel's name for the interface with `mac`.
+fn name_by_mac(mac: &str) -> Option<String> {
+    fs::read_dir("/sys/class/net")
+        .ok()?
+        .flatten()
+        .find_map(|e| {
+            let a = fs::read_to_string(e.path().join("address")).ok()?;
+            (a.trim().eq_ignore_ascii_case(mac))
+                .then(|| e.file_name().to_string_lossy().into_owned())
+        })
+}
+
+fn ifreq(name: &str) -> libc::ifreq {
+    // SAFETY: ifreq is plain data; all-zero is a valid value.
+    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (i, b) in name.bytes().take(libc::IFNAMSIZ - 1).enumerate() {
+        ifr.ifr_name[i] = b as libc::c_char;
+    }
+    ifr
+}
+
+fn sockaddr(ip: Ipv4Addr) -> libc::sockaddr {
+    let sin = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: 0,
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(ip).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: sockaddr_in and sockaddr have the same size; the kernel reads it by family.
+    unsafe { std::mem::transmute::<libc::sockaddr_in, libc::sockaddr>(sin) }
+}
+
+fn check(what: &str, rc: libc::c_int) -> io::Result<()> {
+    if rc < 0 {
+        let e = io::Error::last_os_error();
+        return Err(io::Error::new(e.kind(), format!("{what}: {e}")));
+    }
+    Ok(())
+}
+
+fn configure(sock: &OwnedFd, nic: &Nic) -> io::Result<()> {
+    let fd = sock.as_raw_fd();
+    let current = name_by_mac(&nic.mac)
+        .ok_or_else(|| io::Error::other(format!("no interface with MAC {}", nic.mac)))?;
+    // SAFETY (all ioctls below): socket ioctls on a local, initialised ifreq/rtentry that
+    // outlive the call.
+    unsafe {
+        if current != nic.ifname {
+            let mut ifr = ifreq(&current);
+            for (i, b) in nic.ifname.bytes().enumerate() {
+                ifr.ifr_ifru.ifru_newname[i] = b as libc::c_char;
+            }
+            check("rename", libc::ioctl(fd, libc::SIOCSIFNAME, &ifr))?;
+        }
+        let mut ifr = ifreq(&nic.ifname);
+        ifr.ifr_ifru.ifru_mtu = nic.mtu as libc::c_int;
+        check("set MTU", libc::ioctl(fd, libc::SIOCSIFMTU, &ifr))?;
+        let mut ifr = ifreq(&nic.ifname);
+        ifr.ifr_ifru.ifru_addr = sockaddr(nic.ip);
+        check("set address", libc::ioctl(fd, libc::SIOCSIFADDR, &ifr))?;
+        let mask = if nic.prefix == 0 {
+            0
+        } else {
+            u32::MAX << (32 - nic.prefix as u32)
+        };
+        let mut ifr = ifreq(&nic.ifname);
+        ifr.ifr_ifru.ifru_netmask = sockaddr(Ipv4Addr::from(mask));
+        check("set netmask", libc::ioctl(fd, libc::SIOCSIFNETMASK, &ifr))?;
+        let mut ifr = ifreq(&nic.ifname);
+        check("get flags", libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut ifr))?;
+        ifr.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+        check("up", libc::ioctl(fd, libc::SIOCSIFFLAGS, &ifr))?;
+        if let Some(gw) = nic.gateway {
+            let dev = std::ffi::CString::new(nic.ifname.as_str()).map_err(io::Error::other)?;
+            let mut rt: libc::rtentry = std::mem::zeroed();
+            rt.rt_dst = sockaddr(Ipv4Addr::UNSPECIFIED);
+            rt.rt_genmask = sockaddr(Ipv4Addr::UNSPECIFIED);
+            rt.rt_gateway = sockaddr(gw);
+            rt.rt_flags = libc::RTF_UP | libc::RTF_GATEWAY;
+            rt.rt_dev = dev.as_ptr() as *mut libc::c_char;
+            match libc::ioctl(fd, libc::SIOCADDRT, &rt) {
+                // A second network's NIC: the first one's default route stays (as on the
+                // host side).
+                rc if rc < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EEXIST) => {
+                }
+                rc => check("default route", rc)?,
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Brings up loopback and every NIC named by `berth.net=`. Failures are logged on the
+/// console; the container then runs without that network.
+pub fn configure_from_cmdline() {
+    let cmdline = fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    if let Err(e) = crate::namespaces::loopback_up() {
+        warn!("loopback up: {e}");
+    }
+    let nics: Vec<Nic> = cmdline
+        .split_whitespace()
+        .filter_map(|a| a.strip_prefix("berth.net="))
+        .filter_map(|v| {
+            let n = parse_nic(v);
+            if n.is_none() {
+                warn!("ignoring malformed berth.net={v}");
+            }
+            n
+        })
+        .collect();
+    if nics.is_empty() {
+        return;
+    }
+    // SAFETY: socket(2) with constant arguments; the fd is owned right away.
+    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
+        warn!("network set-up: socket: {}", io::Error::last_os_error());
+        return;
+    }
+    // SAFETY: a fresh fd from socket(2).
+    let sock = unsafe { OwnedFd::from_raw_fd(raw) };
+    for nic in &nics {
+        match configure(&sock, nic) {
+            Ok(()) => info!(
+                ifname = %nic.ifname, ip = %nic.ip, prefix = nic.prefix,
+                "guest network interface configured"
+            ),
+            Err(e) => warn!("configuring {} ({}): {e}", nic.ifname, nic.mac),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nic_args() {
+        assert_eq!(
+            parse_nic("eth0,02:42:0A:E9:00:02,10.233.0.2/24,10.233.0.1,1500"),
+            Some(Nic {
+                ifname: "eth0".into(),
+                mac: "02:42:0a:e9:00:02".into(),
+                ip: Ipv4Addr::new(10, 233, 0, 2),
+                prefix: 24,
+                gateway: Some(Ipv4Addr::new(10, 233, 0, 1)),
+                mtu: 1500,
+            })
+        );
+        assert_eq!(
+            parse_nic("eth1,02:42:0a:e9:00:02,10.1.0.2/16,-,9000").map(|n| n.gateway),
+            Some(None)
+        );
+        for bad in [
+            "eth0,02:42:0a:e9:00:02,10.233.0.2/24,10.233.0.1",
+            "eth0,zz:42:0a:e9:00:02,10.233.0.2/24,-,1500",
+            "eth0,02:42:0a:e9:00:02,10.233.0.2/33,-,1500",
+            "eth0,02:42:0a:e9:00:02,10.233.0.2,-,1500",
+            "eth0,02:42:0a:e9:00:02,10.233.0.2/24,gw,1500",
+            "eth0,02:42:0a:e9:00:02,10.233.0.2/24,-,10",
+            ",02:42:0a:e9:00:02,10.233.0.2/24,-,1500",
+            "averyveryverylongname,02:42:0a:e9:00:02,10.233.0.2/24,-,1500",
+        ] {
+            assert!(parse_nic(bad).is_none(), "{bad}");
+        }
+    }
+}

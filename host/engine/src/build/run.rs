@@ -1,0 +1,116 @@
+//! A RUN step: an ordinary container of the daemon's default isolation (a microVM
+//! where that is the default), its output streamed into the build, then committed.
+
+use std::sync::Arc;
+
+use bollard_stubs::models::{ContainerCreateBody, HostConfig};
+use serde_json::{json, Value};
+
+use crate::containers::{
+    AttachOpts, CommitOptions, Container, Containers, CreateRequest, WaitCondition,
+};
+use crate::images::Progress;
+use crate::{Error, Result};
+
+pub struct RunStep {
+    pub image: String,
+    pub argv: Vec<String>,
+    /// Build args passed as environment for this step only.
+    pub extra_env: Vec<String>,
+    pub user: String,
+    pub workdir: String,
+    pub host_config: HostConfig,
+}
+
+fn short(id: &str) -> &str {
+    let hex = id.strip_prefix("sha256:").unwrap_or(id);
+    &hex[..hex.len().min(12)]
+}
+
+/// Create and run the step's container; returns it (exited) with its exit code.
+pub async fn run(
+    containers: &Arc<Containers>,
+    step: RunStep,
+    progress: &Progress,
+    quiet: bool,
+) -> Result<(Arc<Container>, i64)> {
+    let body = ContainerCreateBody {
+        image: Some(step.image.clone()),
+        entrypoint: Some(step.argv.clone()),
+        cmd: None,
+        env: Some(step.extra_env),
+        user: Some(step.user),
+        working_dir: Some(step.workdir),
+        attach_stdout: Some(true),
+        attach_stderr: Some(true),
+        host_config: Some(step.host_config),
+        ..Default::default()
+    };
+    let (id, _) = containers
+        .create(CreateRequest {
+            name: None,
+            body,
+            isolation: String::new(),
+        })
+        .await?;
+    let c = containers.get(&id)?;
+    if !quiet {
+        progress
+            .send(json!({ "stream": format!(" ---> Running in {}\n", short(&id)) }))
+            .await?;
+    }
+    let mut out = containers.attach(
+        &c,
+        AttachOpts {
+            stdin: false,
+            stdout: true,
+            stderr: true,
+        },
+    );
+    let exited = containers.wait(&c, WaitCondition::NextExit);
+    if let Err(e) = containers.start(&c).await {
+        let _ = containers.remove(&c, true, true).await;
+        return Err(e);
+    }
+    while let Some(chunk) = out.output.recv().await {
+        if !quiet {
+            let text = String::from_utf8_lossy(&chunk.data).into_owned();
+            progress.send(json!({ "stream": text })).await?;
+        }
+    }
+    let notice = exited.await;
+    Ok((c, notice.code))
+}
+
+/// Commit the step's container as the next image, with the builder's config.
+pub async fn commit(
+    containers: &Arc<Containers>,
+    c: &Arc<Container>,
+    run_config: Value,
+    created_by: String,
+) -> Result<String> {
+    containers
+        .commit(
+            c,
+            CommitOptions {
+                repo: None,
+                tag: None,
+                comment: String::new(),
+                author: String::new(),
+                pause: false,
+                changes: Vec::new(),
+                config: Some(run_config),
+                replace_config: true,
+                created_by: Some(created_by),
+            },
+        )
+        .await
+}
+
+/// The message dockerd gives for a failing RUN.
+pub fn failure(argv_shown: &str, code: i64) -> Error {
+    Error::StepFailed {
+        message: format!("The command '{argv_shown}' returned a non-zero code: {code}"),
+        code,
+    }
+}
