@@ -5,6 +5,7 @@ set -euo pipefail
 
 PKGS=(
   busybox-static   # test images (no network: images are built from it)
+  containerd       # containerd 1.6 + ctr: the shim tests (host/shim) start their own
   docker-registry  # a real OCI registry on 127.0.0.1 for pull/push tests
   docker.io        # reference dockerd 20.10 + runc for benches
   qemu-system-x86  # guest kernel + agent tests under TCG

@@ -146,7 +146,7 @@ pub struct MountRecord {
 }
 
 /// An exec instance as inspect shows it. Execs live in memory only, as in dockerd.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ContainerRecord {
     pub id: String,
     /// Without the leading slash.

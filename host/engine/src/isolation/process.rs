@@ -19,7 +19,9 @@ use crate::{Error, Result};
 pub struct ProcessIsolation {
     dirs: ContainerDirs,
     agent_bin: PathBuf,
-    images: Arc<ImageStore>,
+    /// `None` when the caller brings each container's rootfs itself (the containerd shim:
+    /// containerd's snapshotter prepared it), so `prepare_storage`/`rootfs` are not used.
+    images: Option<Arc<ImageStore>>,
     /// `overlay` or `copy`.
     storage_driver: &'static str,
 }
@@ -34,9 +36,26 @@ impl ProcessIsolation {
         ProcessIsolation {
             dirs,
             agent_bin,
-            images,
+            images: Some(images),
             storage_driver,
         }
+    }
+
+    /// A backend that only starts, reconnects and releases agents: the rootfs of each
+    /// container comes from elsewhere (e.g. containerd's snapshotter mounts).
+    pub fn for_prepared_rootfs(dirs: ContainerDirs, agent_bin: PathBuf) -> Self {
+        ProcessIsolation {
+            dirs,
+            agent_bin,
+            images: None,
+            storage_driver: "prepared",
+        }
+    }
+
+    fn images(&self) -> Result<&Arc<ImageStore>> {
+        self.images
+            .as_ref()
+            .ok_or_else(|| Error::internal("this process backend has no image store"))
     }
 }
 
@@ -77,7 +96,7 @@ impl IsolationBackend for ProcessIsolation {
             std::fs::create_dir_all(dir.join("work"))?;
             Ok(())
         } else {
-            let images = self.images.clone();
+            let images = self.images()?.clone();
             let image_id = rec.image_id.clone();
             let dest = dir.join("rootfs");
             tokio::task::spawn_blocking(move || images.flatten_into(&image_id, &dest))
@@ -93,7 +112,7 @@ impl IsolationBackend for ProcessIsolation {
                 path: dir.join("rootfs"),
             });
         }
-        let mut lower = self.images.layer_dirs(&rec.image_id)?;
+        let mut lower = self.images()?.layer_dirs(&rec.image_id)?;
         if lower.is_empty() {
             // overlayfs needs at least one lower dir: an empty one stands in.
             let empty = dir.join("empty-lower");

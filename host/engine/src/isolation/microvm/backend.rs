@@ -120,7 +120,7 @@ impl IsolationBackend for MicrovmIsolation {
 
     async fn prepare_storage(&self, rec: &ContainerRecord) -> Result<()> {
         // Build the image disk now, so `docker run` pays for it once per image at create.
-        self.image_disk(&rec.image_id).await?;
+        self.image_disk(rec).await?;
         let dir = self.vm_dir(&rec.id);
         std::fs::create_dir_all(&dir)?;
         let disk = dir.join("rw.ext4");
@@ -146,7 +146,7 @@ impl IsolationBackend for MicrovmIsolation {
         // A previous run's VM must be gone before its disk is used again.
         self.release(rec).await;
         let initrd = self.initramfs_path().await?;
-        let image = self.image_disk(&rec.image_id).await?;
+        let image = self.image_disk(rec).await?;
         let cfg = self.vm_config(rec, initrd, image, net)?;
         Self::make_run_dir(&cfg.run_dir, cfg.identity)?;
         // A fresh console log per run.

@@ -132,46 +132,52 @@ pub fn image_disk(
     let flat_ms = t0.elapsed().as_millis();
     let out = tmp.path().join("disk");
     let t1 = Instant::now();
-    match fs {
-        ImageFs::Erofs => run(
-            Command::new("mkfs.erofs")
-                .arg("-Enoinline_data")
-                .arg("--quiet")
-                .arg(&out)
-                .arg(&root),
-            "mkfs.erofs",
-        )?,
-        ImageFs::Ext4 => {
-            // Room for metadata: the payload plus a quarter, at least 16 MiB.
-            let size = (dir_bytes(&root) * 5 / 4).max(16 << 20);
-            run(
-                Command::new("mkfs.ext4")
-                    .args(["-q", "-F", "-m", "0", "-O", "^has_journal", "-d"])
-                    .arg(&root)
-                    .arg(&out)
-                    .arg(format!("{}k", size.div_ceil(4096) * 4)),
-                "mkfs.ext4",
-            )?
-        }
-    }
-    let size = std::fs::metadata(&out)?.len();
+    disk_from_dir(&root, &out, fs)?;
     tracing::info!(
         image = %image_id,
         fs = fs.as_str(),
         flatten_ms = flat_ms,
         mkfs_ms = t1.elapsed().as_millis(),
-        bytes = size,
+        bytes = std::fs::metadata(&out)?.len(),
         "built microVM image disk"
     );
+    std::fs::rename(&out, &dest)?;
+    Ok(dest)
+}
+
+/// Build the read-only block image `out` of the directory tree `root`. Blocking.
+pub fn disk_from_dir(root: &Path, out: &Path, fs: ImageFs) -> Result<()> {
+    match fs {
+        ImageFs::Erofs => run(
+            Command::new("mkfs.erofs")
+                .arg("-Enoinline_data")
+                .arg("--quiet")
+                .arg(out)
+                .arg(root),
+            "mkfs.erofs",
+        )?,
+        ImageFs::Ext4 => {
+            // Room for metadata: the payload plus a quarter, at least 16 MiB.
+            let size = (dir_bytes(root) * 5 / 4).max(16 << 20);
+            run(
+                Command::new("mkfs.ext4")
+                    .args(["-q", "-F", "-m", "0", "-O", "^has_journal", "-d"])
+                    .arg(root)
+                    .arg(out)
+                    .arg(format!("{}k", size.div_ceil(4096) * 4)),
+                "mkfs.ext4",
+            )?
+        }
+    }
     // Block devices are read in 512-byte sectors.
+    let size = std::fs::metadata(out)?.len();
     if size % 512 != 0 {
         std::fs::OpenOptions::new()
             .write(true)
-            .open(&out)?
+            .open(out)?
             .set_len(size.div_ceil(512) * 512)?;
     }
-    std::fs::rename(&out, &dest)?;
-    Ok(dest)
+    Ok(())
 }
 
 /// Default size of a container's writable disk (sparse: only written blocks use space).

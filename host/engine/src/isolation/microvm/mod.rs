@@ -72,7 +72,9 @@ struct LiveVm {
 pub struct MicrovmIsolation {
     dirs: ContainerDirs,
     agent_bin: PathBuf,
-    images: Arc<ImageStore>,
+    /// `None` when the caller brings each container's rootfs (the containerd shim): the
+    /// image disk is then built per container by [`MicrovmIsolation::prepare_from_dir`].
+    images: Option<Arc<ImageStore>>,
     kernel: Option<PathBuf>,
     /// `Linux version ...` of the guest kernel, for `docker inspect`.
     kernel_version: Option<String>,
@@ -95,6 +97,25 @@ impl MicrovmIsolation {
         dirs: ContainerDirs,
         agent_bin: PathBuf,
         images: Arc<ImageStore>,
+        cfg: &MicrovmConfig,
+    ) -> Result<Self> {
+        Self::build(dirs, agent_bin, Some(images), cfg)
+    }
+
+    /// A backend without an image store: each container's image disk is built from a
+    /// directory the caller prepared ([`MicrovmIsolation::prepare_from_dir`]).
+    pub fn for_prepared_rootfs(
+        dirs: ContainerDirs,
+        agent_bin: PathBuf,
+        cfg: &MicrovmConfig,
+    ) -> Result<Self> {
+        Self::build(dirs, agent_bin, None, cfg)
+    }
+
+    fn build(
+        dirs: ContainerDirs,
+        agent_bin: PathBuf,
+        images: Option<Arc<ImageStore>>,
         cfg: &MicrovmConfig,
     ) -> Result<Self> {
         let kvm = Kvm::probe();
@@ -146,17 +167,22 @@ impl MicrovmIsolation {
     /// Drop cached image disks when images go away: at start-up, then after every `rmi`.
     pub fn collect_unused_image_disks(self: &Arc<Self>, events: &crate::events::EventBus) {
         let (_, mut rx) = events.subscribe();
+        if self.images.is_none() {
+            return;
+        }
         let this = Arc::downgrade(self);
         tokio::spawn(async move {
             loop {
                 let Some(me) = this.upgrade() else { return };
                 {
                     let _g = me.build_lock.lock().await;
-                    let images = me.images.clone();
-                    let cache = me.cache.join("images");
-                    let _ =
-                        tokio::task::spawn_blocking(move || disks::gc_image_disks(&images, &cache))
-                            .await;
+                    if let Some(images) = me.images.clone() {
+                        let cache = me.cache.join("images");
+                        let _ = tokio::task::spawn_blocking(move || {
+                            disks::gc_image_disks(&images, &cache)
+                        })
+                        .await;
+                    }
                 }
                 drop(me);
                 // Until the next image deletion.
@@ -170,6 +196,29 @@ impl MicrovmIsolation {
                 }
             }
         });
+    }
+
+    fn prepared_image_path(&self, id: &str) -> PathBuf {
+        self.vm_dir(id)
+            .join(format!("image.{}", self.image_fs.as_str()))
+    }
+
+    /// Without an image store: build container `id`'s image disk from the directory tree
+    /// `root` (its merged rootfs) and create its writable disk.
+    pub async fn prepare_from_dir(&self, id: &str, root: PathBuf) -> Result<()> {
+        let dir = self.vm_dir(id);
+        std::fs::create_dir_all(&dir)?;
+        let image = self.prepared_image_path(id);
+        let rw = dir.join("rw.ext4");
+        let fs = self.image_fs;
+        tokio::task::spawn_blocking(move || {
+            let tmp = image.with_extension("tmp");
+            disks::disk_from_dir(&root, &tmp, fs)?;
+            std::fs::rename(&tmp, &image)?;
+            disks::create_rw_disk(&rw, disks::RW_DISK_BYTES)
+        })
+        .await
+        .map_err(Error::internal)?
     }
 
     /// Persistent per-container VM dir (disk, serial log, VM state).
@@ -224,10 +273,21 @@ impl MicrovmIsolation {
         Ok(p)
     }
 
-    async fn image_disk(&self, image_id: &str) -> Result<PathBuf> {
+    /// The container's read-only image disk: shared per layer chain, or the one
+    /// `prepare_from_dir` built for this container.
+    async fn image_disk(&self, rec: &ContainerRecord) -> Result<PathBuf> {
+        let Some(images) = self.images.clone() else {
+            let p = self.prepared_image_path(&rec.id);
+            return match p.exists() {
+                true => Ok(p),
+                false => Err(Error::internal(format!(
+                    "{}: the container's image disk was not prepared",
+                    p.display()
+                ))),
+            };
+        };
         let _g = self.build_lock.lock().await;
-        let images = self.images.clone();
-        let image_id = image_id.to_string();
+        let image_id = rec.image_id.clone();
         let cache = self.cache.join("images");
         let fs = self.image_fs;
         tokio::task::spawn_blocking(move || disks::image_disk(&images, &image_id, &cache, fs))
