@@ -18,7 +18,7 @@ mod import;
 mod progress;
 mod query;
 pub mod reference;
-mod registry;
+pub(crate) mod registry;
 pub mod unpack;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
