@@ -11,8 +11,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use berth_engine::plugins::{PluginView, Privilege};
 use bollard_stubs::models::{
-    Plugin, PluginConfig, PluginConfigArgs, PluginConfigInterface, PluginConfigNetwork,
-    PluginEnv, PluginPrivilege, PluginSettings,
+    Plugin, PluginConfig, PluginConfigArgs, PluginConfigInterface, PluginConfigNetwork, PluginEnv,
+    PluginPrivilege, PluginSettings,
 };
 use serde::Deserialize;
 

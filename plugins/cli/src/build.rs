@@ -12,13 +12,23 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 
 const TARGET: &str = "wasm32-wasip2";
-const APT_PACKAGES: &[&str] = &["rustc-web", "cargo-web", "rust-web-src", "lld-22", "wasi-libc"];
+const APT_PACKAGES: &[&str] = &[
+    "rustc-web",
+    "cargo-web",
+    "rust-web-src",
+    "lld-22",
+    "wasi-libc",
+];
 
 fn rustup_has_target() -> bool {
     Command::new("rustup")
         .args(["target", "list", "--installed"])
         .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).lines().any(|l| l.trim() == TARGET))
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .any(|l| l.trim() == TARGET)
+        })
         .unwrap_or(false)
 }
 
@@ -31,7 +41,11 @@ fn installed(pkg: &str) -> bool {
 }
 
 fn ensure_apt_packages() -> Result<()> {
-    let need: Vec<&str> = APT_PACKAGES.iter().copied().filter(|p| !installed(p)).collect();
+    let need: Vec<&str> = APT_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| !installed(p))
+        .collect();
     if need.is_empty() {
         return Ok(());
     }
@@ -123,7 +137,10 @@ pub fn build(project: &Path, release: bool) -> Result<PathBuf> {
         bail!("cargo build failed");
     }
     let profile = if release { "release" } else { "debug" };
-    let wasm = target_dir.join(TARGET).join(profile).join(format!("{krate}.wasm"));
+    let wasm = target_dir
+        .join(TARGET)
+        .join(profile)
+        .join(format!("{krate}.wasm"));
     let dist = project.join("dist");
     std::fs::create_dir_all(&dist)?;
     std::fs::copy(&wasm, dist.join("plugin.wasm"))

@@ -18,7 +18,11 @@ use berth_plugin_host::{check_standalone, Manifest};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "berth-plugin", version, about = "Write, build, check and publish berth WASM driver plugins")]
+#[command(
+    name = "berth-plugin",
+    version,
+    about = "Write, build, check and publish berth WASM driver plugins"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -57,11 +61,18 @@ enum Cmd {
 /// `dir/dist/` when it holds a build, else `dir` itself (a staged plugin dir).
 fn staged(dir: &Path) -> Result<(Manifest, Vec<u8>, Vec<u8>)> {
     let dist = dir.join("dist");
-    let base = if dist.join("plugin.wasm").exists() { dist } else { dir.to_path_buf() };
+    let base = if dist.join("plugin.wasm").exists() {
+        dist
+    } else {
+        dir.to_path_buf()
+    };
     let toml = std::fs::read(base.join("manifest.toml"))
         .with_context(|| format!("{}/manifest.toml", base.display()))?;
     let wasm = std::fs::read(base.join("plugin.wasm")).with_context(|| {
-        format!("{}/plugin.wasm (run `berth-plugin build` first)", base.display())
+        format!(
+            "{}/plugin.wasm (run `berth-plugin build` first)",
+            base.display()
+        )
     })?;
     let m = Manifest::parse(std::str::from_utf8(&toml).context("manifest.toml is not UTF-8")?)
         .map_err(anyhow::Error::msg)?;
@@ -93,7 +104,10 @@ fn main() -> Result<()> {
         Cmd::New { name, kind } => {
             let kind = scaffold::parse_kind(&kind)?;
             let dir = scaffold::new_project(Path::new("."), &name, kind)?;
-            println!("created {} (cd {name} && berth-plugin build)", dir.display());
+            println!(
+                "created {} (cd {name} && berth-plugin build)",
+                dir.display()
+            );
         }
         Cmd::Build { dir, debug } => {
             let dist = build::build(&dir, !debug)?;

@@ -113,10 +113,11 @@ pub fn new_project(parent: &Path, name: &str, kind: Kind) -> Result<std::path::P
         ("src/lib.rs".into(), source(kind)),
         (".gitignore".into(), "/target\n/dist\n".into()),
     ];
-    for (path, text) in files
-        .into_iter()
-        .chain(WIT_FILES.iter().map(|(f, t)| (format!("wit/{f}"), t.to_string())))
-    {
+    for (path, text) in files.into_iter().chain(
+        WIT_FILES
+            .iter()
+            .map(|(f, t)| (format!("wit/{f}"), t.to_string())),
+    ) {
         std::fs::write(dir.join(&path), text).with_context(|| format!("writing {path}"))?;
     }
     Ok(dir)
@@ -141,6 +142,9 @@ mod tests {
         assert!(dir.join("wit/worlds.wit").exists());
         assert!(new_project(tmp.path(), "my-log", Kind::Log).is_err());
         assert!(new_project(tmp.path(), "Bad/Name", Kind::Log).is_err());
-        assert!(parse_kind("network").unwrap_err().to_string().contains("not served"));
+        assert!(parse_kind("network")
+            .unwrap_err()
+            .to_string()
+            .contains("not served"));
     }
 }

@@ -62,10 +62,9 @@ struct OciManifest {
 
 fn blob_err(r: &Reference, what: &str, e: OciDistributionError) -> Error {
     match e {
-        OciDistributionError::DigestError(d) => Error::invalid(format!(
-            "{what} of {}: digest mismatch: {d}",
-            r.familiar()
-        )),
+        OciDistributionError::DigestError(d) => {
+            Error::invalid(format!("{what} of {}: digest mismatch: {d}", r.familiar()))
+        }
         other => registry_err(r, other),
     }
 }
@@ -144,9 +143,8 @@ pub async fn fetch(reference: &str, auth: &RegistryAuth, with_component: bool) -
             )));
         }
     }
-    let m: OciManifest = serde_json::from_slice(&raw).map_err(|e| {
-        Error::invalid(format!("manifest of {} is not valid: {e}", r.familiar()))
-    })?;
+    let m: OciManifest = serde_json::from_slice(&raw)
+        .map_err(|e| Error::invalid(format!("manifest of {} is not valid: {e}", r.familiar())))?;
     if m.media_type.as_deref().is_some_and(|t| t != OCI_MANIFEST)
         || m.config.media_type != MANIFEST_MEDIA_TYPE
     {
@@ -180,7 +178,17 @@ pub async fn fetch(reference: &str, auth: &RegistryAuth, with_component: bool) -
     )
     .await?;
     let wasm = if with_component {
-        Some(fetch_blob(&client, &oref, &r, layer, "plugin.wasm", MAX_COMPONENT_BYTES).await?)
+        Some(
+            fetch_blob(
+                &client,
+                &oref,
+                &r,
+                layer,
+                "plugin.wasm",
+                MAX_COMPONENT_BYTES,
+            )
+            .await?,
+        )
     } else {
         None
     };

@@ -18,9 +18,7 @@ use crate::{Error, Result};
 fn parse_manifest(a: &Artifact) -> Result<Manifest> {
     let text = std::str::from_utf8(&a.manifest_toml)
         .map_err(|_| Error::invalid("manifest.toml is not UTF-8"))?;
-    Manifest::parse(text).map_err(|e| {
-        Error::invalid(format!("{}: {e}", a.reference.familiar()))
-    })
+    Manifest::parse(text).map_err(|e| Error::invalid(format!("{}: {e}", a.reference.familiar())))
 }
 
 fn check_privileges(a: &Artifact, m: &Manifest, accepted: &[Privilege]) -> Result<()> {
@@ -112,7 +110,9 @@ impl PluginManager {
                 )));
             }
             if map.values().any(|e| e.record.name == pname) {
-                return Err(Error::conflict(format!("plugin \"{pname}\" already exists")));
+                return Err(Error::conflict(format!(
+                    "plugin \"{pname}\" already exists"
+                )));
             }
         }
         let dir = self.install_dir.join(&m.name);
@@ -147,7 +147,10 @@ impl PluginManager {
         });
         if let Err(e) = placed {
             let _ = std::fs::remove_dir_all(&tmp);
-            self.entries.lock().unwrap().retain(|_, e| e.record.name != pname);
+            self.entries
+                .lock()
+                .unwrap()
+                .retain(|_, e| e.record.name != pname);
             let _ = self.save();
             return Err(e);
         }

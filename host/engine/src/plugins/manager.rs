@@ -238,7 +238,10 @@ impl PluginManager {
                 let why = err.message.clone();
                 self.entries.lock().unwrap().get_mut(key).unwrap().refused = Some(why.clone());
                 self.mark_unavailable(key, &format!("plugin refused: {why}"));
-                Err(Error::invalid(format!("plugin {} refused: {why}", rec.name)))
+                Err(Error::invalid(format!(
+                    "plugin {} refused: {why}",
+                    rec.name
+                )))
             }
         }
     }
@@ -329,7 +332,13 @@ impl PluginManager {
         let r = tokio::task::block_in_place(|| self.activate(&key));
         // The wish is kept even when the plugin is refused, so that fixing the host
         // (e.g. a newer berthd) brings it back on restart.
-        self.entries.lock().unwrap().get_mut(&key).unwrap().record.enabled = true;
+        self.entries
+            .lock()
+            .unwrap()
+            .get_mut(&key)
+            .unwrap()
+            .record
+            .enabled = true;
         self.save()?;
         r
     }
@@ -354,7 +363,13 @@ impl PluginManager {
             )));
         }
         self.deactivate(&key);
-        self.entries.lock().unwrap().get_mut(&key).unwrap().record.enabled = false;
+        self.entries
+            .lock()
+            .unwrap()
+            .get_mut(&key)
+            .unwrap()
+            .record
+            .enabled = false;
         self.save()
     }
 
@@ -407,7 +422,11 @@ impl PluginManager {
                 "cannot set on an active plugin, disable plugin before setting",
             ));
         }
-        let declared = e.manifest.as_ref().map(|m| m.config.clone()).unwrap_or_default();
+        let declared = e
+            .manifest
+            .as_ref()
+            .map(|m| m.config.clone())
+            .unwrap_or_default();
         let mut settings = e.record.settings.clone();
         for a in args {
             let (k, v) = a

@@ -123,7 +123,10 @@ mod tests {
     #[test]
     fn default_tag() {
         assert_eq!(with_default_tag("x"), "x:latest");
-        assert_eq!(with_default_tag("127.0.0.1:5000/x"), "127.0.0.1:5000/x:latest");
+        assert_eq!(
+            with_default_tag("127.0.0.1:5000/x"),
+            "127.0.0.1:5000/x:latest"
+        );
         assert_eq!(with_default_tag("x:v1"), "x:v1");
     }
 
