@@ -236,6 +236,25 @@ fn sdk_plugin_installed_from_registry_logs_and_is_managed() {
     .unwrap();
     assert!(stored.starts_with("x: stdout "), "{stored}");
 
+    // Upgrade (while disabled) to a different build pushed as 2.0: same plugin,
+    // new component, the setting kept.
+    let v2 = variant("echo-log", "", Some(b"v2"));
+    let remote2 = format!("{}/echo-log:2.0", reg.addr);
+    run_tool(v2.path(), &["push", &remote2]);
+    let id_before = d.docker_ok(&["plugin", "inspect", "-f", "{{.Id}}", &remote]);
+    let err = d.docker_err(&["plugin", "upgrade", &remote, &remote2]);
+    assert!(err.contains("disabled before upgrading"), "{err}");
+    d.docker_ok(&["plugin", "disable", &remote]);
+    // (--skip-remote-check: the CLI asks before switching to another tag.)
+    let out = d.docker_ok(&["plugin", "upgrade", "--skip-remote-check", &remote, &remote2]);
+    assert!(out.contains("Upgraded plugin"), "{out}");
+    let after = d.docker_ok(&[
+        "plugin", "inspect", "-f", "{{.Id}} {{.PluginReference}} {{.Settings.Env}}", &remote,
+    ]);
+    let want_tail = format!(" {remote2} [prefix=x: ]");
+    assert!(after.trim().ends_with(&want_tail), "{after}");
+    assert_ne!(after.split(' ').next().unwrap(), id_before.trim());
+    d.docker_ok(&["plugin", "enable", &remote]);
     let err = d.docker_err(&["plugin", "rm", &remote]);
     assert!(err.contains("is enabled"), "{err}");
     d.docker_ok(&["plugin", "rm", "-f", &remote]);
