@@ -100,8 +100,16 @@ pub fn build(project: &Path, release: bool) -> Result<PathBuf> {
         .canonicalize()
         .with_context(|| format!("{}", project.display()))?;
     let krate = crate_name(&project)?;
+    // One shared cache by default: `std` for the target and wit-bindgen are then
+    // compiled once per machine, not once per project.
     let target_dir = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
+        .or_else(|| {
+            let cache = std::env::var_os("XDG_CACHE_HOME")
+                .map(PathBuf::from)
+                .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+            Some(cache.join("berth-plugin/target"))
+        })
         .unwrap_or_else(|| project.join("target"));
     let mut cmd;
     if rustup_has_target() {
