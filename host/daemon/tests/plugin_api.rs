@@ -246,10 +246,20 @@ fn sdk_plugin_installed_from_registry_logs_and_is_managed() {
     assert!(err.contains("disabled before upgrading"), "{err}");
     d.docker_ok(&["plugin", "disable", &remote]);
     // (--skip-remote-check: the CLI asks before switching to another tag.)
-    let out = d.docker_ok(&["plugin", "upgrade", "--skip-remote-check", &remote, &remote2]);
+    let out = d.docker_ok(&[
+        "plugin",
+        "upgrade",
+        "--skip-remote-check",
+        &remote,
+        &remote2,
+    ]);
     assert!(out.contains("Upgraded plugin"), "{out}");
     let after = d.docker_ok(&[
-        "plugin", "inspect", "-f", "{{.Id}} {{.PluginReference}} {{.Settings.Env}}", &remote,
+        "plugin",
+        "inspect",
+        "-f",
+        "{{.Id}} {{.PluginReference}} {{.Settings.Env}}",
+        &remote,
     ]);
     let want_tail = format!(" {remote2} [prefix=x: ]");
     assert!(after.trim().ends_with(&want_tail), "{after}");

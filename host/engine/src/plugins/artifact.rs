@@ -284,6 +284,6 @@ mod tests {
         let r = parse_ref("127.0.0.1:5000/my-log").unwrap();
         assert_eq!(r.domain, "127.0.0.1:5000");
         assert_eq!(r.tag.as_deref(), Some("latest"));
-        assert!(parse_ref("UPPER/case").is_err());
+        assert!(parse_ref("no spaces allowed").is_err());
     }
 }

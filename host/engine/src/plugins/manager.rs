@@ -63,6 +63,27 @@ pub(super) fn component_id(dir: &Path) -> String {
     crate::images::digest::hex_part(&crate::images::digest::sha256_of(&bytes)).to_string()
 }
 
+/// What a crash during install or upgrade (see install.rs) left: a staged
+/// `.tmp-*` dir is dropped; an upgrade's `.old-NAME` is the plugin itself again when
+/// `NAME` was not put back yet, else dropped.
+fn recover_interrupted(dir: &Path) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if let Some(orig) = name.strip_prefix(".old-") {
+            let target = dir.join(orig);
+            if !target.exists() && std::fs::rename(e.path(), &target).is_ok() {
+                continue;
+            }
+            let _ = std::fs::remove_dir_all(e.path());
+        } else if name.starts_with(".tmp-") {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
 impl PluginManager {
     /// Scan the user plugin dirs and load every plugin the operator left enabled.
     /// Blocking (loading compiles on a cache miss).
@@ -75,15 +96,12 @@ impl PluginManager {
     ) -> Result<PluginManager> {
         let install_dir = data_root.join("plugins");
         std::fs::create_dir_all(&install_dir)?;
-        // Half-done installs and upgrades (see install.rs) are dropped.
-        for e in std::fs::read_dir(&install_dir)?.flatten() {
-            if e.file_name().to_string_lossy().starts_with('.') {
-                let _ = std::fs::remove_dir_all(e.path());
-            }
-        }
         let mut dirs = user_dirs.to_vec();
         if !dirs.contains(&install_dir) {
             dirs.push(install_dir.clone());
+        }
+        for dir in &dirs {
+            recover_interrupted(dir);
         }
         let state_path = data_root.join("plugins.json");
         let mut records = state::load(&state_path);
