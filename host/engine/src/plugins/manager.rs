@@ -317,7 +317,10 @@ impl PluginManager {
     pub fn inspect(&self, name: &str) -> Result<PluginView> {
         let key = self.resolve(name)?;
         let map = self.entries.lock().unwrap();
-        Ok(Self::view(&key, &map[&key]))
+        // Not under `ops`: a concurrent `rm` may have removed it since.
+        map.get(&key)
+            .map(|e| Self::view(&key, e))
+            .ok_or_else(|| Error::not_found(format!("plugin \"{name}\" not found")))
     }
 
     /// Containers (running) and volumes that use the plugin's driver.
