@@ -395,3 +395,60 @@ fn refused_plugin_is_listed_with_its_reason() {
     d.docker_ok(&["plugin", "rm", "stale-log"]);
     assert!(!dst.exists());
 }
+
+#[test]
+fn sdk_volume_plugin_serves_volumes_and_blocks_disable_while_used() {
+    let Some(reg) = registry() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    run_tool(tmp.path(), &["new", "--kind", "volume", "my-vol"]);
+    let project = tmp.path().join("my-vol");
+    let out = run_tool(&project, &["build"]);
+    assert!(out.contains("ok: volume plugin \"my-vol\""), "{out}");
+    let remote = format!("{}/my-vol:1.0", reg.addr);
+    run_tool(&project, &["push", &remote]);
+
+    let d = TestDaemon::start();
+    import_busybox(&d, "bb:local");
+    d.docker_ok(&["plugin", "install", "--alias", "my-vol", &remote]);
+    let ls = d.docker_ok(&[
+        "plugin",
+        "ls",
+        "--filter",
+        "capability=volumedriver",
+        "--format",
+        "{{.Name}} {{.Enabled}}",
+    ]);
+    assert_eq!(ls.trim(), "my-vol:latest true");
+    let none = d.docker_ok(&["plugin", "ls", "-q", "--filter", "capability=logdriver"]);
+    assert_eq!(none.trim(), "");
+    d.docker_ok(&["volume", "create", "-d", "my-vol", "data"]);
+    d.docker_ok(&[
+        "run",
+        "--rm",
+        "--volume-driver",
+        "my-vol",
+        "-v",
+        "data:/data",
+        "bb:local",
+        "sh",
+        "-c",
+        "echo kept > /data/f",
+    ]);
+    let got = d.docker_ok(&[
+        "run",
+        "--rm",
+        "-v",
+        "data:/data",
+        "bb:local",
+        "cat",
+        "/data/f",
+    ]);
+    assert_eq!(got, "kept\n");
+    let err = d.docker_err(&["plugin", "disable", "my-vol"]);
+    assert!(err.contains("is in use") && err.contains("data"), "{err}");
+    d.docker_ok(&["volume", "rm", "data"]);
+    d.docker_ok(&["plugin", "disable", "my-vol"]);
+    let err = d.docker_err(&["volume", "create", "-d", "my-vol", "again"]);
+    assert!(err.contains("my-vol"), "{err}");
+    d.docker_ok(&["plugin", "rm", "my-vol"]);
+}
