@@ -276,17 +276,21 @@ fn sdk_plugin_installed_from_registry_logs_and_is_managed() {
     assert_eq!(d.docker_ok(&["plugin", "ls", "-q"]).trim(), "");
 }
 
-/// `POST /plugins/pull` without accepting the privileges, straight to the socket.
-fn pull_without_privileges(d: &TestDaemon, remote: &str) -> String {
+/// One raw HTTP/1.0 request on berthd's socket; the whole response.
+fn raw_request(d: &TestDaemon, req: &str) -> String {
     let mut s = std::os::unix::net::UnixStream::connect(&d.socket).unwrap();
-    write!(
-        s,
-        "POST /v1.47/plugins/pull?remote={remote} HTTP/1.0\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n[]"
-    )
-    .unwrap();
+    s.write_all(req.as_bytes()).unwrap();
     let mut resp = String::new();
     s.read_to_string(&mut resp).unwrap();
     resp
+}
+
+/// `POST /plugins/pull` without accepting the privileges, straight to the socket.
+fn pull_without_privileges(d: &TestDaemon, remote: &str) -> String {
+    raw_request(
+        d,
+        &format!("POST /v1.47/plugins/pull?remote={remote} HTTP/1.0\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n[]"),
+    )
 }
 
 #[test]
@@ -451,4 +455,65 @@ fn sdk_volume_plugin_serves_volumes_and_blocks_disable_while_used() {
     let err = d.docker_err(&["volume", "create", "-d", "my-vol", "again"]);
     assert!(err.contains("my-vol"), "{err}");
     d.docker_ok(&["plugin", "rm", "my-vol"]);
+}
+
+/// A registry with basic auth: `berth-plugin push` uses what `docker login` stored,
+/// and `docker plugin install` passes the same credentials through X-Registry-Auth.
+#[test]
+fn private_registry_push_and_install_use_docker_login() {
+    let hash = Command::new("python3")
+        .args([
+            "-W",
+            "ignore",
+            "-c",
+            "import crypt;print(crypt.crypt('s3cret', crypt.mksalt(crypt.METHOD_BLOWFISH)))",
+        ])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| stdout(&o).trim().to_string())
+        .filter(|h| h.starts_with("$2"));
+    let Some(hash) = hash else {
+        eprintln!("SKIP: cannot make a bcrypt htpasswd line (python3 crypt module missing)");
+        return;
+    };
+    let Some(reg) = start_registry(Some(&format!("tester:{hash}"))) else {
+        return;
+    };
+    let project = built_plugin();
+    let remote = format!("{}/private-log:1.0", reg.addr);
+    let d = TestDaemon::start();
+    let config_dir = d.dir.path().join("docker-config");
+    let push = |expect_ok: bool| {
+        let out = Command::new(tool())
+            .args(["push", &remote])
+            .current_dir(project)
+            .env("DOCKER_CONFIG", &config_dir)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.success(), expect_ok, "{}", stderr(&out));
+        stderr(&out)
+    };
+    let err = push(false);
+    assert!(err.to_lowercase().contains("unauthorized"), "{err}");
+    // berthd answers 401 without credentials (the CLI would then ask for a login
+    // interactively, so this asks the API directly).
+    let resp = raw_request(
+        &d,
+        &format!("GET /v1.47/plugins/privileges?remote={remote} HTTP/1.0\r\nHost: x\r\n\r\n"),
+    );
+    assert!(resp.starts_with("HTTP/1.0 401"), "{resp}");
+    std::fs::create_dir_all(&config_dir).unwrap();
+    std::fs::write(
+        config_dir.join("config.json"),
+        format!(
+            r#"{{"auths":{{"{}":{{"auth":"dGVzdGVyOnMzY3JldA=="}}}}}}"#,
+            reg.addr
+        ),
+    )
+    .unwrap();
+    push(true);
+    d.docker_ok(&["plugin", "install", "--alias", "private-log", &remote]);
+    let ls = d.docker_ok(&["plugin", "ls", "--format", "{{.Name}} {{.Enabled}}"]);
+    assert_eq!(ls.trim(), "private-log:latest true");
 }

@@ -98,6 +98,34 @@ fn check(dir: &Path) -> Result<(Manifest, Vec<u8>, Vec<u8>)> {
     Ok((m, toml, wasm))
 }
 
+/// Credentials `docker login` stored for the registry of `reference`
+/// (`~/.docker/config.json` `auths`, or `$DOCKER_CONFIG`); anonymous otherwise.
+fn docker_login_auth(reference: &str) -> berth_engine::images::RegistryAuth {
+    let domain = berth_engine::plugins::artifact::parse_ref(reference)
+        .map(|r| r.domain)
+        .unwrap_or_default();
+    let dir = std::env::var_os("DOCKER_CONFIG")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".docker")));
+    let auth = dir
+        .and_then(|d| std::fs::read(d.join("config.json")).ok())
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|v| {
+            v.get("auths")?
+                .get(&domain)?
+                .get("auth")?
+                .as_str()
+                .map(str::to_string)
+        });
+    match auth {
+        Some(a) => berth_engine::images::RegistryAuth {
+            auth: a,
+            ..Default::default()
+        },
+        None => Default::default(),
+    }
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
@@ -125,7 +153,7 @@ fn main() -> Result<()> {
             let rt = tokio::runtime::Runtime::new()?;
             let digest = rt.block_on(berth_engine::plugins::artifact::push(
                 &reference,
-                &Default::default(),
+                &docker_login_auth(&reference),
                 &toml,
                 &wasm,
             ))?;
