@@ -3,7 +3,7 @@
 # <out>/<name>/{plugin.wasm,manifest.toml} for each crate that has a manifest.toml.
 #
 # Uses rustup's wasm32-wasip2 target when installed; otherwise Debian's rustc-web
-# toolchain with -Zbuild-std (see shared/docs/wasm-toolchain.md), installing the
+# toolchain with -Zbuild-std, installing the
 # apt packages only when missing. Idempotent; a second run is a no-op cargo build.
 #
 # usage: scripts/build-plugins.sh [--out DIR] [--debug]

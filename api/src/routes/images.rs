@@ -57,7 +57,7 @@ async fn blocking<T: Send + 'static>(
         .map_err(ApiError::from)
 }
 
-fn auth_from(headers: &HeaderMap) -> RegistryAuth {
+pub(super) fn auth_from(headers: &HeaderMap) -> RegistryAuth {
     headers
         .get("x-registry-auth")
         .and_then(|v| v.to_str().ok())

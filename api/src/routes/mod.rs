@@ -11,6 +11,7 @@ pub mod containers;
 pub mod exec;
 pub mod images;
 pub mod networks;
+pub mod plugins;
 pub mod system;
 pub mod update;
 pub mod volumes;
@@ -25,6 +26,7 @@ pub fn router() -> Router<AppState> {
         .merge(exec::router())
         .merge(volumes::router())
         .merge(networks::router())
+        .merge(plugins::router())
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "page not found") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")

@@ -51,6 +51,8 @@ pub struct Engine {
     pub images: Arc<images::ImageStore>,
     pub containers: Arc<containers::Containers>,
     pub plugins: Option<Arc<berth_plugin_host::PluginHost>>,
+    /// `docker plugin`: the user-installed WASM plugins.
+    pub plugin_manager: Arc<plugins::PluginManager>,
     pub volumes: Arc<volumes::Volumes>,
     pub networks: Arc<networks::Networks>,
     pub builder: build::Builder,
@@ -98,7 +100,7 @@ impl Engine {
         };
         let plugins = {
             let root = config.data_root.clone();
-            tokio::task::spawn_blocking(move || plugins::open_host(&root, &plugin_dirs))
+            tokio::task::spawn_blocking(move || plugins::open_host(&root))
                 .await
                 .map_err(Error::internal)?
         };
@@ -123,6 +125,23 @@ impl Engine {
             }));
             containers.set_volumes(volumes.clone());
         }
+        // User plugins: loaded after the default ones and before containers are
+        // restored, so their log drivers are registered when logging resumes.
+        let plugin_manager = {
+            let (host, root, c, v) = (
+                plugins.clone(),
+                config.data_root.clone(),
+                containers.clone(),
+                volumes.clone(),
+            );
+            Arc::new(
+                tokio::task::spawn_blocking(move || {
+                    plugins::PluginManager::open(host, &root, &plugin_dirs, c, v)
+                })
+                .await
+                .map_err(Error::internal)??,
+            )
+        };
         if let Some(d) = &config.default_log_driver {
             containers.log_drivers.read().unwrap().get(d)?;
             *containers.default_log_driver.write().unwrap() = d.clone();
@@ -150,6 +169,7 @@ impl Engine {
             images,
             containers,
             plugins,
+            plugin_manager,
             volumes,
             networks,
             builder,

@@ -103,10 +103,12 @@ pub trait LogDriver: Send + Sync {
     fn remove(&self, info: &LogInfo);
 }
 
-/// Registered drivers by name.
+/// Registered drivers by name, and why a known plugin driver is not usable now
+/// (disabled, refused at load), so `--log-driver` can say so.
 #[derive(Clone, Default)]
 pub struct LogDrivers {
     drivers: HashMap<String, Arc<dyn LogDriver>>,
+    unavailable: HashMap<String, String>,
 }
 
 impl LogDrivers {
@@ -117,17 +119,40 @@ impl LogDrivers {
         d
     }
     pub fn register(&mut self, driver: Arc<dyn LogDriver>) {
-        self.drivers.insert(driver.name().to_string(), driver);
+        self.register_as(driver.name().to_string(), driver);
+    }
+    /// Register under an extra name (a plugin's Docker name, e.g. `my-log:latest`).
+    pub fn register_as(&mut self, name: String, driver: Arc<dyn LogDriver>) {
+        self.unavailable.remove(&name);
+        self.drivers.insert(name, driver);
+    }
+    /// Take a driver out of service; `get` then answers with `reason`.
+    pub fn set_unavailable(&mut self, name: &str, reason: String) {
+        self.drivers.remove(name);
+        self.unavailable.insert(name.to_string(), reason);
+    }
+    /// Forget a driver entirely (its plugin was removed).
+    pub fn forget(&mut self, name: &str) {
+        self.drivers.remove(name);
+        self.unavailable.remove(name);
     }
     pub fn get(&self, name: &str) -> Result<Arc<dyn LogDriver>> {
-        self.drivers.get(name).cloned().ok_or_else(|| {
-            Error::invalid(format!(
-                "logger: no log driver named '{name}' is registered"
-            ))
-        })
+        if let Some(d) = self.drivers.get(name) {
+            return Ok(d.clone());
+        }
+        Err(Error::invalid(match self.unavailable.get(name) {
+            Some(why) => format!("logger: log driver '{name}' is not available: {why}"),
+            None => format!("logger: no log driver named '{name}' is registered"),
+        }))
     }
+    /// Driver names, without the `name:tag` aliases of plugins.
     pub fn names(&self) -> Vec<String> {
-        let mut v: Vec<String> = self.drivers.keys().cloned().collect();
+        let mut v: Vec<String> = self
+            .drivers
+            .keys()
+            .filter(|n| !n.contains(':'))
+            .cloned()
+            .collect();
         v.sort();
         v
     }

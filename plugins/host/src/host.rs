@@ -15,7 +15,7 @@ use crate::bindings::v0_1_0::volume::{VolumePlugin, VolumePluginPre};
 use crate::config::PluginHostConfig;
 use crate::engine::{build_engine, load_component, spawn_ticker, CacheOutcome};
 use crate::error::{HostError, LoadError, PluginError};
-use crate::interface;
+use crate::interface::{self, InterfaceVersion};
 use crate::kv::Kv;
 use crate::log::LogDriverHandle;
 use crate::manifest::{Manifest, PluginKind};
@@ -146,13 +146,39 @@ impl PluginHost {
 
     /// Load one plugin directory. Fails if a plugin of that name is already loaded.
     pub fn load(&self, dir: &Path) -> Result<PluginInfo, LoadError> {
+        self.load_with(dir, &[])
+    }
+
+    /// Compile (into the precompiled cache) and check a component against its
+    /// manifest without loading it: what an install does before it keeps the files.
+    /// Blocking.
+    pub fn precompile(&self, manifest: &Manifest, wasm: &[u8]) -> Result<InterfaceVersion, String> {
+        if wasm.len() as u64 > MAX_COMPONENT_BYTES {
+            return Err(format!(
+                "plugin.wasm is {} bytes (max {MAX_COMPONENT_BYTES})",
+                wasm.len()
+            ));
+        }
+        let engine = &self.inner.engine;
+        let (component, _) = load_component(engine, &self.inner.cfg.cache_dir, wasm)?;
+        interface::check(engine, &component, manifest)
+    }
+
+    /// [`PluginHost::load`] with `[config]` values overridden (`docker plugin set`).
+    /// Only keys the manifest declares may be overridden.
+    pub fn load_with(
+        &self,
+        dir: &Path,
+        overrides: &[(String, String)],
+    ) -> Result<PluginInfo, LoadError> {
         let _serial = self
             .inner
             .load_lock
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         let err = |m: String| LoadError::new(dir, m);
-        let manifest = Manifest::load(dir).map_err(err)?;
+        let mut manifest = Manifest::load(dir).map_err(err)?;
+        manifest.override_config(overrides).map_err(err)?;
         if self
             .inner
             .plugins

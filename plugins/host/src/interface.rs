@@ -167,3 +167,13 @@ pub fn check(
     }
     Ok(parsed)
 }
+
+/// Check a component against its manifest without a running host: compile it with
+/// a default engine and apply the same export/import rules as at load time
+/// (`berth-plugin check`).
+pub fn check_standalone(manifest: &Manifest, wasm: &[u8]) -> Result<InterfaceVersion, String> {
+    let engine = Engine::default();
+    let component =
+        Component::new(&engine, wasm).map_err(|e| format!("not a valid component: {e:#}"))?;
+    check(&engine, &component, manifest)
+}

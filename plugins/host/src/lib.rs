@@ -96,12 +96,12 @@ pub use config::PluginHostConfig;
 pub use engine::TICK;
 pub use error::{ErrorKind, HostError, LoadError, PluginError};
 pub use host::{PluginHost, PluginInfo};
-pub use interface::InterfaceVersion;
+pub use interface::{check_standalone, InterfaceVersion};
 pub use log::{
     ContainerLogInfo, LogDriverHandle, LogEntry, LogMode, LogReader, LogSession, LogSource,
     LogStats, PartialMeta, ReadConfig,
 };
-pub use manifest::{Manifest, PluginKind};
+pub use manifest::{valid_plugin_name, Manifest, PluginKind};
 pub use plugin::PluginStats;
 pub use volume::{DiskFormat, MountSource, VolumeDriverHandle, VolumeInfo, VolumeScope};
 

@@ -145,6 +145,21 @@ impl Manifest {
         })
     }
 
+    /// Replace `[config]` values; a key the manifest does not declare is an error.
+    pub fn override_config(&mut self, overrides: &[(String, String)]) -> Result<(), String> {
+        for (k, v) in overrides {
+            match self.config.iter_mut().find(|(name, _)| name == k) {
+                Some(slot) => slot.1 = v.clone(),
+                None => {
+                    return Err(format!(
+                        "setting {k:?} not found in the plugin configuration"
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+
     pub fn load(dir: &Path) -> Result<Manifest, String> {
         let text = std::fs::read_to_string(dir.join("manifest.toml"))
             .map_err(|e| format!("manifest.toml: {e}"))?;

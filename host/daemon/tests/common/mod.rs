@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 pub mod images;
 pub mod microvm;
+pub mod registry;
 
 pub const DOCKER_CLI: &str = "/usr/local/bin/docker";
 

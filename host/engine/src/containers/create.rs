@@ -300,7 +300,9 @@ impl Containers {
                     name: src.into(),
                     source: String::new(),
                     destination: dst.into(),
-                    driver: "local".into(),
+                    // Empty: an existing volume keeps its driver, a new one is
+                    // `local` (see prepare_volumes), as in Docker.
+                    driver: hc.volume_driver.clone().unwrap_or_default(),
                     rw,
                     options: opts.into(),
                     anonymous: false,
@@ -380,7 +382,12 @@ impl Containers {
                         name: name.clone(),
                         source: String::new(),
                         destination: target,
-                        driver: "local".into(),
+                        driver: m
+                            .volume_options
+                            .as_ref()
+                            .and_then(|o| o.driver_config.as_ref())
+                            .and_then(|c| c.name.clone())
+                            .unwrap_or_default(),
                         rw: !ro,
                         options: String::new(),
                         anonymous: name.is_empty(),

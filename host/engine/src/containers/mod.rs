@@ -296,6 +296,18 @@ impl Containers {
             .any(|c| c.rec.lock().unwrap().image_id == image_id)
     }
 
+    /// Running containers logging through one of `drivers` (a plugin in use).
+    pub fn log_driver_users(&self, drivers: &[String]) -> Vec<String> {
+        self.map
+            .read()
+            .unwrap()
+            .values()
+            .filter(|c| c.status().is_running())
+            .filter(|c| drivers.contains(&c.rec.lock().unwrap().log_driver))
+            .map(|c| c.id.chars().take(12).collect())
+            .collect()
+    }
+
     fn dirs(&self) -> ContainerDirs {
         ContainerDirs {
             data_root: self.paths.data_root.clone(),

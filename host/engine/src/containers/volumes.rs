@@ -75,7 +75,14 @@ impl Containers {
         for m in mounts.iter_mut().filter(|m| m.kind == "volume") {
             let anonymous = m.name.is_empty();
             let name = (!anonymous).then(|| m.name.clone());
-            let driver = Some(m.driver.clone()).filter(|d| !d.is_empty());
+            // No driver named: an existing volume is used whatever its driver.
+            let driver = Some(m.driver.clone())
+                .filter(|d| !d.is_empty())
+                .or_else(|| {
+                    name.as_ref()
+                        .and_then(|n| volumes.get_record(n))
+                        .map(|r| r.driver)
+                });
             let mut opts = std::collections::BTreeMap::new();
             let local = driver.as_deref().is_none_or(|d| d == "local");
             let exists = name

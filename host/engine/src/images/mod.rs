@@ -19,7 +19,7 @@ mod login;
 mod progress;
 mod query;
 pub mod reference;
-mod registry;
+pub(crate) mod registry;
 pub mod unpack;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};

@@ -106,7 +106,7 @@ impl RegistryAuth {
         None
     }
 
-    fn to_oci(&self) -> oci_client::secrets::RegistryAuth {
+    pub(crate) fn to_oci(&self) -> oci_client::secrets::RegistryAuth {
         use oci_client::secrets::RegistryAuth as A;
         if !self.registry_token.is_empty() {
             return A::Bearer(self.registry_token.clone());
@@ -118,7 +118,7 @@ impl RegistryAuth {
     }
 }
 
-fn client_for(domain: &str) -> Client {
+pub(crate) fn client_for(domain: &str) -> Client {
     let cfg = ClientConfig {
         protocol: if reference::is_insecure_loopback(domain) {
             ClientProtocol::Http
@@ -134,7 +134,7 @@ fn client_for(domain: &str) -> Client {
     Client::new(cfg)
 }
 
-fn oci_ref(r: &Reference) -> oci_client::Reference {
+pub(crate) fn oci_ref(r: &Reference) -> oci_client::Reference {
     match (&r.tag, &r.digest) {
         (_, Some(d)) => {
             oci_client::Reference::with_digest(r.domain.clone(), r.path.clone(), d.clone())
@@ -151,7 +151,7 @@ fn oci_ref(r: &Reference) -> oci_client::Reference {
 }
 
 /// Turn a registry client error into an engine error a user can act on.
-fn registry_err(r: &Reference, e: OciDistributionError) -> Error {
+pub(crate) fn registry_err(r: &Reference, e: OciDistributionError) -> Error {
     use OciDistributionError as E;
     let shown = r.familiar();
     match e {

@@ -2,7 +2,16 @@
 //! [`LogDriver`]s for the container engine.
 //!
 //! Default plugins (`json-file`, `local`) are loaded from the build's plugin dir;
-//! user plugins from the configured plugin dirs (default `<data-root>/plugins`).
+//! user plugins from the configured plugin dirs (default `<data-root>/plugins`) by
+//! the [`PluginManager`], which also serves `docker plugin`.
+
+pub mod artifact;
+mod install;
+mod manager;
+pub mod state;
+
+pub use manager::{PluginManager, PluginView};
+pub use state::Privilege;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -54,9 +63,10 @@ pub fn default_plugin_dir() -> Option<PathBuf> {
     sys.exists().then_some(sys)
 }
 
-/// Start the plugin host and load the default and user plugins. Load failures are
-/// logged, never fatal: the daemon serves without the plugin.
-pub fn open_host(data_root: &Path, user_dirs: &[PathBuf]) -> Option<Arc<PluginHost>> {
+/// Start the plugin host and load the default plugins (user plugins are the
+/// [`PluginManager`]'s). Load failures are logged, never fatal: the daemon serves
+/// without the plugin.
+pub fn open_host(data_root: &Path) -> Option<Arc<PluginHost>> {
     let host = match PluginHost::new(PluginHostConfig {
         cache_dir: data_root.join("plugin-cache"),
         data_root: data_root.to_path_buf(),
@@ -80,16 +90,6 @@ pub fn open_host(data_root: &Path, user_dirs: &[PathBuf]) -> Option<Arc<PluginHo
         None => tracing::warn!(
             "no built plugins found (run scripts/build-plugins.sh); using built-in drivers"
         ),
-    }
-    for dir in user_dirs {
-        if dir.is_dir() {
-            for e in host.load_dir(dir) {
-                tracing::warn!("plugin not loaded: {e}");
-            }
-        }
-    }
-    for p in host.list() {
-        tracing::info!(name = %p.name, kind = ?p.kind, version = %p.interface_version, "plugin loaded");
     }
     Some(host)
 }
