@@ -401,3 +401,47 @@ print(c.containers.run("py:built", remove=True).decode(), end="")
     assert_eq!(lines[1], "0", "no intermediate containers left: {text}");
     assert_eq!(&lines[2..], ["one", "two"]);
 }
+
+/// `ADD <url>`: berthd fetches the file (here from a busybox httpd inside the daemon's
+/// own network namespace) and stores it 0600 under the destination directory.
+#[test]
+fn add_fetches_a_url_into_the_image() {
+    let d = TestDaemon::start_in_netns(&[
+        "--bip",
+        "10.231.10.1/24",
+        "--default-address-pool",
+        "base=10.242.0.0/16,size=24",
+    ]);
+    import_busybox(&d, "bb:local");
+    let www = tempfile::tempdir().unwrap();
+    write(www.path(), "payload.txt", "from the web\n");
+    let serve = format!(
+        "timeout 120 /bin/busybox httpd -f -p 10.239.0.2:18099 -h {} >/dev/null 2>&1 &",
+        www.path().display()
+    );
+    let started = d.in_netns(&["sh", "-c", &serve]);
+    assert!(started.status.success(), "{}", stderr(&started));
+    let ctx = tempfile::tempdir().unwrap();
+    write(
+        ctx.path(),
+        "Dockerfile",
+        "FROM bb:local\nADD http://10.239.0.2:18099/payload.txt /data/\n\
+         RUN cat /data/payload.txt && stat -c '%a' /data/payload.txt\n",
+    );
+    // The server may take a moment to listen.
+    let mut result = Err(String::new());
+    for _ in 0..20 {
+        let out = build(&d, &["-t", "fetched:1", ctx.path().to_str().unwrap()]);
+        if out.status.success() {
+            result = Ok(stdout(&out));
+            break;
+        }
+        result = Err(stderr(&out));
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+    let _ = Command::new("pkill")
+        .args(["-f", "httpd -f -p 10.239.0.2:18099"])
+        .status();
+    let text = result.unwrap_or_else(|e| panic!("ADD of a URL never worked: {e}"));
+    assert!(text.contains("from the web\n600\n"), "{text}");
+}
