@@ -12,6 +12,7 @@ PKGS=(
   skopeo           # OCI layout interop tests
   lz4 util-linux   # vmm tests: Debian kernel unpacking, unshare
   cpio curl file iproute2 e2fsprogs tar xz-utils zstd bc python3
+  openssl          # the TLS API test makes its CA and certificates with it
   docker-compose   # compose 1.29 (the Python one) for the compose example app tests
   nftables         # berthd's NAT and port publishing (nft -j), networking tests
   iperf3           # benches/network: TCP throughput
