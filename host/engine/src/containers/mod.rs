@@ -7,12 +7,14 @@
 pub mod archive;
 pub mod archive_child;
 mod commit;
+mod control;
 mod create;
 mod exec;
 pub mod health;
 mod lifecycle;
 mod network;
 pub mod record;
+mod removal;
 mod spec;
 pub mod stdio;
 mod update;
@@ -27,9 +29,9 @@ use berth_agent_protocol::client::AgentClient;
 use tokio::sync::watch;
 
 pub use commit::CommitOptions;
+pub use control::{signal_number, WaitCondition};
 pub use create::CreateRequest;
 pub use exec::{ExecConfig, ExecInstance, ExecStartOpts, ExecStarted, ExecState};
-pub use lifecycle::{signal_number, WaitCondition};
 pub use record::{ContainerDirs, ContainerRecord, Isolation, MountRecord, Status};
 pub use stdio::{AttachOpts, Attachment};
 
