@@ -132,7 +132,12 @@ impl Containers {
         Ok(())
     }
 
-    pub(super) async fn stop_locked(&self, c: &Arc<Container>, sig: i32, timeout: i64) -> Result<()> {
+    pub(super) async fn stop_locked(
+        &self,
+        c: &Arc<Container>,
+        sig: i32,
+        timeout: i64,
+    ) -> Result<()> {
         let seq0 = c.exits.borrow().seq;
         let exited = Self::wait_for_exit_after(c, seq0);
         tokio::pin!(exited);
