@@ -7,10 +7,9 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
 
 use common::images::import_busybox;
-use common::{stderr, stdout, TestDaemon};
+use common::{eventually, stderr, stdout, TestDaemon};
 
 fn app_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/compose-app")
@@ -42,17 +41,6 @@ fn compose(d: &TestDaemon, iso: &str, args: &[&str]) -> String {
         common::tail(&d.log(), 40)
     );
     stdout(&out) + &stderr(&out)
-}
-
-fn eventually(what: &str, secs: u64, mut f: impl FnMut() -> Result<(), String>) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        match f() {
-            Ok(()) => return,
-            Err(e) if Instant::now() > deadline => panic!("{what}: {e}"),
-            Err(_) => std::thread::sleep(Duration::from_millis(300)),
-        }
-    }
 }
 
 fn get(d: &TestDaemon, url: &str) -> String {

@@ -6,11 +6,11 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::images::import_busybox;
 use common::microvm::{leftover_processes, skip_without_microvm};
-use common::{stdout, TestDaemon};
+use common::{netns_get_until, stdout, TestDaemon};
 
 const IMG: &str = "bb:local";
 const HOST_IP: &str = "10.239.0.2";
@@ -49,29 +49,6 @@ fn fetch(url: &str) -> String {
     format!(
         "(for i in 1 2 3 4 5 6 7 8 9 10; do timeout 5 wget -qO- {url} && exit 0; sleep 0.5; done; exit 1)"
     )
-}
-
-fn eventually(what: &str, mut f: impl FnMut() -> Result<(), String>) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        match f() {
-            Ok(()) => return,
-            Err(e) if Instant::now() > deadline => panic!("{what}: {e}"),
-            Err(_) => std::thread::sleep(Duration::from_millis(300)),
-        }
-    }
-}
-
-fn host_get(d: &TestDaemon, url: &str, want: &str) {
-    eventually(&format!("GET {url} from the host"), || {
-        let o = d.in_netns(&["timeout", "5", "/bin/busybox", "wget", "-qO-", url]);
-        let out = stdout(&o);
-        if out.contains(want) {
-            Ok(())
-        } else {
-            Err(format!("{out} {}", common::stderr(&o)))
-        }
-    });
 }
 
 fn veth_count(d: &TestDaemon) -> usize {
@@ -170,8 +147,13 @@ fn microvm_user_network_ports_dns_and_mixed_isolation() {
     assert!(guest.contains("nameserver 10."), "resolv.conf: {guest}");
     assert!(guest.contains(&vweb[..12]), "hostname: {guest}");
     // Published port, from the host's address and from 127.0.0.1.
-    host_get(&d, &format!("http://{HOST_IP}:8090/"), "hello from vweb");
-    host_get(&d, "http://127.0.0.1:8090/", "hello from vweb");
+    netns_get_until(
+        &d,
+        &format!("http://{HOST_IP}:8090/"),
+        "hello from vweb",
+        20,
+    );
+    netns_get_until(&d, "http://127.0.0.1:8090/", "hello from vweb", 20);
     // A process container reaches the VM by name and by alias ...
     let got = d.docker_ok(&[
         "run",
@@ -248,7 +230,7 @@ fn microvm_user_network_ports_dns_and_mixed_isolation() {
         &fetch("http://vweb/"),
     ]);
     assert!(got.contains("hello from vweb"), "via n2: {got}");
-    host_get(&d, "http://127.0.0.1:8090/", "hello from vweb");
+    netns_get_until(&d, "http://127.0.0.1:8090/", "hello from vweb", 20);
     d.docker_ok(&["rm", "-f", "vweb", "pweb"]);
     assert_nothing_left(&d);
 }
@@ -262,8 +244,8 @@ fn microvm_network_cleanup_after_kill9_restart() {
     d.docker_ok(&["network", "create", "n1"]);
     let keep = web(&d, "keep", &[VM, "--network", "n1", "-p", "8091:80"]);
     web(&d, "gone", &[VM, "--network", "n1", "-p", "8092:80"]);
-    host_get(&d, "http://127.0.0.1:8091/", "hello from keep");
-    host_get(&d, "http://127.0.0.1:8092/", "hello from gone");
+    netns_get_until(&d, "http://127.0.0.1:8091/", "hello from keep", 20);
+    netns_get_until(&d, "http://127.0.0.1:8092/", "hello from gone", 20);
     let gone_vmm = d.docker_ok(&["inspect", "-f", "{{.State.Pid}}", "gone"]);
     assert_eq!(ledger_count(&d, "netns"), 2);
     // kill -9 berthd; one VM keeps running, the other's VMM dies while berthd is down.
@@ -274,7 +256,7 @@ fn microvm_network_cleanup_after_kill9_restart() {
     std::thread::sleep(Duration::from_secs(2));
     d.restart();
     // The surviving VM is re-adopted with its network; the dead one's sandbox is gone.
-    host_get(&d, "http://127.0.0.1:8091/", "hello from keep");
+    netns_get_until(&d, "http://127.0.0.1:8091/", "hello from keep", 20);
     assert_eq!(veth_count(&d), 1);
     assert_eq!(ledger_count(&d, "netns"), 1);
     assert_eq!(netns_files(&d), 1);

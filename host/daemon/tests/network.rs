@@ -6,10 +6,10 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::images::import_busybox;
-use common::{stdout, TestDaemon};
+use common::{eventually, netns_get_until, stdout, TestDaemon};
 
 const IMG: &str = "bb:local";
 const HOST_IP: &str = "10.239.0.2";
@@ -38,31 +38,6 @@ fn web(d: &TestDaemon, name: &str, args: &[&str]) -> String {
 /// keeps ash from exec'ing it.
 fn fetch(url: impl std::fmt::Display) -> String {
     format!("timeout 5 wget -qO- {url}; exit $?")
-}
-
-/// Retry `f` for a few seconds: a server container may take a moment to listen.
-fn eventually(what: &str, mut f: impl FnMut() -> Result<(), String>) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match f() {
-            Ok(()) => return,
-            Err(e) if Instant::now() > deadline => panic!("{what}: {e}"),
-            Err(_) => std::thread::sleep(Duration::from_millis(200)),
-        }
-    }
-}
-
-fn host_get(d: &TestDaemon, url: &str, want: &str) {
-    eventually(&format!("GET {url} from the host"), || {
-        // (busybox 1.35's own `wget -T` crashes; `timeout` bounds it instead.)
-        let o = d.in_netns(&["timeout", "5", "/bin/busybox", "wget", "-qO-", url]);
-        let out = stdout(&o);
-        if out.contains(want) {
-            Ok(())
-        } else {
-            Err(format!("{out} {}", common::stderr(&o)))
-        }
-    });
 }
 
 fn links(d: &TestDaemon) -> String {
@@ -165,8 +140,8 @@ fn user_networks_names_aliases_isolation_internal() {
 fn published_ports_tcp_udp_hairpin_and_port_command() {
     let d = daemon(2);
     web(&d, "web", &["-p", "8080:80"]);
-    host_get(&d, &format!("http://{HOST_IP}:8080/"), "hello from web");
-    host_get(&d, "http://127.0.0.1:8080/", "hello from web");
+    netns_get_until(&d, &format!("http://{HOST_IP}:8080/"), "hello from web", 10);
+    netns_get_until(&d, "http://127.0.0.1:8080/", "hello from web", 10);
     // Hairpin: a container reaches the published port through the host's address.
     let got = d.docker_ok(&[
         "run",
@@ -192,7 +167,7 @@ fn published_ports_tcp_udp_hairpin_and_port_command() {
     );
     d.docker_ok(&["rm", "-f", "web", "web2"]);
     web(&d, "web3", &["-p", "8080:80"]);
-    host_get(&d, "http://127.0.0.1:8080/", "hello from web3");
+    netns_get_until(&d, "http://127.0.0.1:8080/", "hello from web3", 10);
     // UDP, through 127.0.0.1 and the host's address. busybox's nc has no UDP, so both
     // ends are the host's python3 (mounted read-only into the container).
     let server = "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.bind(('',5353))\nwhile True:\n d,a=s.recvfrom(512)\n s.sendto(b'pong:'+d,a)\n";
@@ -217,7 +192,7 @@ fn published_ports_tcp_udp_hairpin_and_port_command() {
         server,
     ]);
     for target in ["127.0.0.1", HOST_IP] {
-        eventually(&format!("udp to {target}:5353"), || {
+        eventually(&format!("udp to {target}:5353"), 10, || {
             let client = format!(
                 "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.settimeout(1)\ns.sendto(b'ping',('{target}',5353))\nprint(s.recv(512).decode())"
             );
@@ -235,7 +210,12 @@ fn published_ports_tcp_udp_hairpin_and_port_command() {
     let line = d.docker_ok(&["port", "pub", "80/tcp"]);
     let port = line.trim().rsplit(':').next().unwrap().to_string();
     assert!(port.parse::<u16>().unwrap() >= 1024, "{line}");
-    host_get(&d, &format!("http://127.0.0.1:{port}/"), "hello from pub");
+    netns_get_until(
+        &d,
+        &format!("http://127.0.0.1:{port}/"),
+        "hello from pub",
+        10,
+    );
 }
 
 #[test]
@@ -366,7 +346,7 @@ fn nothing_left_after_rm_and_after_kill9_restart() {
     d.docker_ok(&["network", "create", "n1"]);
     web(&d, "w1", &["--network", "n1", "-p", "8081:80"]);
     web(&d, "w2", &["-p", "8082:80"]);
-    host_get(&d, "http://127.0.0.1:8081/", "hello from w1");
+    netns_get_until(&d, "http://127.0.0.1:8081/", "hello from w1", 10);
     assert_eq!(links(&d).matches("veth").count(), 2, "{}", links(&d));
     assert!(nft_table(&d).contains("dport 8081"));
     d.docker_ok(&["rm", "-f", "w1", "w2"]);
@@ -405,21 +385,21 @@ fn nothing_left_after_rm_and_after_kill9_restart() {
         "again",
         &["--network", "n1", "--restart", "always", "-p", "8085:80"],
     );
-    host_get(&d, "http://127.0.0.1:8085/", "hello from again");
+    netns_get_until(&d, "http://127.0.0.1:8085/", "hello from again", 10);
     let pid = d.docker_ok(&["inspect", "-f", "{{.State.Pid}}", "again"]);
-    host_get(&d, "http://127.0.0.1:8083/", "hello from keep");
+    netns_get_until(&d, "http://127.0.0.1:8083/", "hello from keep", 10);
     d.kill();
     let _ = std::process::Command::new("kill")
         .args(["-9", pid.trim()])
         .status();
     std::thread::sleep(Duration::from_secs(3));
     d.restart();
-    host_get(&d, "http://127.0.0.1:8085/", "hello from again");
+    netns_get_until(&d, "http://127.0.0.1:8085/", "hello from again", 10);
     let t = nft_table(&d);
     assert!(t.contains("dport 8083") && !t.contains("dport 8084"), "{t}");
     assert_eq!(links(&d).matches("veth").count(), 2, "{}", links(&d));
     assert_eq!(ledger_owner_count(&d, "netns"), 2, "{}", ledger(&d));
-    host_get(&d, "http://127.0.0.1:8083/", "hello from keep");
+    netns_get_until(&d, "http://127.0.0.1:8083/", "hello from keep", 10);
     d.docker_ok(&["rm", "-f", "keep", "brief", "again"]);
     d.docker_ok(&["network", "rm", "n1"]);
     assert_eq!(links(&d).matches("veth").count(), 0, "{}", links(&d));

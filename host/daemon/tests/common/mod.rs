@@ -355,3 +355,32 @@ pub fn skip_in_microvm_suite(why: &str) -> bool {
     }
     microvm
 }
+
+/// Retry `f` until it succeeds or `secs` pass (a server in a container may take a
+/// moment to listen); the last error is the panic message.
+#[allow(dead_code)]
+pub fn eventually(what: &str, secs: u64, mut f: impl FnMut() -> Result<(), String>) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        match f() {
+            Ok(()) => return,
+            Err(e) if Instant::now() > deadline => panic!("{what}: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+}
+
+/// GET `url` from inside the daemon's network namespace until the body contains
+/// `want`. (busybox 1.35's own `wget -T` crashes; `timeout` bounds it instead.)
+#[allow(dead_code)]
+pub fn netns_get_until(d: &TestDaemon, url: &str, want: &str, secs: u64) {
+    eventually(&format!("GET {url} from the host"), secs, || {
+        let o = d.in_netns(&["timeout", "5", "/bin/busybox", "wget", "-qO-", url]);
+        let out = stdout(&o);
+        if out.contains(want) {
+            Ok(())
+        } else {
+            Err(format!("{out} {}", stderr(&o)))
+        }
+    });
+}
