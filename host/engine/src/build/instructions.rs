@@ -18,7 +18,7 @@ fn as_json_array(v: &[String]) -> String {
 impl BuildRun<'_> {
     pub(super) async fn dispatch(&mut self, st: &mut State, instr: &Instruction) -> Result<()> {
         let escape = self.df.escape;
-        let env = self.lexer_env(st);
+        let env = st.expansion_env();
         let lex = Lexer { escape, env: &env };
         match &instr.kind {
             Kind::From { .. } => Err(Error::internal("FROM inside a stage")),

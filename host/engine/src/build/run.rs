@@ -22,11 +22,6 @@ pub struct RunStep {
     pub host_config: HostConfig,
 }
 
-fn short(id: &str) -> &str {
-    let hex = id.strip_prefix("sha256:").unwrap_or(id);
-    &hex[..hex.len().min(12)]
-}
-
 /// Create and run the step's container; returns it (exited) with its exit code.
 pub async fn run(
     containers: &Arc<Containers>,
@@ -56,7 +51,7 @@ pub async fn run(
     let c = containers.get(&id)?;
     if !quiet {
         progress
-            .send(json!({ "stream": format!(" ---> Running in {}\n", short(&id)) }))
+            .send(json!({ "stream": format!(" ---> Running in {}\n", super::short_id(&id)) }))
             .await?;
     }
     let mut out = containers.attach(

@@ -151,10 +151,6 @@ impl<'a> BuildRun<'a> {
         self.say(text).await
     }
 
-    pub(super) fn lexer_env(&self, st: &State) -> Vec<String> {
-        st.expansion_env()
-    }
-
     pub async fn execute(&mut self) -> Result<String> {
         let df = self.df;
         // Global ARGs: only `FROM` lines see them.
@@ -398,32 +394,13 @@ impl<'a> BuildRun<'a> {
         // The cache key holds the resulting config too: a step's text alone does not
         // say what config an inherited ARG or label left behind.
         let key_text = format!("{created_by}\n{}", st.config["config"]);
-        if self.cached_with_config(st, &key_text).await? {
+        if self.cached(st, &key_text).await?.is_some() {
             return Ok(());
         }
         let parent = st.image.clone();
         let id = self.commit_config(st, None, &created_by).await?;
         self.remember(parent.as_deref(), &key_text, &id).await?;
         self.say(format!(" ---> {}\n", short_id(&id))).await
-    }
-
-    /// Like [`Self::cached`] but keeps the config in hand (it is the step's result).
-    async fn cached_with_config(&mut self, st: &mut State, key_text: &str) -> Result<bool> {
-        if self.opts.no_cache {
-            return Ok(false);
-        }
-        let key = cache::step_key(st.image.as_deref(), key_text);
-        match self.b.cache.get(&key) {
-            Some(id) if self.images().resolve(&id).is_ok() => {
-                st.image = Some(id.clone());
-                st.config = serde_json::from_slice(&self.images().read_blob(&id)?)
-                    .map_err(Error::internal)?;
-                self.say(format!(" ---> Using cache\n ---> {}\n", short_id(&id)))
-                    .await?;
-                Ok(true)
-            }
-            _ => Ok(false),
-        }
     }
 
     /// Register the stage's config (plus `layer`, if any) as a new image.

@@ -153,7 +153,7 @@ impl BuildRun<'_> {
     }
 
     pub(super) async fn copy(&mut self, st: &mut State, spec: &CopySpec, add: bool) -> Result<()> {
-        let env = self.lexer_env(st);
+        let env = st.expansion_env();
         let lex = Lexer {
             escape: self.df.escape,
             env: &env,
