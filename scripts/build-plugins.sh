@@ -68,4 +68,16 @@ for manifest in "$DRIVERS"/*/manifest.toml; do
     cmp -s "$manifest" "$OUT/$name/manifest.toml" || cp "$manifest" "$OUT/$name/manifest.toml"
     count=$((count + 1))
 done
+# Authorization plugins (berth:authz world) carry authz.toml instead of manifest.toml:
+# they are chosen with --authorization-plugin, never loaded as drivers.
+for manifest in "$DRIVERS"/*/authz.toml; do
+    crate="$(basename "$(dirname "$manifest")")"
+    name="$(sed -n 's/^name *= *"\(.*\)".*/\1/p' "$manifest" | head -1)"
+    wasm="$CARGO_TARGET_DIR/$TARGET/$PROFILE/${crate//-/_}.wasm"
+    [ -f "$wasm" ] || { echo "build-plugins: missing $wasm" >&2; exit 1; }
+    mkdir -p "$OUT/$name"
+    cmp -s "$wasm" "$OUT/$name/plugin.wasm" || { cp "$wasm" "$OUT/$name/plugin.wasm.tmp" && mv "$OUT/$name/plugin.wasm.tmp" "$OUT/$name/plugin.wasm"; }
+    cmp -s "$manifest" "$OUT/$name/authz.toml" || cp "$manifest" "$OUT/$name/authz.toml"
+    count=$((count + 1))
+done
 echo "build-plugins: $count plugins in $OUT" >&2

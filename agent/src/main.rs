@@ -9,8 +9,10 @@
 mod capabilities;
 mod cgroups;
 mod exec;
+mod export;
 mod guest;
 mod guest_net;
+mod helpers;
 mod init;
 mod limits;
 mod namespaces;
@@ -86,6 +88,8 @@ fn main() {
     let res = match args.first().map(String::as_str) {
         Some("serve") => parse_serve(&args[1..]).and_then(serve),
         Some("guest") => guest_main(&args[1..]),
+        // The chrooted archive child of `docker cp`/`export` in a microVM (export.rs).
+        Some("archive") => std::process::exit(berth_layer::archive::child_main(&args[1..])),
         None if std::process::id() == 1 => guest_main(&[]),
         Some("--version") => {
             println!("berth-agent {} (protocol {})", env!("CARGO_PKG_VERSION"), berth_agent_protocol::PROTOCOL_VERSION);
@@ -120,7 +124,7 @@ fn serve(args: ServeArgs) -> Result<()> {
     let res = rt.block_on(async {
         listener.set_nonblocking(true)?;
         let listener = Listener::Unix(tokio::net::UnixListener::from_std(listener)?);
-        run(args.exec_dir.clone(), listener).await
+        run(args.exec_dir.clone(), listener, None).await
     });
     let _ = std::fs::remove_file(&socket);
     res
@@ -169,6 +173,7 @@ fn guest_main(args: &[String]) -> Result<()> {
         .enable_all()
         .build()?;
     let res = rt.block_on(async {
+        let mut exports = None;
         let listener = match unix {
             Some(path) => {
                 let _ = std::fs::remove_file(&path);
@@ -176,11 +181,14 @@ fn guest_main(args: &[String]) -> Result<()> {
             }
             None => {
                 let port = port.unwrap_or_else(guest::vsock_port_from_cmdline);
+                let control = vsock::VsockListener::bind(port).context("vsock listen")?;
+                let export_port = berth_agent_protocol::export::EXPORT_PORT;
+                exports = Some(vsock::VsockListener::bind(export_port).context("vsock listen")?);
                 info!(port, "guest agent listening on vsock");
-                Listener::Vsock(vsock::VsockListener::bind(port).context("vsock listen")?)
+                Listener::Vsock(control)
             }
         };
-        run(exec_dir, listener).await
+        run(exec_dir, listener, exports).await
     });
     if pid1 {
         if let Err(e) = &res {
@@ -233,8 +241,15 @@ fn init_logging() {
         .try_init();
 }
 
-async fn run(exec_dir: PathBuf, listener: Listener) -> Result<()> {
+async fn run(
+    exec_dir: PathBuf,
+    listener: Listener,
+    exports: Option<vsock::VsockListener>,
+) -> Result<()> {
     let agent = Agent::new(exec_dir)?;
+    if let Some(l) = exports {
+        tokio::spawn(export::serve(l, agent.clone()));
+    }
     // Register for SIGCHLD before any child can exist.
     let mut sigchld = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child())?;
     let reaper_agent = agent.clone();
@@ -293,9 +308,16 @@ async fn accept(listener: &Listener, agent: &Arc<Agent>) -> std::io::Result<()> 
 fn reap(agent: &Arc<Agent>) {
     loop {
         match waitpid(nix::unistd::Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::Exited(pid, code)) => agent.on_exit(pid.as_raw(), code, None),
+            Ok(WaitStatus::Exited(pid, code)) => {
+                if !agent.helpers.reaped(pid.as_raw(), code) {
+                    agent.on_exit(pid.as_raw(), code, None)
+                }
+            }
             Ok(WaitStatus::Signaled(pid, sig, _)) => {
-                agent.on_exit(pid.as_raw(), 128 + sig as i32, Some(sig as i32))
+                let code = 128 + sig as i32;
+                if !agent.helpers.reaped(pid.as_raw(), code) {
+                    agent.on_exit(pid.as_raw(), code, Some(sig as i32))
+                }
             }
             Ok(WaitStatus::StillAlive) | Err(_) => return,
             Ok(_) => continue,

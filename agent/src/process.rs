@@ -105,8 +105,13 @@ pub fn launch(l: &Launch) -> Result<Launched, LaunchError> {
     match &l.target {
         // `--pid host`: the container's processes live in the agent's pid namespace.
         Target::Init { .. } if l.container.host_namespaces.pid => {}
-        Target::Init { .. } => unshare(CloneFlags::CLONE_NEWPID)
-            .map_err(|e| LaunchError::setup(format!("unshare pid ns: {e}")))?,
+        // `--pid container:<id>`: the init is born in the donor's pid namespace.
+        Target::Init { .. } => match &l.container.join_namespaces.pid {
+            Some(path) => namespaces::join_path(path, CloneFlags::CLONE_NEWPID)
+                .map_err(|e| LaunchError::setup(format!("joining pid namespace: {e}")))?,
+            None => unshare(CloneFlags::CLONE_NEWPID)
+                .map_err(|e| LaunchError::setup(format!("unshare pid ns: {e}")))?,
+        },
         Target::Exec { init_pid } => {
             let ns = File::open(format!("/proc/{init_pid}/ns/pid"))
                 .map_err(|e| LaunchError::setup(format!("container pid ns: {e}")))?;
@@ -226,13 +231,28 @@ fn child_setup(
             if !host.uts {
                 flags |= CloneFlags::CLONE_NEWUTS;
             }
-            if !host.ipc {
+            let join_ipc = spec.join_namespaces.ipc.as_deref();
+            // `--ipc container:<id>` shares the donor's POSIX shared memory too, as dockerd
+            // does: its /dev/shm, taken from the donor's mount namespace (next to the
+            // `/proc/<pid>/ns/ipc` the host named) while ours is still the agent's.
+            let donor_shm = match join_ipc.and_then(|p| p.parent()) {
+                Some(ns_dir) => Some(
+                    namespaces::clone_tree_from(&ns_dir.join("mnt"), "/dev/shm")
+                        .map_err(step("taking the IPC donor's /dev/shm"))?,
+                ),
+                None => None,
+            };
+            if !host.ipc && join_ipc.is_none() {
                 flags |= CloneFlags::CLONE_NEWIPC;
             }
             if matches!(spec.network, NetworkSpec::Isolated) {
                 flags |= CloneFlags::CLONE_NEWNET;
             }
             unshare(flags).map_err(|e| LaunchError::setup(format!("unshare: {e}")))?;
+            if let Some(path) = join_ipc {
+                namespaces::join_path(path, CloneFlags::CLONE_NEWIPC)
+                    .map_err(step("joining IPC namespace"))?;
+            }
             if let NetworkSpec::Join { path } = &spec.network {
                 namespaces::join_path(path, CloneFlags::CLONE_NEWNET)
                     .map_err(step("joining network namespace"))?;
@@ -251,7 +271,7 @@ fn child_setup(
                     libc::setdomainname(spec.domainname.as_ptr().cast(), spec.domainname.len())
                 };
             }
-            rootfs::setup(spec, l.exec_dir, etc_files).map_err(step("rootfs"))?;
+            rootfs::setup(spec, l.exec_dir, etc_files, donor_shm).map_err(step("rootfs"))?;
         }
         Target::Exec { init_pid } => {
             namespaces::join_all(*init_pid).map_err(step("joining container namespaces"))?

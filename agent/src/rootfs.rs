@@ -91,13 +91,27 @@ pub fn setup(
     spec: &ContainerSpec,
     exec_dir: &Path,
     etc_files: &[(PathBuf, &'static str)],
+    donor_shm: Option<std::os::fd::OwnedFd>,
 ) -> io::Result<()> {
     let privileged = spec.security.privileged;
+    // rprivate cuts every tie to the host's mounts. A bind asking for slave or shared
+    // propagation needs the namespace's copies to stay receivers of the host's events, so
+    // then everything becomes a slave instead (never shared: the container's own mounts
+    // must not reach the host), and each bind gets its own mode below.
+    let receives = spec
+        .mounts
+        .iter()
+        .any(|m| propagation_flags(&m.propagation).is_ok_and(|f| !f.contains(MsFlags::MS_PRIVATE)));
+    let root_mode = if receives {
+        MsFlags::MS_SLAVE
+    } else {
+        MsFlags::MS_PRIVATE
+    };
     do_mount(
         None,
         Path::new("/"),
         None,
-        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        MsFlags::MS_REC | root_mode,
         None,
     )?;
     let root = rootfs_mountpoint(exec_dir);
@@ -195,13 +209,17 @@ pub fn setup(
         Some(bytes) => format!("mode=1777,size={bytes}"),
         None => "mode=1777,size=65536k".to_string(),
     };
-    do_mount(
-        Some("shm"),
-        &dir("/dev/shm")?,
-        Some("tmpfs"),
-        nodev,
-        Some(&shm),
-    )?;
+    match donor_shm {
+        // `--ipc container:<id>`: the donor's own /dev/shm.
+        Some(tree) => crate::namespaces::attach_tree(&tree, &dir("/dev/shm")?)?,
+        None => do_mount(
+            Some("shm"),
+            &dir("/dev/shm")?,
+            Some("tmpfs"),
+            nodev,
+            Some(&shm),
+        )?,
+    }
     do_mount(
         Some("mqueue"),
         &dir("/dev/mqueue")?,
@@ -250,6 +268,13 @@ pub fn setup(
                         None,
                     )?;
                 }
+                do_mount(
+                    None,
+                    &target,
+                    None,
+                    propagation_flags(&m.propagation)?,
+                    None,
+                )?;
             }
             MountKind::Tmpfs { options } => {
                 fs::create_dir_all(&target)?;
@@ -457,6 +482,24 @@ fn add_devices(root: &Path, devices: &[berth_agent_protocol::DeviceSpec]) -> io:
         std::os::unix::fs::chown(&target, Some(meta.uid()), Some(meta.gid()))?;
     }
     Ok(())
+}
+
+/// Docker's bind propagation names as mount(2) flags (empty = Docker's `rprivate`).
+fn propagation_flags(mode: &str) -> io::Result<MsFlags> {
+    Ok(match mode {
+        "" | "rprivate" => MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        "private" => MsFlags::MS_PRIVATE,
+        "rslave" => MsFlags::MS_REC | MsFlags::MS_SLAVE,
+        "slave" => MsFlags::MS_SLAVE,
+        "rshared" => MsFlags::MS_REC | MsFlags::MS_SHARED,
+        "shared" => MsFlags::MS_SHARED,
+        other => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("unknown bind propagation {other:?}"),
+            ))
+        }
+    })
 }
 
 /// pivot_root into `root` and detach the old root (runc's `pivot_root(".", ".")` trick: no

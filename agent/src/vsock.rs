@@ -83,6 +83,44 @@ pub struct VsockStream {
     fd: AsyncFd<OwnedFd>,
 }
 
+/// The host's CID: every connection the agent serves comes from the VMM's host side.
+pub const VMADDR_CID_HOST: u32 = 2;
+
+impl VsockStream {
+    /// The CID of the connecting side.
+    pub fn peer_cid(&self) -> io::Result<u32> {
+        // SAFETY: getpeername into a zeroed sockaddr_vm of the length passed.
+        unsafe {
+            let mut addr: libc::sockaddr_vm = std::mem::zeroed();
+            let mut len = std::mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t;
+            if libc::getpeername(
+                self.fd.as_raw_fd(),
+                &mut addr as *mut _ as *mut libc::sockaddr,
+                &mut len,
+            ) < 0
+            {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(addr.svm_cid)
+        }
+    }
+
+    /// The socket as a blocking file, for a thread that streams with `std::io`.
+    pub fn into_blocking(self) -> io::Result<std::fs::File> {
+        let fd = self.fd.into_inner();
+        // SAFETY: F_GETFL/F_SETFL on an fd we own.
+        unsafe {
+            let flags = libc::fcntl(fd.as_raw_fd(), libc::F_GETFL);
+            if flags < 0
+                || libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags & !libc::O_NONBLOCK) < 0
+            {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        Ok(std::fs::File::from(fd))
+    }
+}
+
 impl AsyncRead for VsockStream {
     fn poll_read(
         self: Pin<&mut Self>,

@@ -132,6 +132,7 @@ async fn readonly_rootfs_tmpfs_and_bind_mounts() {
             },
             destination: "/scratch".into(),
             readonly: false,
+            propagation: String::new(),
         },
         Mount {
             kind: MountKind::Bind {
@@ -139,6 +140,7 @@ async fn readonly_rootfs_tmpfs_and_bind_mounts() {
             },
             destination: "/data".into(),
             readonly: true,
+            propagation: String::new(),
         },
     ];
     let (status, out, err) = run(spec, &dir).await;

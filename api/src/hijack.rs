@@ -6,7 +6,7 @@ use std::os::fd::RawFd;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::connect_info::{ConnectInfo, Connected};
+use axum::extract::connect_info::ConnectInfo;
 use axum::extract::Request;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::Response;
@@ -49,26 +49,11 @@ pub fn wants_upgrade(req: &Request) -> bool {
 
 pub type Upgraded = TokioIo<hyper::upgrade::Upgraded>;
 
-/// The client connection's socket, recorded when it is accepted (axum connect info).
+/// The client connection's socket, recorded when it is accepted (see
+/// [`crate::identity::Conn`]).
 /// Only read while the connection is being served, so the descriptor is still ours.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnFd(pub RawFd);
-
-impl Connected<axum::serve::IncomingStream<'_, tokio::net::UnixListener>> for ConnFd {
-    fn connect_info(stream: axum::serve::IncomingStream<'_, tokio::net::UnixListener>) -> Self {
-        use std::os::fd::AsRawFd;
-        ConnFd(stream.io().as_raw_fd())
-    }
-}
-
-impl Connected<axum::serve::IncomingStream<'_, crate::tls::TlsListener>> for ConnFd {
-    fn connect_info(stream: axum::serve::IncomingStream<'_, crate::tls::TlsListener>) -> Self {
-        use std::os::fd::AsRawFd;
-        // The TCP socket under the TLS session: its send queue says what the peer has
-        // not acknowledged yet.
-        ConnFd(stream.io().get_ref().0.as_raw_fd())
-    }
-}
 
 /// A 101 response on its way to the client; [`established`](Self::established) yields the
 /// raw connection.

@@ -3,19 +3,23 @@
 //! One router per resource under `routes/`; handlers parse, call one engine verb and
 //! shape the reply. Versioning, headers and error shape are handled once, here.
 
+pub mod authz;
 pub mod error;
 pub mod hijack;
+pub mod identity;
 pub mod query;
 pub mod routes;
 pub mod stream;
 pub mod tls;
 pub mod version;
+mod x509_cn;
 pub mod zero_values;
 
 use std::convert::Infallible;
 use std::path::Path;
 use std::sync::Arc;
 
+use axum::extract::connect_info::ConnectInfo;
 use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
@@ -25,16 +29,23 @@ use tower::Service;
 
 pub type AppState = Arc<Engine>;
 
-/// The complete service: version rewrite → router → common headers.
+/// The complete service: authorization → version rewrite → router → common headers.
 #[derive(Clone)]
 pub struct ApiService {
     router: Router,
+    authz: Option<Arc<authz::AuthzChain>>,
 }
 
 impl ApiService {
     pub fn new(engine: Arc<Engine>) -> Self {
+        Self::with_authz(engine, None)
+    }
+
+    /// With authorization plugins on every request (`--authorization-plugin`).
+    pub fn with_authz(engine: Arc<Engine>, authz: Option<Arc<authz::AuthzChain>>) -> Self {
         ApiService {
             router: routes::router().with_state(engine),
+            authz,
         }
     }
 }
@@ -51,34 +62,53 @@ impl Service<Request> for ApiService {
         std::task::Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: Request) -> Self::Future {
+    fn call(&mut self, mut req: Request) -> Self::Future {
         let router = self.router.clone();
+        let authz = self.authz.clone();
+        // The connection's socket (for hijacking) and its client, as handlers and
+        // the authorization chain read them.
+        let conn = req
+            .extensions()
+            .get::<ConnectInfo<identity::Conn>>()
+            .map(|ConnectInfo(c)| c.clone());
+        if let Some(c) = conn {
+            req.extensions_mut().insert(ConnectInfo(c.fd));
+            req.extensions_mut().insert(c.client);
+        }
         Box::pin(async move {
             let method = req.method().clone();
             let path = req.uri().path().to_string();
-            let mut resp = match version::rewrite(req) {
-                Ok(req) => {
-                    let (req, unread) = stream::track_body(req);
-                    let resp = call_catching_panics(router, req).await;
-                    // A handler that answered without reading the whole body (an early
-                    // refusal): read the rest, so the client sees the answer instead of
-                    // a broken pipe.
-                    let rest = unread.lock().unwrap_or_else(|p| p.into_inner()).take();
-                    if let Some(body) = rest {
-                        stream::drain_body(body).await;
-                    }
-                    resp
-                }
-                Err(refused) => {
-                    let (e, req) = *refused;
-                    stream::drain_body(req.into_body()).await;
-                    e.into_response()
-                }
+            let mut resp = match authz {
+                Some(chain) => authz::authorize(chain, req, |r| serve_one(router, r)).await,
+                None => serve_one(router, req).await,
             };
             version::stamp_headers(resp.headers_mut());
             tracing::debug!(%method, %path, status = resp.status().as_u16(), "request");
             Ok(resp)
         })
+    }
+}
+
+/// Version rewrite and routing for one request.
+async fn serve_one(router: Router, req: Request) -> Response {
+    match version::rewrite(req) {
+        Ok(req) => {
+            let (req, unread) = stream::track_body(req);
+            let resp = call_catching_panics(router, req).await;
+            // A handler that answered without reading the whole body (an early
+            // refusal): read the rest, so the client sees the answer instead of
+            // a broken pipe.
+            let rest = unread.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if let Some(body) = rest {
+                stream::drain_body(body).await;
+            }
+            resp
+        }
+        Err(refused) => {
+            let (e, req) = *refused;
+            stream::drain_body(req.into_body()).await;
+            e.into_response()
+        }
     }
 }
 
@@ -142,18 +172,19 @@ pub fn bind_unix(path: &Path, group: Option<u32>) -> anyhow::Result<tokio::net::
 pub async fn serve<L>(
     listener: L,
     engine: Arc<Engine>,
+    authz: Option<Arc<authz::AuthzChain>>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()>
 where
     L: axum::serve::Listener,
     L::Addr: std::fmt::Debug,
-    for<'a> hijack::ConnFd:
+    for<'a> identity::Conn:
         axum::extract::connect_info::Connected<axum::serve::IncomingStream<'a, L>>,
 {
-    let svc = ApiService::new(engine);
+    let svc = ApiService::with_authz(engine, authz);
     let server = axum::serve(
         listener,
-        axum::ServiceExt::<Request>::into_make_service_with_connect_info::<hijack::ConnFd>(svc),
+        axum::ServiceExt::<Request>::into_make_service_with_connect_info::<identity::Conn>(svc),
     );
     // Long-lived streams (events, logs -f, attach) would keep a graceful drain waiting
     // forever, so on shutdown we stop accepting and drop open connections, as dockerd does.

@@ -91,6 +91,7 @@ pub fn build(config: &VmConfig, start: Instant) -> Result<MicroVm> {
     }
     vm.set_seccomp(config.seccomp);
     vm.set_graceful_timeout(Duration::from_millis(config.graceful_shutdown_ms));
+    vm.set_cpu_features(config.cpu_features);
     if let Some(j) = &config.jail {
         crate::jail::enter(j)?;
     }

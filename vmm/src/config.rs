@@ -48,6 +48,24 @@ pub struct VmConfig {
     /// Raw machine code instead of a kernel (VMM tests and benchmarks).
     #[serde(default)]
     pub raw_image: Option<RawImageConfig>,
+    /// Which CPU features the guest is offered (see [`CpuFeatures`]).
+    #[serde(default)]
+    pub cpu_features: CpuFeatures,
+}
+
+/// The CPU features a guest sees in CPUID.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CpuFeatures {
+    /// What KVM supports, minus what the VMM does not emulate.
+    #[default]
+    Host,
+    /// Also without the instructions PVM's emulator cannot run (CMPXCHG16B, XSAVE and
+    /// what depends on it). Under PVM a guest that is not PVM-aware runs under that
+    /// emulator: with these hidden (and `noxsave` on the kernel command line) Linux gets
+    /// through early boot instead of stopping at once. Diagnostics only: it still cannot
+    /// reach userspace there.
+    PvmEmulator,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -18,7 +18,7 @@ pub mod state;
 pub mod vmm;
 pub mod vstate;
 
-pub use config::VmConfig;
+pub use config::{CpuFeatures, VmConfig};
 pub use error::{Error, Result};
 pub use state::ExitReason;
 pub use vmm::MicroVm;

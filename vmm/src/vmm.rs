@@ -50,6 +50,7 @@ pub struct MicroVm {
     seccomp: bool,
     control: Option<UnixListener>,
     graceful_timeout: Duration,
+    cpu_features: crate::config::CpuFeatures,
 }
 
 /// A running VM: join it to get the exit reason.
@@ -147,6 +148,7 @@ impl MicroVm {
             seccomp: true,
             control: None,
             graceful_timeout: DEFAULT_GRACEFUL_TIMEOUT,
+            cpu_features: Default::default(),
         })
     }
 
@@ -166,6 +168,10 @@ impl MicroVm {
 
     pub fn set_control_socket(&mut self, listener: UnixListener) {
         self.control = Some(listener);
+    }
+
+    pub fn set_cpu_features(&mut self, features: crate::config::CpuFeatures) {
+        self.cpu_features = features;
     }
 
     pub fn set_graceful_timeout(&mut self, t: Duration) {
@@ -287,7 +293,8 @@ impl MicroVm {
         let mut runners = Vec::new();
         let base_cpuid = vstate::supported_cpuid(&self.kvm)?;
         for id in 0..self.nr_vcpus {
-            let fd = vstate::create_vcpu(&base_cpuid, &self.vm, id, self.nr_vcpus)?;
+            let fd =
+                vstate::create_vcpu(&base_cpuid, &self.vm, id, self.nr_vcpus, self.cpu_features)?;
             if id == 0 {
                 regs::setup_vcpu_regs(&fd, &self.mem, entry.mode, entry.addr)?;
             }

@@ -113,12 +113,18 @@ pub fn supported_cpuid(kvm: &Kvm) -> Result<CpuId> {
         .map_err(Error::kvm("KVM_GET_SUPPORTED_CPUID"))
 }
 
-pub fn create_vcpu(base_cpuid: &CpuId, vm: &VmFd, id: u8, nr_vcpus: u8) -> Result<VcpuFd> {
+pub fn create_vcpu(
+    base_cpuid: &CpuId,
+    vm: &VmFd,
+    id: u8,
+    nr_vcpus: u8,
+    features: crate::config::CpuFeatures,
+) -> Result<VcpuFd> {
     let vcpu = vm
         .create_vcpu(u64::from(id))
         .map_err(Error::kvm("KVM_CREATE_VCPU"))?;
     let mut cpuid = base_cpuid.clone();
-    cpuid::filter_cpuid(&mut cpuid, id, nr_vcpus);
+    cpuid::filter_cpuid(&mut cpuid, id, nr_vcpus, features);
     vcpu.set_cpuid2(&cpuid)
         .map_err(Error::kvm("KVM_SET_CPUID2"))?;
     regs::setup_msrs(&vcpu)?;

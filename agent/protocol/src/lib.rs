@@ -31,6 +31,7 @@
 //! See [`client`] for [`client::AgentClient`] and [`client::spawn_process_agent`], and
 //! `agent/README.md` for the semantics the engine can rely on (buffering, exit-before-EOF,
 //! restarts, live restore).
+pub mod export;
 pub mod frame;
 pub mod messages;
 pub mod spec;

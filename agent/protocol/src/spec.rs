@@ -65,6 +65,19 @@ pub struct ContainerSpec {
     /// (the host's in process isolation, the VM's in a microVM).
     #[serde(default)]
     pub host_namespaces: HostNamespaces,
+    /// `--pid container:<id>`, `--ipc container:<id>`: namespace files (the donor's
+    /// `/proc/<pid>/ns/...`) the container joins instead of getting its own.
+    #[serde(default)]
+    pub join_namespaces: JoinNamespaces,
+}
+
+/// Namespaces a container joins from another container.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct JoinNamespaces {
+    #[serde(default)]
+    pub pid: Option<PathBuf>,
+    #[serde(default)]
+    pub ipc: Option<PathBuf>,
 }
 
 /// Namespaces a container shares with the agent instead of getting its own.
@@ -182,6 +195,10 @@ pub struct Mount {
     pub destination: String,
     #[serde(default)]
     pub readonly: bool,
+    /// A bind's propagation (`rprivate`, `private`, `rslave`, `slave`, `rshared`,
+    /// `shared`); empty = `rprivate`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub propagation: String,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]

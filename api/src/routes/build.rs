@@ -50,6 +50,12 @@ fn options(q: &QueryPairs, req: &Request) -> ApiResult<BuildOptions> {
             "BuildKit is not supported by this daemon: use the classic builder (DOCKER_BUILDKIT=0)",
         ));
     }
+    // dockerd without experimental features answers the same.
+    if q.bool("squash") {
+        return Err(ApiError::bad_request(
+            "squash is only supported with experimental mode",
+        ));
+    }
     let build_args: BTreeMap<String, Option<String>> = json_map(q, "buildargs")?;
     let labels: BTreeMap<String, String> = json_map(q, "labels")?;
     let network_mode = q.str("networkmode");
@@ -85,6 +91,7 @@ fn options(q: &QueryPairs, req: &Request) -> ApiResult<BuildOptions> {
         labels,
         target: q.str("target"),
         no_cache: q.bool("nocache"),
+        cache_from: json_map(q, "cachefrom")?,
         rm,
         force_rm: q.bool("forcerm"),
         quiet: q.bool("q"),

@@ -8,6 +8,7 @@ use crate::AppState;
 
 pub mod build;
 pub mod containers;
+pub mod distribution;
 pub mod exec;
 pub mod images;
 pub mod networks;
@@ -20,6 +21,7 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .merge(system::router())
         .merge(images::router())
+        .merge(distribution::router())
         .merge(build::router())
         .merge(containers::router())
         .merge(update::router())

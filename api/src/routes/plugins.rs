@@ -1,10 +1,10 @@
 //! `/plugins`: Docker's plugin API serving berth's WASM plugins (`docker plugin ls,
-//! inspect, install, enable, disable, set, upgrade, rm`). Plugin names may hold `/`
+//! inspect, install, create, push, enable, disable, set, upgrade, rm`). Plugin names may hold `/`
 //! (`127.0.0.1:5000/my-log:latest`), so the per-plugin verbs share one wildcard
 //! route and are told apart by their last segment.
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, State};
+use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -26,18 +26,34 @@ pub fn router() -> Router<AppState> {
         .route("/plugins", get(list))
         .route("/plugins/privileges", get(privileges))
         .route("/plugins/pull", post(pull))
-        .route("/plugins/create", post(not_supported))
+        // A create context carries a whole component; axum's default 2 MiB cap
+        // would refuse ordinary plugins (the engine caps the unpacked files).
+        .route(
+            "/plugins/create",
+            post(create).layer(DefaultBodyLimit::max(80 << 20)),
+        )
         .route(
             "/plugins/{*rest}",
             get(get_named).post(post_named).delete(delete_named),
         )
 }
 
-async fn not_supported() -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_IMPLEMENTED,
-        "berth plugins are WASM components: build them with `berth-plugin build` and publish them with `berth-plugin push`",
-    )
+#[derive(Deserialize)]
+struct CreateQuery {
+    name: Option<String>,
+}
+
+/// `docker plugin create NAME DIR`: the body is the tar of DIR, which must be a
+/// berth plugin dir (`manifest.toml` + `plugin.wasm`, as `berth-plugin build`
+/// stages it); Docker's rootfs plugins get a 400 saying so.
+async fn create(
+    State(engine): State<AppState>,
+    Q(q): Q<CreateQuery>,
+    body: Bytes,
+) -> ApiResult<StatusCode> {
+    let name = q.name.unwrap_or_default();
+    engine.plugin_manager.create(&name, &body).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 fn to_model(v: &PluginView) -> Plugin {
@@ -258,7 +274,13 @@ async fn post_named(
                 .await?;
             return Ok(progress(&[format!("Upgraded to {remote}")], None));
         }
-        (_, "push") | (_, "create") => return Ok(not_supported().await.into_response()),
+        (name, "push") => {
+            let digest = pm.push(name, &auth_from(&headers)).await?;
+            return Ok(progress(
+                &[format!("Pushed {name}"), format!("digest: {digest}")],
+                None,
+            ));
+        }
         _ => return Err(ApiError::not_found("page not found")),
     }
     Ok(StatusCode::OK.into_response())

@@ -112,7 +112,7 @@ async fn info(State(engine): State<AppState>) -> ApiResult<Response> {
         docker_root_dir: Some(engine.config.data_root.display().to_string()),
         plugins: Some(PluginsInfo {
             volume: Some(engine.volumes.driver_names()),
-            network: Some(vec!["bridge".into(), "host".into(), "null".into()]),
+            network: Some(engine.networks.driver_names()),
             authorization: None,
             log: Some(containers.log_driver_names()),
         }),
@@ -188,6 +188,7 @@ async fn info(State(engine): State<AppState>) -> ApiResult<Response> {
         }
     }
     v["Runtimes"] = runtimes;
+    v["RegistryConfig"] = engine.images.registry.info();
     crate::zero_values::info(&mut v);
     Ok(Json(v).into_response())
 }

@@ -54,6 +54,10 @@ pub struct Flags {
     /// (KVM when hardware, TCG otherwise). Probed when unset.
     #[arg(long, value_parser = ["berth", "qemu"])]
     pub vmm: Option<String>,
+    /// Let berth-vmm run on PVM, where it hides the CPU features PVM's emulator lacks but
+    /// a Linux guest still stops in early boot. For diagnosing the VMM's failure path only.
+    #[arg(long)]
+    pub vmm_on_pvm: bool,
     /// Guest kernel (vmlinux) for microVMs (default: $BERTH_GUEST_KERNEL, or the newest
     /// guest-kernel/build.sh output in /var/cache/berth/guest-kernel).
     #[arg(long)]
@@ -95,6 +99,25 @@ pub struct Flags {
     /// The server's TLS private key (PEM).
     #[arg(long)]
     pub tlskey: Option<PathBuf>,
+    /// A registry reached without verifying its certificate, and over plain HTTP when
+    /// HTTPS fails: a CIDR (10.0.0.0/8) or host[:port] (repeatable; loopback always is).
+    #[arg(long = "insecure-registry")]
+    pub insecure_registries: Vec<String>,
+    /// A docker.io pull-through mirror URL, tried before docker.io (repeatable).
+    #[arg(long = "registry-mirror")]
+    pub registry_mirrors: Vec<String>,
+    /// Per-registry certificates: <dir>/<host:port>/{*.crt, client.cert, client.key}
+    /// (default /etc/docker/certs.d).
+    #[arg(long)]
+    pub registry_certs_dir: Option<PathBuf>,
+    /// Authorization plugin (berth:authz WASM component) consulted on every request;
+    /// repeatable, consulted in order (dockerd's flag).
+    #[arg(long = "authorization-plugin")]
+    pub authz_plugins: Vec<String>,
+    /// An authorization plugin setting, NAME.KEY=VALUE (repeatable), e.g.
+    /// tenant-policy.allowed-bind-prefix=/srv/tenants.
+    #[arg(long = "authz-opt")]
+    pub authz_opts: Vec<String>,
 }
 
 /// The TOML file: the same settings as the flags, dockerd's names.
@@ -112,6 +135,7 @@ pub struct FileConfig {
     pub storage_driver: Option<String>,
     pub default_isolation: Option<String>,
     pub vmm: Option<String>,
+    pub vmm_on_pvm: Option<bool>,
     pub guest_kernel: Option<PathBuf>,
     pub group: Option<String>,
     pub max_download_size: Option<String>,
@@ -125,6 +149,11 @@ pub struct FileConfig {
     pub tlscacert: Option<PathBuf>,
     pub tlscert: Option<PathBuf>,
     pub tlskey: Option<PathBuf>,
+    pub insecure_registries: Option<Vec<String>>,
+    pub registry_mirrors: Option<Vec<String>>,
+    pub registry_certs_dir: Option<PathBuf>,
+    pub authorization_plugins: Option<Vec<String>>,
+    pub authz_opts: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone)]
@@ -143,11 +172,17 @@ pub struct Config {
     pub storage_driver: Option<String>,
     pub default_isolation: Option<String>,
     pub vmm: Option<String>,
+    pub vmm_on_pvm: bool,
     pub guest_kernel: Option<PathBuf>,
     /// Group id for the API sockets (`-G`), when that group exists.
     pub socket_group: Option<u32>,
     pub max_download_bytes: Option<u64>,
     pub network: berth_engine::networks::NetworkConfig,
+    pub registry: berth_engine::images::trust::RegistryConfig,
+    /// `--authorization-plugin`, in order.
+    pub authz_plugins: Vec<String>,
+    /// `--authz-opt NAME.KEY=VALUE`: (plugin, key, value).
+    pub authz_opts: Vec<(String, String, String)>,
 }
 
 impl Config {
@@ -241,12 +276,46 @@ impl Config {
             },
             mtu: flags.mtu.or(file.mtu),
         };
+        let registry = berth_engine::images::trust::RegistryConfig {
+            insecure: if flags.insecure_registries.is_empty() {
+                file.insecure_registries.unwrap_or_default()
+            } else {
+                flags.insecure_registries
+            },
+            mirrors: if flags.registry_mirrors.is_empty() {
+                file.registry_mirrors.unwrap_or_default()
+            } else {
+                flags.registry_mirrors
+            },
+            certs_dir: match flags.registry_certs_dir.or(file.registry_certs_dir) {
+                Some(d) => absolute(d)?,
+                None => PathBuf::from(berth_engine::images::trust::DEFAULT_CERTS_DIR),
+            },
+        };
+        registry.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+        let authz_plugins = if flags.authz_plugins.is_empty() {
+            file.authorization_plugins.unwrap_or_default()
+        } else {
+            flags.authz_plugins
+        };
+        let authz_opts = if flags.authz_opts.is_empty() {
+            file.authz_opts.unwrap_or_default()
+        } else {
+            flags.authz_opts
+        }
+        .iter()
+        .map(|o| parse_authz_opt(o))
+        .collect::<Result<Vec<_>>>()?;
         Ok(Config {
+            registry,
+            authz_plugins,
+            authz_opts,
             network,
             socket_group,
             max_download_bytes,
             default_isolation: flags.default_isolation.or(file.default_isolation),
             vmm: flags.vmm.or(file.vmm),
+            vmm_on_pvm: flags.vmm_on_pvm || file.vmm_on_pvm.unwrap_or(false),
             guest_kernel,
             agent_bin,
             log_driver: flags.log_driver.or(file.log_driver),
@@ -380,6 +449,20 @@ fn parse_size(s: &str) -> Option<u64> {
     num.parse::<u64>().ok()?.checked_mul(1u64 << shift)
 }
 
+/// `NAME.KEY=VALUE` → (NAME, KEY, VALUE).
+fn parse_authz_opt(o: &str) -> Result<(String, String, String)> {
+    let (lhs, value) = o
+        .split_once('=')
+        .with_context(|| format!("--authz-opt {o:?}: want NAME.KEY=VALUE"))?;
+    let (name, key) = lhs
+        .split_once('.')
+        .with_context(|| format!("--authz-opt {o:?}: want NAME.KEY=VALUE"))?;
+    if name.is_empty() || key.is_empty() {
+        bail!("--authz-opt {o:?}: want NAME.KEY=VALUE");
+    }
+    Ok((name.to_string(), key.to_string(), value.to_string()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -433,9 +516,38 @@ mod tests {
         assert_eq!(c.data_root, PathBuf::from("/b"));
         assert_eq!(c.log_level, "debug");
         assert_eq!(c.sockets, vec![PathBuf::from("/x.sock")]);
+        std::fs::write(
+            &f,
+            "insecure-registries = [\"10.0.0.0/8\", \"r.example:5000\"]\nregistry-mirrors = [\"https://m.example\"]\nregistry-certs-dir = \"/certs\"\n",
+        )
+        .unwrap();
+        let flags = Flags::parse_from(["berthd", "--config-file", f.to_str().unwrap()]);
+        let r = Config::resolve(flags).unwrap().registry;
+        assert_eq!(r.insecure, ["10.0.0.0/8", "r.example:5000"]);
+        assert_eq!(r.mirrors, ["https://m.example"]);
+        assert_eq!(r.certs_dir, PathBuf::from("/certs"));
+        let flags = Flags::parse_from(["berthd", "--insecure-registry", "10.0.0.0/99"]);
+        assert!(Config::resolve(flags).is_err());
+        let flags = Flags::parse_from(["berthd", "--registry-mirror", "m.example"]);
+        assert!(Config::resolve(flags).is_err());
         std::fs::write(&f, "bogus = 1\n").unwrap();
         let flags = Flags::parse_from(["berthd", "--config-file", f.to_str().unwrap()]);
         assert!(Config::resolve(flags).is_err());
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn authz_opts_are_name_dot_key_equals_value() {
+        assert_eq!(
+            parse_authz_opt("tenant-policy.allowed-bind-prefix=/srv/a=b").unwrap(),
+            (
+                "tenant-policy".to_string(),
+                "allowed-bind-prefix".to_string(),
+                "/srv/a=b".to_string()
+            )
+        );
+        for bad in ["x", "x=1", ".k=1", "n.=1", "nokey"] {
+            assert!(parse_authz_opt(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! berthd: the berth daemon. Parses flags, opens the engine, serves the Docker API
 //! on each `-H` socket, and shuts down cleanly on SIGTERM/SIGINT.
 
+mod authz;
 mod config;
 
 use std::io::Write;
@@ -15,9 +16,7 @@ fn main() {
     // Internal re-exec used by `docker cp`: a chrooted helper, not a daemon.
     let argv: Vec<String> = std::env::args().collect();
     if argv.get(1).map(String::as_str) == Some("__archive") {
-        std::process::exit(berth_engine::containers::archive_child::archive_child_main(
-            &argv[2..],
-        ));
+        std::process::exit(berth_engine::containers::archive::child_main(&argv[2..]));
     }
     let flags = Flags::parse();
     let config = match Config::resolve(flags) {
@@ -89,12 +88,22 @@ async fn run(config: Config) -> Result<()> {
         microvm: berth_engine::isolation::microvm::MicrovmConfig {
             vmm: config.vmm.clone(),
             kernel: config.guest_kernel.clone(),
+            vmm_on_pvm: config.vmm_on_pvm,
         },
         max_download_bytes: config.max_download_bytes,
+        registry: config.registry.clone(),
         network: config.network.clone(),
     })
     .await
     .context("open engine state")?;
+
+    let authz = match authz::load_chain(&config, engine.clone()).await {
+        Ok(a) => a,
+        Err(e) => {
+            engine.shutdown().await;
+            return Err(e);
+        }
+    };
 
     // Handlers first: a SIGTERM right after the ready line must still shut down cleanly.
     let mut term = signal(SignalKind::terminate())?;
@@ -106,9 +115,10 @@ async fn run(config: Config) -> Result<()> {
         let mut stop = stop_tx.subscribe();
         let engine = engine.clone();
         let sock = sock.clone();
+        let authz = authz.clone();
         tracing::info!(socket = %sock.display(), "API listening");
         servers.push(tokio::spawn(async move {
-            berth_api::serve(listener, engine, async move {
+            berth_api::serve(listener, engine, authz, async move {
                 let _ = stop.recv().await;
             })
             .await
@@ -125,8 +135,9 @@ async fn run(config: Config) -> Result<()> {
             tcp_addrs.push(local);
             let mut stop = stop_tx.subscribe();
             let engine = engine.clone();
+            let authz = authz.clone();
             servers.push(tokio::spawn(async move {
-                berth_api::serve(listener, engine, async move {
+                berth_api::serve(listener, engine, authz, async move {
                     let _ = stop.recv().await;
                 })
                 .await

@@ -445,3 +445,75 @@ fn add_fetches_a_url_into_the_image() {
     let text = result.unwrap_or_else(|e| panic!("ADD of a URL never worked: {e}"));
     assert!(text.contains("from the web\n600\n"), "{text}");
 }
+
+/// `--cache-from`: an image with no build cache behind it (saved, removed, loaded back, as
+/// a CI job gets it from a registry) stands in for the steps its history shows.
+#[test]
+fn cache_from_reuses_a_loaded_images_layers() {
+    let d = daemon();
+    let ctx = d.dir.path().join("cache-from");
+    write(
+        &ctx,
+        "Dockerfile",
+        "FROM bb:local\nARG V=1\nRUN echo $V > /v\nCOPY f /f\nRUN cat /f /v > /g\nENV X=y\nCMD [\"cat\", \"/g\"]\n",
+    );
+    write(&ctx, "f", "from the context\n");
+    let ctx_s = ctx.to_str().unwrap();
+    build_ok(&d, &["-t", "app:1", ctx_s]);
+    let id = image_id(&d, "app:1");
+    let tar = d.dir.path().join("app.tar");
+    d.docker_ok(&["save", "-o", tar.to_str().unwrap(), "app:1"]);
+    d.docker_ok(&["rmi", "app:1"]);
+    d.docker_ok(&["builder", "prune", "-f"]);
+    d.docker_ok(&["load", "-i", tar.to_str().unwrap()]);
+    assert_eq!(image_id(&d, "app:1"), id);
+
+    // Without it the loaded image is no cache: the steps run.
+    let out = build_ok(&d, &["-t", "tmp", ctx_s]);
+    assert!(out.contains("Running in"), "{out}");
+    d.docker_ok(&["rmi", "tmp"]);
+    d.docker_ok(&["builder", "prune", "-f"]);
+
+    // With it every step after FROM is a cache hit, and the result is the same image.
+    let out = build_ok(&d, &["--cache-from", "app:1", "-t", "app:2", ctx_s]);
+    assert!(!out.contains("Running in"), "{out}");
+    assert_eq!(out.matches("Using cache").count(), 6, "{out}");
+    assert_eq!(image_id(&d, "app:2"), id);
+    assert_eq!(
+        d.docker_ok(&["run", "--rm", "app:2"]),
+        "from the context\n1\n"
+    );
+
+    // A changed source: the steps before it still come from the cache image, the rest run.
+    write(&ctx, "f", "changed\n");
+    let out = build_ok(&d, &["--cache-from", "app:1", "-t", "app:3", ctx_s]);
+    assert_eq!(out.matches("Using cache").count(), 2, "{out}");
+    assert_eq!(out.matches("Running in").count(), 1, "{out}");
+    assert_eq!(d.docker_ok(&["run", "--rm", "app:3"]), "changed\n1\n");
+    // A build arg that differs is a different step, as in the build cache.
+    let out = build_ok(
+        &d,
+        &[
+            "--cache-from",
+            "app:1",
+            "--build-arg",
+            "V=2",
+            "-t",
+            "app:4",
+            ctx_s,
+        ],
+    );
+    assert_eq!(out.matches("Running in").count(), 2, "{out}");
+    assert_eq!(d.docker_ok(&["run", "--rm", "app:4"]), "changed\n2\n");
+    // An unknown cache source is skipped, not an error.
+    build_ok(&d, &["--cache-from", "nope:1", "-q", ctx_s]);
+    // `--squash` needs dockerd's experimental mode, which berthd does not report (so the
+    // CLI refuses it itself; an API client gets dockerd's 400).
+    let o = build(&d, &["--squash", ctx_s]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("experimental features enabled"),
+        "{}",
+        stderr(&o)
+    );
+}

@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::images::{busybox_tar, import_busybox};
-use common::registry::{free_port, start_registry};
+use common::registry::{bcrypt_secret, free_port, start_registry};
 use common::{stderr, stdout, TestDaemon};
 use futures::StreamExt;
 use serde_json::{json, Value};
@@ -783,22 +783,6 @@ fn registry_push_pull_progress() {
 
 /// `X-Registry-Auth` reaches the registry: pushing without credentials is refused,
 /// with them it works.
-/// A bcrypt hash of `s3cret` for the registry's htpasswd file.
-fn bcrypt_secret() -> Option<String> {
-    Command::new("python3")
-        .args([
-            "-W",
-            "ignore",
-            "-c",
-            "import crypt;print(crypt.crypt('s3cret', crypt.mksalt(crypt.METHOD_BLOWFISH)))",
-        ])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| stdout(&o).trim().to_string())
-        .filter(|h| h.starts_with("$2"))
-}
-
 #[test]
 fn registry_auth_is_honoured() {
     let Some(hash) = bcrypt_secret() else {

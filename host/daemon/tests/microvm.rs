@@ -11,8 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::images::import_busybox;
 use common::microvm::{
-    daemon, guest_kernel, inspect, leftover_files, leftover_processes, skip_without_microvm,
-    wait_until,
+    daemon, inspect, leftover_files, leftover_processes, skip_without_microvm, wait_until,
 };
 use common::{stderr, stdout, TestDaemon};
 
@@ -464,32 +463,9 @@ fn microvm_default_isolation_and_info() {
         ]),
         "v\n"
     );
-    assert!(d
-        .docker_err(&["diff", &id])
-        .contains("not supported yet for microvm containers"));
-}
-
-/// The berth-vmm backend boots the guest on hardware KVM. Under PVM a Linux guest cannot
-/// finish booting, so this only runs where KVM is VT-x/AMD-V.
-#[test]
-fn microvm_berth_vmm_on_real_kvm() {
-    if Path::new("/sys/module/kvm_pvm").exists() {
-        eprintln!("SKIPPED: KVM is PVM (/sys/module/kvm_pvm present): a Linux guest cannot boot under berth-vmm here");
-        return;
-    }
-    if !Path::new("/dev/kvm").exists() {
-        eprintln!("SKIPPED: no /dev/kvm");
-        return;
-    }
-    if guest_kernel().is_none() {
-        eprintln!("SKIPPED: no guest kernel (run guest-kernel/build.sh)");
-        return;
-    }
-    let d = TestDaemon::start_with(&["--vmm", "berth"]);
-    import_busybox(&d, "bb");
-    let out = d.docker_ok(&["run", "--rm", "--isolation=microvm", "bb", "echo", "hi"]);
-    assert_eq!(out, "hi\n");
-    assert!(leftover_processes(d.dir.path()).is_empty());
+    // `true` changed nothing the user would see (diff, commit and export of microVM
+    // containers are tested in microvm_files.rs).
+    assert_eq!(d.docker_ok(&["diff", &id]), "");
 }
 
 extern "C" {

@@ -12,41 +12,11 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
 use common::images::import_busybox;
-use common::registry::{start_registry, Registry};
+use common::plugin_sdk::run_tool;
+use common::registry::{
+    bcrypt_secret, start_registry, start_registry_with, Registry, RegistryOpts, TestCa,
+};
 use common::{stderr, stdout, TestDaemon};
-
-/// `berth-plugin`, next to `berthd` (built by `cargo build --workspace --bins`;
-/// built here when missing).
-fn tool() -> PathBuf {
-    let bin = Path::new(env!("CARGO_BIN_EXE_berthd")).with_file_name("berth-plugin");
-    if !bin.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let st = Command::new(cargo)
-            .args(["build", "-p", "berth-plugin"])
-            .status()
-            .expect("cargo build -p berth-plugin");
-        assert!(st.success(), "building berth-plugin failed");
-    }
-    bin
-}
-
-fn run_tool(dir: &Path, args: &[&str]) -> String {
-    // The wasm build (std for the target, wit-bindgen) is cached across runs here.
-    let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("plugin-sdk");
-    let out = Command::new(tool())
-        .args(args)
-        .current_dir(dir)
-        .env("CARGO_TARGET_DIR", cache)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "berth-plugin {args:?}: {}{}",
-        stdout(&out),
-        stderr(&out)
-    );
-    stdout(&out)
-}
 
 /// A log driver made from nothing with `berth-plugin new` + `build`, once per run.
 fn built_plugin() -> &'static Path {
@@ -92,8 +62,14 @@ fn variant(name: &str, extra_manifest: &str, tag_bytes: Option<&[u8]>) -> tempfi
     tmp
 }
 
+/// A loopback registry serving HTTPS with a certificate nobody trusts: plugins are
+/// pushed and installed the way dockerd reaches loopback registries (HTTPS first).
 fn registry() -> Option<Registry> {
-    start_registry(None)
+    static CA: OnceLock<TestCa> = OnceLock::new();
+    start_registry_with(RegistryOpts {
+        tls: Some(CA.get_or_init(|| TestCa::new("127.0.0.1"))),
+        ..Default::default()
+    })
 }
 
 fn wait_logs(d: &TestDaemon, id: &str, want: &str) {
@@ -461,19 +437,7 @@ fn sdk_volume_plugin_serves_volumes_and_blocks_disable_while_used() {
 /// and `docker plugin install` passes the same credentials through X-Registry-Auth.
 #[test]
 fn private_registry_push_and_install_use_docker_login() {
-    let hash = Command::new("python3")
-        .args([
-            "-W",
-            "ignore",
-            "-c",
-            "import crypt;print(crypt.crypt('s3cret', crypt.mksalt(crypt.METHOD_BLOWFISH)))",
-        ])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| stdout(&o).trim().to_string())
-        .filter(|h| h.starts_with("$2"));
-    let Some(hash) = hash else {
+    let Some(hash) = bcrypt_secret() else {
         eprintln!("SKIP: cannot make a bcrypt htpasswd line (python3 crypt module missing)");
         return;
     };
@@ -485,7 +449,7 @@ fn private_registry_push_and_install_use_docker_login() {
     let d = TestDaemon::start();
     let config_dir = d.dir.path().join("docker-config");
     let push = |expect_ok: bool| {
-        let out = Command::new(tool())
+        let out = Command::new(common::plugin_sdk::tool())
             .args(["push", &remote])
             .current_dir(project)
             .env("DOCKER_CONFIG", &config_dir)

@@ -43,6 +43,8 @@ pub struct EngineConfig {
     pub max_download_bytes: Option<u64>,
     /// `--bridge`, `--bip`, `--fixed-cidr`, `--default-address-pool`, `--mtu`.
     pub network: networks::NetworkConfig,
+    /// `--insecure-registry`, `--registry-mirror`, `--registry-certs-dir`.
+    pub registry: images::trust::RegistryConfig,
 }
 
 pub struct Engine {
@@ -71,6 +73,7 @@ impl Engine {
         if let Some(max) = config.max_download_bytes {
             image_store.max_download_bytes = max;
         }
+        image_store.registry = config.registry.clone();
         let images = Arc::new(image_store);
         let containers = containers::Containers::open(
             containers::ContainerPaths {
@@ -150,6 +153,7 @@ impl Engine {
             &config.data_root,
             &config.exec_root,
             &config.network,
+            plugins.clone(),
             events.clone(),
         )?;
         containers.set_networks(networks.clone());

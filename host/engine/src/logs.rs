@@ -204,8 +204,42 @@ impl JsonFile {
     }
 }
 
+/// Buffers whole lines and appends them in batches. A batch the disk cannot take (a full
+/// disk) is dropped whole and the file cut back to its last whole line, so lines written
+/// once space is back are not glued to a fragment; the failure is logged once per streak.
 struct JsonFileWriter {
-    out: std::io::BufWriter<std::fs::File>,
+    file: std::fs::File,
+    buf: Vec<u8>,
+    /// Length of the file's whole lines.
+    len: u64,
+    failing: bool,
+}
+
+const JSON_FILE_BATCH: usize = 64 << 10;
+
+impl JsonFileWriter {
+    fn write_batch(&mut self) {
+        if self.buf.is_empty() {
+            return;
+        }
+        match self.file.write_all(&self.buf) {
+            Ok(()) => {
+                self.len += self.buf.len() as u64;
+                if std::mem::take(&mut self.failing) {
+                    tracing::warn!("json-file log writes succeed again");
+                }
+            }
+            Err(err) => {
+                let _ = self.file.set_len(self.len);
+                if !std::mem::replace(&mut self.failing, true) {
+                    tracing::warn!(
+                        "json-file log write failed, dropping lines until writes succeed again: {err}"
+                    );
+                }
+            }
+        }
+        self.buf.clear();
+    }
 }
 
 impl LogWriter for JsonFileWriter {
@@ -217,21 +251,21 @@ impl LogWriter for JsonFileWriter {
                 std::time::UNIX_EPOCH + Duration::from_nanos(e.time_nano.max(0) as u64),
             ),
         };
-        if let Ok(mut v) = serde_json::to_vec(&line) {
-            v.push(b'\n');
-            if let Err(err) = self.out.write_all(&v) {
-                tracing::warn!("json-file log write failed: {err}");
-            }
+        if serde_json::to_writer(&mut self.buf, &line).is_ok() {
+            self.buf.push(b'\n');
+        }
+        if self.buf.len() >= JSON_FILE_BATCH {
+            self.write_batch();
         }
     }
     fn flush(&mut self) {
-        let _ = self.out.flush();
+        self.write_batch();
     }
 }
 
 impl Drop for JsonFileWriter {
     fn drop(&mut self) {
-        let _ = self.out.flush();
+        self.write_batch();
     }
 }
 
@@ -271,8 +305,12 @@ impl LogDriver for JsonFile {
             .create(true)
             .append(true)
             .open(Self::path(info))?;
+        let len = f.metadata()?.len();
         Ok(Box::new(JsonFileWriter {
-            out: std::io::BufWriter::with_capacity(64 << 10, f),
+            file: f,
+            buf: Vec::with_capacity(JSON_FILE_BATCH),
+            len,
+            failing: false,
         }))
     }
     fn log_path(&self, info: &LogInfo) -> String {

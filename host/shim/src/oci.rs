@@ -212,6 +212,7 @@ fn mounts(spec: &Spec) -> Vec<Mount> {
             kind,
             destination: dest,
             readonly,
+            propagation: String::new(),
         });
     }
     out
@@ -286,7 +287,8 @@ mod tests {
                     source: "/srv".into()
                 },
                 destination: "/data".into(),
-                readonly: true
+                readonly: true,
+                propagation: String::new(),
             }
         );
         assert_eq!(

@@ -71,6 +71,7 @@ impl Backends {
                         .ok()
                         .filter(|v| !v.is_empty()),
                     kernel: None,
+                    vmm_on_pvm: false,
                 };
                 MicrovmIsolation::for_prepared_rootfs(self.dirs.clone(), default_agent_bin(), &cfg)
                     .map(Arc::new)

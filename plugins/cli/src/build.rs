@@ -1,5 +1,5 @@
 //! `berth-plugin build`: compile the project to a `wasm32-wasip2` component and
-//! stage `dist/{plugin.wasm,manifest.toml}`.
+//! stage `dist/{plugin.wasm,manifest.toml}` (`authz.toml` for an authz plugin).
 //!
 //! rustup's `wasm32-wasip2` target is used when installed. Otherwise Debian's
 //! `rustc-web` toolchain builds `std` for the target (`-Zbuild-std`, allowed by
@@ -153,7 +153,24 @@ pub fn build(project: &Path, release: bool) -> Result<PathBuf> {
     std::fs::create_dir_all(&dist)?;
     std::fs::copy(&wasm, dist.join("plugin.wasm"))
         .with_context(|| format!("copying {}", wasm.display()))?;
-    std::fs::copy(project.join("manifest.toml"), dist.join("manifest.toml"))
-        .context("copying manifest.toml")?;
+    // An authz project's manifest is authz.toml (what berthd looks for); a stale
+    // manifest of the other name must not stay beside the new component.
+    let manifest = if project.join("authz.toml").exists() {
+        "authz.toml"
+    } else {
+        "manifest.toml"
+    };
+    for stale in ["authz.toml", "manifest.toml"] {
+        let _ = std::fs::remove_file(dist.join(stale));
+    }
+    std::fs::copy(project.join(manifest), dist.join(manifest))
+        .with_context(|| format!("copying {manifest}"))?;
+    // `docker plugin create NAME dist/` needs a config.json the docker CLI can
+    // decode before it sends the directory; berthd reads only the two files above.
+    std::fs::write(
+        dist.join("config.json"),
+        "{\"Description\": \"berth WASM plugin: manifest.toml + plugin.wasm\", \"Interface\": {\"Types\": [], \"Socket\": \"\"}}\n",
+    )
+    .context("writing config.json")?;
     Ok(dist)
 }

@@ -8,6 +8,7 @@
 //! docker plugin install 127.0.0.1:5000/my-log:1.0
 //! ```
 
+mod authz;
 mod build;
 mod scaffold;
 
@@ -30,7 +31,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Create a plugin project in ./NAME (log or volume driver).
+    /// Create a plugin project in ./NAME (log, volume or network driver, or authz).
     New {
         name: String,
         #[arg(long, default_value = "log")]
@@ -59,13 +60,17 @@ enum Cmd {
 }
 
 /// `dir/dist/` when it holds a build, else `dir` itself (a staged plugin dir).
-fn staged(dir: &Path) -> Result<(Manifest, Vec<u8>, Vec<u8>)> {
+fn staged_dir(dir: &Path) -> PathBuf {
     let dist = dir.join("dist");
-    let base = if dist.join("plugin.wasm").exists() {
+    if dist.join("plugin.wasm").exists() {
         dist
     } else {
         dir.to_path_buf()
-    };
+    }
+}
+
+fn staged(dir: &Path) -> Result<(Manifest, Vec<u8>, Vec<u8>)> {
+    let base = staged_dir(dir);
     let toml = std::fs::read(base.join("manifest.toml"))
         .with_context(|| format!("{}/manifest.toml", base.display()))?;
     let wasm = std::fs::read(base.join("plugin.wasm")).with_context(|| {
@@ -139,19 +144,34 @@ fn main() -> Result<()> {
         }
         Cmd::Build { dir, debug } => {
             let dist = build::build(&dir, !debug)?;
-            check(&dir)?;
+            if authz::is_authz(&dist) {
+                authz::check(&dist)?;
+            } else {
+                check(&dir)?;
+            }
             println!("built {}", dist.join("plugin.wasm").display());
         }
         Cmd::Check { dir } => {
-            check(&dir)?;
+            let base = staged_dir(&dir);
+            if authz::is_authz(&base) {
+                authz::check(&base)?;
+            } else {
+                check(&dir)?;
+            }
         }
         Cmd::Push { reference, dir } => {
+            if authz::is_authz(&staged_dir(&dir)) {
+                bail!("{}", authz::NOT_PUSHED);
+            }
             let (_, toml, wasm) = check(&dir)?;
             if reference.contains('@') {
                 bail!("push to a tag, not a digest");
             }
             let rt = tokio::runtime::Runtime::new()?;
+            // The docker CLI's trust: /etc/docker/certs.d, loopback over HTTP too.
+            let registry = berth_engine::images::trust::RegistryConfig::default();
             let digest = rt.block_on(berth_engine::plugins::artifact::push(
+                &registry,
                 &reference,
                 &docker_login_auth(&reference),
                 &toml,

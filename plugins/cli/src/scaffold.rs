@@ -1,14 +1,20 @@
 //! `berth-plugin new`: a standalone plugin crate that builds anywhere. The WIT
 //! package is vendored into the project (`wit/`), so nothing points back into the
-//! berth repository; the driver source is the repository's own template (log) or
-//! default driver (volume), so a new project starts from code that berth tests.
+//! berth repository; the driver source is the repository's own template (log),
+//! default driver (volume, network: the `bridge` driver and its IPAM) or the SDK's
+//! authz template (allow-all plus one example rule), so a new project starts from
+//! code that berth tests.
 
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 
-/// `berth:driver@0.1.0`, the interface version this tool scaffolds against.
+/// `berth:driver@0.1.0`, the interface version log and volume drivers use.
 pub const INTERFACE: &str = "berth:driver@0.1.0";
+/// Network drivers are `berth:driver@0.2.0` (the `network-plugin` world).
+pub const NETWORK_INTERFACE: &str = "berth:driver@0.2.0";
+/// Authorization plugins have a package of their own.
+pub const AUTHZ_INTERFACE: &str = "berth:authz@0.1.0";
 
 pub const WIT_FILES: &[(&str, &str)] = &[
     ("types.wit", include_str!("../../wit/0.1.0/types.wit")),
@@ -18,8 +24,19 @@ pub const WIT_FILES: &[(&str, &str)] = &[
     ("worlds.wit", include_str!("../../wit/0.1.0/worlds.wit")),
 ];
 
+const NETWORK_WIT: &[(&str, &str)] = &[
+    ("types.wit", include_str!("../../wit/0.2.0/types.wit")),
+    ("network.wit", include_str!("../../wit/0.2.0/network.wit")),
+    ("worlds.wit", include_str!("../../wit/0.2.0/worlds.wit")),
+];
+const AUTHZ_WIT: &[(&str, &str)] =
+    &[("authz.wit", include_str!("../../wit/authz-0.1.0/authz.wit"))];
+
 const LOG_SRC: &str = include_str!("../../drivers/template-log/src/lib.rs");
 const VOLUME_SRC: &str = include_str!("../../drivers/local-volume/src/lib.rs");
+const NETWORK_SRC: &str = include_str!("../../drivers/bridge/src/lib.rs");
+const NETWORK_IPAM_SRC: &str = include_str!("../../drivers/bridge/src/ipam.rs");
+const AUTHZ_SRC: &str = include_str!("../templates/authz.rs");
 /// The plugin workspace's lock file: the generated project resolves to the same,
 /// known-good versions (and builds offline from a warm cargo cache).
 const LOCK: &str = include_str!("../../drivers/Cargo.lock");
@@ -29,20 +46,37 @@ const WIT_BINDGEN: &str = r#"wit-bindgen = { version = "=0.61.1", default-featur
 pub enum Kind {
     Log,
     Volume,
+    Network,
+    Authz,
+}
+
+impl Kind {
+    /// The file berthd reads the plugin's manifest from (authz plugins are found
+    /// by `--authorization-plugin NAME` as `NAME/authz.toml`).
+    pub fn manifest_file(self) -> &'static str {
+        match self {
+            Kind::Authz => "authz.toml",
+            _ => "manifest.toml",
+        }
+    }
 }
 
 pub fn parse_kind(s: &str) -> Result<Kind> {
     match s {
         "log" => Ok(Kind::Log),
         "volume" => Ok(Kind::Volume),
-        "network" | "authz" => bail!(
-            "{s} plugins are not served by berthd yet; only log and volume drivers can be written today"
-        ),
-        other => bail!("unknown kind {other:?} (log, volume)"),
+        "network" => Ok(Kind::Network),
+        "authz" => Ok(Kind::Authz),
+        other => bail!("unknown kind {other:?} (log, volume, network, authz)"),
     }
 }
 
-fn cargo_toml(name: &str) -> String {
+fn cargo_toml(name: &str, kind: Kind) -> String {
+    let extra = if kind == Kind::Authz {
+        "serde_json = \"1\"\n"
+    } else {
+        ""
+    };
     format!(
         r#"[package]
 name = "{name}"
@@ -54,7 +88,7 @@ crate-type = ["cdylib"]
 
 [dependencies]
 {WIT_BINDGEN}
-
+{extra}
 # Standalone: never part of an enclosing workspace.
 [workspace]
 
@@ -71,12 +105,31 @@ panic = "abort"
 }
 
 fn manifest_toml(name: &str, kind: Kind) -> String {
+    match kind {
+        Kind::Network => {
+            return format!(
+                "# Read by berthd at load; `name` is the `docker network create -d` name.\n\
+                 # Network drivers get no grants: their only effect is the intents they return.\n\
+                 name = \"{name}\"\nkind = \"network\"\ninterface = \"{NETWORK_INTERFACE}\"\n"
+            )
+        }
+        Kind::Authz => {
+            return format!(
+                "# Read by berthd for `--authorization-plugin {name}`.\n\
+                 name = \"{name}\"\nkind = \"authz\"\ninterface = \"{AUTHZ_INTERFACE}\"\n\n\
+                 [config]\n\
+                 # Passed to init; override with `berthd --authz-opt {name}.deny-privileged=false`.\n\
+                 deny-privileged = \"true\"\n"
+            )
+        }
+        _ => {}
+    }
     let (k, config) = match kind {
         Kind::Log => (
             "log",
             "[config]\n# Passed to lifecycle.init; `docker plugin set` can change it.\nprefix = \"\"\n",
         ),
-        Kind::Volume => (
+        _ => (
             "volume",
             "[config]\ndefault-kind = \"dir\"\ndefault-size = \"1G\"\n",
         ),
@@ -86,12 +139,31 @@ fn manifest_toml(name: &str, kind: Kind) -> String {
     )
 }
 
-fn source(kind: Kind) -> String {
-    let src = match kind {
-        Kind::Log => LOG_SRC,
-        Kind::Volume => VOLUME_SRC,
+/// The crate's source files, with the WIT path pointing at the vendored `wit/`.
+fn sources(kind: Kind) -> Vec<(String, String)> {
+    let files: &[(&str, &str)] = match kind {
+        Kind::Log => &[("lib.rs", LOG_SRC)],
+        Kind::Volume => &[("lib.rs", VOLUME_SRC)],
+        Kind::Network => &[("lib.rs", NETWORK_SRC), ("ipam.rs", NETWORK_IPAM_SRC)],
+        Kind::Authz => &[("lib.rs", AUTHZ_SRC)],
     };
-    src.replace(r#"path: "../../wit/0.1.0""#, r#"path: "wit""#)
+    files
+        .iter()
+        .map(|(f, src)| {
+            let src = ["0.1.0", "0.2.0"].iter().fold(src.to_string(), |s, v| {
+                s.replace(&format!(r#"path: "../../wit/{v}""#), r#"path: "wit""#)
+            });
+            (format!("src/{f}"), src)
+        })
+        .collect()
+}
+
+fn wit_files(kind: Kind) -> &'static [(&'static str, &'static str)] {
+    match kind {
+        Kind::Log | Kind::Volume => WIT_FILES,
+        Kind::Network => NETWORK_WIT,
+        Kind::Authz => AUTHZ_WIT,
+    }
 }
 
 /// Create `<parent>/<name>/` (it must not exist).
@@ -106,15 +178,15 @@ pub fn new_project(parent: &Path, name: &str, kind: Kind) -> Result<std::path::P
     std::fs::create_dir_all(dir.join("src"))?;
     std::fs::create_dir_all(dir.join("wit"))?;
     let crate_name = name.replace('.', "-");
-    let files: Vec<(String, String)> = vec![
-        ("Cargo.toml".into(), cargo_toml(&crate_name)),
+    let mut files: Vec<(String, String)> = vec![
+        ("Cargo.toml".into(), cargo_toml(&crate_name, kind)),
         ("Cargo.lock".into(), LOCK.to_string()),
-        ("manifest.toml".into(), manifest_toml(name, kind)),
-        ("src/lib.rs".into(), source(kind)),
+        (kind.manifest_file().into(), manifest_toml(name, kind)),
         (".gitignore".into(), "/target\n/dist\n".into()),
     ];
+    files.extend(sources(kind));
     for (path, text) in files.into_iter().chain(
-        WIT_FILES
+        wit_files(kind)
             .iter()
             .map(|(f, t)| (format!("wit/{f}"), t.to_string())),
     ) {
@@ -142,9 +214,35 @@ mod tests {
         assert!(dir.join("wit/worlds.wit").exists());
         assert!(new_project(tmp.path(), "my-log", Kind::Log).is_err());
         assert!(new_project(tmp.path(), "Bad/Name", Kind::Log).is_err());
-        assert!(parse_kind("network")
+        assert!(parse_kind("nope")
             .unwrap_err()
             .to_string()
-            .contains("not served"));
+            .contains("authz"));
+    }
+
+    #[test]
+    fn network_and_authz_scaffolds_are_self_contained() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = new_project(tmp.path(), "my-net", parse_kind("network").unwrap()).unwrap();
+        for f in ["src/lib.rs", "src/ipam.rs"] {
+            let src = std::fs::read_to_string(dir.join(f)).unwrap();
+            assert!(!src.contains("../"), "{f}: {src}");
+        }
+        let m = berth_plugin_host::Manifest::parse(
+            &std::fs::read_to_string(dir.join("manifest.toml")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(m.kind, berth_plugin_host::PluginKind::Network);
+        assert_eq!(m.interface_version, "0.2.0");
+        assert!(dir.join("wit/network.wit").exists());
+
+        let dir = new_project(tmp.path(), "my-authz", parse_kind("authz").unwrap()).unwrap();
+        let lib = std::fs::read_to_string(dir.join("src/lib.rs")).unwrap();
+        assert!(lib.contains(r#"path: "wit""#), "{lib}");
+        let m: toml::Value =
+            toml::from_str(&std::fs::read_to_string(dir.join("authz.toml")).unwrap()).unwrap();
+        assert_eq!(m["interface"].as_str(), Some(AUTHZ_INTERFACE));
+        assert!(!dir.join("manifest.toml").exists());
+        assert!(dir.join("wit/authz.wit").exists());
     }
 }

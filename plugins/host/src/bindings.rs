@@ -32,3 +32,13 @@ pub mod v0_1_0 {
         });
     }
 }
+
+/// 0.2.0: the network world (driver + IPAM as pure decisions returning intents).
+pub mod v0_2_0 {
+    pub mod network {
+        wasmtime::component::bindgen!({
+            path: "../wit/0.2.0",
+            world: "network-plugin",
+        });
+    }
+}

@@ -17,9 +17,12 @@ pub struct PluginHostConfig {
     /// Epoch deadline for each volume-plugin call (time blocked in host imports
     /// such as mkfs is not billed to the plugin).
     pub volume_call_timeout: Duration,
+    /// Epoch deadline for each network-plugin call (pure decisions: short).
+    pub network_call_timeout: Duration,
     /// Linear-memory caps per instance; a manifest may ask for less, never more.
     pub log_memory_limit: usize,
     pub volume_memory_limit: usize,
+    pub network_memory_limit: usize,
     /// Bounded request queue per plugin; when full, calls fail with `Unavailable`.
     pub queue_depth: usize,
     /// Restart backoff after a trap: base * 2^(n-1), capped.
@@ -54,8 +57,10 @@ impl Default for PluginHostConfig {
             data_root: PathBuf::new(),
             log_call_timeout: Duration::from_secs(1),
             volume_call_timeout: Duration::from_secs(5),
+            network_call_timeout: Duration::from_secs(1),
             log_memory_limit: 64 << 20,
             volume_memory_limit: 128 << 20,
+            network_memory_limit: 32 << 20,
             queue_depth: 256,
             restart_backoff: Duration::from_millis(100),
             restart_backoff_max: Duration::from_secs(10),

@@ -12,6 +12,7 @@ use wasmtime::Engine;
 
 use crate::bindings::v0_1_0::log::{LogPlugin, LogPluginPre};
 use crate::bindings::v0_1_0::volume::{VolumePlugin, VolumePluginPre};
+use crate::bindings::v0_2_0::network::NetworkPluginPre;
 use crate::config::PluginHostConfig;
 use crate::engine::{build_engine, load_component, spawn_ticker, CacheOutcome};
 use crate::error::{HostError, LoadError, PluginError};
@@ -19,6 +20,7 @@ use crate::interface::{self, InterfaceVersion};
 use crate::kv::Kv;
 use crate::log::LogDriverHandle;
 use crate::manifest::{Manifest, PluginKind};
+use crate::network::NetworkDriverHandle;
 use crate::plugin::{request_blocking, run_worker, Job, PluginStats, Pre, Runner, Shared};
 use crate::stdio::BoundedPipe;
 use crate::store::StoreState;
@@ -51,6 +53,7 @@ struct Inner {
     cfg: Arc<PluginHostConfig>,
     log_linker: Linker<StoreState>,
     volume_linker: Linker<StoreState>,
+    network_linker: Linker<StoreState>,
     plugins: RwLock<BTreeMap<String, Loaded>>,
     load_lock: Mutex<()>,
 }
@@ -93,6 +96,10 @@ impl PluginHost {
         wasmtime_wasi::p2::add_to_linker_sync(&mut volume_linker).map_err(engine_err)?;
         VolumePlugin::add_to_linker::<StoreState, HasSelf<StoreState>>(&mut volume_linker, |s| s)
             .map_err(engine_err)?;
+        // WASI is linked so a std-built component instantiates, but its context grants
+        // nothing to a network plugin (no preopen, no sockets: see `store::new_store`).
+        let mut network_linker = Linker::<StoreState>::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut network_linker).map_err(engine_err)?;
         Ok(PluginHost {
             inner: Arc::new(Inner {
                 engine,
@@ -100,6 +107,7 @@ impl PluginHost {
                 cfg: Arc::new(cfg),
                 log_linker,
                 volume_linker,
+                network_linker,
                 plugins: RwLock::new(BTreeMap::new()),
                 load_lock: Mutex::new(()),
             }),
@@ -191,11 +199,6 @@ impl PluginHost {
                 manifest.name
             )));
         }
-        if manifest.kind == PluginKind::Network {
-            return Err(err(
-                "network driver plugins are not served by this berthd yet".into(),
-            ));
-        }
         let wasm_path = dir.join("plugin.wasm");
         let size = std::fs::metadata(&wasm_path)
             .map_err(|e| err(format!("plugin.wasm: {e}")))?
@@ -214,7 +217,8 @@ impl PluginHost {
         let cfg = &self.inner.cfg;
         let (linker, host_max) = match manifest.kind {
             PluginKind::Log => (&self.inner.log_linker, cfg.log_memory_limit),
-            _ => (&self.inner.volume_linker, cfg.volume_memory_limit),
+            PluginKind::Network => (&self.inner.network_linker, cfg.network_memory_limit),
+            PluginKind::Volume => (&self.inner.volume_linker, cfg.volume_memory_limit),
         };
         let memory_limit = match manifest.limits.memory_mib {
             Some(mib) => ((mib as usize) << 20).min(host_max),
@@ -227,7 +231,12 @@ impl PluginHost {
             PluginKind::Log => {
                 Pre::Log(LogPluginPre::new(ipre).map_err(|e| err(format!("{e:#}")))?)
             }
-            _ => Pre::Volume(VolumePluginPre::new(ipre).map_err(|e| err(format!("{e:#}")))?),
+            PluginKind::Network => {
+                Pre::Network(NetworkPluginPre::new(ipre).map_err(|e| err(format!("{e:#}")))?)
+            }
+            PluginKind::Volume => {
+                Pre::Volume(VolumePluginPre::new(ipre).map_err(|e| err(format!("{e:#}")))?)
+            }
         };
         let root = cfg.data_root.join("plugin-data").join(&manifest.name);
         mkdir_private(&root).map_err(|e| err(e.to_string()))?;
@@ -368,6 +377,17 @@ impl PluginHost {
         })
     }
 
+    pub fn network_driver(&self, name: &str) -> Option<NetworkDriverHandle> {
+        let map = self.inner.plugins.read().unwrap_or_else(|p| p.into_inner());
+        let l = map
+            .get(name)
+            .filter(|l| l.info.kind == PluginKind::Network)?;
+        Some(NetworkDriverHandle {
+            shared: l.shared.clone(),
+            tx: l.tx.clone(),
+        })
+    }
+
     /// Time `iterations` in-worker calls of a trivial export (`read-logs-supported`
     /// or `get-capabilities`): the plugin-boundary cost without queueing (benches).
     pub fn bench_call_overhead(
@@ -388,6 +408,10 @@ impl PluginHost {
                     crate::plugin::Inst::Volume(v) => v
                         .berth_driver_volume_driver()
                         .call_get_capabilities(s)
+                        .map(|_| ()),
+                    crate::plugin::Inst::Network(n) => n
+                        .berth_driver_network_driver()
+                        .call_delete_network(s, &crate::network::wit_network(&Default::default()))
                         .map(|_| ()),
                 })?;
                 out.push(t.elapsed());

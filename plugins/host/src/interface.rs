@@ -10,14 +10,18 @@ use crate::manifest::{Manifest, PluginKind};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InterfaceVersion {
     V0_1_0,
+    /// Adds the network world served by the host (intents, no host imports).
+    V0_2_0,
 }
 
 impl InterfaceVersion {
-    pub const ALL: &'static [InterfaceVersion] = &[InterfaceVersion::V0_1_0];
+    pub const ALL: &'static [InterfaceVersion] =
+        &[InterfaceVersion::V0_1_0, InterfaceVersion::V0_2_0];
 
     pub fn as_str(self) -> &'static str {
         match self {
             InterfaceVersion::V0_1_0 => "0.1.0",
+            InterfaceVersion::V0_2_0 => "0.2.0",
         }
     }
 
@@ -28,7 +32,7 @@ impl InterfaceVersion {
 
 /// WASI interfaces any plugin may import: streams, clocks, randomness, stdio (which
 /// the host captures or closes) and the filesystem (only its own root is preopened).
-const WASI_BASE: &[&str] = &[
+pub(crate) const WASI_BASE: &[&str] = &[
     "wasi:io/error",
     "wasi:io/poll",
     "wasi:io/streams",
@@ -48,7 +52,7 @@ const WASI_BASE: &[&str] = &[
     "wasi:random/insecure",
     "wasi:random/insecure-seed",
 ];
-const WASI_FS: &[&str] = &["wasi:filesystem/types", "wasi:filesystem/preopens"];
+pub(crate) const WASI_FS: &[&str] = &["wasi:filesystem/types", "wasi:filesystem/preopens"];
 /// Only with a `[grants] network` entry. DNS stays off (grants are ip:port).
 const WASI_SOCKETS: &[&str] = &[
     "wasi:sockets/network",
@@ -72,8 +76,9 @@ fn driver_interfaces(kind: PluginKind) -> (&'static [&'static str], &'static [&'
             &["types", "host", "volume-host"],
             &["lifecycle", "volume-driver"],
         ),
+        // 0.2.0: the network world imports only types (no host calls at all).
         PluginKind::Network => (
-            &["types", "host", "net-host"],
+            &["types", "network-types"],
             &["lifecycle", "network-driver", "ipam-driver"],
         ),
     }
@@ -119,6 +124,17 @@ pub fn check(
             supported.join(", ")
         )
     })?;
+    // Each kind is served at the versions that have a host binding for it: log and
+    // volume at 0.1.0, network at 0.2.0 (0.1.0's network world stays frozen, unserved).
+    let served = match kind {
+        PluginKind::Network => parsed == InterfaceVersion::V0_2_0,
+        _ => parsed == InterfaceVersion::V0_1_0,
+    };
+    if !served {
+        return Err(format!(
+            "a {kind} plugin on berth:driver@{version} is not served by this berthd"
+        ));
+    }
     if version != manifest.interface_version {
         return Err(format!(
             "manifest says berth:driver@{} but the component exports berth:driver@{version}",
@@ -142,7 +158,9 @@ pub fn check(
         } else if WASI_BASE.contains(&iface) {
             true
         } else if WASI_FS.contains(&iface) {
-            kind != PluginKind::Network
+            // Rust's std imports these on wasm32-wasip2 whatever the code does; a
+            // network plugin gets no preopened directory, so they reach nothing.
+            true
         } else if WASI_SOCKETS.contains(&iface) {
             !manifest.network_allow.is_empty()
         } else {

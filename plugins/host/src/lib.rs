@@ -1,4 +1,4 @@
-//! berth's sandboxed WebAssembly driver plugins (log, volume; network later).
+//! berth's sandboxed WebAssembly driver plugins (log, volume, network).
 //!
 //! Plugins are WASI 0.2 components implementing a world of the versioned WIT
 //! package `berth:driver` (`plugins/wit/<version>/`). The host runs each plugin in
@@ -76,6 +76,7 @@
 //! Log drop policy: see [`log`] — `send` never blocks; a full per-session buffer
 //! (default 1 MB, `--log-opt max-buffer-size`) drops new entries and counts them.
 
+pub mod authz;
 pub mod bindings;
 mod config;
 mod engine;
@@ -85,6 +86,7 @@ mod interface;
 mod kv;
 pub mod log;
 mod manifest;
+pub mod network;
 mod plugin;
 mod resolve;
 mod stdio;
@@ -102,6 +104,7 @@ pub use log::{
     LogStats, PartialMeta, ReadConfig,
 };
 pub use manifest::{valid_plugin_name, Manifest, PluginKind};
+pub use network::{Cidr, EndpointSpec, NetIntent, NetworkDriverHandle, NetworkSpec};
 pub use plugin::PluginStats;
 pub use volume::{DiskFormat, MountSource, VolumeDriverHandle, VolumeInfo, VolumeScope};
 

@@ -15,6 +15,7 @@ use wasmtime::{Engine, Store, Trap};
 
 use crate::bindings::v0_1_0::log::{LogPlugin, LogPluginPre};
 use crate::bindings::v0_1_0::volume::{VolumePlugin, VolumePluginPre};
+use crate::bindings::v0_2_0::network::{NetworkPlugin, NetworkPluginPre};
 use crate::config::PluginHostConfig;
 use crate::engine::ticks;
 use crate::error::PluginError;
@@ -96,7 +97,8 @@ impl Shared {
     pub fn call_budget(&self) -> Duration {
         match self.kind {
             PluginKind::Log => self.cfg.log_call_timeout,
-            _ => self.cfg.volume_call_timeout,
+            PluginKind::Network => self.cfg.network_call_timeout,
+            PluginKind::Volume => self.cfg.volume_call_timeout,
         }
     }
 }
@@ -104,24 +106,32 @@ impl Shared {
 pub enum Pre {
     Log(LogPluginPre<StoreState>),
     Volume(VolumePluginPre<StoreState>),
+    Network(NetworkPluginPre<StoreState>),
 }
 
 pub enum Inst {
     Log(LogPlugin),
     Volume(VolumePlugin),
+    Network(NetworkPlugin),
 }
 
 impl Inst {
     pub fn log(&self) -> &LogPlugin {
         match self {
             Inst::Log(l) => l,
-            Inst::Volume(_) => unreachable!("log call on a volume plugin"),
+            _ => unreachable!("log call on another kind of plugin"),
         }
     }
     pub fn volume(&self) -> &VolumePlugin {
         match self {
             Inst::Volume(v) => v,
-            Inst::Log(_) => unreachable!("volume call on a log plugin"),
+            _ => unreachable!("volume call on another kind of plugin"),
+        }
+    }
+    pub fn network(&self) -> &NetworkPlugin {
+        match self {
+            Inst::Network(n) => n,
+            _ => unreachable!("network call on another kind of plugin"),
         }
     }
 }
@@ -218,6 +228,7 @@ impl Runner {
         let inst = match &self.pre {
             Pre::Log(p) => p.instantiate(&mut store).map(Inst::Log),
             Pre::Volume(p) => p.instantiate(&mut store).map(Inst::Volume),
+            Pre::Network(p) => p.instantiate(&mut store).map(Inst::Network),
         };
         let inst = match inst {
             Ok(i) => i,
@@ -230,13 +241,22 @@ impl Runner {
             .fetch_add(1, Ordering::Relaxed);
         let config = self.shared.manifest.config.clone();
         let init = self.raw_call(|store, inst| match inst {
-            Inst::Log(l) => l.berth_driver_lifecycle().call_init(store, &config),
-            Inst::Volume(v) => v.berth_driver_lifecycle().call_init(store, &config),
+            Inst::Log(l) => l
+                .berth_driver_lifecycle()
+                .call_init(store, &config)
+                .map(|r| r.map_err(PluginError::from)),
+            Inst::Volume(v) => v
+                .berth_driver_lifecycle()
+                .call_init(store, &config)
+                .map(|r| r.map_err(PluginError::from)),
+            Inst::Network(n) => n
+                .berth_driver_lifecycle()
+                .call_init(store, &config)
+                .map(|r| r.map_err(PluginError::from)),
         })?;
         if let Err(e) = init {
             self.drop_live();
             self.note_failure();
-            let e = PluginError::from(e);
             return Err(PluginError::Failed(format!(
                 "plugin {} init failed: {e}",
                 self.name()

@@ -17,6 +17,7 @@
 //!
 //! `AgentClient` is cheap to clone (all clones share one connection). The connection closes when
 //! every clone, [`OutputStream`] and [`StdinWriter`] is dropped; the agent keeps running.
+mod export;
 mod spawn;
 mod stdio;
 
@@ -37,6 +38,7 @@ use tokio::{
 };
 use tracing::{debug, warn};
 
+pub use export::{archive_finish, archive_next, archive_send, open_export, ArchiveEvent};
 pub use spawn::{agent_socket_path, remove_orphaned_cgroups, spawn_process_agent, SpawnOpts};
 pub use stdio::{CreditHandle, OutputChunk, OutputStream, StdStream, StdinWriter, STDIN_IN_FLIGHT};
 
@@ -152,30 +154,7 @@ impl AgentClient {
     /// Connects to a guest agent through a Firecracker-style hybrid vsock: the VMM's unix socket
     /// at `uds`, `CONNECT <port>\n` answered by `OK <host port>\n`.
     pub async fn connect_hybrid_vsock(uds: impl AsRef<Path>, port: u32) -> Result<AgentClient> {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut s = tokio::net::UnixStream::connect(uds.as_ref()).await?;
-        s.write_all(format!("CONNECT {port}\n").as_bytes()).await?;
-        // Read the reply byte by byte so no agent bytes are consumed.
-        let mut line = Vec::new();
-        loop {
-            let b = s.read_u8().await?;
-            if b == b'\n' {
-                break;
-            }
-            line.push(b);
-            if line.len() > 64 {
-                return Err(ProtocolError::Malformed(
-                    "hybrid vsock reply too long".into(),
-                ));
-            }
-        }
-        if !line.starts_with(b"OK ") {
-            return Err(ProtocolError::Refused(format!(
-                "vsock CONNECT {port}: {}",
-                String::from_utf8_lossy(&line)
-            )));
-        }
-        AgentClient::connect(s).await
+        AgentClient::connect(hybrid_vsock_stream(uds.as_ref(), port).await?).await
     }
 
     /// Connects to a process-mode agent's socket (e.g. after a daemon restart).
@@ -486,4 +465,33 @@ async fn read_loop<R: AsyncRead + Unpin>(
     shared.pending.lock().unwrap().clear();
     shared.outputs.lock().unwrap().clear();
     shared.stdin_acks.lock().unwrap().clear();
+}
+
+/// A stream to guest port `port` through a Firecracker-style hybrid vsock: the VMM's unix
+/// socket at `uds`, `CONNECT <port>\n` answered by `OK <host port>\n`.
+pub async fn hybrid_vsock_stream(uds: &Path, port: u32) -> Result<tokio::net::UnixStream> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::UnixStream::connect(uds).await?;
+    s.write_all(format!("CONNECT {port}\n").as_bytes()).await?;
+    // Read the reply byte by byte so no agent bytes are consumed.
+    let mut line = Vec::new();
+    loop {
+        let b = s.read_u8().await?;
+        if b == b'\n' {
+            break;
+        }
+        line.push(b);
+        if line.len() > 64 {
+            return Err(ProtocolError::Malformed(
+                "hybrid vsock reply too long".into(),
+            ));
+        }
+    }
+    if !line.starts_with(b"OK ") {
+        return Err(ProtocolError::Refused(format!(
+            "vsock CONNECT {port}: {}",
+            String::from_utf8_lossy(&line)
+        )));
+    }
+    Ok(s)
 }

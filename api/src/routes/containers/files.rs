@@ -103,7 +103,7 @@ pub(super) async fn changes(
     Path(id): Path<String>,
 ) -> ApiResult<Json<Vec<serde_json::Value>>> {
     let c = container(&engine, &id)?;
-    let list = engine.containers.changes(&c)?;
+    let list = engine.containers.changes(&c).await?;
     Ok(Json(
         list.into_iter()
             .map(|(p, k)| serde_json::json!({ "Path": p, "Kind": k }))
@@ -157,6 +157,7 @@ pub(super) async fn commit(
         .commit(
             &c,
             berth_engine::containers::CommitOptions {
+                layer_tar: None,
                 repo: q.repo,
                 tag: q.tag,
                 comment: q.comment.unwrap_or_default(),

@@ -104,7 +104,12 @@ pub(super) fn mount_points(r: &ContainerRecord) -> Vec<MountPoint> {
             mode: Some(m.options.clone()),
             rw: Some(m.rw),
             propagation: Some(if m.kind == "bind" {
-                "rprivate".into()
+                // Records from before propagation was recorded: Docker's default.
+                if m.propagation.is_empty() {
+                    "rprivate".into()
+                } else {
+                    m.propagation.clone()
+                }
             } else {
                 String::new()
             }),

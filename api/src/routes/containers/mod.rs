@@ -60,6 +60,8 @@ pub fn router() -> Router<AppState> {
         .route("/containers/{id}/unpause", post(unpause))
         .route("/containers/{id}/rename", post(rename))
         .route("/containers/{id}", delete(remove))
+        // `docker rm --link /web/db` sends the link's name unescaped: two segments.
+        .route("/containers/{id}/{alias}", delete(remove_link))
         .route(
             "/containers/{id}/archive",
             get(archive_get).head(archive_head).put(archive_put),
@@ -347,13 +349,30 @@ struct RemoveQuery {
     link: Option<String>,
 }
 
+async fn remove_link(
+    State(engine): State<AppState>,
+    Path((linker, alias)): Path<(String, String)>,
+    Q(q): Q<RemoveQuery>,
+) -> ApiResult<StatusCode> {
+    if !opt_bool(&q.link) {
+        return Err(ApiError::not_found(format!(
+            "page not found: /containers/{linker}/{alias}"
+        )));
+    }
+    engine
+        .containers
+        .remove_link(&format!("{linker}/{alias}"))?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 async fn remove(
     State(engine): State<AppState>,
     Path(id): Path<String>,
     Q(q): Q<RemoveQuery>,
 ) -> ApiResult<StatusCode> {
     if opt_bool(&q.link) {
-        return Err(ApiError::bad_request("Legacy links are not supported"));
+        engine.containers.remove_link(&id)?;
+        return Ok(StatusCode::NO_CONTENT);
     }
     let c = container(&engine, &id)?;
     engine

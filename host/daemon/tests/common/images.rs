@@ -63,17 +63,27 @@ pub fn busybox_tar() -> &'static Path {
         let _ = std::fs::remove_dir_all(&dir);
         busybox_rootfs(&dir);
         let tar = super::cache_dir().join("busybox.tar");
-        let st = Command::new("tar")
-            .arg("-C")
-            .arg(&dir)
-            .arg("-cf")
-            .arg(&tar)
-            .arg(".")
-            .status()
-            .unwrap();
-        assert!(st.success());
+        tar_dir(&dir, &tar);
         tar
     })
+}
+
+/// `tar -C dir -cf tar .`
+pub fn tar_dir(dir: &std::path::Path, tar: &std::path::Path) {
+    let st = Command::new("tar")
+        .arg("-C")
+        .arg(dir)
+        .arg("-cf")
+        .arg(tar)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(
+        st.success(),
+        "tar -C {} -cf {}",
+        dir.display(),
+        tar.display()
+    );
 }
 
 /// Import the busybox rootfs into the daemon as `name` (e.g. "bb:local").

@@ -8,8 +8,10 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+pub mod certs;
 pub mod images;
 pub mod microvm;
+pub mod plugin_sdk;
 pub mod registry;
 
 pub const DOCKER_CLI: &str = "/usr/local/bin/docker";
@@ -39,7 +41,7 @@ impl TestDaemon {
     pub fn start_with(extra: &[&str]) -> TestDaemon {
         let mut flags = vec!["--bridge", "none"];
         flags.extend_from_slice(extra);
-        Self::start_inner(&flags, None)
+        Self::start_inner(&flags, None, None)
     }
 
     /// Start berthd inside a fresh network namespace (`berth-t-<pid>-<n>`, with a veth
@@ -47,6 +49,12 @@ impl TestDaemon {
     /// creates — bridges, veths, addresses, nftables rules — stays in there, and the
     /// namespace is deleted on drop. `extra` should pin the address pools.
     pub fn start_in_netns(extra: &[&str]) -> TestDaemon {
+        Self::start_in_netns_on(extra, None)
+    }
+
+    /// [`TestDaemon::start_in_netns`] with the data root at `data_root` (for example a
+    /// small filesystem the test mounted) instead of inside the daemon's temp dir.
+    pub fn start_in_netns_on(extra: &[&str], data_root: Option<&Path>) -> TestDaemon {
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let name = format!(
             "berth-t-{}-{}",
@@ -76,7 +84,7 @@ impl TestDaemon {
             a.extend_from_slice(cmd);
             run(&a);
         }
-        Self::start_inner(extra, Some(name))
+        Self::start_inner(extra, Some(name), data_root)
     }
 
     /// Run a command inside the daemon's network namespace.
@@ -89,14 +97,14 @@ impl TestDaemon {
             .expect("run nsenter")
     }
 
-    fn start_inner(extra: &[&str], netns: Option<String>) -> TestDaemon {
+    fn start_inner(extra: &[&str], netns: Option<String>, data_root: Option<&Path>) -> TestDaemon {
         // Short paths: unix socket paths are limited to 108 bytes.
         let dir = tempfile::Builder::new()
             .prefix("berth-t")
             .tempdir_in("/tmp")
             .unwrap();
         let socket = dir.path().join("d.sock");
-        let data_root = dir.path().join("data");
+        let data_root = data_root.map_or_else(|| dir.path().join("data"), Path::to_path_buf);
         let exec_root = dir.path().join("run");
         let log_path = dir.path().join("berthd.log");
         let mut d = TestDaemon {
@@ -224,6 +232,26 @@ impl TestDaemon {
         String::from_utf8_lossy(&out.stderr).into_owned()
     }
 
+    /// A raw API call over the daemon's socket (curl, so nothing of a client library
+    /// smooths over the answer): `method path` with an optional JSON body. Returns the
+    /// HTTP status and the body.
+    pub fn api(&self, method: &str, path: &str, json: Option<&str>) -> (u16, String) {
+        let mut c = std::process::Command::new("curl");
+        c.args(["-s", "-m", "60", "-w", "\n%{http_code}", "-X", method])
+            .arg("--unix-socket")
+            .arg(&self.socket);
+        if let Some(body) = json {
+            c.args(["-H", "Content-Type: application/json", "-d", body]);
+        }
+        let out = c
+            .arg(format!("http://localhost{path}"))
+            .output()
+            .expect("curl");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", text.trim()));
+        (code.trim().parse().unwrap_or(0), body.to_string())
+    }
+
     pub fn bollard(&self) -> bollard::Docker {
         bollard::Docker::connect_with_unix(
             self.socket.to_str().unwrap(),
@@ -262,6 +290,13 @@ impl TestDaemon {
         let extra = self.extra.clone();
         let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
         self.spawn(&extra);
+    }
+
+    /// Restart with `more` flags added to the ones it was started with (for flags
+    /// that need files in the data root first, e.g. `--authorization-plugin`).
+    pub fn restart_with(&mut self, more: &[&str]) {
+        self.extra.extend(more.iter().map(|s| s.to_string()));
+        self.restart();
     }
 
     pub fn pid(&self) -> Option<u32> {

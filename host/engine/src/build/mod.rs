@@ -5,6 +5,7 @@
 //! Every step's result is cached by what it started from and what it did.
 
 pub mod cache;
+mod cache_from;
 mod context;
 pub mod dockerfile;
 mod instructions;
@@ -36,6 +37,8 @@ pub struct BuildOptions {
     pub labels: BTreeMap<String, String>,
     pub target: String,
     pub no_cache: bool,
+    /// `--cache-from`: images whose history may stand in for steps (see `cache_from`).
+    pub cache_from: Vec<String>,
     pub rm: bool,
     pub force_rm: bool,
     pub quiet: bool,

@@ -22,13 +22,15 @@ pub struct RunStep {
     pub host_config: HostConfig,
 }
 
-/// Create and run the step's container; returns it (exited) with its exit code.
+/// Create and run the step's container; returns it (exited) with its exit code, and the
+/// layer tar its changes were saved to at exit when the host cannot read its files (a
+/// microVM's: read while the VM is still up instead of booting it again to commit).
 pub async fn run(
     containers: &Arc<Containers>,
     step: RunStep,
     progress: &Progress,
     quiet: bool,
-) -> Result<(Arc<Container>, i64)> {
+) -> Result<(Arc<Container>, i64, Option<std::path::PathBuf>)> {
     let body = ContainerCreateBody {
         image: Some(step.image.clone()),
         entrypoint: Some(step.argv.clone()),
@@ -49,6 +51,7 @@ pub async fn run(
         })
         .await?;
     let c = containers.get(&id)?;
+    let saved = containers.save_changes_at_exit(&c);
     if !quiet {
         progress
             .send(json!({ "stream": format!(" ---> Running in {}\n", super::short_id(&id)) }))
@@ -74,7 +77,7 @@ pub async fn run(
         }
     }
     let notice = exited.await;
-    Ok((c, notice.code))
+    Ok((c, notice.code, saved))
 }
 
 /// Commit the step's container as the next image, with the builder's config.
@@ -83,6 +86,7 @@ pub async fn commit(
     c: &Arc<Container>,
     run_config: Value,
     created_by: String,
+    layer_tar: Option<std::path::PathBuf>,
 ) -> Result<String> {
     containers
         .commit(
@@ -97,6 +101,7 @@ pub async fn commit(
                 config: Some(run_config),
                 replace_config: true,
                 created_by: Some(created_by),
+                layer_tar,
             },
         )
         .await

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use serde_json::{json, Map, Value};
 
+use super::cache_from::CacheSources;
 use super::context::Context;
 use super::dockerfile::{Dockerfile, Instruction, Kind};
 use super::shell_lex::Lexer;
@@ -100,6 +101,7 @@ pub struct BuildRun<'a> {
     used_args: BTreeSet<String>,
     /// Flattened images for `COPY --from`, by image ID.
     pub(super) from_roots: HashMap<String, tempfile::TempDir>,
+    cache_from: CacheSources,
 }
 
 impl<'a> BuildRun<'a> {
@@ -122,6 +124,13 @@ impl<'a> BuildRun<'a> {
             meta_args: Vec::new(),
             used_args: BTreeSet::new(),
             from_roots: HashMap::new(),
+            cache_from: {
+                let (sources, skipped) = CacheSources::resolve(&b.images, &opts.cache_from);
+                for name in skipped {
+                    tracing::warn!("--cache-from {name}: no such image, skipped");
+                }
+                sources
+            },
         }
     }
 
@@ -354,26 +363,91 @@ impl<'a> BuildRun<'a> {
     }
 
     /// Look `created_by` up in the cache; on a hit the stage moves to that image.
+    /// The image a step made before, if any: from the build cache, else from a
+    /// `--cache-from` image. `created_by` is also the cache key.
     pub(super) async fn cached(
         &mut self,
         st: &mut State,
         created_by: &str,
     ) -> Result<Option<String>> {
+        self.cached_keyed(st, created_by, created_by).await
+    }
+
+    /// As [`Self::cached`], with a cache key (`key_text`) other than the history entry.
+    pub(super) async fn cached_keyed(
+        &mut self,
+        st: &mut State,
+        key_text: &str,
+        created_by: &str,
+    ) -> Result<Option<String>> {
         if self.opts.no_cache {
             return Ok(None);
         }
-        let key = cache::step_key(st.image.as_deref(), created_by);
-        let Some(id) = self.b.cache.get(&key) else {
-            return Ok(None);
+        let key = cache::step_key(st.image.as_deref(), key_text);
+        let local = self
+            .b
+            .cache
+            .get(&key)
+            .filter(|id| self.images().resolve(id).is_ok());
+        let id = match local {
+            Some(id) => {
+                st.config = serde_json::from_slice(&self.images().read_blob(&id)?)
+                    .map_err(Error::internal)?;
+                st.image = Some(id.clone());
+                id
+            }
+            None => {
+                let parent = st.image.clone();
+                let Some(id) = self.restore_from_sources(st, created_by).await? else {
+                    return Ok(None);
+                };
+                // The next build finds it in its own cache.
+                self.remember(parent.as_deref(), key_text, &id).await?;
+                id
+            }
         };
-        if self.images().resolve(&id).is_err() {
-            return Ok(None);
-        }
-        st.config =
-            serde_json::from_slice(&self.images().read_blob(&id)?).map_err(Error::internal)?;
-        st.image = Some(id.clone());
         self.say(format!(" ---> Using cache\n ---> {}\n", short_id(&id)))
             .await?;
+        Ok(Some(id))
+    }
+
+    /// A `--cache-from` image that continues this stage with `created_by`: that image
+    /// itself when the step is its last, else a new image of the stage plus the source's
+    /// history entry and layer (as dockerd's builder restores it).
+    async fn restore_from_sources(
+        &mut self,
+        st: &mut State,
+        created_by: &str,
+    ) -> Result<Option<String>> {
+        let Some(hit) = self.cache_from.find(&st.config, created_by) else {
+            return Ok(None);
+        };
+        if hit.last {
+            let id = hit.id.to_string();
+            st.config = hit.config.clone();
+            st.image = Some(id.clone());
+            return Ok(Some(id));
+        }
+        let entry = hit.entry.clone();
+        let diff_id = hit.diff_id.map(str::to_string);
+        let images = self.images().clone();
+        let config = st.config.clone();
+        let parent = st.image.clone();
+        let (id, config) = tokio::task::spawn_blocking(move || -> Result<(String, Value)> {
+            let _guard = images.pending_guard();
+            let layer =
+                match diff_id {
+                    Some(d) => Some(images.layer(&d).ok_or_else(|| {
+                        Error::internal(format!("cache source layer {d} missing"))
+                    })?),
+                    None => None,
+                };
+            register_step_image(&images, config, entry, layer, parent)
+        })
+        .await
+        .map_err(Error::internal)??;
+        st.image = Some(id.clone());
+        st.config = config;
         Ok(Some(id))
     }
 
@@ -394,7 +468,11 @@ impl<'a> BuildRun<'a> {
         // The cache key holds the resulting config too: a step's text alone does not
         // say what config an inherited ARG or label left behind.
         let key_text = format!("{created_by}\n{}", st.config["config"]);
-        if self.cached(st, &key_text).await?.is_some() {
+        if self
+            .cached_keyed(st, &key_text, &created_by)
+            .await?
+            .is_some()
+        {
             return Ok(());
         }
         let parent = st.image.clone();
@@ -411,7 +489,7 @@ impl<'a> BuildRun<'a> {
         created_by: &str,
     ) -> Result<String> {
         let images = self.images().clone();
-        let mut config = st.config.clone();
+        let config = st.config.clone();
         let parent = st.image.clone();
         let created_by = created_by.to_string();
         let (id, config) = tokio::task::spawn_blocking(move || -> Result<(String, Value)> {
@@ -423,47 +501,13 @@ impl<'a> BuildRun<'a> {
                 None => None,
             };
             let now = crate::fsutil::now_rfc3339();
-            config["created"] = json!(now);
-            if !config["rootfs"]["diff_ids"].is_array() {
-                config["rootfs"] = json!({ "type": "layers", "diff_ids": [] });
+            let mut entry = json!({ "created": now, "created_by": created_by });
+            if layer.is_none() {
+                entry["empty_layer"] = json!(true);
             }
-            let mut layers = Vec::new();
-            for d in config["rootfs"]["diff_ids"]
-                .as_array()
-                .into_iter()
-                .flatten()
-            {
-                let d = d.as_str().unwrap_or_default();
-                layers.push(
-                    images
-                        .layer(d)
-                        .ok_or_else(|| Error::internal(format!("parent layer {d} missing")))?,
-                );
-            }
-            let mut h = json!({ "created": now, "created_by": created_by });
-            match &layer {
-                Some(l) => {
-                    config["rootfs"]["diff_ids"]
-                        .as_array_mut()
-                        .expect("checked above")
-                        .push(json!(l.diff_id));
-                    layers.push(l.clone());
-                }
-                None => h["empty_layer"] = json!(true),
-            }
-            if !config["history"].is_array() {
-                config["history"] = json!([]);
-            }
-            config["history"].as_array_mut().expect("set above").push(h);
-            let raw = serde_json::to_vec(&config).map_err(Error::internal)?;
-            let (id, _) = images.commit(NewImage {
-                config: raw,
-                layers,
-                refs: Vec::new(),
-                parent,
-            })?;
+            let registered = register_step_image(&images, config, entry, layer, parent)?;
             drop(guard);
-            Ok((id, config))
+            Ok(registered)
         })
         .await
         .map_err(Error::internal)??;
@@ -482,4 +526,55 @@ impl<'a> BuildRun<'a> {
             }
         }
     }
+}
+
+/// Registers `config` plus one step (its history `entry` and `layer`, if it made one) as
+/// a new image whose parent is `parent`. Returns its ID and config. The caller holds the
+/// store's pending guard, so no layer is collected in between.
+fn register_step_image(
+    images: &ImageStore,
+    mut config: Value,
+    entry: Value,
+    layer: Option<crate::images::LayerRecord>,
+    parent: Option<String>,
+) -> Result<(String, Value)> {
+    config["created"] = entry["created"].clone();
+    if !config["rootfs"]["diff_ids"].is_array() {
+        config["rootfs"] = json!({ "type": "layers", "diff_ids": [] });
+    }
+    let mut layers = Vec::new();
+    for d in config["rootfs"]["diff_ids"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        let d = d.as_str().unwrap_or_default();
+        layers.push(
+            images
+                .layer(d)
+                .ok_or_else(|| Error::internal(format!("parent layer {d} missing")))?,
+        );
+    }
+    if let Some(l) = layer {
+        config["rootfs"]["diff_ids"]
+            .as_array_mut()
+            .expect("checked above")
+            .push(json!(l.diff_id));
+        layers.push(l);
+    }
+    if !config["history"].is_array() {
+        config["history"] = json!([]);
+    }
+    config["history"]
+        .as_array_mut()
+        .expect("set above")
+        .push(entry);
+    let raw = serde_json::to_vec(&config).map_err(Error::internal)?;
+    let (id, _) = images.commit(NewImage {
+        config: raw,
+        layers,
+        refs: Vec::new(),
+        parent,
+    })?;
+    Ok((id, config))
 }

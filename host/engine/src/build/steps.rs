@@ -51,19 +51,6 @@ impl BuildRun<'_> {
         if self.cached(st, &created_by).await?.is_some() {
             return Ok(());
         }
-        let containers = &self.b.containers;
-        let default = containers.isolation.parse("")?;
-        if !containers
-            .isolation
-            .get(default)
-            .capabilities()
-            .host_file_access
-        {
-            return Err(Error::NotImplemented(format!(
-                "RUN steps cannot run in {} isolation yet: committing a step needs the files the guest wrote, which berthd does not read from a guest disk (start berthd with --default-isolation process to build)",
-                default.as_str()
-            )));
-        }
         let Some(image) = st.image.clone() else {
             return Err(Error::invalid(format!(
                 "RUN {shown}: a scratch stage has no files yet, so there is nothing to run"
@@ -89,7 +76,7 @@ impl BuildRun<'_> {
             host_config: self.opts.run_host_config.clone(),
         };
         let containers = self.b.containers.clone();
-        let (c, code) = run::run(&containers, step, &self.progress, self.opts.quiet).await?;
+        let (c, code, saved) = run::run(&containers, step, &self.progress, self.opts.quiet).await?;
         let cleanup = |remove: bool| {
             let (containers, c) = (containers.clone(), c.clone());
             async move {
@@ -103,7 +90,7 @@ impl BuildRun<'_> {
             return Err(run::failure(&shown, code));
         }
         let run_config = st.config["config"].clone();
-        let result = run::commit(&containers, &c, run_config, created_by.clone()).await;
+        let result = run::commit(&containers, &c, run_config, created_by.clone(), saved).await;
         cleanup(self.opts.rm || self.opts.force_rm).await;
         let id = result?;
         if self.opts.rm || self.opts.force_rm {
@@ -259,7 +246,12 @@ impl BuildRun<'_> {
             .find(|s| !s.is_empty() && !s.contains(':'))
             .unwrap_or("download")
             .to_string();
-        let resp = reqwest::get(url)
+        let client = crate::images::trust::web_client_builder()
+            .build()
+            .map_err(|e| Error::invalid(format!("ADD failed: {url}: {e}")))?;
+        let resp = client
+            .get(url)
+            .send()
             .await
             .and_then(|r| r.error_for_status())
             .map_err(|e| Error::invalid(format!("ADD failed: {url}: {e}")))?;

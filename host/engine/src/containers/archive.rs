@@ -1,4 +1,4 @@
-//! `docker cp` (the archive endpoints) and `docker diff`.
+//! `docker cp` (the archive endpoints) and `docker export`.
 //!
 //! Paths are resolved the way the container sees them, so a symlink planted in the
 //! container can never reach the host: the work happens in a short-lived child
@@ -7,17 +7,19 @@
 //! private mount namespace (gone when the child exits). This is Docker's
 //! chrootarchive idea.
 
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
 
+use berth_layer::archive::RawStat;
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 
 use super::record::Status;
 use super::{Container, Containers};
 use crate::{Error, Result};
+
+pub use berth_layer::archive::child_main;
 
 /// Docker's `X-Docker-Container-Path-Stat` payload.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -29,6 +31,20 @@ pub struct PathStat {
     pub mtime: String,
     #[serde(rename = "linkTarget")]
     pub link_target: String,
+}
+
+impl From<RawStat> for PathStat {
+    fn from(r: RawStat) -> PathStat {
+        let mtime = std::time::UNIX_EPOCH
+            + std::time::Duration::from_nanos(r.mtime_unix_nanos.clamp(0, u64::MAX as i128) as u64);
+        PathStat {
+            name: r.name,
+            size: r.size,
+            mode: r.mode,
+            mtime: crate::fsutil::rfc3339_nanos(mtime),
+            link_target: r.link_target,
+        }
+    }
 }
 
 /// How the child reaches the container's root.
@@ -44,6 +60,15 @@ enum RootAccess {
         upper: PathBuf,
         work: PathBuf,
     },
+    /// The running container's root inside its VM (the agent knows its init's pid).
+    GuestContainer,
+}
+
+/// An archive op ready to run: the child on the host, or the same child in the
+/// container's VM, run by its agent (`archive_guest.rs`).
+pub(super) enum ArchiveRun {
+    Host(tokio::process::Command),
+    Guest(Vec<String>),
 }
 
 /// Where the archive child works: the root it enters and the path inside that root.
@@ -53,6 +78,8 @@ struct ArchiveTarget {
     /// The name of the root itself (`--root-name`) when the root is a mount's source, so
     /// `docker cp c:/data -` still names its top entry `data`.
     root_name: Option<String>,
+    /// The root is on the container's guest disks: the child runs in its VM.
+    in_guest: bool,
 }
 
 impl Containers {
@@ -86,17 +113,35 @@ impl Containers {
                 access: self.root_access(c)?,
                 path: path.to_string(),
                 root_name: None,
+                in_guest: false,
             });
         }
         let clean = lexical_clean(path);
-        let unsupported = || {
-            Error::NotImplemented(format!(
-                "docker cp is not supported yet for {} containers outside their bind mounts and directory volumes: {path} is on the guest disk",
-                rec.isolation.as_str()
-            ))
+        // On the guest's disks: the agent runs the same child inside the VM.
+        let in_guest = || -> Result<ArchiveTarget> {
+            let access = if rec.state.status.is_running() {
+                RootAccess::GuestContainer
+            } else {
+                match self.rootfs_for(&rec)? {
+                    berth_agent_protocol::Rootfs::Overlay { lower, upper, work } => {
+                        RootAccess::Overlay { lower, upper, work }
+                    }
+                    _ => {
+                        return Err(Error::NotImplemented(
+                            "archive of a guest rootfs that is not an overlay".into(),
+                        ))
+                    }
+                }
+            };
+            Ok(ArchiveTarget {
+                access,
+                path: path.to_string(),
+                root_name: None,
+                in_guest: true,
+            })
         };
         if clean.split('/').any(|c| c == "..") {
-            return Err(unsupported());
+            return in_guest();
         }
         // The innermost mount holding the path.
         let best = self
@@ -110,7 +155,7 @@ impl Containers {
             })
             .max_by_key(|(dest, _)| dest.len());
         let Some((dest, source)) = best else {
-            return Err(unsupported());
+            return in_guest();
         };
         let rel = &clean[dest.len()..];
         Ok(ArchiveTarget {
@@ -123,6 +168,7 @@ impl Containers {
             root_name: Path::new(&dest)
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned()),
+            in_guest: false,
         })
     }
 
@@ -175,28 +221,26 @@ impl Containers {
         op: &str,
         path: &str,
         extra: &[&str],
-    ) -> Result<tokio::process::Command> {
+    ) -> Result<ArchiveRun> {
         let target = self.archive_target(c, path).await?;
         let binds = match (&target.access, &target.root_name) {
             // A live root has its mounts already; a mount's own source has no others; an
-            // export is of the container's own filesystem only.
-            (RootAccess::Live(_), _) | (_, Some(_)) => Vec::new(),
-            _ if op == "export" => Vec::new(),
+            // export is of the container's own filesystem only; a microVM's mounts are
+            // served from the host before a path ever reaches its guest disks.
+            (RootAccess::Live(_) | RootAccess::GuestContainer, _) | (_, Some(_)) => Vec::new(),
+            _ if op == "export" || target.in_guest => Vec::new(),
             _ => self.mounts_for_child(c).await,
         };
-        sweep_archive_mountpoints();
-        let exe = std::env::current_exe().map_err(Error::internal)?;
-        let mut cmd = tokio::process::Command::new(exe);
-        cmd.arg("__archive").arg(op).arg(&target.path);
+        let mut args = vec![op.to_string(), target.path.clone()];
         for b in binds {
-            cmd.arg("--bind").arg(b);
+            args.extend(["--bind".to_string(), b]);
         }
         if let Some(name) = &target.root_name {
-            cmd.arg("--root-name").arg(name);
+            args.extend(["--root-name".to_string(), name.clone()]);
         }
         match target.access {
             RootAccess::Live(p) | RootAccess::Dir(p) => {
-                cmd.arg("--root").arg(p);
+                args.extend(["--root".to_string(), p.display().to_string()]);
             }
             RootAccess::Overlay { lower, upper, work } => {
                 let lowers: Vec<String> = lower
@@ -204,29 +248,39 @@ impl Containers {
                     .rev()
                     .map(|p| p.display().to_string())
                     .collect();
-                cmd.arg("--overlay").arg(format!(
+                args.push("--overlay".into());
+                args.push(format!(
                     "lowerdir={},upperdir={},workdir={}",
                     lowers.join(":"),
                     upper.display(),
                     work.display()
                 ));
             }
+            RootAccess::GuestContainer => {
+                args.push(berth_agent_protocol::export::ARCHIVE_CONTAINER_ROOT.into());
+            }
         }
-        cmd.args(extra).env_clear().kill_on_drop(true);
-        Ok(cmd)
+        args.extend(extra.iter().map(|s| s.to_string()));
+        if target.in_guest {
+            return Ok(ArchiveRun::Guest(args));
+        }
+        sweep_archive_mountpoints();
+        let exe = std::env::current_exe().map_err(Error::internal)?;
+        let mut cmd = tokio::process::Command::new(exe);
+        cmd.arg("__archive")
+            .args(args)
+            .env_clear()
+            .kill_on_drop(true);
+        Ok(ArchiveRun::Host(cmd))
     }
 
     /// HEAD/GET archive: stat of `path` in the container.
     pub async fn archive_stat(&self, c: &Arc<Container>, path: &str) -> Result<PathStat> {
-        let out = self
-            .archive_child(c, "stat", path, &[])
-            .await?
-            .stdin(Stdio::null())
-            .output()
-            .await
-            .map_err(Error::internal)?;
-        child_result(&out.status, &out.stderr, c, path)?;
-        serde_json::from_slice(&out.stdout).map_err(Error::internal)
+        let run = self.archive_child(c, "stat", path, &[]).await?;
+        let (code, stdout, stderr) = self.archive_output(c, run).await?;
+        child_result(code, &stderr, c, path)?;
+        let raw: RawStat = serde_json::from_slice(&stdout).map_err(Error::internal)?;
+        Ok(PathStat::from(raw))
     }
 
     /// GET archive: a tar stream of `path`, with its stat.
@@ -234,10 +288,10 @@ impl Containers {
         &self,
         c: &Arc<Container>,
         path: &str,
-    ) -> Result<(PathStat, tokio::process::ChildStdout)> {
+    ) -> Result<(PathStat, TarStream)> {
         let stat = self.archive_stat(c, path).await?;
-        let stdout = tar_stream(self.archive_child(c, "get", path, &[]).await?)?;
-        Ok((stat, stdout))
+        let run = self.archive_child(c, "get", path, &[]).await?;
+        Ok((stat, self.archive_stream(c, run).await?))
     }
 
     /// PUT archive: extract a tar into the directory `path` of the container.
@@ -267,9 +321,14 @@ impl Containers {
         } else {
             &[]
         };
-        let mut child = self
-            .archive_child(c, "put", path, extra)
-            .await?
+        let mut cmd = match self.archive_child(c, "put", path, extra).await? {
+            ArchiveRun::Host(cmd) => cmd,
+            ArchiveRun::Guest(args) => {
+                let (code, stderr) = self.archive_put_guest(c, args, body).await?;
+                return child_result(code, &stderr, c, path);
+            }
+        };
+        let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -284,122 +343,60 @@ impl Containers {
         }
         drop(stdin);
         let out = child.wait_with_output().await.map_err(Error::internal)?;
-        child_result(&out.status, &out.stderr, c, path)
+        child_result(out.status.code(), &out.stderr, c, path)
     }
 
     /// `docker export`: a tar stream of the container's filesystem (without its volumes
     /// and binds), running or not.
-    pub async fn export(&self, c: &Arc<Container>) -> Result<tokio::process::ChildStdout> {
-        self.require_host_file_access(&c.record(), "docker export")?;
-        tar_stream(self.archive_child(c, "export", "/", &[]).await?)
+    pub async fn export(&self, c: &Arc<Container>) -> Result<TarStream> {
+        let run = self.archive_child(c, "export", "/", &[]).await?;
+        self.archive_stream(c, run).await
     }
 
-    /// `docker diff`: changes in the writable layer against the image.
-    pub fn changes(&self, c: &Arc<Container>) -> Result<Vec<(String, u8)>> {
-        let rec = c.record();
-        self.require_host_file_access(&rec, "docker diff")?;
-        if rec.storage != "overlay" {
-            return Err(Error::NotImplemented(
-                "docker diff needs the overlay storage driver".into(),
-            ));
+    /// Runs an archive op without input to its end: exit code, stdout, stderr.
+    async fn archive_output(
+        &self,
+        c: &Arc<Container>,
+        run: ArchiveRun,
+    ) -> Result<(Option<i32>, Vec<u8>, Vec<u8>)> {
+        match run {
+            ArchiveRun::Host(mut cmd) => {
+                let out = cmd
+                    .stdin(Stdio::null())
+                    .output()
+                    .await
+                    .map_err(Error::internal)?;
+                Ok((out.status.code(), out.stdout, out.stderr))
+            }
+            ArchiveRun::Guest(args) => self.archive_output_guest(c, args).await,
         }
-        let upper = self.container_dir(&c.id).join("upper");
-        let lowers = self.images.layer_dirs(&rec.image_id)?;
-        let mut hidden: Vec<PathBuf> = INIT_LAYER_PATHS.iter().map(PathBuf::from).collect();
-        // Binds, volumes and tmpfs (`--tmpfs` is recorded as a mount too).
-        hidden.extend(rec.mounts.iter().map(|m| PathBuf::from(&m.destination)));
-        let mut out = Vec::new();
-        walk_changes(&upper, Path::new("/"), &lowers, &hidden, &mut out);
-        out.sort();
-        Ok(out)
+    }
+
+    /// Starts an archive op that writes a tar (`get`, `export`); the stream ends with it.
+    async fn archive_stream(&self, c: &Arc<Container>, run: ArchiveRun) -> Result<TarStream> {
+        match run {
+            ArchiveRun::Host(cmd) => Ok(Box::pin(tar_stream(cmd)?)),
+            ArchiveRun::Guest(args) => self.archive_stream_guest(c, args).await,
+        }
     }
 }
 
-fn child_result(
-    status: &std::process::ExitStatus,
-    stderr: &[u8],
-    c: &Container,
-    path: &str,
-) -> Result<()> {
-    if status.success() {
+/// A tar being produced for the client.
+pub type TarStream = std::pin::Pin<Box<dyn tokio::io::AsyncRead + Send>>;
+
+/// The archive child's exit code (`None`: killed) as the API error Docker gives.
+fn child_result(code: Option<i32>, stderr: &[u8], c: &Container, path: &str) -> Result<()> {
+    if code == Some(0) {
         return Ok(());
     }
     let msg = String::from_utf8_lossy(stderr).trim().to_string();
-    match status.code() {
+    match code {
         Some(2) => Err(Error::not_found(format!(
             "Could not find the file {path} in container {}",
             c.name()
         ))),
         Some(3) => Err(Error::invalid(msg)),
         _ => Err(Error::internal(format!("archive: {msg}"))),
-    }
-}
-
-/// What the engine itself creates in every container's root to mount over (Docker keeps
-/// these in its `-init` layer, so they never show in `docker diff`).
-const INIT_LAYER_PATHS: &[&str] = &[
-    "/proc",
-    "/sys",
-    "/dev",
-    "/etc/hosts",
-    "/etc/hostname",
-    "/etc/resolv.conf",
-    "/etc/mtab",
-    "/.dockerenv",
-];
-
-/// Appends the changes under `upper_dir`; returns whether it reported anything. Mount
-/// points the engine owns (`hidden`, and the directories leading to them) are left out
-/// unless something the user changed lies inside them.
-fn walk_changes(
-    upper_dir: &Path,
-    rel: &Path,
-    lowers: &[PathBuf],
-    hidden: &[PathBuf],
-    out: &mut Vec<(String, u8)>,
-) -> bool {
-    let Ok(rd) = std::fs::read_dir(upper_dir) else {
-        return false;
-    };
-    let mut any = false;
-    for e in rd.flatten() {
-        let name = e.file_name();
-        let path = rel.join(&name);
-        let Ok(meta) = e.path().symlink_metadata() else {
-            continue;
-        };
-        let in_lower = lowers.iter().any(|l| {
-            l.join(path.strip_prefix("/").unwrap_or(&path))
-                .symlink_metadata()
-                .is_ok()
-        });
-        let shown = path.display().to_string();
-        let is_whiteout = meta.file_type().is_char_device_compat() && meta.rdev() == 0;
-        if is_whiteout {
-            out.push((shown, 2));
-            any = true;
-            continue;
-        }
-        let owned = hidden.iter().any(|h| h == &path);
-        let leads_to_owned = hidden.iter().any(|h| h.starts_with(&path));
-        let at = out.len();
-        let inner = meta.is_dir() && walk_changes(&e.path(), &path, lowers, hidden, out);
-        if !owned && (!leads_to_owned || inner) {
-            out.insert(at, (shown, if in_lower { 0 } else { 1 }));
-            any = true;
-        }
-        any |= inner;
-    }
-    any
-}
-
-trait CharDev {
-    fn is_char_device_compat(&self) -> bool;
-}
-impl CharDev for std::fs::FileType {
-    fn is_char_device_compat(&self) -> bool {
-        use std::os::unix::fs::FileTypeExt;
-        self.is_char_device()
     }
 }
 

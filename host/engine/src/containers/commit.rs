@@ -2,8 +2,6 @@
 //! of its image. Overlay whiteouts (0:0 char devices, opaque xattrs) are written back
 //! as OCI `.wh.` entries.
 
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
-use std::path::Path;
 use std::sync::Arc;
 
 use serde_json::{json, Map, Value};
@@ -11,6 +9,7 @@ use serde_json::{json, Map, Value};
 use super::record::Status;
 use super::{Container, Containers};
 use crate::images::{apply_changes, Reference};
+use crate::isolation::files::{copy_complete_tar, FilesExport};
 use crate::{Error, Result};
 
 pub struct CommitOptions {
@@ -27,76 +26,15 @@ pub struct CommitOptions {
     pub replace_config: bool,
     /// The history entry's `created_by` (default: the container's command line).
     pub created_by: Option<String>,
+    /// The container's changes, already saved as a layer tar at its exit
+    /// ([`Containers::save_changes_at_exit`]); read from the container when absent.
+    pub layer_tar: Option<std::path::PathBuf>,
 }
 
-/// Files the engine writes into every container; they are not the user's changes.
-const GENERATED: &[&str] = &["etc/hostname", "etc/hosts", "etc/resolv.conf"];
-
-fn tar_upper(
-    upper: &Path,
-    out: &mut tar::Builder<std::io::BufWriter<std::fs::File>>,
-) -> std::io::Result<()> {
-    fn walk(
-        base: &Path,
-        rel: &Path,
-        out: &mut tar::Builder<std::io::BufWriter<std::fs::File>>,
-    ) -> std::io::Result<()> {
-        let dir = base.join(rel);
-        let mut entries: Vec<_> = std::fs::read_dir(&dir)?.flatten().collect();
-        entries.sort_by_key(|e| e.file_name());
-        for e in entries {
-            let name = e.file_name();
-            let rel_path = rel.join(&name);
-            if GENERATED.iter().any(|g| Path::new(g) == rel_path) {
-                continue;
-            }
-            let meta = e.path().symlink_metadata()?;
-            if meta.file_type().is_char_device() && meta.rdev() == 0 {
-                // Overlay whiteout → OCI whiteout.
-                let wh = rel.join(format!(".wh.{}", name.to_string_lossy()));
-                let mut h = tar::Header::new_gnu();
-                h.set_size(0);
-                h.set_mode(0o644);
-                h.set_entry_type(tar::EntryType::Regular);
-                out.append_data(&mut h, wh, std::io::empty())?;
-                continue;
-            }
-            out.append_path_with_name(e.path(), &rel_path)?;
-            if meta.is_dir() {
-                let opaque = xattr_opaque(&e.path());
-                if opaque {
-                    let mut h = tar::Header::new_gnu();
-                    h.set_size(0);
-                    h.set_mode(0o644);
-                    h.set_entry_type(tar::EntryType::Regular);
-                    out.append_data(&mut h, rel_path.join(".wh..wh..opq"), std::io::empty())?;
-                }
-                walk(base, &rel_path, out)?;
-            }
-        }
-        Ok(())
-    }
-    out.follow_symlinks(false);
-    walk(upper, Path::new(""), out)
-}
-
-fn xattr_opaque(p: &Path) -> bool {
-    let c = match std::ffi::CString::new(p.as_os_str().as_encoded_bytes()) {
-        Ok(c) => c,
-        Err(_) => return false,
-    };
-    let name = c"trusted.overlay.opaque";
-    let mut buf = [0u8; 4];
-    // SAFETY: valid C strings and buffer.
-    let n = unsafe {
-        libc::lgetxattr(
-            c.as_ptr(),
-            name.as_ptr(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-        )
-    };
-    n == 1 && buf[0] == b'y'
+/// Where a commit's layer comes from.
+enum LayerSource {
+    UpperDir(std::path::PathBuf),
+    Tar(Box<dyn std::io::Read + Send>),
 }
 
 impl Containers {
@@ -106,8 +44,7 @@ impl Containers {
         opts: CommitOptions,
     ) -> Result<String> {
         let rec = c.record();
-        self.require_host_file_access(&rec, "docker commit")?;
-        if rec.storage != "overlay" {
+        if self.backend(&rec).capabilities().host_file_access && rec.storage != "overlay" {
             return Err(Error::NotImplemented(
                 "docker commit needs the overlay storage driver".into(),
             ));
@@ -166,7 +103,17 @@ impl Containers {
         target: Option<Reference>,
     ) -> Result<String> {
         let images = self.images.clone();
-        let upper = self.container_dir(&c.id).join("upper");
+        // The writable layer: the overlay upper dir on the host, or a tar from the
+        // container's VM (read through the hardened layer unpacker like any pulled layer).
+        let saved = opts.layer_tar.clone().filter(|p| p.is_file());
+        let source = if let Some(p) = saved {
+            LayerSource::Tar(Box::new(std::fs::File::open(p)?))
+        } else if self.backend(rec).capabilities().host_file_access {
+            LayerSource::UpperDir(self.container_dir(&c.id).join("upper"))
+        } else {
+            let stream = self.backend_files(c, FilesExport::Changes).await?;
+            LayerSource::Tar(Box::new(tokio_util::io::SyncIoBridge::new(stream)))
+        };
         let parent_id = rec.image_id.clone();
         // The new config: the parent's, with the container's run config and the
         // request's overrides, one more history entry and one more layer.
@@ -218,10 +165,14 @@ impl Containers {
         let id = tokio::task::spawn_blocking(move || -> Result<String> {
             let mut guard = images.pending_guard();
             let layer = images.ingest_written_tar(
-                |f| {
-                    let mut b = tar::Builder::new(f);
-                    tar_upper(&upper, &mut b)?;
-                    Ok(b.into_inner()?)
+                |mut f| match source {
+                    LayerSource::UpperDir(upper) => {
+                        Ok(berth_layer::write_upper_as_layer(&upper, f)?)
+                    }
+                    LayerSource::Tar(r) => {
+                        copy_complete_tar(r, &mut f)?;
+                        Ok(f)
+                    }
                 },
                 &mut guard,
             )?;

@@ -177,6 +177,14 @@ impl Containers {
         if hc.network_mode.as_deref().is_none_or(|m| m.is_empty()) {
             hc.network_mode = Some("default".into());
         }
+        let links = self.check_links(&hc.links.clone().unwrap_or_default())?;
+        if !links.is_empty() {
+            match hc.network_mode.as_deref().unwrap_or_default() {
+                "host" => return Err(Error::invalid("conflicting options: host type networking can't be used with links. This would result in undefined behavior")),
+                m if m.starts_with("container:") => return Err(Error::invalid("conflicting options: container type network can't be used with links. This would result in undefined behavior")),
+                _ => {}
+            }
+        }
         let networks = self.plan_networks(&hc, body.networking_config.as_ref())?;
         let mut mounts = self.plan_mounts(&hc)?;
         self.mounts_from(&hc.volumes_from.clone().unwrap_or_default(), &mut mounts)?;
@@ -227,6 +235,14 @@ impl Containers {
             if explicit_name.is_none() {
                 name = generate_name(|n| map.values().any(|o| o.name() == n));
                 rec.name = name.clone();
+            }
+            if !links.is_empty() {
+                rec.host_config.links = Some(
+                    links
+                        .iter()
+                        .map(|l| format!("/{}:/{name}/{}", l.target, l.alias))
+                        .collect(),
+                );
             }
             let c = Container::new(rec);
             if let Some(other) = map.values().find(|o| o.name() == name) {
@@ -293,6 +309,7 @@ impl Containers {
                     anonymous: false,
                     block: false,
                     subpath: String::new(),
+                    propagation: super::propagation::from_bind_options(opts)?,
                 });
             } else {
                 out.push(MountRecord {
@@ -308,6 +325,7 @@ impl Containers {
                     anonymous: false,
                     block: false,
                     subpath: String::new(),
+                    propagation: String::new(),
                 });
             }
         }
@@ -338,6 +356,12 @@ impl Containers {
                         anonymous: false,
                         block: false,
                         subpath: String::new(),
+                        propagation: super::propagation::or_default(
+                            m.bind_options
+                                .as_ref()
+                                .and_then(|o| o.propagation)
+                                .map(|p| p.to_string()),
+                        ),
                     });
                 }
                 Some(MountType::TMPFS) => {
@@ -361,6 +385,7 @@ impl Containers {
                         anonymous: false,
                         block: false,
                         subpath: String::new(),
+                        propagation: String::new(),
                     });
                 }
                 Some(MountType::VOLUME) => {
@@ -393,6 +418,7 @@ impl Containers {
                         anonymous: name.is_empty(),
                         block: false,
                         subpath,
+                        propagation: String::new(),
                     });
                 }
                 _ => return Err(Error::invalid("mount type not supported")),
@@ -410,6 +436,7 @@ impl Containers {
                 anonymous: false,
                 block: false,
                 subpath: String::new(),
+                propagation: String::new(),
             });
         }
         let mut seen = std::collections::HashSet::new();

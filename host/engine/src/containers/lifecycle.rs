@@ -10,6 +10,7 @@ use bollard_stubs::models::RestartPolicyNameEnum;
 
 use super::record::Status;
 use super::{stdio, Container, Containers, ExitNotice};
+use crate::isolation::files::{copy_complete_tar, FilesExport};
 use crate::{Error, Result};
 
 pub(super) fn agent_err(e: ProtocolError) -> Error {
@@ -48,6 +49,17 @@ impl Containers {
         *c.stop_requested.lock().unwrap() = false;
         let res = self.start_run(c).await;
         if let Err(e) = &res {
+            // As dockerd: a failed start is recorded (State.Error, a non-zero ExitCode).
+            let msg = e.to_string();
+            c.update(|r| {
+                if r.state.error.is_empty() {
+                    r.state.error = msg.clone();
+                }
+                if r.state.exit_code == 0 {
+                    r.state.exit_code = 128;
+                }
+            });
+            let _ = self.save(c);
             if c.record().host_config.auto_remove.unwrap_or(false) {
                 // dockerd removes an AutoRemove container whose start failed.
                 let this = self.clone();
@@ -80,6 +92,9 @@ impl Containers {
         rec_mounts: &super::ContainerRecord,
     ) -> Result<()> {
         let mut spec = self.build_spec(rec_mounts)?;
+        spec.join_namespaces = self.join_namespaces(rec)?;
+        // Only a backend sharing the host's namespaces (process isolation) sees host mounts.
+        super::propagation::check(rec, !self.backend(rec).capabilities().host_namespaces)?;
         // The network is ready before the agent exists: the container's process starts
         // in a configured namespace.
         let net = match self.network_sandbox(rec, &mut spec).await {
@@ -203,6 +218,10 @@ impl Containers {
                 // Drain the run's output into the logs before anyone is told it exited.
                 let _ = tokio::time::timeout(Duration::from_secs(5), p).await;
             }
+            let save_to = c.changes_at_exit.lock().unwrap().take();
+            if let Some(path) = save_to {
+                this.save_changes(&c, &path).await;
+            }
             // The agent kills leftovers, releases cgroups and mounts, and exits.
             let _ = tokio::time::timeout(Duration::from_secs(10), agent.shutdown()).await;
             *c.agent.lock().unwrap() = None;
@@ -212,6 +231,33 @@ impl Containers {
             this.release_network(&rec).await;
             this.on_exit(&c, status).await;
         });
+    }
+
+    /// Reads the ended run's changes from its still-running sandbox into `path`; on
+    /// failure removes `path`, so a commit reads them the slow way.
+    async fn save_changes(&self, c: &Arc<Container>, path: &std::path::Path) {
+        let res = async {
+            let stream = self
+                .backend(&c.record())
+                .export_files(&c.record(), FilesExport::Changes, Box::new(()))
+                .await?;
+            let bridge = tokio_util::io::SyncIoBridge::new(stream);
+            let path = path.to_path_buf();
+            tokio::task::spawn_blocking(move || -> std::io::Result<u64> {
+                let mut f = std::io::BufWriter::new(std::fs::File::create(&path)?);
+                let n = copy_complete_tar(bridge, &mut f)?;
+                f.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+                Ok(n)
+            })
+            .await
+            .map_err(Error::internal)?
+            .map_err(Error::from)
+        }
+        .await;
+        if let Err(e) = res {
+            tracing::warn!(id = %c.id, "saving the run's changes at exit: {e}");
+            let _ = std::fs::remove_file(path);
+        }
     }
 
     pub(super) async fn on_exit(self: &Arc<Self>, c: &Arc<Container>, status: ExitStatus) {

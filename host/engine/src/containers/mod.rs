@@ -5,16 +5,20 @@
 //! it over the versioned agent protocol; one agent lives for one run of the container.
 
 pub mod archive;
-pub mod archive_child;
+mod archive_guest;
+mod changes;
 mod commit;
 mod control;
 mod create;
 mod exec;
 pub mod health;
 mod lifecycle;
+mod links;
 mod network;
+mod propagation;
 pub mod record;
 mod removal;
+mod shared_ns;
 mod spec;
 pub mod stdio;
 mod update;
@@ -62,12 +66,15 @@ pub struct Container {
     /// The agent of the current run.
     agent: Mutex<Option<AgentClient>>,
     /// Serializes lifecycle transitions (start/stop/remove/restart).
-    op: tokio::sync::Mutex<()>,
+    op: Arc<tokio::sync::Mutex<()>>,
     pub(crate) attachers: stdio::Attachers,
     /// `docker stop`/`rm` cancelled any restart policy for the current run.
     stop_requested: Mutex<bool>,
     /// Restart backoff in ms (in memory, like dockerd's restart manager).
     backoff: Mutex<u64>,
+    /// Where to save the run's changes as a layer tar before its sandbox goes (the
+    /// builder's RUN steps in a microVM: saves booting the VM again to commit).
+    changes_at_exit: Mutex<Option<PathBuf>>,
 }
 
 impl Container {
@@ -80,10 +87,11 @@ impl Container {
             removed: watch::channel(false).0,
             running: watch::channel(running).0,
             agent: Mutex::new(None),
-            op: tokio::sync::Mutex::new(()),
+            op: Arc::new(tokio::sync::Mutex::new(())),
             attachers: Default::default(),
             stop_requested: Mutex::new(false),
             backoff: Mutex::new(0),
+            changes_at_exit: Mutex::new(None),
         })
     }
 
@@ -330,15 +338,44 @@ impl Containers {
         self.backend(rec).rootfs(rec)
     }
 
-    /// `docker cp`/`diff`/`commit`/`export` read the container's files from the host.
-    pub(crate) fn require_host_file_access(&self, rec: &ContainerRecord, verb: &str) -> Result<()> {
-        if self.backend(rec).capabilities().host_file_access {
-            return Ok(());
+    /// For a container whose files the host cannot reach: have the next run's changes
+    /// saved as a layer tar while its sandbox is still up, and return where. The file is
+    /// there (complete) once the exit is reported, unless saving failed.
+    pub fn save_changes_at_exit(&self, c: &Arc<Container>) -> Option<PathBuf> {
+        if self.backend(&c.record()).capabilities().host_file_access {
+            return None;
         }
-        Err(Error::NotImplemented(format!(
-            "{verb} is not supported yet for {} containers: their files live on a guest disk",
-            rec.isolation.as_str()
-        )))
+        let path = self.container_dir(&c.id).join("changes-at-exit.tar");
+        *c.changes_at_exit.lock().unwrap() = Some(path.clone());
+        Some(path)
+    }
+
+    /// The container's files as a tar from its isolation backend (microVMs: from the
+    /// guest agent). A stopped container's op lock is held until the export is over, so
+    /// it cannot start on disks that a VM booted for the export still has open.
+    pub(crate) async fn backend_files(
+        &self,
+        c: &Arc<Container>,
+        what: crate::isolation::files::FilesExport,
+    ) -> Result<crate::isolation::files::FilesStream> {
+        let hold: crate::isolation::files::Hold = if c.status().is_running() {
+            Box::new(())
+        } else {
+            let guard = c.op.clone().lock_owned().await;
+            match c.status() {
+                s if s.is_running() => Box::new(()),
+                Status::Removing | Status::Dead => {
+                    return Err(Error::conflict(format!(
+                        "container {} is marked for removal",
+                        c.id
+                    )))
+                }
+                _ => Box::new(guard),
+            }
+        };
+        self.backend(&c.record())
+            .export_files(&c.record(), what, hold)
+            .await
     }
 
     /// Daemon shutdown: every pump writes what it holds (a line not yet ended included)

@@ -201,7 +201,22 @@ impl Containers {
         spec: &mut ContainerSpec,
     ) -> Result<GuestNetwork> {
         let mut guest = GuestNetwork::default();
-        let req = self.sandbox_request(rec);
+        let mut req = self.sandbox_request(rec);
+        if matches!(mode(rec), Mode::Networks) {
+            let mut link_env = Vec::new();
+            for linked in self.resolve_links(rec)? {
+                req.extra_hosts.push(linked.hosts_entry);
+                link_env.extend(linked.env);
+            }
+            // Before the container's own variables, which win (dockerd's order).
+            let own = &spec.process.env;
+            link_env.retain(|kv| {
+                let key = kv.split('=').next().unwrap_or_default();
+                !own.iter().any(|o| o.split('=').next() == Some(key))
+            });
+            link_env.append(&mut spec.process.env);
+            spec.process.env = link_env;
+        }
         let default_files = || {
             let extra = etc::parse_extra_hosts(&req.extra_hosts, None).unwrap_or_default();
             (
@@ -311,6 +326,7 @@ impl Containers {
                 kind: MountKind::Bind { source: p },
                 destination: dest.into(),
                 readonly: false,
+                propagation: String::new(),
             });
         }
         spec.etc_hosts = None;

@@ -143,6 +143,9 @@ pub struct MountRecord {
     /// `--mount type=volume,volume-subpath=...`: only this directory of the volume.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub subpath: String,
+    /// A bind's propagation as asked (`rprivate` when not); empty for volumes and tmpfs.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub propagation: String,
 }
 
 /// An exec instance as inspect shows it. Execs live in memory only, as in dockerd.

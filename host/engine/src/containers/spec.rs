@@ -70,6 +70,12 @@ impl Containers {
                 kind,
                 destination: m.destination.clone(),
                 readonly: !m.rw,
+                // Volumes are plain directories to the agent: only binds propagate.
+                propagation: if m.kind == "bind" {
+                    m.propagation.clone()
+                } else {
+                    String::new()
+                },
             });
         }
         let memory_swap = match (hc.memory, hc.memory_swap) {
@@ -158,6 +164,8 @@ impl Containers {
                 })
                 .collect(),
             host_namespaces: super::validate::host_namespaces(hc)?,
+            // The donors' namespaces are resolved at start (`join_namespaces`).
+            join_namespaces: Default::default(),
         };
         self.backend(rec).map_resources(&mut spec.resources);
         Ok(spec)

@@ -180,15 +180,17 @@ fn sysctl_is_namespaced(key: &str, host_network: bool, host_ipc: bool) -> bool {
 }
 
 /// `--pid`, `--ipc`, `--uts`: `host` shares the agent's namespace (the host's, or the VM's
-/// in a microVM); empty/`private` (and for IPC `shareable`, `none`) get their own.
+/// in a microVM); empty/`private` (and for IPC `shareable`, `none`) get their own, and
+/// `container:<id>` joins the donor's (see `shared_ns`).
 pub fn host_namespaces(hc: &HostConfig) -> Result<berth_agent_protocol::HostNamespaces> {
     fn mode(flag: &str, v: Option<&str>, private: &[&str]) -> Result<bool> {
         match v.unwrap_or("") {
             "host" => Ok(true),
             v if v.is_empty() || private.contains(&v) => Ok(false),
-            v if v.starts_with("container:") => Err(Error::NotImplemented(format!(
-                "--{flag} {v}: sharing another container's {flag} namespace is not supported yet"
-            ))),
+            // `container:<id>` (pid, ipc): the donor is resolved at start.
+            v if flag != "uts" && v.len() > "container:".len() && v.starts_with("container:") => {
+                Ok(false)
+            }
             v => Err(Error::invalid(format!("invalid --{flag}: {v:?}"))),
         }
     }

@@ -65,6 +65,7 @@ impl Containers {
                     anonymous: true,
                     block: false,
                     subpath: String::new(),
+                    propagation: String::new(),
                 });
             }
         }

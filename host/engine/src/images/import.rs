@@ -354,7 +354,7 @@ impl ImageStore {
     async fn download(&self, url: &str, path: &std::path::Path, progress: &Progress) -> Result<()> {
         let max = self.max_download_bytes;
         let fail = |m: String| Error::invalid(format!("import {url}: {m}"));
-        let client = reqwest::Client::builder()
+        let client = super::trust::web_client_builder()
             .connect_timeout(DOWNLOAD_STALL)
             .build()
             .map_err(|e| fail(e.to_string()))?;

@@ -3,9 +3,6 @@
 //! `WWW-Authenticate: Bearer` challenge names. berthd keeps nothing: the client stores
 //! the credentials and sends them with each pull and push, as with dockerd.
 
-use std::time::Duration;
-
-use super::reference::is_insecure_loopback;
 use super::RegistryAuth;
 use crate::{Error, Result};
 
@@ -24,6 +21,17 @@ fn registry_host(server: &str) -> Result<String> {
         "index.docker.io" | "registry-1.docker.io" => "registry-1.docker.io".into(),
         h => h.to_string(),
     })
+}
+
+/// The error chain of a failed request (reqwest's own message hides the TLS cause).
+fn unreachable(host: &str, e: reqwest::Error) -> Error {
+    let mut msg = e.to_string();
+    let mut src = std::error::Error::source(&e);
+    while let Some(s) = src {
+        msg.push_str(&format!(": {s}"));
+        src = s.source();
+    }
+    Error::Unavailable(format!("registry {host} unreachable: {msg}"))
 }
 
 /// `realm`, `service` and `scope` of a Bearer challenge.
@@ -49,34 +57,42 @@ impl super::ImageStore {
                 ))
             }
         };
-        let scheme = if is_insecure_loopback(&host) {
-            "http"
-        } else {
-            "https"
-        };
-        let url = format!("{scheme}://{host}/v2/");
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(15))
-            .build()
-            .map_err(Error::internal)?;
-        let unreachable =
-            |e: reqwest::Error| Error::Unavailable(format!("registry {host} unreachable: {e}"));
-        let refused = |status: reqwest::StatusCode| {
+        let eps = self.registry.endpoints(&host, false).await?;
+        let refused = |url: &str, status: reqwest::StatusCode| {
             Error::Unauthorized(format!(
                 "login attempt to {url} failed with status: {status}"
             ))
         };
-        let resp = client
-            .get(&url)
-            .basic_auth(&user, Some(&password))
-            .send()
-            .await
-            .map_err(unreachable)?;
+        // HTTPS first; plain HTTP only where trust.rs allows it, and only when HTTPS
+        // could not be spoken at all.
+        let mut found = None;
+        for (i, ep) in eps.iter().enumerate() {
+            let url = ep.url("/v2/");
+            let client = ep.http_client()?;
+            match client
+                .get(&url)
+                .basic_auth(&user, Some(&password))
+                .send()
+                .await
+            {
+                Ok(resp) => {
+                    found = Some((url, client, resp));
+                    break;
+                }
+                Err(e) if i + 1 < eps.len() => {
+                    tracing::info!("login: {url} failed, trying the next endpoint: {e}");
+                }
+                Err(e) => return Err(unreachable(&host, e)),
+            }
+        }
+        let Some((url, client, resp)) = found else {
+            return Err(Error::internal("no registry endpoint"));
+        };
         if resp.status().is_success() {
             return Ok(());
         }
         if resp.status() != reqwest::StatusCode::UNAUTHORIZED {
-            return Err(refused(resp.status()));
+            return Err(refused(&url, resp.status()));
         }
         let challenge = resp
             .headers()
@@ -86,7 +102,7 @@ impl super::ImageStore {
             .to_string();
         // Basic: the registry itself just said no to these credentials.
         let Some(params) = bearer_params(&challenge) else {
-            return Err(refused(resp.status()));
+            return Err(refused(&url, resp.status()));
         };
         let realm = params
             .iter()
@@ -106,11 +122,11 @@ impl super::ImageStore {
             .basic_auth(&user, Some(&password))
             .send()
             .await
-            .map_err(unreachable)?;
+            .map_err(|e| unreachable(&host, e))?;
         if token.status().is_success() {
             Ok(())
         } else {
-            Err(refused(token.status()))
+            Err(refused(&url, token.status()))
         }
     }
 }

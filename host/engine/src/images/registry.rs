@@ -1,228 +1,26 @@
 //! `docker pull` / `docker push` against a registry (OCI distribution API through
-//! `oci-client`), with Docker's progress messages. Loopback registries are spoken to
-//! over plain HTTP, as dockerd does by default.
+//! `oci-client`), with Docker's progress messages. Which endpoint (mirror, HTTPS,
+//! plain HTTP) and what TLS trust: connect.rs and trust.rs.
 
 use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
 use futures_util::{stream, StreamExt, TryStreamExt};
-use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::errors::OciDistributionError;
 use oci_client::manifest::OciDescriptor;
 use oci_client::{Client, RegistryOperation};
-use serde::Deserialize;
 use serde_json::json;
 use tokio::io::AsyncWriteExt;
 
+use super::connect::{oci_ref, registry_err};
 use super::reference::{self, Reference};
+use super::RegistryAuth;
 use super::{digest, BlobRef, Compression, ImageStore, LayerRecord, NewImage, Progress};
 use crate::{Error, Result};
 
 const CONCURRENCY: usize = 3;
 const TICK: Duration = Duration::from_millis(100);
-
-/// `null` (which clients send for unset fields) reads as "".
-fn null_str<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<String, D::Error> {
-    Ok(Option::<String>::deserialize(d)?.unwrap_or_default())
-}
-
-/// Docker's `AuthConfig` from the `X-Registry-Auth` header.
-#[derive(Debug, Clone, Default, Deserialize)]
-pub struct RegistryAuth {
-    #[serde(default, alias = "Username", deserialize_with = "null_str")]
-    pub username: String,
-    #[serde(default, alias = "Password", deserialize_with = "null_str")]
-    pub password: String,
-    #[serde(default, alias = "Auth", deserialize_with = "null_str")]
-    pub auth: String,
-    #[serde(
-        default,
-        alias = "IdentityToken",
-        alias = "identitytoken",
-        deserialize_with = "null_str"
-    )]
-    pub identity_token: String,
-    #[serde(
-        default,
-        alias = "RegistryToken",
-        alias = "registrytoken",
-        deserialize_with = "null_str"
-    )]
-    pub registry_token: String,
-    #[serde(
-        default,
-        alias = "ServerAddress",
-        alias = "serveraddress",
-        deserialize_with = "null_str"
-    )]
-    pub server_address: String,
-}
-
-/// A credentials header: base64url JSON (standard base64 accepted too). Empty or
-/// undecodable means anonymous, as in Docker.
-fn decode_header<T: serde::de::DeserializeOwned>(h: &str) -> Option<T> {
-    let h = h.trim();
-    if h.is_empty() {
-        return None;
-    }
-    let engines = [
-        base64::engine::general_purpose::URL_SAFE,
-        base64::engine::general_purpose::URL_SAFE_NO_PAD,
-        base64::engine::general_purpose::STANDARD,
-        base64::engine::general_purpose::STANDARD_NO_PAD,
-    ];
-    engines
-        .iter()
-        .filter_map(|e| e.decode(h).ok())
-        .find_map(|raw| serde_json::from_slice(&raw).ok())
-}
-
-impl RegistryAuth {
-    /// Decode the header (base64url JSON; standard base64 accepted too). An empty or
-    /// undecodable header means anonymous, as in Docker.
-    pub fn from_header(h: &str) -> RegistryAuth {
-        decode_header(h).unwrap_or_default()
-    }
-
-    /// `X-Registry-Config` (`docker build`): base64 JSON of registry → credentials.
-    pub fn configs_from_header(h: &str) -> std::collections::HashMap<String, RegistryAuth> {
-        decode_header(h).unwrap_or_default()
-    }
-
-    /// Username and password, given as such or as the base64 `auth` field.
-    pub fn basic(&self) -> Option<(String, String)> {
-        if !self.username.is_empty() {
-            return Some((self.username.clone(), self.password.clone()));
-        }
-        if !self.auth.is_empty() {
-            if let Ok(raw) = base64::engine::general_purpose::STANDARD.decode(&self.auth) {
-                if let Some((u, p)) = String::from_utf8_lossy(&raw).split_once(':') {
-                    return Some((u.to_string(), p.to_string()));
-                }
-            }
-        }
-        None
-    }
-
-    pub(crate) fn to_oci(&self) -> oci_client::secrets::RegistryAuth {
-        use oci_client::secrets::RegistryAuth as A;
-        if !self.registry_token.is_empty() {
-            return A::Bearer(self.registry_token.clone());
-        }
-        match self.basic() {
-            Some((u, p)) => A::Basic(u, p),
-            None => A::Anonymous,
-        }
-    }
-}
-
-pub(crate) fn client_for(domain: &str) -> Client {
-    let cfg = ClientConfig {
-        protocol: if reference::is_insecure_loopback(domain) {
-            ClientProtocol::Http
-        } else {
-            ClientProtocol::Https
-        },
-        platform_resolver: Some(Box::new(oci_client::client::linux_amd64_resolver)),
-        connect_timeout: Some(Duration::from_secs(15)),
-        use_monolithic_push: true,
-        user_agent: concat!("berthd/", env!("CARGO_PKG_VERSION")),
-        ..Default::default()
-    };
-    Client::new(cfg)
-}
-
-pub(crate) fn oci_ref(r: &Reference) -> oci_client::Reference {
-    match (&r.tag, &r.digest) {
-        (_, Some(d)) => {
-            oci_client::Reference::with_digest(r.domain.clone(), r.path.clone(), d.clone())
-        }
-        (Some(t), None) => {
-            oci_client::Reference::with_tag(r.domain.clone(), r.path.clone(), t.clone())
-        }
-        (None, None) => oci_client::Reference::with_tag(
-            r.domain.clone(),
-            r.path.clone(),
-            reference::DEFAULT_TAG.into(),
-        ),
-    }
-}
-
-/// Turn a registry client error into an engine error a user can act on.
-pub(crate) fn registry_err(r: &Reference, e: OciDistributionError) -> Error {
-    use OciDistributionError as E;
-    let shown = r.familiar();
-    match e {
-        E::ImageManifestNotFoundError(_) => Error::not_found(format!(
-            "manifest for {shown} not found: manifest unknown: manifest unknown"
-        )),
-        E::RegistryError { envelope, .. } => {
-            let text = envelope
-                .errors
-                .iter()
-                .map(|x| format!("{}: {}", code_text(&x.code), x.message))
-                .collect::<Vec<_>>()
-                .join(", ");
-            if envelope.errors.iter().any(|x| {
-                matches!(
-                    x.code,
-                    oci_client::errors::OciErrorCode::ManifestUnknown
-                        | oci_client::errors::OciErrorCode::NameUnknown
-                )
-            }) {
-                Error::not_found(format!("manifest for {shown} not found: {text}"))
-            } else if envelope.errors.iter().any(|x| {
-                matches!(
-                    x.code,
-                    oci_client::errors::OciErrorCode::Unauthorized
-                        | oci_client::errors::OciErrorCode::Denied
-                )
-            }) {
-                Error::Unauthorized(format!("{shown}: {text}"))
-            } else {
-                Error::internal(format!("{shown}: {text}"))
-            }
-        }
-        E::AuthenticationFailure(m) => {
-            Error::Unauthorized(format!("{shown}: authentication failed: {m}"))
-        }
-        E::UnauthorizedError { url } => {
-            Error::Unauthorized(format!("{shown}: unauthorized: {url}"))
-        }
-        E::ServerError { code: 404, .. } => Error::not_found(format!(
-            "manifest for {shown} not found: manifest unknown: manifest unknown"
-        )),
-        E::RequestError(re) => {
-            let mut msg = format!("{re}");
-            let mut src: Option<&dyn std::error::Error> = std::error::Error::source(&re);
-            while let Some(s) = src {
-                msg.push_str(&format!(": {s}"));
-                src = s.source();
-            }
-            if re.is_connect() || re.is_timeout() {
-                Error::Unavailable(format!("registry {} unreachable: {msg}", r.domain))
-            } else {
-                Error::internal(format!("registry {}: {msg}", r.domain))
-            }
-        }
-        other => Error::internal(format!("{shown}: {other}")),
-    }
-}
-
-/// `ManifestUnknown` → `manifest unknown` (the registry's own wording for the code).
-fn code_text(code: &oci_client::errors::OciErrorCode) -> String {
-    let dbg = format!("{code:?}");
-    let mut out = String::new();
-    for (i, c) in dbg.chars().enumerate() {
-        if c.is_ascii_uppercase() && i > 0 {
-            out.push(' ');
-        }
-        out.push(c.to_ascii_lowercase());
-    }
-    out
-}
 
 fn short(d: &str) -> String {
     digest::hex_part(d).chars().take(12).collect()
@@ -268,13 +66,13 @@ impl ImageStore {
         if r.tag.is_none() && r.digest.is_none() {
             r.tag = Some(reference::DEFAULT_TAG.into());
         }
-        let client = client_for(&r.domain);
-        let oref = oci_ref(&r);
         let oauth = auth.to_oci();
-        let (manifest, mdigest, config) = client
-            .pull_manifest_and_config(&oref, &oauth)
-            .await
-            .map_err(|e| registry_err(&r, e))?;
+        let (client, oref, (manifest, mdigest, config)) =
+            super::connect::connect(&self.registry, &r, true, |c, o| {
+                let oauth = oauth.clone();
+                async move { c.pull_manifest_and_config(&o, &oauth).await }
+            })
+            .await?;
         let config = config.into_bytes();
         let id = digest::sha256_of(&config);
         if id != manifest.config.digest {
@@ -543,19 +341,21 @@ impl ImageStore {
                 r.familiar()
             )));
         }
-        let client = client_for(&r.domain);
-        let oauth = auth.to_oci();
-        let oref0 = oci_ref(&targets[0]);
-        client
-            .auth(&oref0, &oauth, RegistryOperation::Push)
-            .await
-            .map_err(|e| registry_err(&r, e))?;
+        // The header first, as dockerd: a registry that refuses us (unauthorized,
+        // untrusted certificate) is then an error in the stream, which the CLI prints,
+        // rather than an HTTP 401 that makes it prompt for credentials.
         progress
             .status(&format!(
                 "The push refers to repository [{}]",
                 r.with_tag("x").familiar_name()
             ))
             .await?;
+        let oauth = auth.to_oci();
+        let (client, _, _) = super::connect::connect(&self.registry, &targets[0], false, |c, o| {
+            let oauth = oauth.clone();
+            async move { c.auth(&o, &oauth, RegistryOperation::Push).await }
+        })
+        .await?;
         for t in targets {
             self.push_one(&client, &t, &progress).await?;
         }
@@ -745,29 +545,4 @@ where
             }
         },
     )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn auth_header_decodes() {
-        let h = base64::engine::general_purpose::URL_SAFE
-            .encode(br#"{"username":"u","password":"p?>","serveraddress":"x"}"#);
-        let a = RegistryAuth::from_header(&h);
-        assert_eq!(a.username, "u");
-        assert!(
-            matches!(a.to_oci(), oci_client::secrets::RegistryAuth::Basic(u, p) if u == "u" && p == "p?>")
-        );
-        assert!(matches!(
-            RegistryAuth::from_header("e30=").to_oci(),
-            oci_client::secrets::RegistryAuth::Anonymous
-        ));
-        let h = base64::engine::general_purpose::URL_SAFE
-            .encode(br#"{"auth":"dTpw","email":null,"username":null}"#);
-        assert!(
-            matches!(RegistryAuth::from_header(&h).to_oci(), oci_client::secrets::RegistryAuth::Basic(u, _) if u == "u")
-        );
-    }
 }

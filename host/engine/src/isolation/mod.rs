@@ -9,6 +9,7 @@
 //!
 //! Differences the manager must know about are reported as [`Capabilities`].
 
+pub mod files;
 pub mod microvm;
 pub mod process;
 
@@ -131,6 +132,21 @@ pub trait IsolationBackend: Send + Sync {
     fn inspect(&self, rec: &ContainerRecord) -> Option<serde_json::Value> {
         let _ = rec;
         None
+    }
+
+    /// The container's files as a tar, for backends without
+    /// [`Capabilities::host_file_access`]; `hold` is dropped once everything started for
+    /// the export is gone again.
+    async fn export_files(
+        &self,
+        rec: &ContainerRecord,
+        what: files::FilesExport,
+        hold: files::Hold,
+    ) -> Result<files::FilesStream> {
+        let _ = (rec, what, hold);
+        Err(Error::NotImplemented(
+            "this isolation backend's files are read on the host".into(),
+        ))
     }
 
     /// After a run ended (the agent was told to shut down, or died): release what the run

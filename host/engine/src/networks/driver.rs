@@ -1,8 +1,8 @@
 //! The driver seam. A network driver decides *what* a network and an endpoint look like on
 //! the host and says so as [`Intent`]s; the [`Executor`](super::executor::Executor) is the
 //! only code that touches the kernel, and only for resources its ledger says the
-//! network owns. The built-in bridge driver below is written against this trait so that a
-//! WASM `network-plugin` can take its place later without changes to the executor.
+//! network owns. Drivers are WASM `network-plugin`s (the default `bridge` one is
+//! `plugins/drivers/bridge`); [`super::plugin`] adapts them to this trait.
 //!
 //! MicroVM isolation adds one intent of the sandbox's own, whatever the driver:
 //! [`Intent::Tap`], a TAP joined to an endpoint's sandbox side (Kata's tcfilter model).
@@ -12,6 +12,7 @@ use std::path::PathBuf;
 
 use super::ipam::Ipv4Net;
 use super::model::{EndpointRecord, NetworkRecord};
+use crate::Result;
 
 /// One change on the host, as a driver asks for it.
 #[derive(Debug, Clone, PartialEq)]
@@ -24,6 +25,10 @@ pub enum Intent {
     },
     /// Remove a link the network owns.
     RemoveLink { link: String },
+    /// One more address on a link the network owns.
+    AddAddress { link: String, address: Ipv4Net },
+    /// Remove an address the network owns.
+    RemoveAddress { link: String, address: Ipv4Net },
     /// A veth pair: `host_if` on `bridge`, the peer moved into the sandbox `netns` as
     /// `ifname` with `address`, `mac`, `mtu`, and a default route via `gateway`.
     Endpoint {
@@ -48,12 +53,14 @@ pub enum Intent {
     },
 }
 
-/// A network driver: pure decisions, no side effects.
+/// A network driver: pure decisions, no side effects. Implemented by WASM
+/// `network-plugin`s ([`super::plugin::WasmDriver`]): the default `bridge` driver and
+/// any third-party one chosen with `docker network create -d NAME`.
 pub trait NetworkDriver: Send + Sync {
     fn name(&self) -> &str;
     /// Intents that bring the network up on the host (idempotent: re-run at daemon start).
-    fn create_network(&self, net: &NetworkRecord) -> Vec<Intent>;
-    fn delete_network(&self, net: &NetworkRecord) -> Vec<Intent>;
+    fn create_network(&self, net: &NetworkRecord) -> Result<Vec<Intent>>;
+    fn delete_network(&self, net: &NetworkRecord) -> Result<Vec<Intent>>;
     /// Intents that join an endpoint to the sandbox at `netns`.
     fn join(
         &self,
@@ -61,58 +68,6 @@ pub trait NetworkDriver: Send + Sync {
         ep: &EndpointRecord,
         netns: PathBuf,
         mac: [u8; 6],
-    ) -> Vec<Intent>;
-    fn leave(&self, net: &NetworkRecord, ep: &EndpointRecord) -> Vec<Intent>;
-}
-
-/// Docker's `bridge` driver: a bridge per network, a veth per endpoint.
-pub struct BridgeDriver;
-
-impl NetworkDriver for BridgeDriver {
-    fn name(&self) -> &str {
-        super::model::DRIVER_BRIDGE
-    }
-
-    fn create_network(&self, net: &NetworkRecord) -> Vec<Intent> {
-        match (net.subnet, net.gateway) {
-            (Some(subnet), Some(gw)) => vec![Intent::Bridge {
-                link: net.bridge.clone(),
-                address: Ipv4Net::new(gw, subnet.prefix),
-                mtu: net.mtu,
-            }],
-            _ => Vec::new(),
-        }
-    }
-
-    fn delete_network(&self, net: &NetworkRecord) -> Vec<Intent> {
-        vec![Intent::RemoveLink {
-            link: net.bridge.clone(),
-        }]
-    }
-
-    fn join(
-        &self,
-        net: &NetworkRecord,
-        ep: &EndpointRecord,
-        netns: PathBuf,
-        mac: [u8; 6],
-    ) -> Vec<Intent> {
-        vec![Intent::Endpoint {
-            bridge: net.bridge.clone(),
-            host_if: ep.host_if.clone(),
-            netns,
-            ifname: ep.ifname.clone(),
-            address: Ipv4Net::new(ep.ip, ep.prefix),
-            gateway: ep.gateway,
-            mac,
-            mtu: net.mtu,
-        }]
-    }
-
-    fn leave(&self, _net: &NetworkRecord, ep: &EndpointRecord) -> Vec<Intent> {
-        // Deleting the host end takes the peer (inside the sandbox) with it.
-        vec![Intent::RemoveLink {
-            link: ep.host_if.clone(),
-        }]
-    }
+    ) -> Result<Vec<Intent>>;
+    fn leave(&self, net: &NetworkRecord, ep: &EndpointRecord) -> Result<Vec<Intent>>;
 }

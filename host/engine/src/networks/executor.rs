@@ -112,6 +112,12 @@ impl Executor {
         match intent {
             Intent::Bridge { link, address, mtu } => self.bridge(owner, link, *address, *mtu).await,
             Intent::RemoveLink { link } => self.remove_link(owner, link).await,
+            Intent::AddAddress { link, address } => {
+                self.link_address(owner, link, *address, true).await
+            }
+            Intent::RemoveAddress { link, address } => {
+                self.link_address(owner, link, *address, false).await
+            }
             Intent::Endpoint {
                 bridge,
                 host_if,
@@ -207,6 +213,39 @@ impl Executor {
         self.release(owner, Kind::Link, link)
     }
 
+    /// Add or remove one address on a link `owner` owns; a removal also needs the
+    /// ledger to record that address as `owner`'s.
+    async fn link_address(&self, owner: &str, link: &str, addr: Ipv4Net, add: bool) -> Result<()> {
+        let name = format!("{link}/{addr}");
+        if !self.owns(owner, Kind::Link, link) || (!add && !self.owns(owner, Kind::Address, &name))
+        {
+            return Err(Error::Forbidden(format!(
+                "refusing to {} address {addr} on link {link}: the ledger does not record it as owned by {owner}",
+                if add { "add" } else { "remove" }
+            )));
+        }
+        let h = self.handle().await?;
+        let index = link_index(h, link)
+            .await?
+            .ok_or_else(|| Error::internal(format!("link {link} is missing")))?;
+        if add {
+            self.claim(owner, Kind::Address, &name)?;
+            return add_address(h, index, addr).await;
+        }
+        let mut addrs = h
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .set_address_filter(IpAddr::V4(addr.addr))
+            .execute();
+        while let Some(msg) = addrs.try_next().await.map_err(nl)? {
+            if msg.header.prefix_len == addr.prefix {
+                h.address().del(msg).execute().await.map_err(nl)?;
+            }
+        }
+        self.release(owner, Kind::Address, &name)
+    }
+
     #[allow(clippy::too_many_arguments)]
     async fn endpoint(
         &self,
@@ -220,6 +259,19 @@ impl Executor {
         mac: [u8; 6],
         mtu: u32,
     ) -> Result<()> {
+        // A veth goes only onto a bridge berth made and into a sandbox berth made:
+        // never into another process's namespace (`/proc/1/ns/net`) or onto a host link.
+        {
+            let l = self.ledger.lock().unwrap();
+            if !l.recorded(Kind::Link, bridge)
+                || !l.recorded(Kind::Netns, &ns.display().to_string())
+            {
+                return Err(Error::Forbidden(format!(
+                    "refusing endpoint {host_if}: bridge {bridge} or sandbox {} is not one berth created",
+                    ns.display()
+                )));
+            }
+        }
         let h = self.handle().await?;
         let bridge_index = link_index(h, bridge)
             .await?

@@ -141,40 +141,11 @@ pub fn default_pools() -> Vec<Pool> {
     ]
 }
 
-/// The first subnet of the pools that overlaps none of `used`.
-pub fn allocate_subnet(pools: &[Pool], used: &[Ipv4Net]) -> Option<Ipv4Net> {
-    for pool in pools {
-        let step = 1u64 << (32 - pool.size as u32);
-        let count = pool.base.size() / step;
-        for i in 0..count {
-            let addr = Ipv4Addr::from(u32::from(pool.base.network().addr) + (i * step) as u32);
-            let cand = Ipv4Net::new(addr, pool.size);
-            if !used.iter().any(|u| u.overlaps(&cand)) {
-                return Some(cand);
-            }
-        }
-    }
-    None
-}
-
-/// The first free host address of `subnet` (inside `range` when set), skipping the
-/// network and broadcast addresses and everything in `used`.
-pub fn allocate_ip(
-    subnet: Ipv4Net,
-    range: Option<Ipv4Net>,
-    used: &HashSet<Ipv4Addr>,
-) -> Option<Ipv4Addr> {
-    let scope = range.unwrap_or(subnet).network();
-    let (net, bcast) = (subnet.network().addr, subnet.broadcast());
-    (0..scope.size())
-        .filter_map(|n| scope.nth(n))
-        .find(|ip| *ip != net && *ip != bcast && subnet.contains(*ip) && !used.contains(ip))
-}
-
 /// The IPAM seam (Docker's `IpamDriver`): which subnet a network gets and which address
-/// an endpoint gets. [`DefaultIpam`] is Docker's `default` driver; a WASM `ipam-driver`
-/// plugin is meant to implement the same calls. Pure decisions over what the caller
-/// says is in use: the state file stays the only record of allocations.
+/// an endpoint gets. Implemented by a WASM `network-plugin`'s IPAM
+/// ([`super::plugin::WasmIpam`]; Docker's `default` IPAM is the `bridge` plugin's). Pure
+/// decisions over what the caller says is in use: the state file stays the only record
+/// of allocations.
 pub trait IpamDriver: Send + Sync {
     /// A subnet for a new network: `requested` (checked against `used`) or one from the
     /// driver's pools.
@@ -188,53 +159,6 @@ pub trait IpamDriver: Send + Sync {
         preferred: Option<Ipv4Addr>,
         used: &HashSet<Ipv4Addr>,
     ) -> Result<Ipv4Addr>;
-}
-
-/// Docker's `default` IPAM over `--default-address-pool`s.
-pub struct DefaultIpam {
-    pub pools: Vec<Pool>,
-}
-
-impl IpamDriver for DefaultIpam {
-    fn request_pool(&self, requested: Option<Ipv4Net>, used: &[Ipv4Net]) -> Result<Ipv4Net> {
-        match requested {
-            Some(subnet) => {
-                if used.iter().any(|u| u.overlaps(&subnet)) {
-                    return Err(Error::Forbidden(
-                        "invalid pool request: Pool overlaps with other one on this address space"
-                            .into(),
-                    ));
-                }
-                Ok(subnet)
-            }
-            None => allocate_subnet(&self.pools, used).ok_or_else(|| {
-                Error::Forbidden("all predefined address pools have been fully subnetted".into())
-            }),
-        }
-    }
-
-    fn request_address(
-        &self,
-        subnet: Ipv4Net,
-        range: Option<Ipv4Net>,
-        preferred: Option<Ipv4Addr>,
-        used: &HashSet<Ipv4Addr>,
-    ) -> Result<Ipv4Addr> {
-        match preferred {
-            Some(ip) if !subnet.contains(ip) => Err(Error::invalid(format!(
-                "no configured subnet or ip-range contain the IP address {ip}"
-            ))),
-            Some(ip) if used.contains(&ip) => {
-                Err(Error::Forbidden("Address already in use".into()))
-            }
-            Some(ip) => Ok(ip),
-            None => allocate_ip(subnet, range, used).ok_or_else(|| {
-                Error::Forbidden(
-                    "no available IPv4 addresses on this network's address pools".into(),
-                )
-            }),
-        }
-    }
 }
 
 /// Docker's MAC for an address: `02:42` followed by the four address bytes.
@@ -270,20 +194,12 @@ mod tests {
         assert_eq!(n.broadcast().to_string(), "10.1.2.255");
         assert!("10.1.0.0/16".parse::<Ipv4Net>().unwrap().overlaps(&n));
         assert!("10.1/16".parse::<Ipv4Net>().is_err());
-        let pools = vec!["base=10.232.0.0/16,size=24".parse::<Pool>().unwrap()];
-        let used = vec!["10.232.0.0/24".parse().unwrap()];
+        let pool = "base=10.232.0.0/16,size=24".parse::<Pool>().unwrap();
         assert_eq!(
-            allocate_subnet(&pools, &used).unwrap().to_string(),
-            "10.232.1.0/24"
+            (pool.base.to_string(), pool.size),
+            ("10.232.0.0/16".into(), 24)
         );
-        let mut taken = HashSet::new();
-        taken.insert("10.1.2.1".parse().unwrap());
-        assert_eq!(
-            allocate_ip(n, None, &taken).unwrap().to_string(),
-            "10.1.2.2"
-        );
-        let r = "10.1.2.128/25".parse().ok();
-        assert_eq!(allocate_ip(n, r, &taken).unwrap().to_string(), "10.1.2.128");
+        assert!("base=10.232.0.0/16,size=8".parse::<Pool>().is_err());
         assert_eq!(mac_for("172.17.0.2".parse().unwrap()), "02:42:ac:11:00:02");
         assert_eq!(parse_mac("02:42:ac:11:00:02").unwrap()[2], 0xac);
     }

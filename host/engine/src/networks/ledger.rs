@@ -84,6 +84,13 @@ impl Ledger {
             .any(|e| e.owner == owner && e.kind == kind && e.name == name)
     }
 
+    /// Does anyone own `name`? (A sandbox netns or a bridge berth made.)
+    pub fn recorded(&self, kind: Kind, name: &str) -> bool {
+        self.entries
+            .iter()
+            .any(|e| e.kind == kind && e.name == name)
+    }
+
     /// Forget `name` once it is gone.
     pub fn release(&mut self, owner: &str, kind: Kind, name: &str) -> Result<()> {
         let before = self.entries.len();

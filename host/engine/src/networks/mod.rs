@@ -6,7 +6,7 @@
 //! [`executor`] applies them with netlink under the ownership [`ledger`]; [`nat`] owns the
 //! nftables table (rendered from the recorded networks and port mappings); [`dns`] answers
 //! names on user networks. Container-side wiring (the sandbox netns, endpoints, ports) is
-//! in [`sandbox`]. The two traits are where WASM network/IPAM plugins will plug in.
+//! in [`sandbox`]. Drivers and IPAM are WASM `network-plugin`s, adapted in [`plugin`].
 
 pub mod dns;
 pub mod driver;
@@ -17,6 +17,7 @@ pub mod ledger;
 pub mod model;
 pub mod nat;
 pub mod netns;
+pub mod plugin;
 pub mod ports;
 pub mod sandbox;
 
@@ -29,9 +30,9 @@ use bollard_stubs::models::NetworkCreateRequest;
 
 use crate::events::EventBus;
 use crate::{Error, Result};
-use driver::{BridgeDriver, NetworkDriver};
+use berth_plugin_host::PluginHost;
 use executor::Executor;
-use ipam::{DefaultIpam, IpamDriver, Ipv4Net};
+use ipam::{Ipv4Net, Pool};
 use model::{NetState, NetworkRecord, DRIVER_BRIDGE, DRIVER_HOST, DRIVER_NULL};
 
 /// Daemon flags for networking.
@@ -55,10 +56,12 @@ pub const DEFAULT_BRIDGE_LINK: &str = "berth0";
 pub struct Networks {
     dir: PathBuf,
     netns_dir: PathBuf,
-    ipam: Arc<dyn IpamDriver>,
+    /// Where network drivers come from (`bridge` and third-party network plugins).
+    plugins: Option<Arc<PluginHost>>,
+    /// `--default-address-pool`s, handed to the IPAM driver.
+    pools: Vec<Pool>,
     pub(crate) state: Arc<Mutex<NetState>>,
     pub(crate) exec: Executor,
-    driver: Arc<dyn NetworkDriver>,
     /// Serializes changes that touch the kernel (create/remove/setup/teardown), so the
     /// nftables table is always rebuilt from a consistent state.
     pub(crate) op: tokio::sync::Mutex<()>,
@@ -93,6 +96,7 @@ impl Networks {
         data_root: &std::path::Path,
         exec_root: &std::path::Path,
         config: &NetworkConfig,
+        plugins: Option<Arc<PluginHost>>,
         events: Arc<EventBus>,
     ) -> Result<Arc<Networks>> {
         let dir = data_root.join("network");
@@ -107,7 +111,6 @@ impl Networks {
                 .map(|p| p.parse())
                 .collect::<Result<Vec<_>>>()?
         };
-        let mtu = config.mtu.unwrap_or(1500);
         for (name, driver) in [("host", DRIVER_HOST), ("none", DRIVER_NULL)] {
             if !state
                 .networks
@@ -119,76 +122,90 @@ impl Networks {
                     .push(predefined(crate::fsutil::new_id(), name, driver));
             }
         }
-        // The default bridge follows the flags of this run.
+        if config.bridge_disabled {
+            state
+                .networks
+                .retain(|n| !(n.name == "bridge" && n.predefined));
+        }
+        let exec = Executor::open(&dir)?;
+        let nets = Networks {
+            netns_dir: exec_root.join("netns"),
+            dir,
+            plugins,
+            pools,
+            state: Arc::new(Mutex::new(NetState::default())),
+            exec,
+            op: tokio::sync::Mutex::new(()),
+            events,
+            dns: Mutex::new(HashMap::new()),
+        };
+        if !config.bridge_disabled {
+            nets.default_bridge(&mut state, config)?;
+        }
+        state.save(&nets.dir)?;
+        *nets.state.lock().unwrap() = state;
+        Ok(Arc::new(nets))
+    }
+
+    /// The default bridge, following the flags of this run (`--bip`, `--fixed-cidr`,
+    /// `--mtu`); its subnet comes from the IPAM plugin unless `--bip` says.
+    fn default_bridge(&self, state: &mut NetState, config: &NetworkConfig) -> Result<()> {
+        let mtu = config.mtu.unwrap_or(1500);
         let existing = state
             .networks
             .iter()
             .position(|n| n.name == "bridge" && n.predefined);
-        if config.bridge_disabled {
-            if let Some(i) = existing {
-                state.networks.remove(i);
-            }
-        } else {
-            let bip: Option<Ipv4Net> = config.bip.as_deref().map(str::parse).transpose()?;
-            let fixed: Option<Ipv4Net> =
-                config.fixed_cidr.as_deref().map(str::parse).transpose()?;
-            let mut rec = match existing {
-                Some(i) => state.networks.remove(i),
-                None => predefined(crate::fsutil::new_id(), "bridge", DRIVER_BRIDGE),
-            };
-            let (subnet, gateway) = match bip {
-                Some(b) => (b.network(), b.addr),
-                None => match rec.subnet.zip(rec.gateway) {
-                    Some(sg) if config.default_address_pools.is_empty() => sg,
-                    _ => {
-                        let used: Vec<Ipv4Net> =
-                            state.networks.iter().filter_map(|n| n.subnet).collect();
-                        let s = DefaultIpam {
-                            pools: pools.clone(),
-                        }
+        let bip: Option<Ipv4Net> = config.bip.as_deref().map(str::parse).transpose()?;
+        let fixed: Option<Ipv4Net> = config.fixed_cidr.as_deref().map(str::parse).transpose()?;
+        let mut rec = match existing {
+            Some(i) => state.networks.remove(i),
+            None => predefined(crate::fsutil::new_id(), "bridge", DRIVER_BRIDGE),
+        };
+        let (subnet, gateway) = match bip {
+            Some(b) => (b.network(), b.addr),
+            None => match rec.subnet.zip(rec.gateway) {
+                Some(sg) if config.default_address_pools.is_empty() => sg,
+                _ => {
+                    let used: Vec<Ipv4Net> =
+                        state.networks.iter().filter_map(|n| n.subnet).collect();
+                    let s = self
+                        .ipam_for("default")
+                        .map_err(|e| {
+                            Error::internal(format!(
+                                "the default bridge needs the bridge network plugin ({e}): \
+                                 build it with scripts/build-plugins.sh, or start with --bridge none"
+                            ))
+                        })?
                         .request_pool(None, &used)?;
-                        (s, s.nth(1).expect("subnet has hosts"))
-                    }
-                },
-            };
-            if let Some(f) = fixed {
-                if !subnet.contains(f.network().addr) {
-                    return Err(Error::invalid(format!(
-                        "--fixed-cidr {f} is not inside the bridge subnet {subnet}"
-                    )));
+                    (s, s.nth(1).expect("subnet has hosts"))
                 }
+            },
+        };
+        if let Some(f) = fixed {
+            if !subnet.contains(f.network().addr) {
+                return Err(Error::invalid(format!(
+                    "--fixed-cidr {f} is not inside the bridge subnet {subnet}"
+                )));
             }
-            rec.subnet = Some(subnet);
-            rec.gateway = Some(gateway);
-            rec.ip_range = fixed;
-            rec.bridge = DEFAULT_BRIDGE_LINK.into();
-            rec.mtu = mtu;
-            rec.options = HashMap::from([
-                (
-                    "com.docker.network.bridge.default_bridge".into(),
-                    "true".into(),
-                ),
-                (
-                    "com.docker.network.bridge.name".into(),
-                    DEFAULT_BRIDGE_LINK.into(),
-                ),
-                ("com.docker.network.driver.mtu".into(), mtu.to_string()),
-            ]);
-            state.networks.insert(0, rec);
         }
-        state.save(&dir)?;
-        let exec = Executor::open(&dir)?;
-        Ok(Arc::new(Networks {
-            netns_dir: exec_root.join("netns"),
-            dir,
-            ipam: Arc::new(DefaultIpam { pools }),
-            state: Arc::new(Mutex::new(state)),
-            exec,
-            driver: Arc::new(BridgeDriver),
-            op: tokio::sync::Mutex::new(()),
-            events,
-            dns: Mutex::new(HashMap::new()),
-        }))
+        rec.subnet = Some(subnet);
+        rec.gateway = Some(gateway);
+        rec.ip_range = fixed;
+        rec.bridge = DEFAULT_BRIDGE_LINK.into();
+        rec.mtu = mtu;
+        rec.options = HashMap::from([
+            (
+                "com.docker.network.bridge.default_bridge".into(),
+                "true".into(),
+            ),
+            (
+                "com.docker.network.bridge.name".into(),
+                DEFAULT_BRIDGE_LINK.into(),
+            ),
+            ("com.docker.network.driver.mtu".into(), mtu.to_string()),
+        ]);
+        state.networks.insert(0, rec);
+        Ok(())
     }
 
     pub fn default_bridge_enabled(&self) -> bool {
@@ -265,14 +282,23 @@ impl Networks {
             .clone()
             .filter(|d| !d.is_empty())
             .unwrap_or_else(|| DRIVER_BRIDGE.into());
-        if driver != DRIVER_BRIDGE {
-            if driver == DRIVER_HOST || driver == DRIVER_NULL {
-                return Err(Error::Forbidden(format!(
-                    "only one instance of \"{driver}\" network is allowed"
-                )));
-            }
+        if driver == DRIVER_HOST || driver == DRIVER_NULL {
+            return Err(Error::Forbidden(format!(
+                "only one instance of \"{driver}\" network is allowed"
+            )));
+        }
+        // `bridge` is a network plugin too (the default one); anything else must be a
+        // loaded network plugin of that name, as Docker looks up `-d NAME`.
+        if !self.has_driver(&driver) {
             return Err(Error::not_found(format!("plugin \"{driver}\" not found")));
         }
+        let ipam_name = req
+            .ipam
+            .as_ref()
+            .and_then(|i| i.driver.clone())
+            .filter(|d| !d.is_empty())
+            .unwrap_or_else(|| "default".into());
+        let ipam_driver = self.ipam_for(&ipam_name)?;
         let _op = self.op.lock().await;
         let mut rec = {
             let st = self.state.lock().unwrap();
@@ -298,7 +324,7 @@ impl Networks {
                             "invalid subnet {subnet}: berth takes prefixes from /8 to /30"
                         )));
                     }
-                    let subnet = self.ipam.request_pool(Some(subnet), &used)?;
+                    let subnet = ipam_driver.request_pool(Some(subnet), &used)?;
                     let gateway = match c.gateway.as_deref().filter(|g| !g.is_empty()) {
                         Some(g) => {
                             let g: Ipv4Addr = g.parse().map_err(|_| {
@@ -347,7 +373,7 @@ impl Networks {
                     ))
                 }
                 _ => {
-                    let s = self.ipam.request_pool(None, &used)?;
+                    let s = ipam_driver.request_pool(None, &used)?;
                     (s, s.nth(1).expect("subnet has hosts"), None, HashMap::new())
                 }
             };
@@ -392,12 +418,6 @@ impl Networks {
                 predefined: false,
             }
         };
-        if rec.ipam_driver != "default" {
-            return Err(Error::not_found(format!(
-                "plugin \"{}\" not found",
-                rec.ipam_driver
-            )));
-        }
         rec.options.retain(|k, _| !k.is_empty());
         {
             let mut st = self.state.lock().unwrap();
@@ -421,7 +441,7 @@ impl Networks {
         if !net.is_bridge() {
             return Ok(());
         }
-        for intent in self.driver.create_network(net) {
+        for intent in self.driver_for(net)?.create_network(net)? {
             self.exec.apply(&net.id, &intent).await?;
         }
         if !net.is_default_bridge() {
@@ -437,9 +457,11 @@ impl Networks {
         if !net.is_bridge() || !self.exec.owns(&net.id, ledger::Kind::Link, &net.bridge) {
             return Ok(());
         }
-        for intent in self.driver.delete_network(net) {
+        for intent in self.driver_for(net)?.delete_network(net)? {
             self.exec.apply(&net.id, &intent).await?;
         }
+        // Whatever the driver said, nothing the network owns may outlive it.
+        self.remove_owned(&net.id).await;
         Ok(())
     }
 
@@ -564,14 +586,6 @@ impl Networks {
     pub(crate) fn netns_path(&self, container_id: &str) -> PathBuf {
         self.netns_dir
             .join(&container_id[..16.min(container_id.len())])
-    }
-
-    pub(crate) fn driver(&self) -> &Arc<dyn NetworkDriver> {
-        &self.driver
-    }
-
-    pub(crate) fn ipam(&self) -> &Arc<dyn IpamDriver> {
-        &self.ipam
     }
 
     pub(crate) fn publish_endpoint(&self, net: &NetworkRecord, action: &str, container: &str) {

@@ -60,8 +60,10 @@ fn default_mtu() -> u32 {
 }
 
 impl NetworkRecord {
+    /// A network with a host side served by a network plugin (`bridge` or a
+    /// third-party driver): a subnet, a bridge link, endpoints, NAT.
     pub fn is_bridge(&self) -> bool {
-        self.driver == DRIVER_BRIDGE
+        self.driver != DRIVER_HOST && self.driver != DRIVER_NULL
     }
 
     /// The default `bridge` network: no embedded DNS, as in Docker.

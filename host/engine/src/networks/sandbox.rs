@@ -115,7 +115,7 @@ impl Networks {
             used.extend(net.gateway);
             used.extend(net.aux_addresses.values().copied());
             let ip = self
-                .ipam()
+                .ipam_for(&net.ipam_driver)?
                 .request_address(subnet, net.ip_range, att.ipv4, &used)
                 .map_err(|e| match e {
                     Error::Forbidden(m) if att.ipv4.is_none() => {
@@ -150,7 +150,7 @@ impl Networks {
         };
         let mac = ipam::parse_mac(&ep.mac)?;
         let path = self.netns_path(cid);
-        for intent in self.driver().join(&net, &ep, path.clone(), mac) {
+        for intent in self.driver_for(&net)?.join(&net, &ep, path.clone(), mac)? {
             self.exec.apply(&ep.id, &intent).await?;
         }
         if req.vm_taps {
@@ -228,11 +228,20 @@ impl Networks {
     async fn leave_locked(&self, ep: &EndpointRecord) {
         let net = self.get(&ep.network_id).ok();
         if let Some(net) = &net {
-            for intent in self.driver().leave(net, ep) {
+            let intents = self
+                .driver_for(net)
+                .and_then(|d| d.leave(net, ep))
+                .unwrap_or_else(|e| {
+                    tracing::warn!(endpoint = %ep.id, "network driver: {e}");
+                    Vec::new()
+                });
+            for intent in intents {
                 if let Err(e) = self.exec.apply(&ep.id, &intent).await {
                     tracing::warn!(endpoint = %ep.id, "leaving the network: {e}");
                 }
             }
+            // Whatever the driver said, nothing the endpoint owns may outlive it.
+            self.remove_owned(&ep.id).await;
         } else {
             self.remove_owned(&ep.id).await;
         }
@@ -287,7 +296,7 @@ impl Networks {
 
     /// Remove whatever the ledger records for `owner` (a container's netns, an
     /// endpoint's veth, a deleted network's bridge).
-    async fn remove_owned(&self, owner: &str) {
+    pub(super) async fn remove_owned(&self, owner: &str) {
         let entries = self.exec.ledger.lock().unwrap().owned_by(owner);
         for e in entries {
             let res = match e.kind {

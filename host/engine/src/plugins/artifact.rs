@@ -18,7 +18,8 @@ use serde::Deserialize;
 
 use crate::images::digest::sha256_of;
 use crate::images::reference::{self, Reference};
-use crate::images::registry::{client_for, oci_ref, registry_err};
+use crate::images::registry_err;
+use crate::images::trust::RegistryConfig;
 use crate::images::RegistryAuth;
 use crate::{Error, Result};
 
@@ -120,14 +121,19 @@ async fn fetch_blob(
 
 /// Pull a plugin artifact; `with_component = false` fetches only its manifest.toml
 /// (enough to answer `GET /plugins/privileges`).
-pub async fn fetch(reference: &str, auth: &RegistryAuth, with_component: bool) -> Result<Artifact> {
+pub async fn fetch(
+    registry: &RegistryConfig,
+    reference: &str,
+    auth: &RegistryAuth,
+    with_component: bool,
+) -> Result<Artifact> {
     let r = parse_ref(reference)?;
-    let client = client_for(&r.domain);
-    let oref = oci_ref(&r);
-    let (raw, _) = client
-        .pull_manifest_raw(&oref, &auth.to_oci(), &[OCI_MANIFEST])
-        .await
-        .map_err(|e| registry_err(&r, e))?;
+    let oauth = auth.to_oci();
+    let (client, oref, (raw, _)) = crate::images::connect(registry, &r, true, |c, o| {
+        let oauth = oauth.clone();
+        async move { c.pull_manifest_raw(&o, &oauth, &[OCI_MANIFEST]).await }
+    })
+    .await?;
     if raw.len() > MAX_OCI_MANIFEST_BYTES {
         return Err(Error::invalid(format!(
             "manifest of {} is too large",
@@ -225,6 +231,7 @@ pub fn oci_manifest(manifest_toml: &[u8], wasm: &[u8]) -> Vec<u8> {
 /// Push a plugin (its manifest.toml and component) as `reference`; returns the
 /// manifest digest.
 pub async fn push(
+    registry: &RegistryConfig,
     reference: &str,
     auth: &RegistryAuth,
     manifest_toml: &[u8],
@@ -234,12 +241,12 @@ pub async fn push(
     if r.digest.is_some() {
         return Err(Error::invalid("cannot push to a digest reference"));
     }
-    let client = client_for(&r.domain);
-    let oref = oci_ref(&r);
-    client
-        .auth(&oref, &auth.to_oci(), RegistryOperation::Push)
-        .await
-        .map_err(|e| registry_err(&r, e))?;
+    let oauth = auth.to_oci();
+    let (client, oref, _) = crate::images::connect(registry, &r, false, |c, o| {
+        let oauth = oauth.clone();
+        async move { c.auth(&o, &oauth, RegistryOperation::Push).await }
+    })
+    .await?;
     for blob in [manifest_toml, wasm] {
         let d = sha256_of(blob);
         let exists = client

@@ -60,7 +60,7 @@ fn sync_dir(p: &Path) {
 impl PluginManager {
     /// `GET /plugins/privileges?remote=`.
     pub async fn privileges(&self, remote: &str, auth: &RegistryAuth) -> Result<Vec<Privilege>> {
-        let a = artifact::fetch(remote, auth, false).await?;
+        let a = artifact::fetch(&self.containers.images.registry, remote, auth, false).await?;
         Ok(state::privileges(&parse_manifest(&a)?))
     }
 
@@ -70,7 +70,7 @@ impl PluginManager {
         auth: &RegistryAuth,
         accepted: &[Privilege],
     ) -> Result<(Artifact, Manifest, Vec<u8>)> {
-        let mut a = artifact::fetch(remote, auth, true).await?;
+        let mut a = artifact::fetch(&self.containers.images.registry, remote, auth, true).await?;
         let m = parse_manifest(&a)?;
         check_privileges(&a, &m, accepted)?;
         let wasm = a.wasm.take().unwrap_or_default();
@@ -98,6 +98,20 @@ impl PluginManager {
             Some(n) => state::with_default_tag(n),
             None => a.reference.familiar(),
         };
+        let origin = (Some(a.reference.familiar()), Some(a.digest.clone()));
+        self.place(pname, m, &a.manifest_toml, &wasm, origin)
+    }
+
+    /// Record and place a checked plugin under `pname`, disabled (install and
+    /// create). The caller holds `ops`. `origin` is its reference and digest.
+    pub(super) fn place(
+        &self,
+        pname: String,
+        m: Manifest,
+        manifest_toml: &[u8],
+        wasm: &[u8],
+        origin: (Option<String>, Option<String>),
+    ) -> Result<String> {
         {
             let map = self.entries.lock().unwrap();
             if map.contains_key(&m.name)
@@ -116,13 +130,13 @@ impl PluginManager {
             }
         }
         let dir = self.install_dir.join(&m.name);
-        let tmp = stage(&self.install_dir, &a.manifest_toml, &wasm)?;
+        let tmp = stage(&self.install_dir, manifest_toml, wasm)?;
         let record = Record {
             name: pname.clone(),
             enabled: false,
             dir: dir.clone(),
-            reference: Some(a.reference.familiar()),
-            digest: Some(a.digest.clone()),
+            reference: origin.0,
+            digest: origin.1,
             settings: BTreeMap::new(),
         };
         // Record first, then the rename: a crash in between leaves a record without

@@ -53,7 +53,7 @@ pub struct PluginManager {
     pub(super) entries: Mutex<BTreeMap<String, Entry>>,
     /// Serialises the verbs that change plugins (install, enable, rm, ...).
     pub(super) ops: tokio::sync::Mutex<()>,
-    containers: Arc<Containers>,
+    pub(super) containers: Arc<Containers>,
     volumes: Arc<Volumes>,
 }
 

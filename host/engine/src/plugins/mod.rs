@@ -1,11 +1,12 @@
 //! Plugin wiring: the WASM plugin host, and adapters that make its log drivers
 //! [`LogDriver`]s for the container engine.
 //!
-//! Default plugins (`json-file`, `local`) are loaded from the build's plugin dir;
+//! Default plugins (`json-file`, `local`, `bridge`) are loaded from the build's plugin dir;
 //! user plugins from the configured plugin dirs (default `<data-root>/plugins`) by
 //! the [`PluginManager`], which also serves `docker plugin`.
 
 pub mod artifact;
+mod create;
 mod install;
 mod manager;
 pub mod state;
@@ -28,7 +29,7 @@ use crate::logs::{LogDriver, LogEntry, LogInfo, LogWriter, ReadOpts, Source};
 use crate::{Error, Result};
 
 /// The plugins berth ships and loads by default.
-pub const DEFAULT_PLUGINS: &[&str] = &["json-file", "local"];
+pub const DEFAULT_PLUGINS: &[&str] = &["json-file", "local", "bridge"];
 
 /// Map a plugin failure to the engine error the API turns into a status code.
 pub fn plugin_err(e: PluginError) -> Error {

@@ -59,6 +59,17 @@ struct WState {
 }
 
 impl WState {
+    /// Append whole lines. A write cut short (a full disk) is undone back to the last
+    /// whole line, so the lines appended once space is back are not glued to a fragment.
+    fn append(&mut self, bytes: &[u8]) -> Result<(), DriverError> {
+        if let Err(e) = self.file.write_all(bytes) {
+            let _ = self.file.set_len(self.size);
+            return Err(fail(e));
+        }
+        self.size += bytes.len() as u64;
+        Ok(())
+    }
+
     fn rotate(&mut self) -> Result<(), DriverError> {
         let n = self.opts.max_file;
         if n > 1 {
@@ -103,15 +114,12 @@ impl log_driver::GuestLogSession for Session {
             encode(&mut buf, e, &st.attrs);
             let max = st.opts.max_size;
             if max > 0 && st.size + start as u64 > 0 && st.size + buf.len() as u64 > max {
-                st.file.write_all(&buf[..start]).map_err(fail)?;
-                st.size += start as u64;
+                st.append(&buf[..start])?;
                 st.rotate()?;
                 buf.drain(..start);
             }
         }
-        st.file.write_all(&buf).map_err(fail)?;
-        st.size += buf.len() as u64;
-        Ok(())
+        st.append(&buf)
     }
 
     fn close(&self) -> Result<(), DriverError> {

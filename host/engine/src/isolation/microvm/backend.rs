@@ -219,6 +219,15 @@ impl IsolationBackend for MicrovmIsolation {
         r.filter(|s| !s.is_empty())
     }
 
+    async fn export_files(
+        &self,
+        rec: &ContainerRecord,
+        what: crate::isolation::files::FilesExport,
+        hold: crate::isolation::files::Hold,
+    ) -> Result<crate::isolation::files::FilesStream> {
+        self.export_files_from_guest(rec, what, hold).await
+    }
+
     async fn release(&self, rec: &ContainerRecord) {
         if let Some((state, releasing)) = self.take_vm(&rec.id) {
             if let Some(r) = releasing {

@@ -20,15 +20,26 @@ pub struct BerthVmm {
     bin: Option<PathBuf>,
     virtiofsd: Option<PathBuf>,
     kvm: Kvm,
+    /// `--vmm-on-pvm`: run on PVM anyway (diagnostics; the guest stops in early boot).
+    on_pvm: bool,
 }
 
+/// What the guest is told on PVM, with the CPUID features berth-vmm hides there; its
+/// console is verbose (after `quiet`, so it wins): there it is run to see where it stops.
+const PVM_CMDLINE: &str = "noxsave loglevel=7";
+
 impl BerthVmm {
-    pub fn probe(kvm: Kvm) -> BerthVmm {
+    pub fn probe(kvm: Kvm, on_pvm: bool) -> BerthVmm {
         BerthVmm {
             bin: find_tool("BERTH_VMM", "berth-vmm", &[]),
             virtiofsd: virtiofs::probe(),
             kvm,
+            on_pvm,
         }
+    }
+
+    fn pvm(&self) -> bool {
+        self.kvm == Kvm::Pvm
     }
 
     /// berth-vmm's `VmConfig` (vmm/src/config.rs) as JSON.
@@ -78,7 +89,11 @@ impl BerthVmm {
         serde_json::json!({
             "kernel": cfg.kernel,
             "initrd": cfg.initrd,
-            "cmdline": format!("{} {}", self.base_cmdline(), cfg.cmdline),
+            "cmdline": match self.pvm() {
+                true => format!("{} {PVM_CMDLINE} {}", self.base_cmdline(), cfg.cmdline),
+                false => format!("{} {}", self.base_cmdline(), cfg.cmdline),
+            },
+            "cpu_features": if self.pvm() { "pvm-emulator" } else { "host" },
             "vcpus": cfg.vcpus,
             "mem_mib": cfg.mem_mib,
             "drives": drives,
@@ -100,8 +115,10 @@ impl Hypervisor for BerthVmm {
     }
 
     fn unavailable_reason(&self) -> Option<String> {
-        if let Kvm::Unusable(why) = &self.kvm {
-            return Some(why.clone());
+        match self.kvm.unusable_reason() {
+            Some(_) if self.pvm() && self.on_pvm => {}
+            Some(why) => return Some(why),
+            None => {}
         }
         if self.bin.is_none() {
             return Some(
@@ -113,11 +130,15 @@ impl Hypervisor for BerthVmm {
 
     fn describe(&self) -> String {
         format!(
-            "berth-vmm ({}), KVM",
+            "berth-vmm ({}), KVM{}",
             self.bin
                 .as_ref()
                 .map(|p| p.display().to_string())
-                .unwrap_or_else(|| "not built".into())
+                .unwrap_or_else(|| "not built".into()),
+            match self.pvm() {
+                true => " (PVM, --vmm-on-pvm: guests stop in early boot)",
+                false => "",
+            }
         )
     }
 
@@ -134,6 +155,10 @@ impl Hypervisor for BerthVmm {
     fn base_cmdline(&self) -> &'static str {
         // berth-vmm's defaults: reset through the i8042 (reboot=k) ends the VMM with status 0.
         "console=ttyS0 reboot=k panic=1 pci=off nomodule i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd quiet"
+    }
+
+    fn exit_detail(&self, run_dir: &std::path::Path) -> Option<String> {
+        exit_detail_from_log(&std::fs::read_to_string(run_dir.join("vmm.log")).ok()?)
     }
 
     async fn prepare_vm(&self, cfg: &VmConfig) -> Result<()> {
@@ -183,6 +208,17 @@ impl Hypervisor for BerthVmm {
     }
 }
 
+/// berth-vmm ends its log with `{"event":"exit","status":{..,"exit_reason":{"detail":..}}}`.
+fn exit_detail_from_log(log: &str) -> Option<String> {
+    log.lines().rev().find_map(|l| {
+        let v: serde_json::Value = serde_json::from_str(l.trim()).ok()?;
+        (v["event"] == "exit").then_some(())?;
+        let reason = &v["status"]["exit_reason"];
+        let detail = reason["detail"].as_str().or(reason["kind"].as_str())?;
+        Some(detail.to_string())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -230,6 +266,7 @@ mod tests {
             bin: None,
             virtiofsd: Some("/bin/true".into()),
             kvm: Kvm::Hardware,
+            on_pvm: false,
         };
         assert_eq!(b.capabilities().shared_fs, Ok(()));
         let json = serde_json::to_string(&b.config_json(&cfg)).unwrap();
@@ -246,5 +283,30 @@ mod tests {
             ..b
         };
         assert!(without.capabilities().shared_fs.is_err());
+        assert_eq!(parsed.cpu_features, berth_vmm::CpuFeatures::Host);
+        // On PVM (only with --vmm-on-pvm) the guest is offered what the emulator runs.
+        let pvm = BerthVmm {
+            kvm: Kvm::Pvm,
+            ..without
+        };
+        assert!(pvm.unavailable_reason().is_some());
+        let pvm = BerthVmm {
+            on_pvm: true,
+            ..pvm
+        };
+        let json = serde_json::to_string(&pvm.config_json(&cfg)).unwrap();
+        let parsed = berth_vmm::VmConfig::from_json(&json).unwrap();
+        assert_eq!(parsed.cpu_features, berth_vmm::CpuFeatures::PvmEmulator);
+        assert!(parsed.cmdline.contains(" noxsave "), "{}", parsed.cmdline);
+    }
+
+    #[test]
+    fn exit_detail_is_read_from_the_vmm_log() {
+        let log = "INFO booting\n{\"event\":\"exit\",\"status\":{\"exit_reason\":{\"detail\":\"KVM internal error on vcpu 0\",\"kind\":\"vcpu_error\"}}}\nINFO VM exited\n";
+        assert_eq!(
+            exit_detail_from_log(log).as_deref(),
+            Some("KVM internal error on vcpu 0")
+        );
+        assert_eq!(exit_detail_from_log("no json"), None);
     }
 }

@@ -192,18 +192,27 @@ pub fn create_rw_disk(path: &Path, bytes: u64) -> Result<()> {
         .tempdir_in(path.parent().unwrap_or(Path::new("/tmp")))?;
     std::fs::create_dir(tmpl.path().join("upper"))?;
     std::fs::create_dir(tmpl.path().join("work"))?;
-    let f = std::fs::File::create(path)?;
-    f.set_len(bytes)?;
-    drop(f);
+    // Made under a temp name and renamed when whole: a mkfs cut short (a full disk) leaves
+    // no half-made disk at `path`, and the temp file is removed on every error path.
+    let disk = tempfile::Builder::new()
+        .prefix(".rw-disk-")
+        .tempfile_in(path.parent().unwrap_or(Path::new("/tmp")))?;
+    // The mode File::create gave it (tempfile makes 0600), for the VMM that opens it.
+    use std::os::unix::fs::PermissionsExt;
+    disk.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(0o644))?;
+    disk.as_file().set_len(bytes)?;
     run(
         Command::new("mkfs.ext4")
             .args(["-q", "-F", "-m", "0", "-O", "^has_journal"])
             .args(["-E", "lazy_itable_init=1,nodiscard"])
             .arg("-d")
             .arg(tmpl.path())
-            .arg(path),
+            .arg(disk.path()),
         "mkfs.ext4 (container disk)",
-    )
+    )?;
+    disk.persist(path).map_err(|e| e.error)?;
+    Ok(())
 }
 
 /// The UUID of the ext2/3/4 filesystem in the image at `path` (32 hex digits), which the

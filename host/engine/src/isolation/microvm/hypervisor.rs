@@ -99,6 +99,12 @@ pub trait Hypervisor: Send + Sync {
     /// The command-line words this backend's guest needs (console, reboot method).
     fn base_cmdline(&self) -> &'static str;
 
+    /// How the VMM said it ended, from its log in `run_dir`, when it says so.
+    fn exit_detail(&self, run_dir: &std::path::Path) -> Option<String> {
+        let _ = run_dir;
+        None
+    }
+
     /// Check the config and create what the VM needs before start.
     async fn prepare_vm(&self, cfg: &VmConfig) -> Result<()>;
 

@@ -11,6 +11,7 @@
 mod backend;
 pub mod berth_vmm;
 pub mod disks;
+mod export;
 pub mod host_cgroup;
 pub mod hypervisor;
 pub mod probe;
@@ -58,6 +59,9 @@ pub struct MicrovmConfig {
     pub vmm: Option<String>,
     /// The guest kernel (vmlinux); found in the guest-kernel cache when unset.
     pub kernel: Option<PathBuf>,
+    /// `--vmm-on-pvm`: let berth-vmm run on PVM, where a Linux guest stops in early boot.
+    /// Only for exercising the VMM's supervision (a VMM that fails mid-boot) on such hosts.
+    pub vmm_on_pvm: bool,
 }
 
 /// A VM this daemon runs (or re-adopted).
@@ -119,7 +123,8 @@ impl MicrovmIsolation {
         cfg: &MicrovmConfig,
     ) -> Result<Self> {
         let kvm = Kvm::probe();
-        let berth: Arc<dyn Hypervisor> = Arc::new(berth_vmm::BerthVmm::probe(kvm.clone()));
+        let berth: Arc<dyn Hypervisor> =
+            Arc::new(berth_vmm::BerthVmm::probe(kvm.clone(), cfg.vmm_on_pvm));
         let qemu: Arc<dyn Hypervisor> = Arc::new(qemu::Qemu::probe(kvm.clone()));
         let (hypervisor, choice) = match cfg.vmm.as_deref() {
             Some("berth") | Some("berth-vmm") => (berth.clone(), "--vmm berth".to_string()),
@@ -213,7 +218,11 @@ impl MicrovmIsolation {
         let fs = self.image_fs;
         tokio::task::spawn_blocking(move || {
             let tmp = image.with_extension("tmp");
-            disks::disk_from_dir(&root, &tmp, fs)?;
+            // A build cut short (a full disk) must not leave its partial image behind.
+            if let Err(e) = disks::disk_from_dir(&root, &tmp, fs) {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e);
+            }
             std::fs::rename(&tmp, &image)?;
             disks::create_rw_disk(&rw, disks::RW_DISK_BYTES)
         })
@@ -448,26 +457,26 @@ impl MicrovmIsolation {
         );
     }
 
-    async fn connect(&self, id: &str, state: &VmState) -> Result<AgentClient> {
-        let deadline = tokio::time::Instant::now() + BOOT_TIMEOUT;
+    /// Waits until the guest agent says on the console that it listens: a CONNECT that
+    /// reaches vhost-device-vsock before the guest's vsock driver is up can leave every
+    /// later connection hanging.
+    async fn wait_listening(
+        &self,
+        id: &str,
+        state: &VmState,
+        deadline: tokio::time::Instant,
+    ) -> Result<()> {
         let console = self.vm_dir(id).join("console.log");
-        // Connect only once the agent says it listens: a CONNECT that reaches
-        // vhost-device-vsock before the guest's vsock driver is up can leave every later
-        // connection hanging.
         loop {
             let text = std::fs::read(&console).unwrap_or_default();
             if text
                 .windows(AGENT_LISTENING.len())
                 .any(|w| w == AGENT_LISTENING.as_bytes())
             {
-                break;
+                return Ok(());
             }
             if !state.vmm.alive() {
-                return Err(Error::internal(format!(
-                    "the microVM exited while booting ({} exited){}",
-                    state.vmm.role,
-                    serial_tail(&console)
-                )));
+                return Err(self.died_booting(id, state));
             }
             if tokio::time::Instant::now() > deadline {
                 return Err(Error::internal(format!(
@@ -478,6 +487,23 @@ impl MicrovmIsolation {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+
+    /// The VMM is gone before its agent answered: what it said, and the guest's console.
+    fn died_booting(&self, id: &str, state: &VmState) -> Error {
+        let how = match self.hypervisor.exit_detail(&self.vm_run_dir(id)) {
+            Some(detail) => format!("{} exited: {detail}", state.vmm.role),
+            None => format!("{} exited", state.vmm.role),
+        };
+        Error::internal(format!(
+            "the microVM exited while booting ({how}){}",
+            serial_tail(&self.vm_dir(id).join("console.log"))
+        ))
+    }
+
+    async fn connect(&self, id: &str, state: &VmState) -> Result<AgentClient> {
+        let deadline = tokio::time::Instant::now() + BOOT_TIMEOUT;
+        self.wait_listening(id, state, deadline).await?;
         let mut last_err: String;
         loop {
             match tokio::time::timeout(
@@ -491,11 +517,7 @@ impl MicrovmIsolation {
                 Err(_) => last_err = "timed out".into(),
             }
             if !state.vmm.alive() {
-                return Err(Error::internal(format!(
-                    "the microVM exited while booting ({} exited){}",
-                    state.vmm.role,
-                    serial_tail(&self.vm_dir(id).join("console.log"))
-                )));
+                return Err(self.died_booting(id, state));
             }
             if tokio::time::Instant::now() > deadline {
                 return Err(Error::internal(format!(
@@ -549,7 +571,9 @@ fn guest_share(index: usize, m: &MountRecord) -> GuestShare {
 
 /// The last lines of the guest's console, for error messages.
 fn serial_tail(path: &Path) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
+    // Lossy: an early console can carry bytes that are not UTF-8.
+    let bytes = std::fs::read(path).unwrap_or_default();
+    let text = String::from_utf8_lossy(&bytes);
     let lines: Vec<&str> = text
         .lines()
         .map(|l| l.trim_end_matches('\r'))

@@ -9,6 +9,9 @@ use super::super::{find_next_to_exe, find_on_path};
 pub enum Kvm {
     /// VT-x / AMD-V: full guests run at native speed.
     Hardware,
+    /// PVM (`kvm_pvm`): a guest that is not PVM-aware runs under KVM's instruction
+    /// emulator, which cannot boot Linux to userspace.
+    Pvm,
     /// No usable hardware KVM, and why.
     Unusable(String),
 }
@@ -19,10 +22,7 @@ impl Kvm {
             return Kvm::Unusable("/dev/kvm is not available".into());
         }
         if Path::new("/sys/module/kvm_pvm").exists() {
-            return Kvm::Unusable(
-                "KVM is PVM (/sys/module/kvm_pvm present): guest kernels run under instruction emulation and cannot boot"
-                    .into(),
-            );
+            return Kvm::Pvm;
         }
         if Path::new("/sys/module/kvm_intel").exists() || Path::new("/sys/module/kvm_amd").exists()
         {
@@ -33,6 +33,18 @@ impl Kvm {
 
     pub fn is_hardware(&self) -> bool {
         *self == Kvm::Hardware
+    }
+
+    /// Why full guests cannot run on this KVM, if they cannot.
+    pub fn unusable_reason(&self) -> Option<String> {
+        match self {
+            Kvm::Hardware => None,
+            Kvm::Pvm => Some(
+                "KVM is PVM (/sys/module/kvm_pvm present): guest kernels run under instruction emulation and cannot boot"
+                    .into(),
+            ),
+            Kvm::Unusable(why) => Some(why.clone()),
+        }
     }
 }
 

@@ -172,7 +172,7 @@ impl Hypervisor for Qemu {
     fn describe(&self) -> String {
         let accel = match &self.kvm {
             Kvm::Hardware => "KVM",
-            Kvm::Unusable(_) => "TCG software emulation (no hardware KVM)",
+            Kvm::Pvm | Kvm::Unusable(_) => "TCG software emulation (no hardware KVM)",
         };
         format!(
             "qemu ({}) -M microvm, {accel}",

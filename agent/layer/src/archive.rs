@@ -1,15 +1,32 @@
-//! The archive child, `berthd __archive <stat|get|put> <path> (--root R | --overlay OPTS)`:
+//! The archive child, `<exe> <stat|get|export|put> <path> (--root R | --overlay OPTS)`:
 //! a short-lived process that enters a private mount namespace, builds or enters the
 //! container's root, chroots into it and only then resolves the path, so no symlink in the
-//! container can point it at the host (Docker's chrootarchive).
+//! container can point it at the host (Docker's chrootarchive). berthd runs it as
+//! `berthd __archive ...` for process containers; the guest agent as `berth-agent archive
+//! ...` inside a microVM, for paths on the guest's disks.
 //! Exit codes: 0 ok, 2 not found, 3 invalid request, 1 other failure.
+//! `stat` prints a [`RawStat`] as JSON; `get` and `export` write a tar to stdout; `put`
+//! reads one from stdin.
 
+use std::collections::HashSet;
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use super::archive::PathStat;
+use serde::{Deserialize, Serialize};
+
+/// What `stat` prints: the fields of Docker's `X-Docker-Container-Path-Stat`, with the
+/// modification time as nanoseconds since the epoch (the daemon formats it).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RawStat {
+    pub name: String,
+    pub size: i64,
+    /// Go's `os.FileMode` bits (type bits in the high positions).
+    pub mode: u32,
+    pub mtime_unix_nanos: i128,
+    pub link_target: String,
+}
 
 fn go_file_mode(m: &std::fs::Metadata) -> u32 {
     let perm = m.permissions().mode() & 0o777;
@@ -30,7 +47,7 @@ fn fail(code: i32, msg: impl std::fmt::Display) -> i32 {
 }
 
 /// Entry point of the archive child. Never returns to the daemon's runtime.
-pub fn archive_child_main(args: &[String]) -> i32 {
+pub fn child_main(args: &[String]) -> i32 {
     let (op, path) = match (args.first(), args.get(1)) {
         (Some(o), Some(p)) => (o.as_str(), p.clone()),
         _ => {
@@ -116,6 +133,15 @@ pub fn archive_child_main(args: &[String]) -> i32 {
         }
         _ => return fail(3, "no root given"),
     };
+    // Other filesystems mounted in the root, left out of an export; known only before
+    // the chroot hides /proc.
+    let other_mounts = match op {
+        "export" => match crate::mountinfo::mounts_below(&new_root) {
+            Ok(m) => m,
+            Err(e) => return fail(1, format!("reading the root's mounts: {e}")),
+        },
+        _ => HashSet::new(),
+    };
     // Detached copies of the mount sources, taken before the chroot makes them
     // unreachable; attached below only after it, so a destination path is resolved
     // inside the container's root and its symlinks cannot point a mount at the host.
@@ -155,7 +181,13 @@ pub fn archive_child_main(args: &[String]) -> i32 {
                 Ok(m) => m,
                 Err(_) => return fail(2, format!("no such file: {path}")),
             };
-            let stat = PathStat {
+            let mtime = m
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map(|d| d.as_nanos() as i128)
+                .unwrap_or(0);
+            let stat = RawStat {
                 name: target
                     .file_name()
                     .map(|n| n.to_string_lossy().into_owned())
@@ -163,7 +195,7 @@ pub fn archive_child_main(args: &[String]) -> i32 {
                     .unwrap_or_else(|| "/".into()),
                 size: m.len() as i64,
                 mode: go_file_mode(&m),
-                mtime: crate::fsutil::rfc3339_nanos(m.modified().unwrap_or(std::time::UNIX_EPOCH)),
+                mtime_unix_nanos: mtime,
                 link_target: std::fs::read_link(&target)
                     .map(|p| p.display().to_string())
                     .unwrap_or_default(),
@@ -213,14 +245,13 @@ pub fn archive_child_main(args: &[String]) -> i32 {
             // `docker export`: the container's own filesystem. Volumes, binds and the
             // kernel filesystems are other mounts (another device than the root): their
             // mount points are kept, empty, as the image has them.
-            let dev = match std::fs::metadata("/") {
-                Ok(m) => m.dev(),
-                Err(e) => return fail(1, e),
-            };
+
             let stdout = std::io::stdout().lock();
             let mut b = tar::Builder::new(std::io::BufWriter::new(stdout));
             b.follow_symlinks(false);
-            match export_tree(&mut b, Path::new("/"), Path::new(""), dev).and_then(|_| b.finish()) {
+            match export_tree(&mut b, Path::new("/"), Path::new(""), &other_mounts)
+                .and_then(|_| b.finish())
+            {
                 Ok(()) => 0,
                 Err(e) => fail(1, e),
             }
@@ -290,7 +321,7 @@ fn export_tree<W: std::io::Write>(
     b: &mut tar::Builder<W>,
     dir: &Path,
     name: &Path,
-    dev: u64,
+    other_mounts: &HashSet<PathBuf>,
 ) -> std::io::Result<()> {
     let mut entries: Vec<_> = std::fs::read_dir(dir)?.collect::<Result<_, _>>()?;
     entries.sort_by_key(|e| e.file_name());
@@ -298,12 +329,13 @@ fn export_tree<W: std::io::Write>(
         let path = e.path();
         let rel = name.join(e.file_name());
         let m = std::fs::symlink_metadata(&path)?;
+        let mounted = other_mounts.contains(&path);
         if m.is_dir() {
             b.append_dir(&rel, &path)?;
-            if m.dev() == dev {
-                export_tree(b, &path, &rel, dev)?;
+            if !mounted {
+                export_tree(b, &path, &rel, other_mounts)?;
             }
-        } else if m.dev() == dev {
+        } else if !mounted {
             b.append_path_with_name(&path, &rel)?;
         }
     }
