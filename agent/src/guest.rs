@@ -209,29 +209,36 @@ pub fn mount_disks_from_cmdline() {
     }
 }
 
-/// One `berth.fs=<tag>,<target>[,ro]`: a virtio-fs share (a host directory served by
-/// virtiofsd) to mount at `target`.
+/// One `berth.fs=<tag>,<target>[,ro][,suid]`: a virtio-fs share (a host directory served
+/// by virtiofsd) to mount at `target`. `suid` is for the pod share, which carries the
+/// members' root filesystems (their setuid programs must work, as under runc); other shares
+/// are data and mounted nosuid.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct FsMount {
     tag: String,
     target: String,
     read_only: bool,
+    suid: bool,
 }
 
 fn parse_fs(v: &str) -> Option<FsMount> {
     let mut it = v.split(',');
     let tag = it.next().filter(|t| !t.is_empty())?.to_string();
     let target = it.next().filter(|t| t.starts_with('/'))?.to_string();
-    let read_only = match it.next() {
-        None => false,
-        Some("ro") => true,
-        Some(_) => return None,
-    };
-    it.next().is_none().then_some(FsMount {
+    let mut share = FsMount {
         tag,
         target,
-        read_only,
-    })
+        read_only: false,
+        suid: false,
+    };
+    for opt in it {
+        match opt {
+            "ro" => share.read_only = true,
+            "suid" => share.suid = true,
+            _ => return None,
+        }
+    }
+    Some(share)
 }
 
 /// Mounts the virtio-fs shares named by `berth.fs=` (bind mounts and directory volumes).
@@ -248,7 +255,10 @@ pub fn mount_shares_from_cmdline() {
             continue;
         };
         let _ = fs::create_dir_all(&share.target);
-        let mut flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+        let mut flags = MsFlags::MS_NODEV;
+        if !share.suid {
+            flags |= MsFlags::MS_NOSUID;
+        }
         if share.read_only {
             flags |= MsFlags::MS_RDONLY;
         }
@@ -317,10 +327,15 @@ mod tests {
             Some(FsMount {
                 tag: "fs2".into(),
                 target: "/run/vm/fs/2".into(),
-                read_only: true
+                read_only: true,
+                suid: false,
             })
         );
         assert_eq!(parse_fs("fs0,/a").map(|f| f.read_only), Some(false));
+        assert_eq!(
+            parse_fs("pod,/run/berth/pod,suid").map(|f| (f.read_only, f.suid)),
+            Some((false, true))
+        );
         assert!(parse_fs("fs0,relative").is_none());
         assert!(parse_fs(",/a").is_none());
         assert!(parse_fs("fs0,/a,rw").is_none());

@@ -4,8 +4,9 @@
 //! — process mode: listens on a unix socket; with `--daemonize` it detaches (new session, stdio
 //! to the log) and prints the detached agent's pid once the socket is listening.
 //!
-//! `berth-agent guest [--vsock-port N | --unix PATH] [--exec-dir DIR]` (or no arguments as PID 1)
-//! — microVM mode: mounts the kernel filesystems and serves the host over vsock.
+//! `berth-agent guest [--vsock-port N | --unix PATH] [--exec-dir DIR] [--notify-stdout]` (or no
+//! arguments as PID 1) — microVM mode: mounts the kernel filesystems and serves the host over
+//! vsock. Not as PID 1 it serves one more container of the VM's pod (`pod_member.rs`).
 mod capabilities;
 mod cgroups;
 mod exec;
@@ -16,6 +17,7 @@ mod helpers;
 mod init;
 mod limits;
 mod namespaces;
+mod pod_member;
 mod process;
 mod rootfs;
 mod seccomp;
@@ -147,6 +149,7 @@ fn guest_main(args: &[String]) -> Result<()> {
     let mut port = None;
     let mut unix = None;
     let mut exec_dir = PathBuf::from("/run/berth");
+    let mut notify = false;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut val = || {
@@ -158,6 +161,7 @@ fn guest_main(args: &[String]) -> Result<()> {
             "--vsock-port" => port = Some(val()?.parse().context("--vsock-port")?),
             "--unix" => unix = Some(PathBuf::from(val()?)),
             "--exec-dir" => exec_dir = PathBuf::from(val()?),
+            pod_member::NOTIFY_ARG => notify = true,
             other => bail!("unknown argument {other:?}"),
         }
     }
@@ -182,9 +186,17 @@ fn guest_main(args: &[String]) -> Result<()> {
             None => {
                 let port = port.unwrap_or_else(guest::vsock_port_from_cmdline);
                 let control = vsock::VsockListener::bind(port).context("vsock listen")?;
-                let export_port = berth_agent_protocol::export::EXPORT_PORT;
-                exports = Some(vsock::VsockListener::bind(export_port).context("vsock listen")?);
+                // One export channel per VM: the first agent's (pod members' files are
+                // their host-side rootfs).
+                if pid1 {
+                    let export_port = berth_agent_protocol::export::EXPORT_PORT;
+                    exports =
+                        Some(vsock::VsockListener::bind(export_port).context("vsock listen")?);
+                }
                 info!(port, "guest agent listening on vsock");
+                if notify {
+                    pod_member::notify_listening();
+                }
                 Listener::Vsock(control)
             }
         };

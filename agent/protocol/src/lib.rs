@@ -48,6 +48,10 @@ pub use spec::*;
 /// Bumped on any incompatible change of frames or messages.
 pub const PROTOCOL_VERSION: u32 = 1;
 
+/// The vsock ports a microVM's first agent starts pod members on
+/// ([`Request::StartPodMember`]): above the control and export ports.
+pub const POD_MEMBER_PORTS: std::ops::RangeInclusive<u32> = 2048..=65535;
+
 /// Bytes of output the agent may send for one process before the client returns credit.
 pub const OUTPUT_WINDOW: u32 = 256 << 10;
 

@@ -104,6 +104,13 @@ pub enum Request {
     },
     /// Kill everything, remove cgroups, reply, and exit the agent.
     Shutdown,
+    /// Pods in one microVM: start another agent in this VM, serving one more container of
+    /// the pod on vsock `port`; replies once it listens. Only the VM's first agent (PID 1)
+    /// accepts it, and only for ports from [`crate::POD_MEMBER_PORTS`]. Added in protocol 1
+    /// without a version bump: an older agent answers it with a decode error.
+    StartPodMember {
+        port: u32,
+    },
 }
 
 /// Successful replies.

@@ -73,7 +73,7 @@ pub struct Agent {
     conn_gen: Mutex<u64>,
     pub shutdown: Notify,
     /// The agent's own helper processes (see `helpers`).
-    pub helpers: crate::helpers::Helpers,
+    pub helpers: Arc<crate::helpers::Helpers>,
 }
 
 fn err(kind: ErrorKind, msg: impl Into<String>) -> RemoteError {
@@ -265,6 +265,14 @@ impl Agent {
             Request::Shutdown => {
                 self.kill_all().await;
                 self.shutdown.notify_one();
+                Ok(Response::Ok)
+            }
+            Request::StartPodMember { port } => {
+                let helpers = self.helpers.clone();
+                tokio::task::spawn_blocking(move || crate::pod_member::start(&helpers, port))
+                    .await
+                    .map_err(|e| err(ErrorKind::Internal, e.to_string()))?
+                    .map_err(|m| err(ErrorKind::InvalidArgument, m))?;
                 Ok(Response::Ok)
             }
         }

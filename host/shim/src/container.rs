@@ -18,7 +18,9 @@ use containerd_shim_protos::topics;
 
 use crate::error::{Result, ShimError};
 use crate::events::{now_ns, timestamp, Events};
+use crate::pod::MemberMounts;
 use crate::process::{Exit, Proc, Status};
+use crate::sandbox::{Launch, PodHost};
 use crate::stdio::{pump_output, pump_stdin, StdioPaths};
 
 /// How long the exit of a process waits for the rest of its output (a background child
@@ -45,6 +47,12 @@ pub struct Container {
     cgroup: (String, String),
     procs: Mutex<HashMap<String, Proc>>,
     events: Events,
+    /// Host mounts held until delete (a pod member's, under its pod VM's share).
+    held_mounts: Mutex<Option<MemberMounts>>,
+    /// The sandbox of a microVM pod: the next vsock port for a member's agent.
+    pod_ports: Option<std::sync::atomic::AtomicU32>,
+    /// The main process's pid as its agent sees it (in the guest for a microVM).
+    init_agent_pid: Mutex<Option<u32>>,
 }
 
 pub struct CreateArgs {
@@ -57,19 +65,37 @@ pub struct CreateArgs {
     pub spec: berth_agent_protocol::ContainerSpec,
     pub stdio: StdioPaths,
     pub events: Events,
+    pub launch: Launch,
+    pub held_mounts: Option<MemberMounts>,
 }
 
 impl Container {
     /// Start the container's agent and register the container with it (nothing runs yet).
     pub async fn create(a: CreateArgs) -> Result<Arc<Container>> {
-        let sandbox = a
-            .backend
-            .start(&a.rec, &GuestNetwork::default())
-            .await
-            .map_err(|e| ShimError::Internal(format!("starting the agent: {e}")))?;
+        let no_net = GuestNetwork::default();
+        let started = match &a.launch {
+            Launch::Own => a.backend.start(&a.rec, &no_net).await,
+            Launch::PodSandbox(vm) => vm.start_pod_sandbox(&a.rec, &no_net).await,
+            Launch::PodMember(m) => {
+                m.vm.join_pod(&m.host.sandbox_key, &m.host.sandbox_agent, m.host.port)
+                    .await
+            }
+        };
+        let sandbox = match started {
+            Ok(s) => s,
+            Err(e) => {
+                if let Some(m) = a.held_mounts {
+                    m.unmount();
+                }
+                return Err(ShimError::Internal(format!("starting the agent: {e}")));
+            }
+        };
         if let Err(e) = sandbox.agent.create(a.spec).await {
             let _ = sandbox.agent.shutdown().await;
             a.backend.release(&a.rec).await;
+            if let Some(m) = a.held_mounts {
+                m.unmount();
+            }
             return Err(e.into());
         }
         let mut procs = HashMap::new();
@@ -86,6 +112,35 @@ impl Container {
             cgroup: a.cgroup,
             procs: Mutex::new(procs),
             events: a.events,
+            held_mounts: Mutex::new(a.held_mounts),
+            pod_ports: matches!(a.launch, Launch::PodSandbox(_)).then(|| {
+                std::sync::atomic::AtomicU32::new(*berth_agent_protocol::POD_MEMBER_PORTS.start())
+            }),
+            init_agent_pid: Mutex::new(None),
+        }))
+    }
+
+    /// For the sandbox container of a microVM pod: what a new member of the pod needs
+    /// (`None` when this container hosts no pod VM).
+    pub fn pod_host(&self) -> Option<Result<PodHost>> {
+        let ports = self.pod_ports.as_ref()?;
+        let Some(init_pid) = *self.init_agent_pid.lock().unwrap() else {
+            return Some(Err(ShimError::Precondition(format!(
+                "the pod's sandbox container {} is not running",
+                self.id
+            ))));
+        };
+        let port = ports.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if !berth_agent_protocol::POD_MEMBER_PORTS.contains(&port) {
+            return Some(Err(ShimError::Precondition(
+                "the pod has used up its member ports".into(),
+            )));
+        }
+        Some(Ok(PodHost {
+            sandbox_key: self.rec.id.clone(),
+            sandbox_agent: self.agent.clone(),
+            port,
+            init_pid,
         }))
     }
 
@@ -143,6 +198,9 @@ impl Container {
             (INIT, Some(p)) => p,
             _ => agent_pid,
         };
+        if exec_id == INIT {
+            *self.init_agent_pid.lock().unwrap() = Some(agent_pid);
+        }
         let agent = self.agent.clone();
         self.with_proc(exec_id, |p| {
             if p.status == Status::Created {
@@ -359,6 +417,10 @@ impl Container {
             let _ = tokio::time::timeout(Duration::from_secs(10), self.agent.shutdown()).await;
         }
         self.backend.release(&self.rec).await;
+        let held = self.held_mounts.lock().unwrap().take();
+        if let Some(m) = held {
+            m.unmount();
+        }
         // The agent removes its cgroups at shutdown; one that died leaves them empty.
         let (parent, name) = &self.cgroup;
         if let Err(e) = remove_orphaned_cgroups(parent, name).await {

@@ -8,6 +8,7 @@ mod error;
 mod events;
 mod metrics;
 mod oci;
+mod pod;
 mod process;
 mod rootfs;
 mod sandbox;

@@ -15,6 +15,11 @@ use oci_spec::runtime::{LinuxNamespaceType, LinuxResources, Process, Spec};
 /// The annotation that picks the isolation mode of a container (`process` or `microvm`).
 pub const ISOLATION_ANNOTATION: &str = "io.berth.isolation";
 
+/// The CRI annotations that place a container in a pod: its kind (`sandbox` for the pod's
+/// pause container, `container` for the others) and its pod's sandbox id.
+pub const CRI_CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
+pub const CRI_SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
+
 /// Where the agent's cgroups of shim containers live (under each hierarchy's root).
 pub const CGROUP_PARENT: &str = "berth-shim";
 
@@ -41,6 +46,29 @@ pub fn isolation(spec: &Spec) -> String {
         .and_then(|a| a.get(ISOLATION_ANNOTATION))
         .cloned()
         .unwrap_or_else(|| "process".into())
+}
+
+/// A container's place in a pod, from the CRI annotations.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PodRole {
+    /// No pod (plain `ctr run`).
+    Alone,
+    /// The pod's sandbox (pause) container: in microVM isolation it boots the pod's VM.
+    Sandbox,
+    /// Another container of the pod whose sandbox container has this id.
+    Member { sandbox_id: String },
+}
+
+pub fn pod_role(spec: &Spec, id: &str) -> PodRole {
+    let ann = spec.annotations().as_ref();
+    let get = |k: &str| ann.and_then(|a| a.get(k)).map(String::as_str);
+    match (get(CRI_CONTAINER_TYPE), get(CRI_SANDBOX_ID)) {
+        (Some("sandbox"), _) => PodRole::Sandbox,
+        (Some("container"), Some(sb)) if sb != id => PodRole::Member {
+            sandbox_id: sb.to_string(),
+        },
+        _ => PodRole::Alone,
+    }
 }
 
 /// The container's cgroup as (parent, name): the spec's `cgroupsPath` when it is a cgroupfs
@@ -116,6 +144,26 @@ pub fn container_spec(
         cgroup_parent: Some(cgroup_parent),
         ..Default::default()
     })
+}
+
+/// A microVM container's namespaces are the guest's: a network namespace *path* in the
+/// spec (CRI's pod netns) is a host path the guest cannot open, so the container gets a
+/// namespace of its own in the VM (loopback only: CNI's interfaces are not carried into
+/// the VM yet). A member of a microVM pod (`pod_init_pid`: the sandbox's main process in
+/// the guest) shares the sandbox's network and IPC namespaces, as a pod's containers do.
+pub fn place_in_vm(c: &mut ContainerSpec, pod_init_pid: Option<u32>) {
+    match pod_init_pid {
+        Some(pid) => {
+            let ns = |kind: &str| std::path::PathBuf::from(format!("/proc/{pid}/ns/{kind}"));
+            c.network = NetworkSpec::Join { path: ns("net") };
+            c.join_namespaces.ipc = Some(ns("ipc"));
+        }
+        None => {
+            if matches!(c.network, NetworkSpec::Join { .. }) {
+                c.network = NetworkSpec::Isolated;
+            }
+        }
+    }
 }
 
 /// The spec's capabilities as the agent's Docker-style options: everything dropped, then
@@ -328,6 +376,32 @@ mod tests {
         );
         let c = container_spec(&s, "k", Rootfs::Dir { path: "/r".into() }, false).unwrap();
         assert!(c.security.privileged);
+    }
+
+    #[test]
+    fn pod_roles_from_the_cri_annotations() {
+        let with = |ann: &str| {
+            spec(&format!(
+                r#"{{"ociVersion":"1.0.2","process":{{"args":["sh"],"cwd":"/","user":{{"uid":0,"gid":0}}}},"annotations":{ann}}}"#
+            ))
+        };
+        assert_eq!(pod_role(&with("{}"), "c1"), PodRole::Alone);
+        let sandbox = with(
+            r#"{"io.kubernetes.cri.container-type":"sandbox","io.kubernetes.cri.sandbox-id":"p1"}"#,
+        );
+        assert_eq!(pod_role(&sandbox, "p1"), PodRole::Sandbox);
+        let member = with(
+            r#"{"io.kubernetes.cri.container-type":"container","io.kubernetes.cri.sandbox-id":"p1"}"#,
+        );
+        assert_eq!(
+            pod_role(&member, "c1"),
+            PodRole::Member {
+                sandbox_id: "p1".into()
+            }
+        );
+        // Without its kind, a sandbox id only groups containers in one shim.
+        let grouped = with(r#"{"io.kubernetes.cri.sandbox-id":"p1"}"#);
+        assert_eq!(pod_role(&grouped, "c1"), PodRole::Alone);
     }
 
     #[test]

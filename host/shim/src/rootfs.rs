@@ -101,6 +101,31 @@ impl MergedView {
         }
     }
 
+    /// The merged rootfs mounted at `target` whatever the snapshot is: a directory rootfs
+    /// is bind-mounted there. For a pod member's rootfs under its pod VM's share.
+    pub async fn mount_at(
+        mounts: &[SnapshotMount],
+        bundle: &Path,
+        target: &Path,
+    ) -> anyhow::Result<MergedView> {
+        let view = Self::mount(mounts, bundle, target).await?;
+        if view.mounted {
+            return Ok(view);
+        }
+        std::fs::create_dir_all(target)?;
+        nix::mount::mount(
+            Some(view.path.as_path()),
+            target,
+            None::<&str>,
+            nix::mount::MsFlags::MS_BIND | nix::mount::MsFlags::MS_REC,
+            None::<&str>,
+        )?;
+        Ok(MergedView {
+            path: target.to_path_buf(),
+            mounted: true,
+        })
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }

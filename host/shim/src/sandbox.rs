@@ -5,15 +5,17 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
+use berth_agent_protocol::client::AgentClient;
 use berth_agent_protocol::Rootfs;
 use berth_engine::containers::record::{ContainerDirs, ContainerRecord, Isolation};
-use berth_engine::isolation::microvm::{MicrovmConfig, MicrovmIsolation};
+use berth_engine::isolation::microvm::{pod, MicrovmConfig, MicrovmIsolation};
 use berth_engine::isolation::process::ProcessIsolation;
 use berth_engine::isolation::{default_agent_bin, IsolationBackend};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Result, ShimError};
 use crate::oci::CGROUP_PARENT;
+use crate::pod::MemberMounts;
 use crate::rootfs::{self, SnapshotMount};
 
 /// `$BERTH_SHIM_STATE` overrides it (tests run their own).
@@ -33,6 +35,36 @@ pub struct Prepared {
     pub backend: Arc<dyn IsolationBackend>,
     pub rec: ContainerRecord,
     pub rootfs: Rootfs,
+    pub launch: Launch,
+    /// Host mounts the container holds until it is deleted (a pod member's).
+    pub held_mounts: Option<MemberMounts>,
+}
+
+/// How a container's agent starts.
+pub enum Launch {
+    /// An agent (process) or a microVM of its own.
+    Own,
+    /// The sandbox container of a microVM pod: its VM will also run the pod's members.
+    PodSandbox(Arc<MicrovmIsolation>),
+    /// Another container of a microVM pod: an agent in the sandbox's VM.
+    PodMember(PodMember),
+}
+
+pub struct PodMember {
+    pub vm: Arc<MicrovmIsolation>,
+    pub host: PodHost,
+}
+
+/// What a member needs of its pod's sandbox container.
+pub struct PodHost {
+    pub sandbox_key: String,
+    /// The agent serving the sandbox: the VM's first agent, which starts members.
+    pub sandbox_agent: AgentClient,
+    /// The vsock port for the member's agent.
+    pub port: u32,
+    /// The sandbox's main process in the guest, whose network and IPC namespaces the
+    /// pod's containers share.
+    pub init_pid: u32,
 }
 
 /// A container's key: hex digest of its namespace and id. Names its run dir and cgroup,
@@ -95,12 +127,15 @@ impl Backends {
         rec
     }
 
+    /// Prepares a container with a backend of its own; `pod_sandbox`: it is the sandbox
+    /// of a pod (whose members then share its microVM, in microVM isolation).
     pub async fn prepare(
         &self,
         mode: &str,
         key: &str,
         mounts: &[SnapshotMount],
         bundle: &Path,
+        pod_sandbox: bool,
     ) -> Result<Prepared> {
         match mode {
             "process" | "" => Ok(Prepared {
@@ -108,14 +143,11 @@ impl Backends {
                 rec: Self::record(key, Isolation::Process),
                 rootfs: rootfs::from_mounts(mounts, bundle)
                     .map_err(|e| ShimError::Invalid(e.to_string()))?,
+                launch: Launch::Own,
+                held_mounts: None,
             }),
             "microvm" => {
-                let vm = self.microvm().map_err(|e| ShimError::Invalid(e.clone()))?;
-                if let Some(why) = vm.unavailable_reason() {
-                    return Err(ShimError::Invalid(format!(
-                        "microvm isolation is unavailable on this host: {why}"
-                    )));
-                }
+                let vm = self.available_microvm()?;
                 let rec = Self::record(key, Isolation::Microvm);
                 let target = bundle.join("rootfs");
                 let merged = rootfs::MergedView::mount(mounts, bundle, &target)
@@ -129,6 +161,12 @@ impl Backends {
                     rootfs: backend.rootfs(&rec).map_err(ShimError::internal)?,
                     backend,
                     rec,
+                    launch: if pod_sandbox {
+                        Launch::PodSandbox(vm.clone())
+                    } else {
+                        Launch::Own
+                    },
+                    held_mounts: None,
                 })
             }
             other => Err(ShimError::Invalid(format!(
@@ -138,8 +176,47 @@ impl Backends {
         }
     }
 
+    /// Prepares a member of the microVM pod `host` describes: its rootfs is mounted under
+    /// the pod VM's share (no disk of its own is built), its agent will run in that VM.
+    pub async fn prepare_pod_member(
+        &self,
+        key: &str,
+        mounts: &[SnapshotMount],
+        bundle: &Path,
+        host: PodHost,
+    ) -> Result<Prepared> {
+        let vm = self.available_microvm()?;
+        let dir = pod::member_dir(&self.dirs, &host.sandbox_key, key);
+        let held = MemberMounts::mount_rootfs(mounts, bundle, dir)
+            .await
+            .map_err(|e| ShimError::Internal(format!("mounting the rootfs in the pod: {e}")))?;
+        Ok(Prepared {
+            backend: vm.clone(),
+            rec: Self::record(key, Isolation::Microvm),
+            rootfs: pod::member_rootfs(key),
+            launch: Launch::PodMember(PodMember {
+                vm: vm.clone(),
+                host,
+            }),
+            held_mounts: Some(held),
+        })
+    }
+
+    fn available_microvm(&self) -> Result<&Arc<MicrovmIsolation>> {
+        let vm = self.microvm().map_err(|e| ShimError::Invalid(e.clone()))?;
+        if let Some(why) = vm.unavailable_reason() {
+            return Err(ShimError::Invalid(format!(
+                "microvm isolation is unavailable on this host: {why}"
+            )));
+        }
+        Ok(vm)
+    }
+
     /// Remove what `prepare` left on disk for the container (the microVM's disks).
     pub fn remove_storage(&self, key: &str) {
+        // A pod VM's share holds its members' root filesystems: detached first, so the
+        // removal below can never reach into a member's snapshot.
+        pod::detach_pod_dir(&self.dirs, key);
         let _ = std::fs::remove_dir_all(self.dirs.container_dir(key));
     }
 

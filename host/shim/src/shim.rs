@@ -14,10 +14,6 @@ use crate::events::{now_ns, timestamp, Events};
 use crate::sandbox::{self, Backends};
 use crate::task::TaskService;
 
-/// The CRI annotation naming a container's pod sandbox: the containers of one pod share
-/// one shim, as with runc's shim.
-const CRI_SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
-
 pub struct BerthShim {
     namespace: String,
     id: String,
@@ -27,9 +23,15 @@ pub struct BerthShim {
 /// Spawn the serving shim for `opts.id` (or join the one of its pod) and return its
 /// address. containerd runs `start` in the bundle directory.
 async fn start_server(opts: StartOpts) -> Result<String, Error> {
+    // The containers of one pod share one shim, as with runc's shim.
     let grouping = crate::oci::load(std::path::Path::new("."))
         .ok()
-        .and_then(|s| s.annotations().as_ref()?.get(CRI_SANDBOX_ID).cloned())
+        .and_then(|s| {
+            s.annotations()
+                .as_ref()?
+                .get(crate::oci::CRI_SANDBOX_ID)
+                .cloned()
+        })
         .unwrap_or_else(|| opts.id.clone());
     let address = spawn(opts, &grouping, Vec::new()).await?;
     // containerd's `delete` action and the server's exit find the socket here.
@@ -81,8 +83,14 @@ impl Shim for BerthShim {
             .unwrap_or_else(|_| (crate::oci::CGROUP_PARENT.to_string(), key.clone()));
         Backends::from_env().cleanup(&key, cgroup).await;
         // A killed shim leaves its socket behind; containerd runs `delete` in the bundle.
+        // containerd 1.6 also runs `delete` after every task's normal end: the socket of a
+        // pod's shim that still serves the pod's other tasks must stay, or the pod's next
+        // container would get a shim (and a microVM) of its own.
         if let Ok(address) = std::fs::read_to_string("address") {
-            let _ = std::fs::remove_file(address.trim().trim_start_matches("unix://"));
+            let socket = address.trim().trim_start_matches("unix://").to_string();
+            if std::os::unix::net::UnixStream::connect(&socket).is_err() {
+                let _ = std::fs::remove_file(socket);
+            }
         }
         Ok(DeleteResponse {
             exit_status: 137,

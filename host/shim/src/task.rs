@@ -13,6 +13,9 @@ use containerd_shim_protos::protobuf::MessageField;
 use containerd_shim_protos::shim_async::Task;
 use containerd_shim_protos::topics;
 
+use berth_engine::containers::record::Isolation;
+use berth_engine::isolation::microvm::pod;
+
 use crate::container::{Container, CreateArgs};
 use crate::error::{Result, ShimError};
 use crate::events::{timestamp, Events};
@@ -54,6 +57,13 @@ impl TaskService {
             .ok_or_else(|| ShimError::NotFound(format!("task {id} not found")))
     }
 
+    /// The pod VM a member of pod `sandbox_id` joins: `None` when the pod's sandbox is not
+    /// a microVM of this shim (the member then runs as a container of its own).
+    fn pod_host(&self, sandbox_id: &str) -> Result<Option<crate::sandbox::PodHost>> {
+        let sandbox = self.containers.lock().unwrap().get(sandbox_id).cloned();
+        sandbox.and_then(|c| c.pod_host()).transpose()
+    }
+
     async fn do_create(&self, req: &api::CreateTaskRequest) -> Result<u32> {
         if self.containers.lock().unwrap().contains_key(&req.id) {
             return Err(ShimError::AlreadyExists(format!(
@@ -79,12 +89,44 @@ impl TaskService {
             .collect();
         let key = crate::sandbox::key(&self.namespace, &req.id);
         let mode = oci::isolation(&spec);
-        let prepared = self.backends.prepare(&mode, &key, &mounts, &bundle).await?;
+        let role = oci::pod_role(&spec, &req.id);
+        let pod_host = match &role {
+            oci::PodRole::Member { sandbox_id } => self.pod_host(sandbox_id)?,
+            _ => None,
+        };
+        let join_pid = pod_host.as_ref().map(|h| h.init_pid);
+        let prepared = match pod_host {
+            Some(host) => {
+                self.backends
+                    .prepare_pod_member(&key, &mounts, &bundle, host)
+                    .await?
+            }
+            None => {
+                let sandbox = role == oci::PodRole::Sandbox;
+                self.backends
+                    .prepare(&mode, &key, &mounts, &bundle, sandbox)
+                    .await?
+            }
+        };
         let cspec = oci::container_spec(&spec, &key, prepared.rootfs, !req.stdin.is_empty())
             .map_err(|e| ShimError::Invalid(e.to_string()));
+        let mut held_mounts = prepared.held_mounts;
+        let cspec = cspec.and_then(|mut c| {
+            if prepared.backend.mode() == Isolation::Microvm {
+                oci::place_in_vm(&mut c, join_pid);
+            }
+            if let Some(m) = held_mounts.as_mut() {
+                m.share_binds(&pod::guest_member_dir(&key), &mut c.mounts)
+                    .map_err(|e| ShimError::Internal(e.to_string()))?;
+            }
+            Ok(c)
+        });
         let cspec = match cspec {
             Ok(c) => c,
             Err(e) => {
+                if let Some(m) = held_mounts {
+                    m.unmount();
+                }
                 self.backends.remove_storage(&key);
                 return Err(e);
             }
@@ -105,6 +147,8 @@ impl TaskService {
             spec: cspec,
             stdio,
             events: self.events.clone(),
+            launch: prepared.launch,
+            held_mounts,
         })
         .await
         .inspect_err(|_| self.backends.remove_storage(&key))?;

@@ -324,6 +324,12 @@ impl AgentClient {
         self.call_ok(Request::Update { resources }).await
     }
 
+    /// Asks a microVM's first agent to start another agent for a container of its pod,
+    /// listening on vsock `port` (see [`Request::StartPodMember`]).
+    pub async fn start_pod_member(&self, port: u32) -> Result<()> {
+        self.call_ok(Request::StartPodMember { port }).await
+    }
+
     /// Kills the container's processes, removes its cgroups and makes the agent exit.
     pub async fn shutdown(&self) -> Result<()> {
         match self.call(Request::Shutdown).await {

@@ -9,7 +9,7 @@ use berth_agent_protocol::client::AgentClient;
 use berth_agent_protocol::Rootfs;
 
 use super::hypervisor::VmState;
-use super::{disks, host_cgroup, sizing, ImageFs, MicrovmIsolation};
+use super::{disks, host_cgroup, pod, sizing, ImageFs, MicrovmIsolation};
 use super::{guest_share, GuestShare};
 use super::{AGENT_PORT, GUEST_IMAGE_DIR, GUEST_RW_DIR};
 use crate::containers::record::{ContainerRecord, Isolation, MountRecord};
@@ -138,47 +138,7 @@ impl IsolationBackend for MicrovmIsolation {
     }
 
     async fn start(&self, rec: &ContainerRecord, net: &GuestNetwork) -> Result<Sandbox> {
-        if let Some(why) = self.unavailable_reason() {
-            return Err(Error::invalid(format!(
-                "microvm isolation is unavailable on this host: {why}"
-            )));
-        }
-        // A previous run's VM must be gone before its disk is used again.
-        self.release(rec).await;
-        let initrd = self.initramfs_path().await?;
-        let image = self.image_disk(rec).await?;
-        let cfg = self.vm_config(rec, initrd, image, net)?;
-        Self::make_run_dir(&cfg.run_dir, cfg.identity)?;
-        // A fresh console log per run.
-        std::fs::write(&cfg.serial_log, b"")?;
-        let t0 = std::time::Instant::now();
-        let state = self.hypervisor.start_vm(&cfg).await?;
-        let bytes = serde_json::to_vec_pretty(&state).map_err(Error::internal)?;
-        if let Err(e) = crate::fsutil::write_atomic(&self.state_path(&rec.id), &bytes) {
-            self.hypervisor.stop_vm(&state, true).await;
-            return Err(e.into());
-        }
-        self.track(&rec.id, state.clone());
-        match self.connect(&rec.id, &state).await {
-            Ok(agent) => {
-                tracing::info!(
-                    id = %rec.id,
-                    hypervisor = self.hypervisor.name(),
-                    vmm_pid = state.vmm.pid,
-                    boot_ms = t0.elapsed().as_millis() as u64,
-                    "microVM agent connected"
-                );
-                Ok(Sandbox {
-                    agent,
-                    agent_pid: state.vmm.pid,
-                    host_pid_override: Some(state.vmm.pid),
-                })
-            }
-            Err(e) => {
-                self.release(rec).await;
-                Err(e)
-            }
-        }
+        self.boot(rec, net, false).await
     }
 
     async fn reconnect(&self, rec: &ContainerRecord) -> Option<Sandbox> {
@@ -238,8 +198,74 @@ impl IsolationBackend for MicrovmIsolation {
                 tokio::time::timeout(Duration::from_secs(5), self.hypervisor.wait_vm(&state)).await;
             self.hypervisor.stop_vm(&state, true).await;
         }
+        // A pod VM's members' root filesystems are mounted under its pod dir: off before
+        // anything removes the container's dirs.
+        pod::detach_pod_dir(&self.dirs, &rec.id);
         let _ = std::fs::remove_file(self.state_path(&rec.id));
         let _ = std::fs::remove_dir_all(self.vm_run_dir(&rec.id));
         host_cgroup::remove(&rec.id).await;
+    }
+}
+
+impl MicrovmIsolation {
+    /// Boots the container's VM and connects to its agent; `pod` shares the pod dir into
+    /// it (the sandbox of a pod, see `pod.rs`).
+    pub(super) async fn boot(
+        &self,
+        rec: &ContainerRecord,
+        net: &GuestNetwork,
+        pod: bool,
+    ) -> Result<Sandbox> {
+        if let Some(why) = self.unavailable_reason() {
+            return Err(Error::invalid(format!(
+                "microvm isolation is unavailable on this host: {why}"
+            )));
+        }
+        // A previous run's VM must be gone before its disk is used again.
+        self.release(rec).await;
+        let initrd = self.initramfs_path().await?;
+        let image = self.image_disk(rec).await?;
+        let cfg = self.vm_config(rec, initrd, image, net, pod)?;
+        if pod {
+            pod::make_share_point(&pod::pod_dir(&self.dirs, &rec.id))?;
+        }
+        Self::make_run_dir(&cfg.run_dir, cfg.identity)?;
+        // A fresh console log per run.
+        std::fs::write(&cfg.serial_log, b"")?;
+        let t0 = std::time::Instant::now();
+        let state = match self.hypervisor.start_vm(&cfg).await {
+            Ok(s) => s,
+            Err(e) => {
+                pod::detach_pod_dir(&self.dirs, &rec.id);
+                return Err(e);
+            }
+        };
+        let bytes = serde_json::to_vec_pretty(&state).map_err(Error::internal)?;
+        if let Err(e) = crate::fsutil::write_atomic(&self.state_path(&rec.id), &bytes) {
+            self.hypervisor.stop_vm(&state, true).await;
+            pod::detach_pod_dir(&self.dirs, &rec.id);
+            return Err(e.into());
+        }
+        self.track(&rec.id, state.clone());
+        match self.connect(&rec.id, &state).await {
+            Ok(agent) => {
+                tracing::info!(
+                    id = %rec.id,
+                    hypervisor = self.hypervisor.name(),
+                    vmm_pid = state.vmm.pid,
+                    boot_ms = t0.elapsed().as_millis() as u64,
+                    "microVM agent connected"
+                );
+                Ok(Sandbox {
+                    agent,
+                    agent_pid: state.vmm.pid,
+                    host_pid_override: Some(state.vmm.pid),
+                })
+            }
+            Err(e) => {
+                self.release(rec).await;
+                Err(e)
+            }
+        }
     }
 }

@@ -85,7 +85,7 @@ impl MicrovmIsolation {
         let image = self.image_disk(rec).await?;
         let mut bare = rec.clone();
         bare.mounts.clear();
-        let cfg = self.vm_config(&bare, initrd, image, &GuestNetwork::default())?;
+        let cfg = self.vm_config(&bare, initrd, image, &GuestNetwork::default(), false)?;
         Self::make_run_dir(&cfg.run_dir, cfg.identity)?;
         std::fs::write(&cfg.serial_log, b"")?;
         let state = self.hypervisor.start_vm(&cfg).await?;

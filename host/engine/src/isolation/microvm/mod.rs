@@ -14,6 +14,7 @@ pub mod disks;
 mod export;
 pub mod host_cgroup;
 pub mod hypervisor;
+pub mod pod;
 pub mod probe;
 pub mod procs;
 pub mod qemu;
@@ -310,6 +311,7 @@ impl MicrovmIsolation {
         initrd: PathBuf,
         image: PathBuf,
         net: &crate::isolation::GuestNetwork,
+        pod: bool,
     ) -> Result<VmConfig> {
         let kernel = self
             .kernel
@@ -366,6 +368,19 @@ impl MicrovmIsolation {
                     });
                 }
             }
+        }
+        if pod {
+            // The members' root filesystems (setuid programs work in them, as under runc).
+            cmdline.push_str(&format!(
+                " berth.fs={},{},suid",
+                pod::POD_TAG,
+                pod::GUEST_POD_DIR
+            ));
+            devices.push(Device::Fs {
+                tag: pod::POD_TAG.into(),
+                shared_dir: pod::pod_dir(&self.dirs, &rec.id),
+                read_only: false,
+            });
         }
         for nic in &net.nics {
             // Read by agent/src/guest_net.rs before the agent listens.
