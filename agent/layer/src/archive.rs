@@ -28,15 +28,39 @@ pub struct RawStat {
     pub link_target: String,
 }
 
+/// Go's `os.FileMode` of an lstat, as dockerd puts it in the stat header
+/// (`fillFileStatFromSys`): type bits and setuid/setgid/sticky in Go's own positions.
 fn go_file_mode(m: &std::fs::Metadata) -> u32 {
-    let perm = m.permissions().mode() & 0o777;
+    use std::os::unix::fs::FileTypeExt;
+    const DIR: u32 = 1 << 31;
+    const SYMLINK: u32 = 1 << 27;
+    const DEVICE: u32 = 1 << 26;
+    const NAMED_PIPE: u32 = 1 << 25;
+    const SOCKET: u32 = 1 << 24;
+    const SETUID: u32 = 1 << 23;
+    const SETGID: u32 = 1 << 22;
+    const CHAR_DEVICE: u32 = 1 << 21;
+    const STICKY: u32 = 1 << 20;
+    let unix = m.permissions().mode();
     let ft = m.file_type();
-    let mut mode = perm;
+    let mut mode = unix & 0o777;
     if ft.is_dir() {
-        mode |= 1 << 31;
+        mode |= DIR;
+    } else if ft.is_symlink() {
+        mode |= SYMLINK;
+    } else if ft.is_block_device() {
+        mode |= DEVICE;
+    } else if ft.is_char_device() {
+        mode |= DEVICE | CHAR_DEVICE;
+    } else if ft.is_fifo() {
+        mode |= NAMED_PIPE;
+    } else if ft.is_socket() {
+        mode |= SOCKET;
     }
-    if ft.is_symlink() {
-        mode |= 1 << 27;
+    for (unix_bit, go_bit) in [(0o4000, SETUID), (0o2000, SETGID), (0o1000, STICKY)] {
+        if unix & unix_bit != 0 {
+            mode |= go_bit;
+        }
     }
     mode
 }
@@ -370,6 +394,24 @@ mod tests {
         assert!(super::escapes(Path::new("a/../../x")));
         assert!(!super::escapes(Path::new("a/../x")));
         assert!(!super::escapes(Path::new("/etc/x")));
+    }
+
+    #[test]
+    fn go_file_mode_keeps_special_bits() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let sticky = d.path().join("sticky");
+        std::fs::create_dir(&sticky).unwrap();
+        std::fs::set_permissions(&sticky, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        let m = std::fs::symlink_metadata(&sticky).unwrap();
+        assert_eq!(super::go_file_mode(&m), (1 << 31) | (1 << 20) | 0o777);
+        let suid = d.path().join("suid");
+        std::fs::write(&suid, "").unwrap();
+        std::fs::set_permissions(&suid, std::fs::Permissions::from_mode(0o6755)).unwrap();
+        let m = std::fs::symlink_metadata(&suid).unwrap();
+        assert_eq!(super::go_file_mode(&m), (1 << 23) | (1 << 22) | 0o755);
+        let m = std::fs::symlink_metadata("/dev/null").unwrap();
+        assert_eq!(super::go_file_mode(&m) & !0o777, (1 << 26) | (1 << 21));
     }
 }
 

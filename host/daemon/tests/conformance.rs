@@ -249,6 +249,337 @@ fn archive_goes_through_mounts_in_every_state() {
     assert!(cp_out("live:/b/hostfile").contains("from host"));
 }
 
+/// The decoded `X-Docker-Container-Path-Stat` of `HEAD .../archive?path=`.
+fn path_stat(d: &TestDaemon, container: &str, path: &str) -> serde_json::Value {
+    let head = curl(
+        d,
+        "HEAD",
+        &format!("/v1.51/containers/{container}/archive?path={path}"),
+        None,
+    );
+    assert!(head.starts_with("HTTP/1.1 200"), "{path}: {head}");
+    let b64 = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("x-docker-container-path-stat")
+                .then(|| v.trim().to_string())
+        })
+        .unwrap_or_else(|| panic!("no stat header: {head}"));
+    let mut child = Command::new("base64")
+        .arg("-d")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b64.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{b64}: {e}"))
+}
+
+/// `GET .../archive?path=` of a missing path: Docker's 404 and message, which names the
+/// container as the request did.
+fn expect_missing(d: &TestDaemon, container: &str, path: &str) {
+    let out = curl(
+        d,
+        "GET",
+        &format!("/v1.51/containers/{container}/archive?path={path}"),
+        None,
+    );
+    assert!(out.starts_with("HTTP/1.1 404"), "{out}");
+    let want =
+        format!("{{\"message\":\"Could not find the file {path} in container {container}\"}}");
+    assert!(out.trim_end().ends_with(&want), "want {want}:\n{out}");
+}
+
+/// Go's `os.FileMode` bits as dockerd puts them in the stat header.
+const GO_MODE_DIR: u64 = 1 << 31;
+const GO_MODE_SYMLINK: u64 = 1 << 27;
+const GO_MODE_STICKY: u64 = 1 << 20;
+
+/// `docker cp` through a tmpfs (only in the running container's mount namespace) and
+/// while paused; the stat header's value as dockerd writes it; the 404 message.
+#[test]
+fn archive_through_tmpfs_while_paused_with_dockers_stat_header() {
+    let d = TestDaemon::start();
+    import_busybox(&d, "bb:local");
+    let put = d.dir.path().join("put.txt");
+    std::fs::write(&put, "put\n").unwrap();
+    let put = put.to_str().unwrap();
+    let id = d
+        .docker_ok(&[
+            "run",
+            "-d",
+            "--name",
+            "pz",
+            "--tmpfs",
+            "/scratch",
+            "-v",
+            "/vol3",
+            "bb:local",
+            "sh",
+            "-c",
+            "echo hi > /scratch/t; ln -s /scratch/t /scratch/link; exec sleep 1000",
+        ])
+        .trim()
+        .to_string();
+    common::eventually("the container wrote its files", 30, || {
+        match d
+            .docker(&["exec", "pz", "test", "-L", "/scratch/link"])
+            .status
+            .success()
+        {
+            true => Ok(()),
+            false => Err("not yet".into()),
+        }
+    });
+    // Running: what the layer under the tmpfs holds would be hidden from exec.
+    d.docker_ok(&["cp", put, "pz:/scratch/"]);
+    assert_eq!(
+        d.docker_ok(&["exec", "pz", "cat", "/scratch/put.txt"]),
+        "put\n"
+    );
+    assert!(d.docker_ok(&["cp", "pz:/scratch/t", "-"]).contains("hi\n"));
+
+    // Paused: reads and writes through the tmpfs and the volume, seen after the thaw.
+    d.docker_ok(&["pause", "pz"]);
+    assert!(d.docker_ok(&["cp", "pz:/scratch/t", "-"]).contains("hi\n"));
+    d.docker_ok(&["cp", put, "pz:/scratch/paused.txt"]);
+    d.docker_ok(&["cp", put, "pz:/vol3/"]);
+    assert_eq!(
+        d.docker_ok(&["inspect", "-f", "{{.State.Status}}", "pz"])
+            .trim(),
+        "paused"
+    );
+    d.docker_ok(&["unpause", "pz"]);
+    assert_eq!(
+        d.docker_ok(&["exec", "pz", "cat", "/scratch/paused.txt", "/vol3/put.txt"]),
+        "put\nput\n"
+    );
+
+    // The stat header: dockerd's fields, Go's mode bits, RFC 3339 mtime, link target.
+    let file = path_stat(&d, "pz", "/scratch/t");
+    assert_eq!(file["name"], "t", "{file}");
+    assert_eq!(file["size"], 3, "{file}");
+    assert_eq!(file["mode"], 0o644, "{file}");
+    assert_eq!(file["linkTarget"], "", "{file}");
+    let secs = d.docker_ok(&["exec", "pz", "stat", "-c", "%Y", "/scratch/t"]);
+    let day = d.docker_ok(&[
+        "exec",
+        "pz",
+        "date",
+        "-u",
+        "-d",
+        &format!("@{}", secs.trim()),
+        "+%Y-%m-%dT%H:%M:%S",
+    ]);
+    let mtime = file["mtime"].as_str().unwrap();
+    assert!(mtime.starts_with(day.trim()), "{mtime} vs {day}");
+    assert!(mtime.ends_with('Z'), "{mtime}");
+    let link = path_stat(&d, "pz", "/scratch/link");
+    assert_eq!(link["name"], "link", "{link}");
+    assert_eq!(link["size"], "/scratch/t".len(), "{link}");
+    assert_eq!(link["mode"], GO_MODE_SYMLINK | 0o777, "{link}");
+    assert_eq!(link["linkTarget"], "/scratch/t", "{link}");
+    let dir = path_stat(&d, "pz", "/scratch");
+    assert_eq!(dir["name"], "scratch", "{dir}");
+    assert_eq!(
+        dir["mode"],
+        GO_MODE_DIR | GO_MODE_STICKY | 0o777,
+        "tmpfs root is 1777: {dir}"
+    );
+
+    // 404 with Docker's message, naming the container as asked (name or id).
+    expect_missing(&d, "pz", "/x");
+    expect_missing(&d, &id, "/scratch/nope");
+    expect_missing(&d, &id[..12], "/vol3/nope");
+    d.docker_ok(&["rm", "-f", "pz"]);
+}
+
+/// The archive API in a microVM container: an exited container's guest disk (stat header
+/// and 404 message as dockerd), and `../` entries refused on a running one's.
+#[test]
+fn microvm_archive_stat_missing_path_and_hostile_puts() {
+    if common::microvm::skip_without_microvm() {
+        return;
+    }
+    let d = common::microvm::daemon();
+    d.docker_ok(&[
+        "run",
+        "--isolation=microvm",
+        "--name",
+        "vex",
+        "bb",
+        "sh",
+        "-c",
+        "echo data > /data.txt",
+    ]);
+    // Exited: each call is answered from the container's disks in a VM of its own.
+    assert!(d
+        .docker_ok(&["cp", "vex:/data.txt", "-"])
+        .contains("data\n"));
+    let stat = path_stat(&d, "vex", "/data.txt");
+    assert_eq!(stat["name"], "data.txt", "{stat}");
+    assert_eq!(stat["size"], 5, "{stat}");
+    assert_eq!(stat["mode"], 0o644, "{stat}");
+    expect_missing(&d, "vex", "/nope");
+
+    // Running: the guest disk refuses `../`, and a good archive still lands.
+    d.docker_ok(&[
+        "run",
+        "-d",
+        "--isolation=microvm",
+        "--name",
+        "varch",
+        "bb",
+        "sleep",
+        "1000",
+    ]);
+    let out = curl(
+        &d,
+        "PUT",
+        "/v1.51/containers/varch/archive?path=/tmp",
+        Some(&tar_with("../escaped", b"x")),
+    );
+    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+    assert!(out.contains("is outside of"), "{out}");
+    let ls = d.docker_ok(&["exec", "varch", "ls", "/"]);
+    assert!(!ls.contains("escaped"), "{ls}");
+    let ok = curl(
+        &d,
+        "PUT",
+        "/v1.51/containers/varch/archive?path=/tmp",
+        Some(&tar_with("fine", b"x")),
+    );
+    assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+    assert_eq!(d.docker_ok(&["exec", "varch", "cat", "/tmp/fine"]), "x");
+    d.docker_ok(&["rm", "-f", "vex", "varch"]);
+}
+
+/// `docker cp` through an anonymous volume of a created and of an exited microVM
+/// container. Known bug, not yet fixed: a microVM's anonymous volume is a disk image the
+/// host never mounts, and the archive VM of a stopped container attaches only its rootfs,
+/// so `docker cp f c:/vol1/` answers "no such directory".
+#[test]
+#[ignore = "berth bug: archive of a stopped microVM container does not attach its volume disks"]
+fn microvm_archive_through_an_anonymous_volume_created_and_exited() {
+    if common::microvm::skip_without_microvm() {
+        return;
+    }
+    let d = common::microvm::daemon();
+    let put = d.dir.path().join("put.txt");
+    std::fs::write(&put, "put\n").unwrap();
+    let put = put.to_str().unwrap();
+    d.docker_ok(&[
+        "create",
+        "--isolation=microvm",
+        "--name",
+        "vav",
+        "-v",
+        "/vol1",
+        "bb",
+        "sh",
+        "-c",
+        "cat /vol1/put.txt; echo data > /vol1/data.txt",
+    ]);
+    // Created: the first boot sees what was copied in.
+    d.docker_ok(&["cp", put, "vav:/vol1/"]);
+    assert_eq!(d.docker_ok(&["start", "-a", "vav"]), "put\n");
+    // Exited: the guest's write is found, with the stat header; 404 for a missing path.
+    assert!(d
+        .docker_ok(&["cp", "vav:/vol1/data.txt", "-"])
+        .contains("data\n"));
+    let stat = path_stat(&d, "vav", "/vol1/data.txt");
+    assert_eq!(
+        (stat["name"].clone(), stat["size"].clone()),
+        ("data.txt".into(), 5.into()),
+        "{stat}"
+    );
+    expect_missing(&d, "vav", "/vol1/nope");
+    // A PUT lands in the volume, not on the guest disk underneath.
+    d.docker_ok(&["cp", put, "vav:/vol1/again.txt"]);
+    let vol = d
+        .docker_ok(&[
+            "inspect",
+            "-f",
+            "{{range .Mounts}}{{if eq .Destination \"/vol1\"}}{{.Name}}{{end}}{{end}}",
+            "vav",
+        ])
+        .trim()
+        .to_string();
+    let seen = d.docker_ok(&[
+        "run",
+        "--rm",
+        "--isolation=microvm",
+        "-v",
+        &format!("{vol}:/v"),
+        "bb",
+        "cat",
+        "/v/again.txt",
+    ]);
+    assert_eq!(seen, "put\n");
+    let hostile = |c: &str, path: &str| {
+        let out = curl(
+            &d,
+            "PUT",
+            &format!("/v1.51/containers/{c}/archive?path={path}"),
+            Some(&tar_with("../escaped", b"x")),
+        );
+        assert!(out.starts_with("HTTP/1.1 400"), "{c}:{path}: {out}");
+        assert!(out.contains("is outside of"), "{out}");
+    };
+    hostile("vav", "/vol1");
+
+    d.docker_ok(&["rm", "-f", "vav"]);
+}
+
+/// docker-py in both modes: `get_archive`/`put_archive` on a volume, `container.update`
+/// (the new limit checked live), and `inspect_container`'s `HostConfig.Isolation` and
+/// `NetworkSettings.MacAddress` (`py/archive_update_inspect.py`).
+#[test]
+fn docker_py_archive_update_and_inspect_in_both_modes() {
+    let d = common::microvm::daemon();
+    let mut modes = vec!["process"];
+    if !common::microvm::skip_without_microvm() {
+        modes.push("microvm");
+    }
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/py/archive_update_inspect.py"
+    );
+    for mode in modes {
+        let out = Command::new("python3")
+            .args([script, "bb", mode])
+            .env("DOCKER_HOST", d.host())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{mode}: {}{}",
+            stdout(&out),
+            common::stderr(&out)
+        );
+        let id = stdout(&out).trim().to_string();
+        let live = match mode {
+            "microvm" => common::microvm::guest_cgroup_file(&d, &id, "memory.max"),
+            _ => {
+                let f = format!("/sys/fs/cgroup/memory/berth/{id}/memory.limit_in_bytes");
+                std::fs::read_to_string(&f)
+                    .unwrap_or_else(|e| panic!("{f}: {e}"))
+                    .trim()
+                    .to_string()
+            }
+        };
+        assert_eq!(live, (64u64 << 20).to_string(), "{mode}");
+        d.docker_ok(&["rm", "-f", "-v", &id]);
+    }
+}
+
 /// `docker diff` lists what the user changed, never the mount points the engine made.
 #[test]
 fn diff_hides_engine_mount_points() {

@@ -210,3 +210,68 @@ print(c.containers.get(sys.argv[2]).health, c.containers.get(sys.argv[3]).health
     assert_eq!(stdout(&o), "healthy unhealthy\n", "{}", stderr(&o));
     d.docker_ok(&["rm", "-f", &id, &slow, &none]);
 }
+
+/// `--health-start-period`: failing probes during the start period are logged but do not
+/// count, so a container that would be unhealthy after one failure stays `starting`
+/// until the period ends (both modes).
+#[test]
+fn failures_in_the_start_period_do_not_count() {
+    let d = daemon();
+    let mut modes = vec!["process"];
+    if !skip_without_microvm() {
+        modes.push("microvm");
+    }
+    for mode in modes {
+        let t0 = Instant::now();
+        let id = d
+            .docker_ok(&[
+                "run",
+                "-d",
+                &format!("--isolation={mode}"),
+                "--health-cmd",
+                "false",
+                "--health-interval",
+                "500ms",
+                "--health-start-interval",
+                "300ms",
+                "--health-retries",
+                "1",
+                "--health-start-period",
+                "15s",
+                "bb",
+                "sleep",
+                "1000",
+            ])
+            .trim()
+            .to_string();
+        // Several probes have failed (retries=1 would make one enough) and none counted.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let probes = loop {
+            let n: usize = d
+                .docker_ok(&["inspect", "-f", "{{len .State.Health.Log}}", &id])
+                .trim()
+                .parse()
+                .unwrap();
+            if n >= 3 || Instant::now() > deadline {
+                break n;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let state = d.docker_ok(&[
+            "inspect",
+            "-f",
+            "{{.State.Health.Status}} {{.State.Health.FailingStreak}}",
+            &id,
+        ]);
+        assert!(
+            t0.elapsed() < Duration::from_secs(15),
+            "{mode}: too slow to check inside the start period"
+        );
+        assert!(probes >= 2, "{mode}: only {probes} probes ran");
+        assert_eq!(state.trim(), "starting 0", "{mode}: {probes} probes");
+        // After the period, the first failure counts.
+        wait_health(&d, &id, "unhealthy", Duration::from_secs(30));
+        assert!(t0.elapsed() >= Duration::from_secs(15), "{mode}");
+        d.docker_ok(&["rm", "-f", &id]);
+    }
+}

@@ -48,24 +48,29 @@ fn docker_py_exec_output_is_never_lost() {
     assert!(text.contains("lost: 0"), "{text}");
 }
 
+/// Prints the signal state and the open descriptors of the shell that runs it.
+const PROBE: &str = "grep -E '^Sig(Ign|Blk)' /proc/self/status; ls /proc/self/fd | tr '\\n' ' '";
+
+/// `out` (of [`PROBE`]) shows default dispositions, nothing blocked and only stdio open.
+fn expect_clean_start(what: &str, out: &str) {
+    assert!(
+        out.contains("SigIgn:\t0000000000000000"),
+        "{what}: signals ignored:\n{out}"
+    );
+    assert!(
+        out.contains("SigBlk:\t0000000000000000"),
+        "{what}: signals blocked:\n{out}"
+    );
+    // ls itself holds one descriptor (3) for the directory it lists.
+    assert!(out.trim_end().ends_with("0 1 2 3"), "{what}: fds:\n{out}");
+}
+
 /// Every process the agent starts begins with default dispositions, nothing blocked and
 /// only stdio open, as under runc: main process, exec, and the process under `--init`.
 #[test]
 fn processes_start_with_default_signals_and_only_stdio() {
     let d = daemon_with_busybox();
-    let probe = "grep -E '^Sig(Ign|Blk)' /proc/self/status; ls /proc/self/fd | tr '\\n' ' '";
-    let expect = |what: &str, out: &str| {
-        assert!(
-            out.contains("SigIgn:\t0000000000000000"),
-            "{what}: signals ignored:\n{out}"
-        );
-        assert!(
-            out.contains("SigBlk:\t0000000000000000"),
-            "{what}: signals blocked:\n{out}"
-        );
-        // ls itself holds one descriptor (3) for the directory it lists.
-        assert!(out.trim_end().ends_with("0 1 2 3"), "{what}: fds:\n{out}");
-    };
+    let (probe, expect) = (PROBE, expect_clean_start);
     let main = d.docker_ok(&["run", "--rm", "bb:local", "sh", "-c", probe]);
     expect("main", &main);
     let init = d.docker_ok(&["run", "--rm", "--init", "bb:local", "sh", "-c", probe]);
@@ -92,6 +97,54 @@ fn processes_start_with_default_signals_and_only_stdio() {
         "pipeline took {:?}",
         t0.elapsed()
     );
+}
+
+/// The same in a microVM, where the guest agent starts the processes: the main process,
+/// one under `--init` (its probe kept in a file) and an exec.
+#[test]
+fn microvm_processes_start_with_default_signals_and_only_stdio() {
+    if common::microvm::skip_without_microvm() {
+        return;
+    }
+    let d = common::microvm::daemon();
+    let main = d.docker_ok(&[
+        "run",
+        "--rm",
+        "--isolation=microvm",
+        "bb",
+        "sh",
+        "-c",
+        PROBE,
+    ]);
+    expect_clean_start("microvm main", &main);
+    let under_init = format!("{{ {PROBE}; }} > /tmp/probe 2>&1; exec sleep 1000");
+    d.docker_ok(&[
+        "run",
+        "-d",
+        "--isolation=microvm",
+        "--init",
+        "--name",
+        "vsig",
+        "bb",
+        "sh",
+        "-c",
+        &under_init,
+    ]);
+    let mut init = String::new();
+    common::eventually("the probe under --init", 60, || {
+        init = stdout(&d.docker(&["exec", "vsig", "cat", "/tmp/probe"]));
+        // Complete once the fd list (space-terminated by tr) is written.
+        match init.contains("SigBlk") && init.ends_with(' ') {
+            true => Ok(()),
+            false => Err(init.clone()),
+        }
+    });
+    expect_clean_start("microvm --init", &init);
+    let pid1 = d.docker_ok(&["exec", "vsig", "cat", "/proc/1/comm"]);
+    assert_ne!(pid1.trim(), "sh", "--init did not put an init at pid 1");
+    let exec = d.docker_ok(&["exec", "vsig", "sh", "-c", PROBE]);
+    expect_clean_start("microvm exec", &exec);
+    d.docker_ok(&["rm", "-f", "vsig"]);
 }
 
 fn count_in_order(reader: impl std::io::Read, n: u64) -> Result<u64, String> {

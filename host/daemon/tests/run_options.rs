@@ -309,3 +309,97 @@ fn host_pid_ipc_and_uts_namespaces() {
     ]));
     assert!(e.contains("not allowed in host IPC namespace"), "{e}");
 }
+
+/// `--group-add` (by number and by the image's group name), `--env-file` and
+/// `--stop-timeout` (in the record, and how long `docker stop` waits for a process that
+/// ignores SIGTERM), in both modes, through the CLI.
+#[test]
+fn group_add_env_file_and_stop_timeout() {
+    let d = daemon();
+    let env_file = d.dir.path().join("env.list");
+    std::fs::write(
+        &env_file,
+        "# a comment\nFROM_FILE=one two\nEMPTY=\nPASSED\n",
+    )
+    .unwrap();
+    let env_file = env_file.to_str().unwrap();
+    for mode in modes() {
+        let out = d
+            .docker_cmd(&[
+                "run",
+                "--rm",
+                &format!("--isolation={mode}"),
+                "--group-add",
+                "4242",
+                "--group-add",
+                "user",
+                "--env-file",
+                env_file,
+                "bb",
+                "sh",
+                "-c",
+                "id -G; id -Gn; echo \"[$FROM_FILE] [${EMPTY-unset}] [$PASSED]\"",
+            ])
+            .env("PASSED", "from-cli-env")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{mode}: {}", stderr(&out));
+        let out = stdout(&out);
+        let lines: Vec<&str> = out.lines().collect();
+        let gids: Vec<&str> = lines[0].split_whitespace().collect();
+        assert!(
+            gids.contains(&"4242") && gids.contains(&"1000"),
+            "{mode}: {out}"
+        );
+        assert!(
+            lines[1].split_whitespace().any(|g| g == "user"),
+            "{mode}: {out}"
+        );
+        assert_eq!(lines[2], "[one two] [] [from-cli-env]", "{mode}: {out}");
+
+        // Ignores SIGTERM: `docker stop` must wait the container's own timeout, then kill.
+        let name = format!("st-{mode}");
+        d.docker_ok(&[
+            "run",
+            "-d",
+            &format!("--isolation={mode}"),
+            "--name",
+            &name,
+            "--stop-timeout",
+            "3",
+            "bb",
+            "sh",
+            "-c",
+            "trap '' TERM; echo ready; while :; do sleep 0.1; done",
+        ]);
+        common::eventually("the trap is set", 60, || {
+            match d.docker_ok(&["logs", &name]).contains("ready") {
+                true => Ok(()),
+                false => Err("not yet".into()),
+            }
+        });
+        assert_eq!(
+            d.docker_ok(&["inspect", "-f", "{{.Config.StopTimeout}}", &name])
+                .trim(),
+            "3"
+        );
+        let t0 = std::time::Instant::now();
+        d.docker_ok(&["stop", &name]);
+        let took = t0.elapsed();
+        assert!(
+            took >= std::time::Duration::from_millis(2900),
+            "{mode}: stop returned after {took:?}, before the 3 s timeout"
+        );
+        assert!(
+            took < std::time::Duration::from_secs(9),
+            "{mode}: stop took {took:?}: the 10 s default, not --stop-timeout"
+        );
+        assert_eq!(
+            d.docker_ok(&["inspect", "-f", "{{.State.ExitCode}}", &name])
+                .trim(),
+            "137",
+            "{mode}"
+        );
+        d.docker_ok(&["rm", &name]);
+    }
+}

@@ -117,3 +117,32 @@ fn sig_proxy_false_forwards_nothing() {
     assert_eq!(logs, "ready\n");
     d.docker_ok(&["rm", "-f", "np"]);
 }
+
+/// `docker run` in the foreground proxies a signal to a microVM container's process
+/// (the kill travels to the guest agent).
+#[test]
+fn microvm_docker_run_forwards_signals() {
+    if common::microvm::skip_without_microvm() {
+        return;
+    }
+    let d = common::microvm::daemon();
+    let (mut child, out) = spawn_ready(
+        &d,
+        &[
+            "run",
+            "--isolation=microvm",
+            "--name",
+            "vrun",
+            "bb",
+            "sh",
+            "-c",
+            SCRIPT,
+        ],
+    );
+    kill(child.id(), libc::SIGUSR1);
+    wait_exit(&mut child, Duration::from_secs(60), "docker run");
+    assert_eq!(rest(out), "got-usr1\n");
+    assert_eq!(child.wait().unwrap().code(), Some(7));
+    let exit = d.docker_ok(&["inspect", "-f", "{{.State.ExitCode}}", "vrun"]);
+    assert_eq!(exit.trim(), "7");
+}

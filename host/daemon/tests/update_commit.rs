@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use common::images::import_busybox;
+use common::microvm;
 use common::{stderr, stdout, TestDaemon};
 
 fn daemon_with_busybox() -> TestDaemon {
@@ -171,6 +172,75 @@ fn update_changes_running_limits_and_keeps_them_across_restart() {
     // An unlimited pids limit is written back as "max".
     d.docker_ok(&["update", "--pids-limit", "-1", "upd"]);
     assert_eq!(cg("pids", &id, "pids.max"), "max");
+}
+
+/// The same update on a microVM container: the guest agent writes the guest's v2 cgroup
+/// (the host only sizes the VM), read from inside through `docker exec`; the next boot
+/// applies the record.
+#[test]
+fn microvm_update_changes_limits_inside_the_guest() {
+    if microvm::skip_without_microvm() {
+        return;
+    }
+    let d = microvm::daemon();
+    d.docker_ok(&[
+        "run",
+        "-d",
+        "--isolation=microvm",
+        "--name",
+        "vupd",
+        "-m",
+        "32m",
+        "bb",
+        "sleep",
+        "1000",
+    ]);
+    let cg = |f: &str| microvm::guest_cgroup_file(&d, "vupd", f);
+    assert_eq!(cg("memory.max"), (32 * MIB).to_string());
+    assert_eq!(cg("pids.max"), "max");
+    d.docker_ok(&[
+        "update",
+        "--memory",
+        "64m",
+        "--memory-swap",
+        "128m",
+        "--cpus",
+        "0.5",
+        "--pids-limit",
+        "50",
+        "--cpu-shares",
+        "512",
+        "vupd",
+    ]);
+    let check_live = || {
+        assert_eq!(cg("memory.max"), (64 * MIB).to_string());
+        assert_eq!(cg("cpu.max"), "50000 100000");
+        // runc's shares -> weight conversion: 512 -> 20.
+        assert_eq!(cg("cpu.weight"), "20");
+    };
+    check_live();
+    assert_eq!(cg("pids.max"), "50");
+    // v2 limits swap alone (Docker's value is memory+swap); a guest without swap has no file.
+    let swap = cg("memory.swap.max");
+    if swap == "missing" {
+        eprintln!("memory.swap.max not checked: the guest kernel has no swap controller");
+    } else {
+        assert_eq!(swap, (64 * MIB).to_string());
+    }
+    assert_eq!(
+        inspect(
+            &d,
+            "vupd",
+            "{{.HostConfig.Memory}} {{.HostConfig.NanoCpus}} {{.HostConfig.PidsLimit}}"
+        ),
+        format!("{} 500000000 50", 64 * MIB)
+    );
+    d.docker_ok(&["update", "--pids-limit", "-1", "vupd"]);
+    assert_eq!(cg("pids.max"), "max");
+    // A new boot applies the updated record.
+    d.docker_ok(&["restart", "-t", "0", "vupd"]);
+    check_live();
+    d.docker_ok(&["rm", "-f", "vupd"]);
 }
 
 #[test]

@@ -135,6 +135,44 @@ print(res["StatusCode"], api.wait("wpy", condition="not-running")["StatusCode"])
     );
 }
 
+/// `n` samples of the container's stats stream.
+fn stats_samples(d: &TestDaemon, name: &str, n: usize) -> Vec<serde_json::Value> {
+    let mut c = curl(d, "GET", &format!("/containers/{name}/stats?stream=true"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(c.stdout.take().unwrap()).lines();
+    let mut samples: Vec<serde_json::Value> = Vec::new();
+    while samples.len() < n {
+        let l = lines.next().expect("stats stream ended").unwrap();
+        if l.trim().is_empty() {
+            continue;
+        }
+        samples.push(serde_json::from_str(&l).unwrap());
+    }
+    let _ = c.kill();
+    let _ = c.wait();
+    samples
+}
+
+/// Each sample's `precpu_stats` is the previous sample's `cpu_stats`, and a busy
+/// container's CPU time grows between them.
+fn check_precpu(samples: &[serde_json::Value]) {
+    let total = |v: &serde_json::Value, k: &str| v[k]["cpu_usage"]["total_usage"].as_u64().unwrap();
+    for w in samples.windows(2) {
+        assert_eq!(total(&w[1], "precpu_stats"), total(&w[0], "cpu_stats"));
+        assert_eq!(
+            w[1]["precpu_stats"]["system_cpu_usage"],
+            w[0]["cpu_stats"]["system_cpu_usage"]
+        );
+        assert!(
+            total(&w[1], "cpu_stats") > total(&w[0], "cpu_stats"),
+            "busy: {w:?}"
+        );
+        assert!(w[1]["memory_stats"]["usage"].as_u64().unwrap_or(0) > 0);
+    }
+}
+
 #[test]
 fn stats_stream_carries_precpu_from_the_previous_sample() {
     let d = TestDaemon::start();
@@ -150,33 +188,64 @@ fn stats_stream_carries_precpu_from_the_previous_sample() {
         "-c",
         "while :; do :; done",
     ]);
-    let mut c = curl(&d, "GET", "/containers/busy/stats?stream=true")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(c.stdout.take().unwrap()).lines();
-    let mut samples: Vec<serde_json::Value> = Vec::new();
-    while samples.len() < 3 {
-        let l = lines.next().expect("stats stream ended").unwrap();
-        if l.trim().is_empty() {
-            continue;
-        }
-        samples.push(serde_json::from_str(&l).unwrap());
-    }
-    let _ = c.kill();
-    let _ = c.wait();
-    let total = |v: &serde_json::Value, k: &str| v[k]["cpu_usage"]["total_usage"].as_u64().unwrap();
-    for w in samples.windows(2) {
-        assert_eq!(total(&w[1], "precpu_stats"), total(&w[0], "cpu_stats"));
-        assert_eq!(
-            w[1]["precpu_stats"]["system_cpu_usage"],
-            w[0]["cpu_stats"]["system_cpu_usage"]
-        );
-        assert!(
-            total(&w[1], "cpu_stats") > total(&w[0], "cpu_stats"),
-            "busy: {w:?}"
-        );
-        assert!(w[1]["memory_stats"]["usage"].as_u64().unwrap_or(0) > 0);
-    }
+    check_precpu(&stats_samples(&d, "busy", 3));
     d.docker_ok(&["rm", "-f", "busy"]);
+}
+
+/// The same in a microVM: the waits follow the VM's exit and removal, the samples come
+/// from the guest's cgroup.
+#[test]
+fn microvm_wait_conditions_and_stats_stream() {
+    if common::microvm::skip_without_microvm() {
+        return;
+    }
+    let d = common::microvm::daemon();
+    d.docker_ok(&[
+        "create",
+        "--isolation=microvm",
+        "--name",
+        "vwt",
+        "bb",
+        "sh",
+        "-c",
+        "sleep 1; exit 3",
+    ]);
+    let mut next = wait_bg(&d, "vwt", "next-exit");
+    assert!(
+        still_waiting(&mut next),
+        "next-exit answered before any exit"
+    );
+    d.docker_ok(&["start", "vwt"]);
+    wait_exit(&mut next, Duration::from_secs(90), "next-exit wait");
+    let (code, body) = finish(next);
+    assert_eq!(
+        (code, body["StatusCode"].as_i64()),
+        (200, Some(3)),
+        "{body}"
+    );
+    let mut removed = wait_bg(&d, "vwt", "removed");
+    assert!(still_waiting(&mut removed), "removed answered before rm");
+    d.docker_ok(&["rm", "vwt"]);
+    wait_exit(&mut removed, Duration::from_secs(60), "removed wait");
+    let (code, body) = finish(removed);
+    assert_eq!(
+        (code, body["StatusCode"].as_i64()),
+        (200, Some(3)),
+        "{body}"
+    );
+
+    d.docker_ok(&[
+        "run",
+        "-d",
+        "--isolation=microvm",
+        "--name",
+        "vbusy",
+        "bb",
+        "sh",
+        "-c",
+        "while :; do :; done",
+    ]);
+    let samples = stats_samples(&d, "vbusy", 2);
+    check_precpu(&samples);
+    d.docker_ok(&["rm", "-f", "vbusy"]);
 }

@@ -23,16 +23,30 @@ pub(super) fn stat_header(stat: &berth_engine::containers::archive::PathStat) ->
         .unwrap_or(HeaderValue::from_static(""))
 }
 
+/// dockerd's missing-file 404 names the container as the request did (`id`: a name, a
+/// full or a short id); the engine's names it by its name.
+fn as_requested(e: berth_engine::Error, c: &Container, path: &str, id: &str) -> ApiError {
+    use berth_engine::containers::archive::file_not_found;
+    match e {
+        berth_engine::Error::NotFound(m) if m == file_not_found(path, &c.name()).to_string() => {
+            file_not_found(path, id).into()
+        }
+        e => e.into(),
+    }
+}
+
 pub(super) async fn archive_head(
     State(engine): State<AppState>,
     Path(id): Path<String>,
     Q(q): Q<ArchiveQuery>,
 ) -> ApiResult<Response> {
     let c = container(&engine, &id)?;
+    let path = archive_path(&q)?;
     let stat = engine
         .containers
-        .archive_stat(&c, &archive_path(&q)?)
-        .await?;
+        .archive_stat(&c, &path)
+        .await
+        .map_err(|e| as_requested(e, &c, &path, &id))?;
     let mut resp = StatusCode::OK.into_response();
     resp.headers_mut()
         .insert("x-docker-container-path-stat", stat_header(&stat));
@@ -45,10 +59,12 @@ pub(super) async fn archive_get(
     Q(q): Q<ArchiveQuery>,
 ) -> ApiResult<Response> {
     let c = container(&engine, &id)?;
+    let path = archive_path(&q)?;
     let (stat, out) = engine
         .containers
-        .archive_get(&c, &archive_path(&q)?)
-        .await?;
+        .archive_get(&c, &path)
+        .await
+        .map_err(|e| as_requested(e, &c, &path, &id))?;
     let body = tokio_util::io::ReaderStream::new(out);
     let mut resp = Response::new(Body::from_stream(body));
     resp.headers_mut().insert(
@@ -94,7 +110,8 @@ pub(super) async fn archive_put(
             opt_bool(&q.no_overwrite_dir_non_dir),
             Box::pin(body),
         )
-        .await?;
+        .await
+        .map_err(|e| as_requested(e, &c, &path, &id))?;
     Ok(StatusCode::OK)
 }
 

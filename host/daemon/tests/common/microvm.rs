@@ -120,3 +120,18 @@ pub fn inspect(d: &TestDaemon, id: &str, format: &str) -> String {
         .trim()
         .to_string()
 }
+
+/// A file of a microVM container's own cgroup, read from inside its guest (cgroup v2).
+/// The container has no cgroup filesystem of its own, so a privileged exec mounts the
+/// guest's hierarchy once and reads the file under the main process's cgroup path.
+/// `missing` when the guest kernel has no such file.
+pub fn guest_cgroup_file(d: &TestDaemon, id: &str, file: &str) -> String {
+    let script = format!(
+        "m=/tmp/.cg; mkdir -p $m; grep -q \" $m cgroup2 \" /proc/mounts || mount -t cgroup2 none $m || exit 1; \
+         f=\"$m$(cut -d: -f3 /proc/1/cgroup)/{file}\"; \
+         if [ -e \"$f\" ]; then cat \"$f\"; else echo missing; fi"
+    );
+    d.docker_ok(&["exec", "--privileged", id, "sh", "-c", &script])
+        .trim()
+        .to_string()
+}

@@ -384,6 +384,14 @@ impl Containers {
 /// A tar being produced for the client.
 pub type TarStream = std::pin::Pin<Box<dyn tokio::io::AsyncRead + Send>>;
 
+/// dockerd's 404 for a path the container does not have. dockerd names the container as
+/// the request did (name or id): the API layer swaps in what the client sent.
+pub fn file_not_found(path: &str, container: &str) -> Error {
+    Error::not_found(format!(
+        "Could not find the file {path} in container {container}"
+    ))
+}
+
 /// The archive child's exit code (`None`: killed) as the API error Docker gives.
 fn child_result(code: Option<i32>, stderr: &[u8], c: &Container, path: &str) -> Result<()> {
     if code == Some(0) {
@@ -391,10 +399,7 @@ fn child_result(code: Option<i32>, stderr: &[u8], c: &Container, path: &str) -> 
     }
     let msg = String::from_utf8_lossy(stderr).trim().to_string();
     match code {
-        Some(2) => Err(Error::not_found(format!(
-            "Could not find the file {path} in container {}",
-            c.name()
-        ))),
+        Some(2) => Err(file_not_found(path, &c.name())),
         Some(3) => Err(Error::invalid(msg)),
         _ => Err(Error::internal(format!("archive: {msg}"))),
     }
