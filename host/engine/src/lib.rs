@@ -114,6 +114,20 @@ impl Engine {
                 }
             }
         }
+        // json-file, the default driver, is the WASM plugin (there is no second,
+        // built-in implementation): without it the daemon still serves, and creating a
+        // container that logs to it says what is missing, as the bridge network does.
+        {
+            let mut drivers = containers.log_drivers.write().unwrap();
+            if drivers.get("json-file").is_err() {
+                drivers.set_unavailable(
+                    "json-file",
+                    "the json-file log plugin is not loaded (build the plugins with \
+                     scripts/build-plugins.sh, or pick another --log-driver)"
+                        .into(),
+                );
+            }
+        }
         let volumes = Arc::new(volumes::Volumes::open(
             &config.data_root,
             plugins.clone(),

@@ -1,13 +1,12 @@
 //! Container log storage behind the [`LogDriver`] trait. The engine feeds every line a
 //! container writes to its driver and asks the driver to read them back for
-//! `docker logs`. Drivers: the built-in `json-file` writer here (Docker's on-disk
-//! format) and `none`; WASM log plugins plug in through the same trait.
+//! `docker logs`. Built in is only `none`; every driver that stores logs, `json-file`
+//! (Docker's on-disk format, the default) included, is a WASM log plugin
+//! (`plugins/drivers/`), adapted to this trait by [`crate::plugins::PluginLogDriver`].
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -112,9 +111,9 @@ pub struct LogDrivers {
 }
 
 impl LogDrivers {
+    /// The drivers compiled into the engine: `none`.
     pub fn builtin() -> Self {
         let mut d = LogDrivers::default();
-        d.register(Arc::new(JsonFile));
         d.register(Arc::new(NoLogs));
         d
     }
@@ -186,235 +185,6 @@ impl LogDriver for NoLogs {
         ))
     }
     fn remove(&self, _: &LogInfo) {}
-}
-
-/// Docker's json-file format: one `{"log","stream","time"}` object per line.
-pub struct JsonFile;
-
-#[derive(Serialize, Deserialize)]
-struct JsonLine {
-    log: String,
-    stream: String,
-    time: String,
-}
-
-impl JsonFile {
-    fn path(info: &LogInfo) -> PathBuf {
-        info.dir.join(format!("{}-json.log", info.container_id))
-    }
-}
-
-/// Buffers whole lines and appends them in batches. A batch the disk cannot take (a full
-/// disk) is dropped whole and the file cut back to its last whole line, so lines written
-/// once space is back are not glued to a fragment; the failure is logged once per streak.
-struct JsonFileWriter {
-    file: std::fs::File,
-    buf: Vec<u8>,
-    /// Length of the file's whole lines.
-    len: u64,
-    failing: bool,
-}
-
-const JSON_FILE_BATCH: usize = 64 << 10;
-
-impl JsonFileWriter {
-    fn write_batch(&mut self) {
-        if self.buf.is_empty() {
-            return;
-        }
-        match self.file.write_all(&self.buf) {
-            Ok(()) => {
-                self.len += self.buf.len() as u64;
-                if std::mem::take(&mut self.failing) {
-                    tracing::warn!("json-file log writes succeed again");
-                }
-            }
-            Err(err) => {
-                let _ = self.file.set_len(self.len);
-                if !std::mem::replace(&mut self.failing, true) {
-                    tracing::warn!(
-                        "json-file log write failed, dropping lines until writes succeed again: {err}"
-                    );
-                }
-            }
-        }
-        self.buf.clear();
-    }
-}
-
-impl LogWriter for JsonFileWriter {
-    fn write(&mut self, e: &LogEntry) {
-        let line = JsonLine {
-            log: String::from_utf8_lossy(&e.line).into_owned(),
-            stream: e.source.as_str().to_string(),
-            time: crate::fsutil::rfc3339_nanos(
-                std::time::UNIX_EPOCH + Duration::from_nanos(e.time_nano.max(0) as u64),
-            ),
-        };
-        if serde_json::to_writer(&mut self.buf, &line).is_ok() {
-            self.buf.push(b'\n');
-        }
-        if self.buf.len() >= JSON_FILE_BATCH {
-            self.write_batch();
-        }
-    }
-    fn flush(&mut self) {
-        self.write_batch();
-    }
-}
-
-impl Drop for JsonFileWriter {
-    fn drop(&mut self) {
-        self.write_batch();
-    }
-}
-
-fn parse_line(l: &str) -> Option<LogEntry> {
-    let j: JsonLine = serde_json::from_str(l).ok()?;
-    Some(LogEntry {
-        source: if j.stream == "stderr" {
-            Source::Stderr
-        } else {
-            Source::Stdout
-        },
-        time_nano: crate::fsutil::parse_rfc3339_utc(&j.time).unwrap_or(0) as i64,
-        partial: !j.log.ends_with('\n'),
-        line: Bytes::from(j.log),
-    })
-}
-
-impl LogDriver for JsonFile {
-    fn name(&self) -> &str {
-        "json-file"
-    }
-    fn validate_opts(&self, opts: &HashMap<String, String>) -> Result<()> {
-        for k in opts.keys() {
-            if !matches!(
-                k.as_str(),
-                "max-size" | "max-file" | "labels" | "env" | "compress" | "tag"
-            ) {
-                return Err(Error::invalid(format!(
-                    "unknown log opt '{k}' for json-file log driver"
-                )));
-            }
-        }
-        Ok(())
-    }
-    fn open(&self, info: &LogInfo) -> Result<Box<dyn LogWriter>> {
-        let f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(Self::path(info))?;
-        let len = f.metadata()?.len();
-        Ok(Box::new(JsonFileWriter {
-            file: f,
-            buf: Vec::with_capacity(JSON_FILE_BATCH),
-            len,
-            failing: false,
-        }))
-    }
-    fn log_path(&self, info: &LogInfo) -> String {
-        Self::path(info).display().to_string()
-    }
-    fn read(&self, info: &LogInfo, opts: ReadOpts) -> Result<mpsc::Receiver<LogEntry>> {
-        let path = Self::path(info);
-        let (tx, rx) = mpsc::channel(256);
-        std::thread::Builder::new()
-            .name("json-file-read".into())
-            .spawn(move || {
-                let _ = read_json_file(&path, opts, &tx);
-            })
-            .map_err(Error::internal)?;
-        Ok(rx)
-    }
-    fn remove(&self, info: &LogInfo) {
-        let _ = std::fs::remove_file(Self::path(info));
-    }
-}
-
-fn read_json_file(path: &PathBuf, mut opts: ReadOpts, tx: &mpsc::Sender<LogEntry>) -> Option<()> {
-    let keep = |e: &LogEntry, o: &ReadOpts| {
-        o.since_nano.is_none_or(|s| e.time_nano >= s)
-            && o.until_nano.is_none_or(|u| e.time_nano <= u)
-    };
-    let file = match std::fs::File::open(path) {
-        Ok(f) => f,
-        Err(_) if opts.follow.is_some() => {
-            // Not written yet: wait for it while the container runs.
-            loop {
-                std::thread::sleep(Duration::from_millis(50));
-                if let Ok(f) = std::fs::File::open(path) {
-                    break f;
-                }
-                if !following(&mut opts) || tx.is_closed() {
-                    return Some(());
-                }
-            }
-        }
-        Err(_) => return Some(()),
-    };
-    let mut reader = BufReader::new(file);
-    // Existing content (with tail applied).
-    let mut existing: Vec<LogEntry> = Vec::new();
-    let mut line = String::new();
-    let mut offset = 0u64;
-    loop {
-        line.clear();
-        let n = reader.read_line(&mut line).ok()?;
-        if n == 0 || !line.ends_with('\n') {
-            break;
-        }
-        offset += n as u64;
-        if let Some(e) = parse_line(line.trim_end_matches('\n')) {
-            if keep(&e, &opts) {
-                existing.push(e);
-            }
-        }
-    }
-    let skip = match opts.tail {
-        Some(n) => existing.len().saturating_sub(n),
-        None => 0,
-    };
-    for e in existing.into_iter().skip(skip) {
-        tx.blocking_send(e).ok()?;
-    }
-    if opts.follow.is_none() || opts.until_nano.is_some_and(|u| u < now_nanos()) {
-        return Some(());
-    }
-    // Follow: poll for appended lines until the container stops, then drain once more.
-    let mut stopping = false;
-    loop {
-        reader.seek(SeekFrom::Start(offset)).ok()?;
-        loop {
-            line.clear();
-            let n = reader.read_line(&mut line).ok()?;
-            if n == 0 || !line.ends_with('\n') {
-                break;
-            }
-            offset += n as u64;
-            if let Some(e) = parse_line(line.trim_end_matches('\n')) {
-                if opts.until_nano.is_some_and(|u| e.time_nano > u) {
-                    return Some(());
-                }
-                if keep(&e, &opts) {
-                    tx.blocking_send(e).ok()?;
-                }
-            }
-        }
-        if stopping || tx.is_closed() {
-            return Some(());
-        }
-        if !following(&mut opts) {
-            // One more pass picks up lines flushed just before the stop.
-            stopping = true;
-            continue;
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-}
-
-fn following(opts: &mut ReadOpts) -> bool {
-    opts.follow.as_mut().is_some_and(|w| *w.borrow_and_update())
 }
 
 pub use crate::fsutil::now_nanos;
@@ -504,99 +274,6 @@ mod tests {
                 (Source::Stdout, "bc\n".into(), false),
                 (Source::Stdout, "tail".into(), true),
             ]
-        );
-    }
-
-    #[tokio::test]
-    async fn json_file_write_tail_since_follow() {
-        let dir = tempfile::tempdir().unwrap();
-        let info = LogInfo {
-            container_id: "c1".into(),
-            dir: dir.path().into(),
-            ..Default::default()
-        };
-        let d = JsonFile;
-        let mut w = d.open(&info).unwrap();
-        for i in 0..5 {
-            w.write(&LogEntry {
-                source: Source::Stdout,
-                time_nano: 1_000 + i,
-                line: Bytes::from(format!("l{i}\n")),
-                partial: false,
-            });
-        }
-        w.flush();
-        let text = std::fs::read_to_string(d.log_path(&info)).unwrap();
-        assert!(
-            text.starts_with(
-                r#"{"log":"l0\n","stream":"stdout","time":"1970-01-01T00:00:00.000001000Z"}"#
-            ),
-            "{text}"
-        );
-
-        let mut rx = d
-            .read(
-                &info,
-                ReadOpts {
-                    tail: Some(2),
-                    ..Default::default()
-                },
-            )
-            .unwrap();
-        let mut got = Vec::new();
-        while let Some(e) = rx.recv().await {
-            got.push(e.line);
-        }
-        assert_eq!(got, vec![Bytes::from("l3\n"), Bytes::from("l4\n")]);
-
-        let mut rx = d
-            .read(
-                &info,
-                ReadOpts {
-                    since_nano: Some(1_003),
-                    ..Default::default()
-                },
-            )
-            .unwrap();
-        let mut n = 0;
-        while rx.recv().await.is_some() {
-            n += 1;
-        }
-        assert_eq!(n, 2);
-
-        let (run_tx, run_rx) = watch::channel(true);
-        let mut rx = d
-            .read(
-                &info,
-                // `since` (not `tail: 0`): the new line may land before or after the
-                // reader's first pass; either way it must be delivered exactly once.
-                ReadOpts {
-                    since_nano: Some(1_500),
-                    follow: Some(run_rx),
-                    ..Default::default()
-                },
-            )
-            .unwrap();
-        w.write(&LogEntry {
-            source: Source::Stderr,
-            time_nano: 2_000,
-            line: Bytes::from("late\n"),
-            partial: false,
-        });
-        w.flush();
-        let wait = std::time::Duration::from_secs(10);
-        let e = tokio::time::timeout(wait, rx.recv())
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!((e.source, e.line), (Source::Stderr, Bytes::from("late\n")));
-        run_tx.send(false).unwrap();
-        assert!(
-            tokio::time::timeout(wait, rx.recv())
-                .await
-                .unwrap()
-                .is_none(),
-            "follow ends when the container stops"
         );
     }
 }

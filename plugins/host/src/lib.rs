@@ -89,6 +89,8 @@ mod manifest;
 pub mod network;
 mod plugin;
 mod resolve;
+mod shared;
+mod stats;
 mod stdio;
 mod store;
 mod validate;
@@ -105,7 +107,7 @@ pub use log::{
 };
 pub use manifest::{valid_plugin_name, Manifest, PluginKind};
 pub use network::{Cidr, EndpointSpec, NetIntent, NetworkDriverHandle, NetworkSpec};
-pub use plugin::PluginStats;
+pub use stats::PluginStats;
 pub use volume::{DiskFormat, MountSource, VolumeDriverHandle, VolumeInfo, VolumeScope};
 
 #[cfg(test)]

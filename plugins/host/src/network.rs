@@ -13,7 +13,8 @@ use crate::bindings::v0_2_0::network::berth::driver::network_types as wit;
 use crate::bindings::v0_2_0::network::berth::driver::types::{DriverError, IpAddress, IpCidr};
 use crate::bindings::v0_2_0::network::exports::berth::driver::ipam_driver::Pool as WitPool;
 use crate::error::PluginError;
-use crate::plugin::{request_blocking, Job, Runner, Shared};
+use crate::plugin::{request_blocking, Job, Runner};
+use crate::shared::Shared;
 use crate::validate::{check_options, truncate};
 
 /// Most intents one reply may carry: a driver needs a handful per call.

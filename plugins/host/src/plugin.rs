@@ -1,13 +1,13 @@
-//! One loaded plugin: shared state, and the worker thread that owns its wasm
-//! instance. Calls are jobs on a bounded queue, so the daemon's async runtime never
-//! runs wasm; a trap or timeout drops the instance, which is re-created from the
-//! `InstancePre` after a backoff, behind a circuit breaker.
+//! The worker thread that owns a loaded plugin's wasm instance (the state its
+//! handles share is [`crate::shared::Shared`]). Calls are jobs on a bounded queue, so
+//! the daemon's async runtime never runs wasm; a trap or timeout drops the instance,
+//! which is re-created from the `InstancePre` after a backoff, behind a circuit
+//! breaker.
 
 use std::collections::{HashMap, VecDeque};
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use wasmtime::component::ResourceAny;
@@ -16,92 +16,11 @@ use wasmtime::{Engine, Store, Trap};
 use crate::bindings::v0_1_0::log::{LogPlugin, LogPluginPre};
 use crate::bindings::v0_1_0::volume::{VolumePlugin, VolumePluginPre};
 use crate::bindings::v0_2_0::network::{NetworkPlugin, NetworkPluginPre};
-use crate::config::PluginHostConfig;
 use crate::engine::ticks;
 use crate::error::PluginError;
-use crate::kv::Kv;
-use crate::log::SessionShared;
-use crate::manifest::{Manifest, PluginKind};
-use crate::stdio::BoundedPipe;
+use crate::manifest::PluginKind;
+use crate::shared::Shared;
 use crate::store::{new_store, StoreState};
-
-/// Counters for one plugin (monotonic since load).
-#[derive(Default, Debug)]
-pub struct Stats {
-    pub calls: AtomicU64,
-    pub instantiations: AtomicU64,
-    pub traps: AtomicU64,
-    pub timeouts: AtomicU64,
-    pub bad_replies: AtomicU64,
-    pub log_dropped: AtomicU64,
-    pub stderr_dropped: AtomicU64,
-    pub entries_dropped: AtomicU64,
-    pub recycles: AtomicU64,
-}
-
-/// Snapshot of a plugin's health, for `docker info`-style reporting and tests.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct PluginStats {
-    pub calls: u64,
-    pub instantiations: u64,
-    pub traps: u64,
-    pub timeouts: u64,
-    pub bad_replies: u64,
-    /// `host.log` messages dropped by the rate limiter.
-    pub log_messages_dropped: u64,
-    /// stderr bytes beyond the capture bound.
-    pub stderr_bytes_dropped: u64,
-    /// Log entries dropped (buffer full, plugin down, or write failed).
-    pub log_entries_dropped: u64,
-    /// Instances replaced because their memory grew past the recycle threshold.
-    pub recycles: u64,
-    pub circuit_open: bool,
-}
-
-pub struct Shared {
-    pub name: String,
-    pub kind: PluginKind,
-    pub manifest: Manifest,
-    pub root: PathBuf,
-    pub memory_limit: usize,
-    pub cfg: Arc<PluginHostConfig>,
-    pub stderr: BoundedPipe,
-    pub kv: Mutex<Kv>,
-    pub stats: Stats,
-    pub circuit_open: std::sync::atomic::AtomicBool,
-    pub next_id: AtomicU64,
-    /// Live log sessions (log plugins only), re-started after an instance restart.
-    pub sessions: Mutex<HashMap<u64, Arc<SessionShared>>>,
-    /// Cached `read-logs-supported` answer.
-    pub reads_logs: std::sync::atomic::AtomicBool,
-}
-
-impl Shared {
-    pub fn snapshot(&self) -> PluginStats {
-        let s = &self.stats;
-        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        PluginStats {
-            calls: g(&s.calls),
-            instantiations: g(&s.instantiations),
-            traps: g(&s.traps),
-            timeouts: g(&s.timeouts),
-            bad_replies: g(&s.bad_replies),
-            log_messages_dropped: g(&s.log_dropped),
-            stderr_bytes_dropped: g(&s.stderr_dropped),
-            log_entries_dropped: g(&s.entries_dropped),
-            recycles: g(&s.recycles),
-            circuit_open: self.circuit_open.load(Ordering::Relaxed),
-        }
-    }
-
-    pub fn call_budget(&self) -> Duration {
-        match self.kind {
-            PluginKind::Log => self.cfg.log_call_timeout,
-            PluginKind::Network => self.cfg.network_call_timeout,
-            PluginKind::Volume => self.cfg.volume_call_timeout,
-        }
-    }
-}
 
 pub enum Pre {
     Log(LogPluginPre<StoreState>),

@@ -16,8 +16,8 @@ use crate::bindings::v0_1_0::log::berth::driver::{host, types};
 use crate::bindings::v0_1_0::volume::berth::driver::volume_host;
 use crate::engine::TICK;
 use crate::manifest::PluginKind;
-use crate::plugin::Shared;
 use crate::resolve::{self, Expect};
+use crate::shared::Shared;
 
 type DriverError = types::DriverError;
 

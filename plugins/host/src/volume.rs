@@ -11,8 +11,9 @@ use std::sync::Arc;
 use crate::bindings::v0_1_0::volume::berth::driver::volume_host::ImageFormat;
 use crate::bindings::v0_1_0::volume::exports::berth::driver::volume_driver as wit;
 use crate::error::PluginError;
-use crate::plugin::{request, Job, Runner, Shared};
+use crate::plugin::{request, Job, Runner};
 use crate::resolve::{resolve, Expect};
+use crate::shared::Shared;
 use crate::validate::{check_name, check_options, MAX_VOLUMES};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -275,6 +275,8 @@ impl Containers {
             r.state.finished_at = crate::fsutil::now_rfc3339();
         });
         let _ = c.running.send_replace(false);
+        // Without `c.op`: stop/kill/restart/rm hold it while they wait for the exit
+        // notice sent below. Saves serialise themselves (containers/persist.rs).
         let _ = self.save(c);
         let rec = c.record();
         if status.oom_killed {

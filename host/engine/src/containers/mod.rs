@@ -15,6 +15,7 @@ pub mod health;
 mod lifecycle;
 mod links;
 mod network;
+mod persist;
 mod propagation;
 pub mod record;
 mod removal;
@@ -75,6 +76,10 @@ pub struct Container {
     /// Where to save the run's changes as a layer tar before its sandbox goes (the
     /// builder's RUN steps in a microVM: saves booting the VM again to commit).
     changes_at_exit: Mutex<Option<PathBuf>>,
+    /// Serialises writes of the record file (see [`Container::persist`]); `false`
+    /// once removal deletes the container's directory, so that a late save (an exit
+    /// handled after `rm` gave up waiting for it) does not bring the directory back.
+    on_disk: Mutex<bool>,
 }
 
 impl Container {
@@ -92,6 +97,7 @@ impl Container {
             stop_requested: Mutex::new(false),
             backoff: Mutex::new(0),
             changes_at_exit: Mutex::new(None),
+            on_disk: Mutex::new(true),
         })
     }
 
@@ -469,14 +475,10 @@ impl Containers {
         Ok(backends)
     }
 
-    /// Persist the record atomically.
+    /// Persist the record atomically. Callers need not hold `c.op`: saves of one
+    /// container are serialised by [`Container::persist`].
     pub(crate) fn save(&self, c: &Container) -> Result<()> {
-        let bytes = {
-            let r = c.rec.lock().unwrap();
-            serde_json::to_vec_pretty(&*r).map_err(Error::internal)?
-        };
-        crate::fsutil::write_atomic(&self.container_dir(&c.id).join("container.json"), &bytes)?;
-        Ok(())
+        c.persist(&self.container_dir(&c.id).join("container.json"))
     }
 
     pub fn register_log_driver(&self, driver: Arc<dyn crate::logs::LogDriver>) {

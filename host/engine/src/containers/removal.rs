@@ -72,6 +72,8 @@ impl Containers {
         }
         let dir = self.container_dir(&c.id);
         let run = self.run_dir(&c.id);
+        // From here on a save (an exit handled late) must not recreate the directory.
+        c.set_on_disk(false);
         let cleanup = tokio::task::spawn_blocking(move || {
             let _ = std::fs::remove_dir_all(&run);
             std::fs::remove_dir_all(&dir)
@@ -80,6 +82,7 @@ impl Containers {
         if let Ok(Err(e)) = cleanup {
             if e.kind() != std::io::ErrorKind::NotFound {
                 c.update(|r| r.state.status = Status::Dead);
+                c.set_on_disk(true);
                 let _ = self.save(c);
                 return Err(Error::internal(format!(
                     "unable to remove filesystem for {}: {e}",

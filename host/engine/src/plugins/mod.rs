@@ -89,7 +89,8 @@ pub fn open_host(data_root: &Path) -> Option<Arc<PluginHost>> {
             }
         }
         None => tracing::warn!(
-            "no built plugins found (run scripts/build-plugins.sh); using built-in drivers"
+            "no built plugins found (run scripts/build-plugins.sh): no json-file logs, \
+             local volumes or bridge network"
         ),
     }
     Some(host)

@@ -7,11 +7,13 @@ use std::sync::mpsc::SyncSender;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::session::{split_host_opts, Buf};
-use super::{ContainerLogInfo, LogEntry, LogSession, ReadConfig, SessionShared};
+use super::buffer::{split_host_opts, Buf, SessionShared};
+use super::session::LogSession;
+use super::types::{ContainerLogInfo, LogEntry, ReadConfig};
 use crate::bindings::v0_1_0::log::exports::berth::driver::log_driver as wit;
 use crate::error::PluginError;
-use crate::plugin::{request, submit, Job, Runner, Shared};
+use crate::plugin::{request, submit, Job, Runner};
+use crate::shared::Shared;
 
 /// Handle to a loaded log driver. Cheap to clone.
 #[derive(Clone)]

@@ -4,7 +4,8 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use super::{LogEntry, SessionShared};
+use super::buffer::SessionShared;
+use super::types::LogEntry;
 use crate::bindings::v0_1_0::log::exports::berth::driver::log_driver as wit;
 use crate::error::PluginError;
 use crate::plugin::Runner;
@@ -106,12 +107,12 @@ impl Runner {
                         }
                     }
                     Ok(Err(e)) => {
-                        s.drop_n(&self.shared, n);
+                        s.drop_n(&self.shared.stats, n);
                         if !s.write_failing.swap(true, Ordering::Relaxed) {
                             tracing::warn!(plugin = self.name(), container = %s.info.id, "log write failed, dropping lines until writes succeed again: {}", PluginError::from(e));
                         }
                     }
-                    Err(_) => s.drop_n(&self.shared, n),
+                    Err(_) => s.drop_n(&self.shared.stats, n),
                 }
                 s.handled_n(n);
             }
@@ -155,7 +156,7 @@ impl Runner {
             std::mem::take(&mut b.q).len()
         };
         s.space.notify_waiters();
-        s.drop_n(&self.shared, n as u64);
+        s.drop_n(&self.shared.stats, n as u64);
         s.handled_n(n as u64);
     }
 
