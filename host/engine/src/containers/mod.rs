@@ -18,6 +18,7 @@ mod network;
 mod propagation;
 pub mod record;
 mod removal;
+mod seccomp_profile;
 mod shared_ns;
 mod spec;
 pub mod stdio;
