@@ -51,7 +51,9 @@ enum To {
 
 /// Classic BPF with forward labels, resolved in [`Asm::finish`].
 struct Asm {
-    code: Vec<(libc::sock_filter, To, To)>,
+    /// Instructions; those with targets get their offsets in `finish`, the others keep
+    /// theirs (the shared prologue's are already encoded).
+    code: Vec<(libc::sock_filter, Option<(To, To)>)>,
     labels: Vec<Option<usize>>,
 }
 
@@ -64,10 +66,10 @@ impl Asm {
         self.labels[l] = Some(self.code.len());
     }
     fn op(&mut self, f: libc::sock_filter) {
-        self.code.push((f, To::Next, To::Next));
+        self.code.push((f, None));
     }
     fn jmp(&mut self, code: u16, k: u32, jt: To, jf: To) {
-        self.code.push((jump(code, k, 0, 0), jt, jf));
+        self.code.push((jump(code, k, 0, 0), Some((jt, jf))));
     }
     fn finish(self) -> Result<Vec<libc::sock_filter>, String> {
         if self.code.len() > MAX_INSNS {
@@ -77,7 +79,11 @@ impl Asm {
             ));
         }
         let mut out = Vec::with_capacity(self.code.len());
-        for (i, (mut f, jt, jf)) in self.code.into_iter().enumerate() {
+        for (i, (mut f, targets)) in self.code.into_iter().enumerate() {
+            let Some((jt, jf)) = targets else {
+                out.push(f);
+                continue;
+            };
             let off = |to: To| -> Result<u8, String> {
                 let target = match to {
                     To::Next => return Ok(0),
