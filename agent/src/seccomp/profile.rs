@@ -39,7 +39,7 @@ fn applies(rule: &SeccompRule, caps: u64, kernel: (u32, u32)) -> bool {
     rule.include_caps.iter().all(has)
         && !rule.exclude_caps.iter().any(has)
         && rule.include_min_kernel.is_none_or(|v| kernel >= v)
-        && !rule.exclude_min_kernel.is_some_and(|v| kernel >= v)
+        && rule.exclude_min_kernel.is_none_or(|v| kernel < v)
 }
 
 /// A jump target: the next instruction or a label bound later.

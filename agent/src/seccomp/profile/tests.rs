@@ -6,7 +6,7 @@ use crate::seccomp::tests::{errno_of, in_child};
 /// Runs `filter` over a syscall the way the kernel does, for exhaustive checks of the
 /// comparisons without a process per case. Real-process tests below check the kernel agrees.
 fn run(filter: &[libc::sock_filter], nr: u32, args: [u64; 6]) -> u32 {
-    let mut data = vec![0u8; 64];
+    let mut data = [0u8; 64];
     data[0..4].copy_from_slice(&nr.to_ne_bytes());
     data[4..8].copy_from_slice(&super::super::AUDIT_ARCH_X86_64.to_ne_bytes());
     for (i, a) in args.iter().enumerate() {
