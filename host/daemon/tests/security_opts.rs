@@ -147,7 +147,7 @@ fn cgroup_view(d: &TestDaemon, mode: &str, extra: &[&str]) -> (String, String, S
                   ls $c | grep -q procs && echo has-procs; \
                   mkdir $c/sub 2>/dev/null && rmdir $c/sub && echo rw; \
                   echo ready; sleep 60";
-    let mut args = vec!["run", "-d", "--name", &name, &iso];
+    let mut args = vec!["run", "-d", "--name", name.as_str(), iso.as_str()];
     args.extend_from_slice(extra);
     args.extend_from_slice(&["bb", "sh", "-c", script]);
     d.docker_ok(&args);

@@ -100,8 +100,7 @@ async fn create(
         if !matches!(mode.as_str(), Some("" | "private" | "host")) && !mode.is_null() {
             let shown = mode
                 .as_str()
-                .map(str::to_string)
-                .unwrap_or(mode.to_string());
+                .map_or_else(|| mode.to_string(), str::to_string);
             return Err(ApiError::bad_request(format!(
                 "invalid cgroup namespace mode: {shown}"
             )));
