@@ -7,7 +7,9 @@ use std::{
 use nix::sched::{setns, CloneFlags};
 
 /// Namespaces an exec joins, in order (mnt last: it changes the root used to open the others).
+/// `cgroup` is the agent's own with `--cgroupns host`; joining it again is a no-op.
 pub const EXEC_NAMESPACES: &[(&str, CloneFlags)] = &[
+    ("cgroup", CloneFlags::CLONE_NEWCGROUP),
     ("ipc", CloneFlags::CLONE_NEWIPC),
     ("uts", CloneFlags::CLONE_NEWUTS),
     ("net", CloneFlags::CLONE_NEWNET),

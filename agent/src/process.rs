@@ -11,7 +11,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use berth_agent_protocol::{ContainerSpec, NetworkSpec, ProcessSpec};
+use berth_agent_protocol::{CgroupNamespace, ContainerSpec, NetworkSpec, ProcessSpec};
 use nix::{
     sched::{setns, unshare, CloneFlags},
     sys::socket::{socketpair, AddressFamily, SockFlag, SockType},
@@ -248,6 +248,11 @@ fn child_setup(
             if matches!(spec.network, NetworkSpec::Isolated) {
                 flags |= CloneFlags::CLONE_NEWNET;
             }
+            // We are in the container's cgroup already (the agent said `G`), so a new cgroup
+            // namespace is rooted there.
+            if spec.cgroupns == CgroupNamespace::Private {
+                flags |= CloneFlags::CLONE_NEWCGROUP;
+            }
             unshare(flags).map_err(|e| LaunchError::setup(format!("unshare: {e}")))?;
             if let Some(path) = join_ipc {
                 namespaces::join_path(path, CloneFlags::CLONE_NEWIPC)
@@ -271,7 +276,8 @@ fn child_setup(
                     libc::setdomainname(spec.domainname.as_ptr().cast(), spec.domainname.len())
                 };
             }
-            rootfs::setup(spec, l.exec_dir, etc_files, donor_shm).map_err(step("rootfs"))?;
+            rootfs::setup(spec, l.exec_dir, etc_files, donor_shm, l.cgroup)
+                .map_err(step("rootfs"))?;
         }
         Target::Exec { init_pid } => {
             namespaces::join_all(*init_pid).map_err(step("joining container namespaces"))?
@@ -370,7 +376,11 @@ fn child_setup(
         prctl(libc::PR_SET_NO_NEW_PRIVS, 1).map_err(step("no_new_privs"))?;
     }
     if l.seccomp {
-        seccomp::install(&seccomp::build_filter(l.caps)).map_err(step("seccomp"))?;
+        if let Some(filter) = seccomp::filter_for(&spec.security.seccomp, l.caps)
+            .map_err(|e| LaunchError::setup(format!("seccomp: {e}")))?
+        {
+            seccomp::install(&filter).map_err(step("seccomp"))?;
+        }
     }
     let groups: Vec<nix::unistd::Gid> = u
         .groups

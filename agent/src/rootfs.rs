@@ -92,6 +92,7 @@ pub fn setup(
     exec_dir: &Path,
     etc_files: &[(PathBuf, &'static str)],
     donor_shm: Option<std::os::fd::OwnedFd>,
+    cgroup: &crate::cgroups::Cgroup,
 ) -> io::Result<()> {
     let privileged = spec.security.privileged;
     // rprivate cuts every tie to the host's mounts. A bind asking for slave or shared
@@ -188,6 +189,11 @@ pub fn setup(
             )?;
         }
     }
+    crate::cgroups::mount_in_container(
+        cgroup,
+        &secure_join(&root, "/sys/fs/cgroup")?,
+        !privileged,
+    )?;
     let dev = dir("/dev")?;
     do_mount(
         Some("tmpfs"),

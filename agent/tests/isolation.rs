@@ -268,3 +268,54 @@ async fn no_new_privileges_numeric_user_and_groups() {
     let (_, out, _) = run(spec, &dir).await;
     assert_eq!(out, "NoNewPrivs:\t0\n");
 }
+
+#[tokio::test]
+async fn seccomp_profile_and_cgroup_namespace() {
+    if skip() {
+        return;
+    }
+    use berth_agent_protocol::{CgroupNamespace, SeccompAction, SeccompProfile, SeccompRule};
+    let (mut spec, dir) = make_spec("sc-profile", &["sh", "-c", "mkdir /tmp/x; echo rc=$?"]);
+    spec.security.seccomp = SeccompMode::Profile(SeccompProfile {
+        default_action: SeccompAction::Allow,
+        rules: vec![SeccompRule {
+            names: vec!["mkdir".into(), "mkdirat".into()],
+            action: SeccompAction::Errno(1),
+            ..Default::default()
+        }],
+    });
+    let (status, out, err) = run(spec, &dir).await;
+    assert_eq!(status.code, 0, "{err}");
+    assert!(err.contains("Operation not permitted"), "{err}");
+    assert_eq!(out, "rc=1\n");
+
+    let script = "cat /proc/self/cgroup; touch /sys/fs/cgroup/probe 2>&1; ls -R /sys/fs/cgroup | grep -c procs";
+    for private in [true, false] {
+        let (mut spec, dir) = make_spec(
+            if private { "cg-private" } else { "cg-host" },
+            &["sh", "-c", script],
+        );
+        spec.cgroupns = if private {
+            CgroupNamespace::Private
+        } else {
+            CgroupNamespace::Host
+        };
+        let id = spec.id.clone();
+        let (status, out, err) = run(spec, &dir).await;
+        assert_eq!(status.code, 0, "{err}");
+        let cg: Vec<&str> = out
+            .lines()
+            .filter(|l| l.starts_with(|c: char| c.is_ascii_digit()) && l.contains(':'))
+            .collect();
+        assert!(cg.len() >= 2, "{out}");
+        if private {
+            assert!(cg.iter().all(|l| l.ends_with(":/")), "{out}");
+        } else {
+            assert!(cg.iter().any(|l| l.contains(&id)), "{out}");
+        }
+        assert!(out.contains("Read-only file system"), "{out}");
+        // The container's own cgroup is mounted there (cgroup.procs, per hierarchy on v1).
+        let procs: u32 = out.lines().last().unwrap().trim().parse().unwrap_or(0);
+        assert!(procs >= 1, "{out}");
+    }
+}

@@ -160,6 +160,30 @@ mod tests {
         )
         .unwrap();
         assert_eq!(spec.security.seccomp, SeccompMode::Default);
+        assert_eq!(spec.cgroupns, CgroupNamespace::Host);
         assert!(matches!(spec.rootfs, Rootfs::Overlay { ref lower, .. } if lower.len() == 2));
+        // The unit modes keep the form older agents and hosts know; a profile is a new key.
+        let sec: SecuritySpec = serde_json::from_str(r#"{"seccomp":"unconfined"}"#).unwrap();
+        assert_eq!(sec.seccomp, SeccompMode::Unconfined);
+        let profile = SeccompMode::Profile(SeccompProfile {
+            default_action: SeccompAction::Errno(1),
+            rules: vec![SeccompRule {
+                names: vec!["mkdir".into()],
+                action: SeccompAction::Allow,
+                args: vec![SeccompArg {
+                    index: 1,
+                    value: 0o700,
+                    value_two: 0,
+                    op: SeccompOp::Le,
+                }],
+                ..Default::default()
+            }],
+        });
+        let text = serde_json::to_string(&profile).unwrap();
+        assert!(
+            text.starts_with(r#"{"profile":{"default_action":{"errno":1}"#),
+            "{text}"
+        );
+        assert_eq!(serde_json::from_str::<SeccompMode>(&text).unwrap(), profile);
     }
 }

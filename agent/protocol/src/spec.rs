@@ -69,6 +69,9 @@ pub struct ContainerSpec {
     /// `/proc/<pid>/ns/...`) the container joins instead of getting its own.
     #[serde(default)]
     pub join_namespaces: JoinNamespaces,
+    /// `--cgroupns`; also decides what is mounted at `/sys/fs/cgroup`.
+    #[serde(default)]
+    pub cgroupns: CgroupNamespace,
 }
 
 /// Namespaces a container joins from another container.
@@ -232,7 +235,7 @@ pub struct SecuritySpec {
     pub no_new_privileges: bool,
 }
 
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum SeccompMode {
     /// The agent's equivalent of Docker's default profile (see the agent's `seccomp.rs`).
@@ -240,6 +243,95 @@ pub enum SeccompMode {
     Default,
     /// `--security-opt seccomp=unconfined`.
     Unconfined,
+    /// `--security-opt seccomp=<profile.json>`: a Docker profile the host decoded and checked.
+    /// Serialized as `{"profile": {...}}`, so the unit variants above keep their old form.
+    Profile(SeccompProfile),
+}
+
+/// A Docker seccomp profile, resolved by the host as far as it can: rules for other
+/// architectures are dropped and `name`/`names` merged. What depends on where the process
+/// runs (its capabilities, the kernel version) is left for the agent.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SeccompProfile {
+    pub default_action: SeccompAction,
+    /// In profile order; the first rule that matches a call decides.
+    #[serde(default)]
+    pub rules: Vec<SeccompRule>,
+}
+
+/// What the filter does with a call. `errno`/`trace` carry the value returned to the caller
+/// (the tracer's message for `trace`).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SeccompAction {
+    #[default]
+    Allow,
+    Errno(u16),
+    /// Docker's `SCMP_ACT_KILL`, like `SCMP_ACT_KILL_THREAD`.
+    KillThread,
+    KillProcess,
+    Trap,
+    Trace(u16),
+    Log,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SeccompRule {
+    /// Syscall names; names the agent's table does not know are skipped, as libseccomp does.
+    pub names: Vec<String>,
+    pub action: SeccompAction,
+    /// All must hold.
+    #[serde(default)]
+    pub args: Vec<SeccompArg>,
+    /// Applies only if the process has all these capabilities (`CAP_` names).
+    #[serde(default)]
+    pub include_caps: Vec<String>,
+    /// Skipped if the process has any of these capabilities.
+    #[serde(default)]
+    pub exclude_caps: Vec<String>,
+    /// Applies only on kernels at least this `(major, minor)`.
+    #[serde(default)]
+    pub include_min_kernel: Option<(u32, u32)>,
+    /// Skipped on kernels at least this `(major, minor)`.
+    #[serde(default)]
+    pub exclude_min_kernel: Option<(u32, u32)>,
+}
+
+/// One argument comparison (`SCMP_CMP_*`), on the full 64-bit value.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SeccompArg {
+    /// 0..=5.
+    pub index: u8,
+    pub value: u64,
+    /// Only for `masked_eq`: `(arg & value) == value_two`.
+    #[serde(default)]
+    pub value_two: u64,
+    pub op: SeccompOp,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SeccompOp {
+    Ne,
+    Lt,
+    Le,
+    #[default]
+    Eq,
+    Ge,
+    Gt,
+    MaskedEq,
+}
+
+/// `--cgroupns`: Docker's default is `private` on cgroup v2 hosts and `host` on v1; the
+/// host decides and sends it explicitly. Older hosts send nothing: `host`, as before.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum CgroupNamespace {
+    /// Stay in the agent's cgroup namespace.
+    #[default]
+    Host,
+    /// A cgroup namespace rooted at the container's own cgroup.
+    Private,
 }
 
 /// cgroup limits, in Docker's units. `None` = unlimited / not set.

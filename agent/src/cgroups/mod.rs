@@ -1,7 +1,10 @@
 //! Per-container cgroups: v1 (hybrid hosts, one directory per controller) or v2 (guests, unified).
 //! Created at each start, removed when the run ends, so nothing is left behind.
+mod mount;
 pub mod v1;
 pub mod v2;
+
+pub use mount::mount_in_container;
 
 use std::{fs, io, path::Path, time::Duration};
 

@@ -77,6 +77,11 @@ impl CgroupV1 {
         Ok(cg)
     }
 
+    /// The container's directory in each mounted hierarchy, by controller name.
+    pub fn dirs(&self) -> impl Iterator<Item = (&'static str, &Path)> {
+        self.dirs.iter().map(|(c, d)| (*c, d.as_path()))
+    }
+
     fn dir(&self, ctrl: &str) -> Option<&Path> {
         self.dirs
             .iter()

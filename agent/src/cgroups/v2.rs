@@ -15,6 +15,11 @@ pub struct CgroupV2 {
 }
 
 impl CgroupV2 {
+    /// The container's directory, as the agent sees it.
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
     pub fn create(parent: &str, id: &str, res: &Resources) -> io::Result<Self> {
         // Enable the controllers we use on every level above the container's cgroup.
         let mut cur = PathBuf::from(ROOT);

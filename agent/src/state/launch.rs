@@ -198,7 +198,7 @@ impl Agent {
             container: &spec,
             process: &pspec,
             caps,
-            seccomp: !privileged && spec.security.seccomp == SeccompMode::Default,
+            seccomp: !privileged && spec.security.seccomp != SeccompMode::Unconfined,
             no_new_privs: spec.security.no_new_privileges,
             tiny_init: is_init && spec.init,
             exec_dir: &self.exec_dir,

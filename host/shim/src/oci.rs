@@ -7,8 +7,8 @@
 use std::path::Path;
 
 use berth_agent_protocol::{
-    ContainerSpec, Mount, MountKind, NetworkSpec, ProcessSpec, Resources, Rootfs, SeccompMode,
-    SecuritySpec,
+    CgroupNamespace, ContainerSpec, Mount, MountKind, NetworkSpec, ProcessSpec, Resources, Rootfs,
+    SeccompMode, SecuritySpec,
 };
 use oci_spec::runtime::{LinuxNamespaceType, LinuxResources, Process, Spec};
 
@@ -142,6 +142,14 @@ pub fn container_spec(
             .map(resources)
             .unwrap_or_default(),
         cgroup_parent: Some(cgroup_parent),
+        // A cgroup namespace in the spec (containerd's default on v2) is a private one.
+        cgroupns: if namespaces
+            .is_some_and(|ns| ns.iter().any(|n| n.typ() == LinuxNamespaceType::Cgroup))
+        {
+            CgroupNamespace::Private
+        } else {
+            CgroupNamespace::Host
+        },
         ..Default::default()
     })
 }

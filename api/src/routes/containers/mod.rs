@@ -95,6 +95,17 @@ async fn create(
         .and_then(|h| h.remove("Isolation"))
         .and_then(|v| v.as_str().map(str::to_string))
         .unwrap_or_default();
+    // Checked before model parsing, whose enum would refuse it with a serde message.
+    if let Some(mode) = raw.pointer("/HostConfig/CgroupnsMode") {
+        if !matches!(mode.as_str(), Some("" | "private" | "host")) && !mode.is_null() {
+            let shown = mode
+                .as_str()
+                .map_or_else(|| mode.to_string(), str::to_string);
+            return Err(ApiError::bad_request(format!(
+                "invalid cgroup namespace mode: {shown}"
+            )));
+        }
+    }
     let body: ContainerCreateBody = serde_json::from_value(raw)
         .map_err(|e| ApiError::bad_request(format!("invalid container config: {e}")))?;
     let (id, warnings) = engine

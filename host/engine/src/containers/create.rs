@@ -4,7 +4,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use bollard_stubs::models::{ContainerConfig, ContainerCreateBody, HostConfig, MountType};
+use bollard_stubs::models::{
+    ContainerConfig, ContainerCreateBody, HostConfig, HostConfigCgroupnsModeEnum, MountType,
+};
 
 use super::record::{ContainerRecord, MountRecord, State};
 use super::validate::{validate_host_config, validate_name, validate_run_options};
@@ -74,6 +76,19 @@ impl Containers {
             (iso, _) => self.isolation.parse(iso)?,
         };
         let backend = self.isolation.get(isolation).clone();
+        // Refused here, with 400, rather than at start.
+        super::spec::parse_security_opts(&hc.security_opt.clone().unwrap_or_default())?;
+        // dockerd records its default, which inspect shows: private on cgroup v2, host on v1.
+        if matches!(
+            hc.cgroupns_mode,
+            None | Some(HostConfigCgroupnsModeEnum::EMPTY)
+        ) {
+            hc.cgroupns_mode = Some(if backend.capabilities().cgroup_v2 {
+                HostConfigCgroupnsModeEnum::PRIVATE
+            } else {
+                HostConfigCgroupnsModeEnum::HOST
+            });
+        }
 
         let explicit_name = match req.name.as_deref().filter(|n| !n.is_empty()) {
             Some(n) => Some(validate_name(n)?),

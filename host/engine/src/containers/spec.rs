@@ -1,9 +1,11 @@
 //! Record → agent `ContainerSpec`: everything the agent needs, resolved on the host.
 
 use berth_agent_protocol::{
-    ContainerSpec, DeviceSpec, Mount, MountKind, NetworkSpec, ProcessSpec, Resources, SeccompMode,
-    SecuritySpec, Ulimit,
+    CgroupNamespace, ContainerSpec, DeviceSpec, Mount, MountKind, NetworkSpec, ProcessSpec,
+    Resources, SeccompMode, SecuritySpec, Ulimit,
 };
+
+use bollard_stubs::models::HostConfigCgroupnsModeEnum;
 
 use super::record::ContainerRecord;
 use super::Containers;
@@ -19,16 +21,17 @@ pub fn parse_security_opts(opts: &[String]) -> Result<(SeccompMode, bool)> {
             "seccomp" => match v {
                 "unconfined" => seccomp = SeccompMode::Unconfined,
                 "" | "default" | "builtin" => seccomp = SeccompMode::Default,
-                _ => {
-                    return Err(Error::invalid(
-                        "custom seccomp profiles are not supported: use the default or seccomp=unconfined",
-                    ))
-                }
+                // The docker CLI sends the profile file's JSON text.
+                profile => seccomp = super::seccomp_profile::parse(profile)?,
             },
             "no-new-privileges" => nnp = v.is_empty() || v == "true",
             // LSM labels have no meaning here (no AppArmor/SELinux policy is loaded).
             "apparmor" | "label" | "systempaths" => {}
-            other => return Err(Error::invalid(format!("invalid --security-opt: \"{other}\""))),
+            other => {
+                return Err(Error::invalid(format!(
+                    "invalid --security-opt: \"{other}\""
+                )))
+            }
         }
     }
     Ok((seccomp, nnp))
@@ -166,6 +169,11 @@ impl Containers {
             host_namespaces: super::validate::host_namespaces(hc)?,
             // The donors' namespaces are resolved at start (`join_namespaces`).
             join_namespaces: Default::default(),
+            // Containers recorded before `--cgroupns` existed stay in the agent's, as they were.
+            cgroupns: match hc.cgroupns_mode {
+                Some(HostConfigCgroupnsModeEnum::PRIVATE) => CgroupNamespace::Private,
+                _ => CgroupNamespace::Host,
+            },
         };
         self.backend(rec).map_resources(&mut spec.resources);
         Ok(spec)
@@ -191,7 +199,12 @@ mod tests {
                 .unwrap()
                 .1
         );
-        assert!(parse_security_opts(&["seccomp={\"x\":1}".into()]).is_err());
+        assert!(parse_security_opts(&["seccomp={\"x\":1".into()]).is_err());
+        let (mode, _) = parse_security_opts(&[
+            r#"seccomp={"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["mkdir"],"action":"SCMP_ACT_ERRNO"}]}"#.into(),
+        ])
+        .unwrap();
+        assert!(matches!(mode, SeccompMode::Profile(ref p) if p.rules.len() == 1));
         assert!(parse_security_opts(&["bogus=1".into()]).is_err());
     }
 }

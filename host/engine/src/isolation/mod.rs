@@ -38,6 +38,9 @@ pub struct Capabilities {
     /// The container runs behind NICs of its own (a VM's virtio-net), which berth joins
     /// to the sandbox's endpoints through TAPs: see [`GuestNetwork`].
     pub guest_nics: bool,
+    /// Containers run under cgroup v2 (a microVM's guest always; the host when it is
+    /// unified), where dockerd's default `--cgroupns` is `private` rather than `host`.
+    pub cgroup_v2: bool,
 }
 
 /// One NIC of a VM: the TAP in the sandbox that carries one endpoint, and what the guest

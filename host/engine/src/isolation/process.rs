@@ -71,6 +71,7 @@ impl IsolationBackend for ProcessIsolation {
             block_volumes: false,
             host_namespaces: true,
             guest_nics: false,
+            cgroup_v2: std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists(),
         }
     }
 

@@ -115,6 +115,14 @@ impl Policy {
             {
                 return Err("--security-opt ...=unconfined is not allowed for tenants".into());
             }
+            // A profile of the tenant's own could allow what the default filter denies.
+            if opts.iter().filter_map(Value::as_str).any(|o| {
+                o.strip_prefix("seccomp")
+                    .and_then(|v| v.strip_prefix(['=', ':']))
+                    .is_some_and(|v| !matches!(v, "" | "default" | "builtin"))
+            }) {
+                return Err("custom seccomp profiles are not allowed for tenants".into());
+            }
         }
         for b in hcv
             .get("Binds")

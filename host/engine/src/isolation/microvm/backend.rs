@@ -29,6 +29,7 @@ impl IsolationBackend for MicrovmIsolation {
             block_volumes: true,
             host_namespaces: false,
             guest_nics: true,
+            cgroup_v2: true,
         }
     }
 

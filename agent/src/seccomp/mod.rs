@@ -19,7 +19,12 @@
 //!   so libc falls back to `clone`, whose flags we can check — Docker does the same.
 use std::io;
 
+use berth_agent_protocol::SeccompMode;
+
 use crate::capabilities::cap_number;
+
+mod profile;
+mod syscalls;
 
 const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
 const SECCOMP_RET_ALLOW: u32 = 0x7fff_0000;
@@ -131,6 +136,31 @@ fn jump(code: u16, k: u32, jt: u8, jf: u8) -> libc::sock_filter {
     libc::sock_filter { code, jt, jf, k }
 }
 
+/// The start of every filter: EPERM for any ABI but native x86_64 (i386 `int 0x80`, x32),
+/// so they cannot bypass rules written with x86_64 numbers. Leaves the syscall number in
+/// the accumulator.
+fn prologue() -> Vec<libc::sock_filter> {
+    let eperm = SECCOMP_RET_ERRNO | libc::EPERM as u32;
+    vec![
+        stmt(BPF_LD_W_ABS, 4), // seccomp_data.arch
+        jump(BPF_JEQ_K, AUDIT_ARCH_X86_64, 1, 0),
+        stmt(BPF_RET_K, eperm),
+        stmt(BPF_LD_W_ABS, 0), // seccomp_data.nr
+        jump(BPF_JGE_K, X32_SYSCALL_BIT, 0, 1),
+        stmt(BPF_RET_K, eperm),
+    ]
+}
+
+/// The filter `mode` asks for, for a process with capability mask `caps`; `None` for
+/// `unconfined`.
+pub fn filter_for(mode: &SeccompMode, caps: u64) -> Result<Option<Vec<libc::sock_filter>>, String> {
+    match mode {
+        SeccompMode::Unconfined => Ok(None),
+        SeccompMode::Default => Ok(Some(build_filter(caps))),
+        SeccompMode::Profile(p) => profile::build(p, caps, profile::kernel_version()).map(Some),
+    }
+}
+
 /// Builds the filter for a container whose capability mask is `caps`.
 pub fn build_filter(caps: u64) -> Vec<libc::sock_filter> {
     let has = |name: &str| caps & (1u64 << cap_number(name).expect("known cap")) != 0;
@@ -142,14 +172,7 @@ pub fn build_filter(caps: u64) -> Vec<libc::sock_filter> {
     }
     let eperm = SECCOMP_RET_ERRNO | libc::EPERM as u32;
     let enosys = SECCOMP_RET_ERRNO | libc::ENOSYS as u32;
-    let mut p = vec![
-        stmt(BPF_LD_W_ABS, 4), // seccomp_data.arch
-        jump(BPF_JEQ_K, AUDIT_ARCH_X86_64, 1, 0),
-        stmt(BPF_RET_K, eperm),
-        stmt(BPF_LD_W_ABS, 0), // seccomp_data.nr
-        jump(BPF_JGE_K, X32_SYSCALL_BIT, 0, 1),
-        stmt(BPF_RET_K, eperm),
-    ];
+    let mut p = prologue();
     for nr in denied {
         p.push(jump(BPF_JEQ_K, nr as u32, 0, 1));
         p.push(stmt(BPF_RET_K, eperm));
@@ -200,7 +223,7 @@ pub fn install(filter: &[libc::sock_filter]) -> io::Result<()> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     #[test]
@@ -222,7 +245,7 @@ mod tests {
     }
 
     /// Runs `f` in a forked child with `filter` installed; returns the child's exit code.
-    fn in_child(filter: Vec<libc::sock_filter>, f: fn() -> i32) -> i32 {
+    pub(super) fn in_child(filter: Vec<libc::sock_filter>, f: fn() -> i32) -> i32 {
         // SAFETY: the child only makes raw syscalls and _exits.
         unsafe {
             let pid = libc::fork();
@@ -241,7 +264,7 @@ mod tests {
         }
     }
 
-    fn errno_of(rc: libc::c_long) -> i32 {
+    pub(super) fn errno_of(rc: libc::c_long) -> i32 {
         if rc == -1 {
             io::Error::last_os_error().raw_os_error().unwrap_or(0)
         } else {
