@@ -184,6 +184,10 @@ fn archive(
     }
     // Not `child.wait()`: the agent's reaper may collect the child first.
     let code = agent.helpers.wait(&mut child);
+    // A VM booted only for this session is killed as soon as the host has the exit code:
+    // what a `put` wrote must be on the disks by then, not in the guest's page cache.
+    // SAFETY: sync has no memory preconditions.
+    unsafe { libc::sync() };
     let text = errs.join().unwrap_or_default();
     if !text.is_empty() {
         frame(out, ARCHIVE_STDERR, &text)?;

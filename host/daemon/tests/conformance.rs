@@ -462,11 +462,12 @@ fn microvm_archive_stat_missing_path_and_hostile_puts() {
 }
 
 /// `docker cp` through an anonymous volume of a created and of an exited microVM
-/// container. Known bug, not yet fixed: a microVM's anonymous volume is a disk image the
-/// host never mounts, and the archive VM of a stopped container attaches only its rootfs,
-/// so `docker cp f c:/vol1/` answers "no such directory".
+/// container. The volume is a disk image the host never mounts: the VM booted for the
+/// copy attaches it and the guest's archive child binds it at `/vol1`. (Before that it
+/// attached only the root disks, and `docker cp f c:/vol1/` answered "no such
+/// directory".) While a second container holds the volume, the copy fails clearly
+/// instead of mounting the disk in two kernels.
 #[test]
-#[ignore = "berth bug: archive of a stopped microVM container does not attach its volume disks"]
 fn microvm_archive_through_an_anonymous_volume_created_and_exited() {
     if common::microvm::skip_without_microvm() {
         return;
@@ -534,8 +535,29 @@ fn microvm_archive_through_an_anonymous_volume_created_and_exited() {
         assert!(out.contains("is outside of"), "{out}");
     };
     hostile("vav", "/vol1");
+    // While another running container has the disk attached, the copy is refused rather
+    // than mounting one ext4 filesystem in two kernels.
+    d.docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "vholder",
+        "--isolation=microvm",
+        "-v",
+        &format!("{vol}:/v"),
+        "bb",
+        "sleep",
+        "1000",
+    ]);
+    let out = d.docker(&["cp", "vav:/vol1/data.txt", "-"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "copy from a volume attached elsewhere succeeded"
+    );
+    assert!(err.contains("attached to running container"), "{err}");
 
-    d.docker_ok(&["rm", "-f", "vav"]);
+    d.docker_ok(&["rm", "-f", "vav", "vholder"]);
 }
 
 /// docker-py in both modes: `get_archive`/`put_archive` on a volume, `container.update`

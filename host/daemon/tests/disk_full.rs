@@ -4,7 +4,8 @@
 //! image), a container logging a lot is not blocked (lines that cannot be stored are
 //! dropped, as dockerd does), and after the space is freed and berthd is `kill -9`ed and
 //! restarted every record is intact, nothing half-written is left in the data root, and the
-//! same operations succeed.
+//! same operations succeed. The microVM tests: creating a VM's disk on a full data root,
+//! and the data root filling under running VMs.
 
 mod common;
 
@@ -475,4 +476,102 @@ fn full_data_root_microvm_disk_creation_fails_cleanly() {
         "true",
     ]);
     d.docker_ok(&["rm", "m1", "m2"]);
+}
+
+/// The data root fills while microVM containers run. Their writable disks are sparse
+/// files there, so a guest write can meet ENOSPC on the host: the guest gets an I/O error
+/// (qemu's default, `werror=enospc`, pauses the whole VM instead, and the container
+/// hangs), the VM keeps answering exec and stop, a microVM that logs a lot is not blocked
+/// (lines that cannot be stored are dropped), and after the space is freed and berthd is
+/// `kill -9`ed and restarted the records are intact.
+#[test]
+fn full_data_root_while_a_microvm_runs() {
+    if common::microvm::skip_without_microvm() {
+        return;
+    }
+    let work = tempfile::Builder::new()
+        .prefix("berth-full")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let fs = LoopFs::new(work.path(), 192);
+    let root = fs.mnt.join("data");
+    let mut d = TestDaemon::start_in_netns_on(&["--bridge", "none", "--vmm", "qemu"], Some(&root));
+    import_busybox(&d, "bb");
+    let run = |name: &str, cmd: &str| {
+        d.docker_ok(&[
+            "run",
+            "-d",
+            "--isolation=microvm",
+            "--name",
+            name,
+            "bb",
+            "sh",
+            "-c",
+            cmd,
+        ]);
+    };
+    run("vmw", "sleep 1000");
+    // Waits for /go, so it logs only once the disk is full.
+    run(
+        "vmlog",
+        "while [ ! -e /go ]; do sleep 0.2; done; seq 1 100000",
+    );
+
+    fs.fill("filler", 300 << 10);
+    eprintln!("disk filled: {} bytes free", fs.avail());
+    let dd = docker_timed(
+        &d,
+        &[
+            "exec",
+            "vmw",
+            "dd",
+            "if=/dev/zero",
+            "of=/big",
+            "bs=1M",
+            "count=16",
+            "conv=fsync",
+        ],
+    );
+    assert!(
+        !dd.status.success(),
+        "16 MiB written and synced in a guest on a full host disk:\n{}",
+        common::stderr(&dd)
+    );
+    eprintln!("guest write on a full disk: {}", common::stderr(&dd).trim());
+    let alive = docker_timed(&d, &["exec", "vmw", "echo", "alive"]);
+    assert_eq!(
+        common::stdout(&alive).trim(),
+        "alive",
+        "{}",
+        common::stderr(&alive)
+    );
+
+    let go = docker_timed(&d, &["exec", "vmlog", "touch", "/go"]);
+    assert!(go.status.success(), "{}", common::stderr(&go));
+    let code = docker_timed(&d, &["wait", "vmlog"]);
+    assert_eq!(
+        common::stdout(&code).trim(),
+        "0",
+        "vmlog: {}",
+        common::stderr(&code)
+    );
+    let stop = docker_timed(&d, &["stop", "-t", "2", "vmw"]);
+    assert!(stop.status.success(), "{}", common::stderr(&stop));
+
+    std::fs::remove_file(fs.mnt.join("filler")).unwrap();
+    d.kill();
+    d.restart();
+    let bad = leftovers(&root);
+    assert!(bad.is_empty(), "left in the data root:\n{}", bad.join("\n"));
+    let mut ps: Vec<String> = d
+        .docker_ok(&["ps", "-a", "--format", "{{.Names}} {{.State}}"])
+        .lines()
+        .map(str::to_string)
+        .collect();
+    ps.sort();
+    assert_eq!(ps, ["vmlog exited", "vmw exited"]);
+    // The VM that met the full disk starts again once there is room.
+    d.docker_ok(&["start", "vmw"]);
+    assert_eq!(d.docker_ok(&["exec", "vmw", "echo", "back"]), "back\n");
+    d.docker_ok(&["rm", "-f", "vmw", "vmlog"]);
 }

@@ -136,7 +136,7 @@ fn microvm_output_is_lossless() {
         return;
     }
     let d = daemon();
-    const N: u64 = 100_000;
+    const N: u64 = 1_000_000;
     d.docker_ok(&[
         "create",
         "--isolation=microvm",

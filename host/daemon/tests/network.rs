@@ -87,6 +87,31 @@ fn user_networks_names_aliases_isolation_internal() {
         .trim()
         .to_string();
     assert!(web_ip.starts_with("10.233."), "{web_ip}");
+    // The embedded DNS answers over TCP too (RFC 7766; resolvers retry over TCP after a
+    // truncated answer): a raw length-prefixed A query for `www`, read back as bytes.
+    let tcp_query = concat!(
+        r"ns=$(awk '/^nameserver/{print $2; exit}' /etc/resolv.conf); ",
+        r"printf '\000\025\022\064\001\000\000\001\000\000\000\000\000\000",
+        r"\003www\000\000\001\000\001' | timeout 5 nc -w 3 $ns 53 | od -An -tu1",
+    );
+    let reply: Vec<u8> = d
+        .docker_ok(&["run", "--rm", "--network", "n1", IMG, "sh", "-c", tcp_query])
+        .split_whitespace()
+        .map(|b| b.parse().unwrap())
+        .collect();
+    assert!(reply.len() > 6, "{reply:?}");
+    assert_eq!(
+        usize::from(u16::from_be_bytes([reply[0], reply[1]])),
+        reply.len() - 2,
+        "{reply:?}"
+    );
+    assert_eq!(&reply[2..4], &[0x12, 0x34], "{reply:?}");
+    let answer_ip = reply[reply.len() - 4..]
+        .iter()
+        .map(u8::to_string)
+        .collect::<Vec<_>>()
+        .join(".");
+    assert_eq!(answer_ip, web_ip, "{reply:?}");
     // Another user network cannot reach it, not even by address.
     let o = d.docker(&[
         "run",

@@ -68,7 +68,12 @@ enum RootAccess {
 /// container's VM, run by its agent (`archive_guest.rs`).
 pub(super) enum ArchiveRun {
     Host(tokio::process::Command),
-    Guest(Vec<String>),
+    Guest {
+        args: Vec<String>,
+        /// The args address a stopped container's overlay: its block volumes are
+        /// attached and bound too (see `archive_guest.rs`).
+        block_volumes: bool,
+    },
 }
 
 /// Where the archive child works: the root it enters and the path inside that root.
@@ -231,6 +236,11 @@ impl Containers {
             _ if op == "export" || target.in_guest => Vec::new(),
             _ => self.mounts_for_child(c).await,
         };
+        // A stopped microVM container's block volumes live on disks only its VM mounts;
+        // `export` leaves volumes out, as Docker's does.
+        let block_volumes = target.in_guest
+            && matches!(target.access, RootAccess::Overlay { .. })
+            && op != "export";
         let mut args = vec![op.to_string(), target.path.clone()];
         for b in binds {
             args.extend(["--bind".to_string(), b]);
@@ -262,7 +272,10 @@ impl Containers {
         }
         args.extend(extra.iter().map(|s| s.to_string()));
         if target.in_guest {
-            return Ok(ArchiveRun::Guest(args));
+            return Ok(ArchiveRun::Guest {
+                args,
+                block_volumes,
+            });
         }
         sweep_archive_mountpoints();
         let exe = std::env::current_exe().map_err(Error::internal)?;
@@ -323,8 +336,11 @@ impl Containers {
         };
         let mut cmd = match self.archive_child(c, "put", path, extra).await? {
             ArchiveRun::Host(cmd) => cmd,
-            ArchiveRun::Guest(args) => {
-                let (code, stderr) = self.archive_put_guest(c, args, body).await?;
+            ArchiveRun::Guest {
+                args,
+                block_volumes,
+            } => {
+                let (code, stderr) = self.archive_put_guest(c, args, block_volumes, body).await?;
                 return child_result(code, &stderr, c, path);
             }
         };
@@ -368,7 +384,10 @@ impl Containers {
                     .map_err(Error::internal)?;
                 Ok((out.status.code(), out.stdout, out.stderr))
             }
-            ArchiveRun::Guest(args) => self.archive_output_guest(c, args).await,
+            ArchiveRun::Guest {
+                args,
+                block_volumes,
+            } => self.archive_output_guest(c, args, block_volumes).await,
         }
     }
 
@@ -376,7 +395,10 @@ impl Containers {
     async fn archive_stream(&self, c: &Arc<Container>, run: ArchiveRun) -> Result<TarStream> {
         match run {
             ArchiveRun::Host(cmd) => Ok(Box::pin(tar_stream(cmd)?)),
-            ArchiveRun::Guest(args) => self.archive_stream_guest(c, args).await,
+            ArchiveRun::Guest {
+                args,
+                block_volumes,
+            } => self.archive_stream_guest(c, args, block_volumes).await,
         }
     }
 }

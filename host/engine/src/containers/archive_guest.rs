@@ -39,13 +39,94 @@ async fn collect(r: &mut Reader) -> Result<(Option<i32>, Vec<u8>, Vec<u8>)> {
     }
 }
 
+/// Releases the volumes mounted for a VM booted to reach a stopped container's files,
+/// and only then the container's op lock: a start waiting on it mounts them again.
+struct VolumeHold {
+    volumes: Arc<crate::volumes::Volumes>,
+    names: Vec<String>,
+    id: String,
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl Drop for VolumeHold {
+    fn drop(&mut self) {
+        let (volumes, names, id) = (
+            self.volumes.clone(),
+            std::mem::take(&mut self.names),
+            std::mem::take(&mut self.id),
+        );
+        let guard = self.guard.take();
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        rt.spawn(async move {
+            for name in names {
+                volumes.unmount(&name, &id).await;
+            }
+            drop(guard);
+        });
+    }
+}
+
 impl Containers {
+    /// An archive session in the container's VM. With `block_volumes` (the args address a
+    /// stopped container's overlay), a VM booted for it also gets the container's block
+    /// volumes, mounted through their driver like a start does (refused while another
+    /// running container has one attached), and bound at their destinations in the
+    /// child's root.
     async fn archive_session(
         &self,
         c: &Arc<Container>,
-        args: Vec<String>,
+        mut args: Vec<String>,
+        block_volumes: bool,
     ) -> Result<(Reader, tokio::io::WriteHalf<FilesStream>)> {
-        let s = self.backend_files(c, FilesExport::Archive(args)).await?;
+        let guard = self.stopped_guard(c).await?;
+        let mut rec = c.record();
+        let has_volumes = rec.mounts.iter().any(|m| m.kind == "volume");
+        let s = match guard {
+            Some(guard) if block_volumes && has_volumes => {
+                self.resolve_volume_mounts(&mut rec).await?;
+                let hold = VolumeHold {
+                    volumes: self.volumes()?.clone(),
+                    names: rec
+                        .mounts
+                        .iter()
+                        .filter(|m| m.kind == "volume")
+                        .map(|m| m.name.clone())
+                        .collect(),
+                    id: rec.id.clone(),
+                    guard: Some(guard),
+                };
+                let backend = self.backend(&rec);
+                for (i, m) in rec.mounts.iter().enumerate().filter(|(_, m)| m.block) {
+                    if m.destination.contains(':') {
+                        continue;
+                    }
+                    args.push("--bind".into());
+                    args.push(format!(
+                        "{}:{}",
+                        backend.mount_source(i, m).display(),
+                        m.destination
+                    ));
+                }
+                let what = FilesExport::Archive {
+                    args,
+                    block_volumes: true,
+                };
+                backend.export_files(&rec, what, Box::new(hold)).await?
+            }
+            guard => {
+                let hold: crate::isolation::files::Hold = match guard {
+                    Some(g) => Box::new(g),
+                    None => Box::new(()),
+                };
+                let what = FilesExport::Archive {
+                    args,
+                    block_volumes: false,
+                };
+                self.backend(&rec).export_files(&rec, what, hold).await?
+            }
+        };
         Ok(tokio::io::split(s))
     }
 
@@ -53,8 +134,9 @@ impl Containers {
         &self,
         c: &Arc<Container>,
         args: Vec<String>,
+        block_volumes: bool,
     ) -> Result<(Option<i32>, Vec<u8>, Vec<u8>)> {
-        let (mut r, mut w) = self.archive_session(c, args).await?;
+        let (mut r, mut w) = self.archive_session(c, args, block_volumes).await?;
         archive_finish(&mut w).await.map_err(session_error)?;
         collect(&mut r).await
     }
@@ -63,8 +145,9 @@ impl Containers {
         &self,
         c: &Arc<Container>,
         args: Vec<String>,
+        block_volumes: bool,
     ) -> Result<TarStream> {
-        let (r, mut w) = self.archive_session(c, args).await?;
+        let (r, mut w) = self.archive_session(c, args, block_volumes).await?;
         archive_finish(&mut w).await.map_err(session_error)?;
         // The halves travel with the stream: the session (and a VM booted for it) ends
         // when the client has read the tar or gone away.
@@ -94,9 +177,10 @@ impl Containers {
         &self,
         c: &Arc<Container>,
         args: Vec<String>,
+        block_volumes: bool,
         mut body: impl futures_util::Stream<Item = std::result::Result<Bytes, String>> + Unpin,
     ) -> Result<(Option<i32>, Vec<u8>)> {
-        let (mut r, mut w) = self.archive_session(c, args).await?;
+        let (mut r, mut w) = self.archive_session(c, args, block_volumes).await?;
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(Error::invalid)?;
             if let Err(e) = archive_send(&mut w, &chunk).await {

@@ -365,24 +365,34 @@ impl Containers {
         c: &Arc<Container>,
         what: crate::isolation::files::FilesExport,
     ) -> Result<crate::isolation::files::FilesStream> {
-        let hold: crate::isolation::files::Hold = if c.status().is_running() {
-            Box::new(())
-        } else {
-            let guard = c.op.clone().lock_owned().await;
-            match c.status() {
-                s if s.is_running() => Box::new(()),
-                Status::Removing | Status::Dead => {
-                    return Err(Error::conflict(format!(
-                        "container {} is marked for removal",
-                        c.id
-                    )))
-                }
-                _ => Box::new(guard),
-            }
+        let hold: crate::isolation::files::Hold = match self.stopped_guard(c).await? {
+            Some(guard) => Box::new(guard),
+            None => Box::new(()),
         };
         self.backend(&c.record())
             .export_files(&c.record(), what, hold)
             .await
+    }
+
+    /// For a container that is not running: its op lock, held while its files are read
+    /// (it cannot start on the disks a short-lived VM still has open). `None` for a
+    /// running one.
+    pub(crate) async fn stopped_guard(
+        &self,
+        c: &Arc<Container>,
+    ) -> Result<Option<tokio::sync::OwnedMutexGuard<()>>> {
+        if c.status().is_running() {
+            return Ok(None);
+        }
+        let guard = c.op.clone().lock_owned().await;
+        match c.status() {
+            s if s.is_running() => Ok(None),
+            Status::Removing | Status::Dead => Err(Error::conflict(format!(
+                "container {} is marked for removal",
+                c.id
+            ))),
+            _ => Ok(Some(guard)),
+        }
     }
 
     /// Daemon shutdown: every pump writes what it holds (a line not yet ended included)

@@ -19,7 +19,13 @@ pub enum FilesExport {
     /// A session of the chrooted archive child (`berth_layer::archive`) with these
     /// arguments, framed as `berth_agent_protocol::export` describes (`docker cp`,
     /// `docker export`).
-    Archive(Vec<String>),
+    Archive {
+        args: Vec<String>,
+        /// A VM booted for this session also attaches the record's block volumes, which
+        /// the caller has mounted through their driver (and releases with its hold):
+        /// `docker cp` into a stopped container's volume reaches the volume.
+        block_volumes: bool,
+    },
 }
 
 /// Whatever the caller must hold until the export is over (e.g. a stopped container's op

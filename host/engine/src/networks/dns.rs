@@ -1,7 +1,8 @@
-//! Embedded DNS for user-defined networks: a small UDP responder on each network's gateway
-//! address (inside berthd's network namespace, where the bridge lives). It answers A
-//! queries for the network's containers — name, aliases, full and short id — and relays
-//! everything else to the host's resolvers.
+//! Embedded DNS for user-defined networks: a small responder on each network's gateway
+//! address, UDP and TCP port 53 (inside berthd's network namespace, where the bridge
+//! lives). It answers A queries for the network's containers — name, aliases, full and
+//! short id — and relays everything else to the host's resolvers, over the transport the
+//! query came on (a resolver retries over TCP when a UDP answer is truncated).
 //!
 //! Hand-written rather than hickory-server: the whole job is one question in, zero or
 //! more A records out, plus a byte-for-byte relay; that is ~150 lines with no new
@@ -13,13 +14,20 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::UdpSocket;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
 
 /// Names → addresses on one network.
 pub type Lookup = Arc<dyn Fn(&str) -> Vec<Ipv4Addr> + Send + Sync>;
 
 const TYPE_A: u16 = 1;
 const RCODE_SERVFAIL: u8 = 2;
+/// How long a TCP client may sit between queries, and how long an upstream may take.
+const TCP_IDLE: Duration = Duration::from_secs(10);
+const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(2);
+/// Open TCP connections per network; more wait for one to close (RFC 7766 lets a server
+/// bound them).
+const MAX_TCP_CLIENTS: usize = 64;
 
 /// The question of a query: (lowercase name without the trailing dot, qtype, end offset).
 fn question(pkt: &[u8]) -> Option<(String, u16, usize)> {
@@ -68,7 +76,7 @@ fn response(query: &[u8], qend: usize, answers: &[Ipv4Addr], rcode: u8) -> Vec<u
     r
 }
 
-async fn forward(query: &[u8], upstreams: &[SocketAddr]) -> Option<Vec<u8>> {
+async fn forward_udp(query: &[u8], upstreams: &[SocketAddr]) -> Option<Vec<u8>> {
     for up in upstreams {
         let bind: SocketAddr = if up.is_ipv4() {
             "0.0.0.0:0".parse().ok()?
@@ -82,7 +90,7 @@ async fn forward(query: &[u8], upstreams: &[SocketAddr]) -> Option<Vec<u8>> {
             continue;
         }
         let mut buf = vec![0u8; 4096];
-        if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(2), sock.recv(&mut buf)).await {
+        if let Ok(Ok(n)) = tokio::time::timeout(UPSTREAM_TIMEOUT, sock.recv(&mut buf)).await {
             buf.truncate(n);
             return Some(buf);
         }
@@ -90,37 +98,140 @@ async fn forward(query: &[u8], upstreams: &[SocketAddr]) -> Option<Vec<u8>> {
     None
 }
 
-/// Serve DNS on `addr:53` until the task is aborted.
+/// One length-prefixed message (RFC 1035 4.2.2), or `None` at a clean end of stream.
+async fn read_tcp_message(s: &mut TcpStream) -> std::io::Result<Option<Vec<u8>>> {
+    let mut len = [0u8; 2];
+    match s.read_exact(&mut len).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let mut msg = vec![0u8; u16::from_be_bytes(len) as usize];
+    s.read_exact(&mut msg).await?;
+    Ok(Some(msg))
+}
+
+async fn write_tcp_message(s: &mut TcpStream, msg: &[u8]) -> std::io::Result<()> {
+    let len = u16::try_from(msg.len()).map_err(std::io::Error::other)?;
+    let mut out = Vec::with_capacity(msg.len() + 2);
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(msg);
+    s.write_all(&out).await
+}
+
+async fn forward_tcp(query: &[u8], upstreams: &[SocketAddr]) -> Option<Vec<u8>> {
+    for up in upstreams {
+        let exchange = async {
+            let mut s = TcpStream::connect(up).await?;
+            write_tcp_message(&mut s, query).await?;
+            read_tcp_message(&mut s).await
+        };
+        if let Ok(Ok(Some(reply))) = tokio::time::timeout(UPSTREAM_TIMEOUT, exchange).await {
+            return Some(reply);
+        }
+    }
+    None
+}
+
+/// What to do with a query.
+enum Answer {
+    /// One of the network's names: this reply.
+    Local(Vec<u8>),
+    /// Another name: relay it (or SERVFAIL, built with the question's end).
+    Relay { qend: usize },
+    /// Not a query we can parse: dropped.
+    Drop,
+}
+
+fn answer(query: &[u8], lookup: &Lookup) -> Answer {
+    let Some((name, qtype, qend)) = question(query) else {
+        return Answer::Drop;
+    };
+    let found = lookup(&name);
+    if found.is_empty() {
+        return Answer::Relay { qend };
+    }
+    // Known name: A records; other types get an empty NOERROR answer.
+    let answers = if qtype == TYPE_A { found } else { Vec::new() };
+    Answer::Local(response(query, qend, &answers, 0))
+}
+
+/// Serve DNS on `addr:53`, UDP and TCP, until the task is aborted.
 pub async fn serve(
     addr: Ipv4Addr,
     lookup: Lookup,
     upstreams: Vec<SocketAddr>,
 ) -> std::io::Result<()> {
-    let sock = Arc::new(UdpSocket::bind((addr, 53)).await?);
+    let udp = UdpSocket::bind((addr, 53)).await?;
+    let tcp = TcpListener::bind((addr, 53)).await?;
     let upstreams = Arc::new(upstreams);
+    tokio::select! {
+        r = serve_udp(udp, lookup.clone(), upstreams.clone()) => r,
+        r = serve_tcp(tcp, lookup, upstreams) => r,
+    }
+}
+
+async fn serve_udp(
+    sock: UdpSocket,
+    lookup: Lookup,
+    upstreams: Arc<Vec<SocketAddr>>,
+) -> std::io::Result<()> {
+    let sock = Arc::new(sock);
     let mut buf = vec![0u8; 4096];
     loop {
         let (n, peer) = sock.recv_from(&mut buf).await?;
         let query = buf[..n].to_vec();
-        let Some((name, qtype, qend)) = question(&query) else {
-            continue;
+        let qend = match answer(&query, &lookup) {
+            Answer::Local(reply) => {
+                let _ = sock.send_to(&reply, peer).await;
+                continue;
+            }
+            Answer::Drop => continue,
+            Answer::Relay { qend } => qend,
         };
-        let found = lookup(&name);
-        if !found.is_empty() {
-            // Known name: A records; other types get an empty NOERROR answer.
-            let answers = if qtype == TYPE_A { found } else { Vec::new() };
-            let _ = sock
-                .send_to(&response(&query, qend, &answers, 0), peer)
-                .await;
-            continue;
-        }
         let (sock, upstreams) = (sock.clone(), upstreams.clone());
         tokio::spawn(async move {
-            let reply = match forward(&query, &upstreams).await {
+            let reply = match forward_udp(&query, &upstreams).await {
                 Some(r) => r,
                 None => response(&query, qend, &[], RCODE_SERVFAIL),
             };
             let _ = sock.send_to(&reply, peer).await;
+        });
+    }
+}
+
+async fn serve_tcp(
+    listener: TcpListener,
+    lookup: Lookup,
+    upstreams: Arc<Vec<SocketAddr>>,
+) -> std::io::Result<()> {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_TCP_CLIENTS));
+    loop {
+        let permit = slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(std::io::Error::other)?;
+        let (mut s, _) = listener.accept().await?;
+        let (lookup, upstreams) = (lookup.clone(), upstreams.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            // Several queries may come on one connection (RFC 7766), answered in order.
+            while let Ok(Ok(Some(query))) =
+                tokio::time::timeout(TCP_IDLE, read_tcp_message(&mut s)).await
+            {
+                let reply = match answer(&query, &lookup) {
+                    Answer::Local(reply) => reply,
+                    Answer::Drop => return,
+                    Answer::Relay { qend } => match forward_tcp(&query, &upstreams).await {
+                        Some(r) => r,
+                        None => response(&query, qend, &[], RCODE_SERVFAIL),
+                    },
+                };
+                if write_tcp_message(&mut s, &reply).await.is_err() {
+                    return;
+                }
+            }
         });
     }
 }

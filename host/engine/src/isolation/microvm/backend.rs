@@ -226,7 +226,7 @@ impl MicrovmIsolation {
         self.release(rec).await;
         let initrd = self.initramfs_path().await?;
         let image = self.image_disk(rec).await?;
-        let cfg = self.vm_config(rec, initrd, image, net, pod)?;
+        let cfg = self.vm_config(rec, initrd, image, net, pod, super::Shares::All)?;
         if pod {
             pod::make_share_point(&pod::pod_dir(&self.dirs, &rec.id))?;
         }

@@ -185,7 +185,10 @@ pub const RW_DISK_BYTES: u64 = 4 << 30;
 
 /// Create the container's writable disk: sparse ext4 with empty `upper/` and `work/`, and
 /// in `upper/` the image's VOLUME directories (their data lives in the writable layer).
-/// No journal: the disk only lives as long as the container, and creating it stays cheap.
+/// A small journal, left unzeroed (`lazy_journal_init`): creating the disk stays cheap,
+/// and a write the host fails (the data root ran full: the guest sees an I/O error) or a
+/// killed VMM leaves a filesystem the next boot replays, rather than metadata that no
+/// longer matches its checksums ("Bad message" at the next start, seen without one).
 pub fn create_rw_disk(path: &Path, bytes: u64) -> Result<()> {
     let tmpl = tempfile::Builder::new()
         .prefix(".rw-")
@@ -204,8 +207,8 @@ pub fn create_rw_disk(path: &Path, bytes: u64) -> Result<()> {
     disk.as_file().set_len(bytes)?;
     run(
         Command::new("mkfs.ext4")
-            .args(["-q", "-F", "-m", "0", "-O", "^has_journal"])
-            .args(["-E", "lazy_itable_init=1,nodiscard"])
+            .args(["-q", "-F", "-m", "0", "-J", "size=4"])
+            .args(["-E", "lazy_itable_init=1,lazy_journal_init=1,nodiscard"])
             .arg("-d")
             .arg(tmpl.path())
             .arg(disk.path()),

@@ -1,6 +1,8 @@
 //! A microVM container's files for the host: the guest agent tars them, or runs the
-//! archive child of `docker cp`/`export`, on its export channel. A running VM answers itself; for a stopped container a VM is booted with only
-//! its image and writable disks (no shares, volumes or NICs), asked, and stopped again.
+//! archive child of `docker cp`/`export`, on its export channel. A running VM answers
+//! itself; for a stopped container a VM is booted with only its image and writable disks
+//! (plus, for `docker cp`, its block volumes; never shares or NICs), asked, and stopped
+//! again.
 
 use std::path::Path;
 
@@ -21,9 +23,12 @@ impl MicrovmIsolation {
         hold: Hold,
     ) -> Result<FilesStream> {
         let upper = Path::new(GUEST_RW_DIR).join("upper");
-        let req = match what {
-            FilesExport::Changes => ExportRequest::Changes { upper },
-            FilesExport::Archive(args) => ExportRequest::Archive { args },
+        let (req, block_volumes) = match what {
+            FilesExport::Changes => (ExportRequest::Changes { upper }, false),
+            FilesExport::Archive {
+                args,
+                block_volumes,
+            } => (ExportRequest::Archive { args }, block_volumes),
         };
         let live = self
             .vms
@@ -36,7 +41,7 @@ impl MicrovmIsolation {
             return Ok(FilesStream::new(s, async move { drop(hold) }));
         }
         let t0 = std::time::Instant::now();
-        let state = self.boot_for_export(rec).await?;
+        let state = self.boot_for_export(rec, block_volumes).await?;
         let cleanup = {
             let hv = self.hypervisor.clone();
             let state = state.clone();
@@ -70,9 +75,14 @@ impl MicrovmIsolation {
         }
     }
 
-    /// Boots the container's VM with only its disks. Its state file is written as for a
-    /// run, so a VM left behind by a daemon crash is stopped by the next start or `rm`.
-    async fn boot_for_export(&self, rec: &ContainerRecord) -> Result<super::VmState> {
+    /// Boots the container's VM with only its disks (and its block volumes when asked).
+    /// Its state file is written as for a run, so a VM left behind by a daemon crash is
+    /// stopped by the next start or `rm`.
+    async fn boot_for_export(
+        &self,
+        rec: &ContainerRecord,
+        block_volumes: bool,
+    ) -> Result<super::VmState> {
         use crate::isolation::IsolationBackend;
         if let Some(why) = self.unavailable_reason() {
             return Err(Error::invalid(format!(
@@ -84,8 +94,20 @@ impl MicrovmIsolation {
         let initrd = self.initramfs_path().await?;
         let image = self.image_disk(rec).await?;
         let mut bare = rec.clone();
-        bare.mounts.clear();
-        let cfg = self.vm_config(&bare, initrd, image, &GuestNetwork::default(), false)?;
+        if !block_volumes {
+            bare.mounts.clear();
+        }
+        // No virtiofsd for an export: binds and directory volumes are served from the
+        // host directory, never through the guest.
+        let shares = super::Shares::BlockVolumesOnly;
+        let cfg = self.vm_config(
+            &bare,
+            initrd,
+            image,
+            &GuestNetwork::default(),
+            false,
+            shares,
+        )?;
         Self::make_run_dir(&cfg.run_dir, cfg.identity)?;
         std::fs::write(&cfg.serial_log, b"")?;
         let state = self.hypervisor.start_vm(&cfg).await?;

@@ -312,6 +312,7 @@ impl MicrovmIsolation {
         image: PathBuf,
         net: &crate::isolation::GuestNetwork,
         pod: bool,
+        shares: Shares,
     ) -> Result<VmConfig> {
         let kernel = self
             .kernel
@@ -338,6 +339,7 @@ impl MicrovmIsolation {
         for (i, m) in rec.mounts.iter().enumerate() {
             match guest_share(i, m) {
                 GuestShare::None => {}
+                GuestShare::Fs { .. } if shares == Shares::BlockVolumesOnly => {}
                 GuestShare::Fs {
                     tag,
                     target,
@@ -552,6 +554,15 @@ impl MicrovmIsolation {
         let bytes = std::fs::read(self.state_path(id)).ok()?;
         serde_json::from_slice(&bytes).ok().map(|s| (s, None))
     }
+}
+
+/// Which of a container's mounts a VM gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shares {
+    /// Every bind and volume (a run).
+    All,
+    /// Only block volumes (a VM booted to read or write a stopped container's files).
+    BlockVolumesOnly,
 }
 
 /// How a resolved mount of a microVM container crosses the VM boundary.

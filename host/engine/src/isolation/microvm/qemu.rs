@@ -100,8 +100,11 @@ impl Qemu {
         for (i, dev) in cfg.devices.iter().enumerate() {
             match dev {
                 Device::Block { path, read_only } => {
+                    // werror/rerror=report: an ENOSPC or EIO on the host reaches the guest
+                    // as an I/O error, as a full disk does under runc. qemu's default
+                    // (`werror=enospc`) pauses the whole VM: the container would hang.
                     cmd.arg("-drive").arg(format!(
-                        "id=d{i},file={},format=raw,if=none,readonly={}",
+                        "id=d{i},file={},format=raw,if=none,readonly={},werror=report,rerror=report",
                         qemu_escape(path),
                         if *read_only { "on" } else { "off" }
                     ));
