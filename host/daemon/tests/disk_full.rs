@@ -120,6 +120,28 @@ fn docker_timed(d: &TestDaemon, args: &[&str]) -> std::process::Output {
     out
 }
 
+/// Every container as `NAME STATE`, sorted.
+fn names_and_states(d: &TestDaemon) -> Vec<String> {
+    let mut ps: Vec<String> = d
+        .docker_ok(&["ps", "-a", "--format", "{{.Names}} {{.State}}"])
+        .lines()
+        .map(str::to_string)
+        .collect();
+    ps.sort();
+    ps
+}
+
+/// [`docker_timed`] that must succeed: its stdout.
+fn docker_timed_ok(d: &TestDaemon, args: &[&str]) -> String {
+    let out = docker_timed(d, args);
+    assert!(
+        out.status.success(),
+        "docker {args:?}: {}",
+        common::stderr(&out)
+    );
+    common::stdout(&out)
+}
+
 /// The call must fail with Docker's error naming ENOSPC.
 fn fails_no_space(d: &TestDaemon, args: &[&str]) {
     let out = docker_timed(d, args);
@@ -366,13 +388,7 @@ fn full_data_root_fails_cleanly_and_corrupts_nothing() {
     );
     let names = image_names(&d);
     assert_eq!(names.trim(), "bb:latest", "images after restart:\n{names}");
-    let mut ps: Vec<String> = d
-        .docker_ok(&["ps", "-a", "--format", "{{.Names}} {{.State}}"])
-        .lines()
-        .map(str::to_string)
-        .collect();
-    ps.sort();
-    assert_eq!(ps, ["logger exited", "writer exited"]);
+    assert_eq!(names_and_states(&d), ["logger exited", "writer exited"]);
     d.docker_ok(&["inspect", "logger", "writer", "bb"]);
     let nets = d.docker_ok(&["network", "ls", "--format", "{{.Name}}"]);
     assert!(!nets.lines().any(|n| n == "n1"), "{nets}");
@@ -415,22 +431,48 @@ fn full_data_root_fails_cleanly_and_corrupts_nothing() {
     eprintln!("disk-full test took {:?}", t0.elapsed());
 }
 
+/// A microVM-capable daemon (qemu) whose data root is a fresh loop-mounted filesystem of
+/// `mib` MiB, with the busybox image as `bb`. Fields drop in order: the daemon is gone
+/// before the filesystem is unmounted.
+struct MicrovmOnLoopFs {
+    d: TestDaemon,
+    fs: LoopFs,
+    root: PathBuf,
+    _work: tempfile::TempDir,
+}
+
+impl MicrovmOnLoopFs {
+    /// `None`, after saying why, without the microVM prerequisites.
+    fn start(mib: u64) -> Option<MicrovmOnLoopFs> {
+        if common::microvm::skip_without_microvm() {
+            return None;
+        }
+        let work = tempfile::Builder::new()
+            .prefix("berth-full")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let fs = LoopFs::new(work.path(), mib);
+        let root = fs.mnt.join("data");
+        let d = TestDaemon::start_in_netns_on(&["--bridge", "none", "--vmm", "qemu"], Some(&root));
+        import_busybox(&d, "bb");
+        Some(MicrovmOnLoopFs {
+            d,
+            fs,
+            root,
+            _work: work,
+        })
+    }
+}
+
 /// A microVM container's writable disk is made on the data root: on a full disk `docker
 /// create --isolation=microvm` fails with the cause, and leaves no half-made disk or
 /// container behind. (No VM boots: create only builds the disks.)
 #[test]
 fn full_data_root_microvm_disk_creation_fails_cleanly() {
-    if common::microvm::skip_without_microvm() {
+    let Some(mut vm) = MicrovmOnLoopFs::start(128) else {
         return;
-    }
-    let work = tempfile::Builder::new()
-        .prefix("berth-full")
-        .tempdir_in("/tmp")
-        .unwrap();
-    let fs = LoopFs::new(work.path(), 128);
-    let root = fs.mnt.join("data");
-    let mut d = TestDaemon::start_in_netns_on(&["--bridge", "none", "--vmm", "qemu"], Some(&root));
-    import_busybox(&d, "bb");
+    };
+    let (fs, root, d) = (&vm.fs, vm.root.clone(), &mut vm.d);
     // The first create builds the image's block image; later ones only make a rw disk.
     d.docker_ok(&[
         "create",
@@ -486,17 +528,10 @@ fn full_data_root_microvm_disk_creation_fails_cleanly() {
 /// `kill -9`ed and restarted the records are intact.
 #[test]
 fn full_data_root_while_a_microvm_runs() {
-    if common::microvm::skip_without_microvm() {
+    let Some(mut vm) = MicrovmOnLoopFs::start(192) else {
         return;
-    }
-    let work = tempfile::Builder::new()
-        .prefix("berth-full")
-        .tempdir_in("/tmp")
-        .unwrap();
-    let fs = LoopFs::new(work.path(), 192);
-    let root = fs.mnt.join("data");
-    let mut d = TestDaemon::start_in_netns_on(&["--bridge", "none", "--vmm", "qemu"], Some(&root));
-    import_busybox(&d, "bb");
+    };
+    let (fs, root, d) = (&vm.fs, vm.root.clone(), &mut vm.d);
     let run = |name: &str, cmd: &str| {
         d.docker_ok(&[
             "run",
@@ -538,38 +573,19 @@ fn full_data_root_while_a_microvm_runs() {
         common::stderr(&dd)
     );
     eprintln!("guest write on a full disk: {}", common::stderr(&dd).trim());
-    let alive = docker_timed(&d, &["exec", "vmw", "echo", "alive"]);
-    assert_eq!(
-        common::stdout(&alive).trim(),
-        "alive",
-        "{}",
-        common::stderr(&alive)
-    );
+    let alive = docker_timed_ok(d, &["exec", "vmw", "echo", "alive"]);
+    assert_eq!(alive.trim(), "alive");
 
-    let go = docker_timed(&d, &["exec", "vmlog", "touch", "/go"]);
-    assert!(go.status.success(), "{}", common::stderr(&go));
-    let code = docker_timed(&d, &["wait", "vmlog"]);
-    assert_eq!(
-        common::stdout(&code).trim(),
-        "0",
-        "vmlog: {}",
-        common::stderr(&code)
-    );
-    let stop = docker_timed(&d, &["stop", "-t", "2", "vmw"]);
-    assert!(stop.status.success(), "{}", common::stderr(&stop));
+    docker_timed_ok(d, &["exec", "vmlog", "touch", "/go"]);
+    assert_eq!(docker_timed_ok(d, &["wait", "vmlog"]).trim(), "0");
+    docker_timed_ok(d, &["stop", "-t", "2", "vmw"]);
 
     std::fs::remove_file(fs.mnt.join("filler")).unwrap();
     d.kill();
     d.restart();
     let bad = leftovers(&root);
     assert!(bad.is_empty(), "left in the data root:\n{}", bad.join("\n"));
-    let mut ps: Vec<String> = d
-        .docker_ok(&["ps", "-a", "--format", "{{.Names}} {{.State}}"])
-        .lines()
-        .map(str::to_string)
-        .collect();
-    ps.sort();
-    assert_eq!(ps, ["vmlog exited", "vmw exited"]);
+    assert_eq!(names_and_states(&d), ["vmlog exited", "vmw exited"]);
     // The VM that met the full disk starts again once there is room.
     d.docker_ok(&["start", "vmw"]);
     assert_eq!(d.docker_ok(&["exec", "vmw", "echo", "back"]), "back\n");
