@@ -130,31 +130,27 @@ fn condition(a: &mut Asm, arg: &SeccompArg, fail: usize) {
             a.op(stmt(BPF_ALU_AND_K, vlo));
             a.jmp(BPF_JEQ_K, wlo, To::Next, fail);
         }
-        // Greater: the high words decide unless they are equal, then the low words do.
-        SeccompOp::Gt | SeccompOp::Ge => {
-            let low = if arg.op == SeccompOp::Gt {
+        // Ordered: the high words decide unless they are equal, then the low words do.
+        // Lower is "not greater (or equal)": the same tests with the outcomes swapped.
+        SeccompOp::Gt | SeccompOp::Ge | SeccompOp::Le | SeccompOp::Lt => {
+            let low = if matches!(arg.op, SeccompOp::Gt | SeccompOp::Le) {
                 BPF_JGT_K
             } else {
                 BPF_JGE_K
             };
+            // Where each outcome goes: high word greater, high word lower, low test true,
+            // low test false (falling through means the condition holds).
+            let (greater, lower, low_true, low_false) =
+                if matches!(arg.op, SeccompOp::Gt | SeccompOp::Ge) {
+                    (ok_to, fail, To::Next, fail)
+                } else {
+                    (fail, ok_to, fail, To::Next)
+                };
             a.op(stmt(BPF_LD_W_ABS, hi_off));
-            a.jmp(BPF_JGT_K, vhi, ok_to, To::Next);
-            a.jmp(BPF_JEQ_K, vhi, To::Next, fail);
+            a.jmp(BPF_JGT_K, vhi, greater, To::Next);
+            a.jmp(BPF_JEQ_K, vhi, To::Next, lower);
             a.op(stmt(BPF_LD_W_ABS, lo_off));
-            a.jmp(low, vlo, To::Next, fail);
-        }
-        // Lower is "not greater (or equal)".
-        SeccompOp::Le | SeccompOp::Lt => {
-            let low = if arg.op == SeccompOp::Le {
-                BPF_JGT_K
-            } else {
-                BPF_JGE_K
-            };
-            a.op(stmt(BPF_LD_W_ABS, hi_off));
-            a.jmp(BPF_JGT_K, vhi, fail, To::Next);
-            a.jmp(BPF_JEQ_K, vhi, To::Next, ok_to);
-            a.op(stmt(BPF_LD_W_ABS, lo_off));
-            a.jmp(low, vlo, fail, To::Next);
+            a.jmp(low, vlo, low_true, low_false);
         }
     }
     a.bind(ok);

@@ -47,46 +47,21 @@ fn inspect(d: &TestDaemon, ctr: &str, fmt: &str) -> String {
 
 #[test]
 fn rslave_sees_host_mounts_made_after_start_rprivate_does_not() {
-    let d = TestDaemon::start();
-    common::images::import_busybox(&d, "bb");
+    let d = common::images::daemon_with_busybox("bb");
     let src = d.dir.path().join("shared-src");
     let _src = Tmpfs::new(&src, "--make-shared");
     let s = src.to_str().unwrap();
-    d.docker_ok(&[
-        "run",
-        "-d",
-        "--name",
-        "slave",
-        "-v",
-        &format!("{s}:/dst:rslave"),
-        "bb",
-        "sleep",
-        "1000",
-    ]);
-    d.docker_ok(&[
-        "run",
-        "-d",
-        "--name",
+    d.run_sleeper("slave", &["-v", &format!("{s}:/dst:rslave")]);
+    d.run_sleeper(
         "mnt",
-        "--mount",
-        &format!("type=bind,source={s},target=/dst,bind-propagation=rshared"),
-        "-v",
-        "/vol",
-        "bb",
-        "sleep",
-        "1000",
-    ]);
-    d.docker_ok(&[
-        "run",
-        "-d",
-        "--name",
-        "priv",
-        "-v",
-        &format!("{s}:/dst"),
-        "bb",
-        "sleep",
-        "1000",
-    ]);
+        &[
+            "--mount",
+            &format!("type=bind,source={s},target=/dst,bind-propagation=rshared"),
+            "-v",
+            "/vol",
+        ],
+    );
+    d.run_sleeper("priv", &["-v", &format!("{s}:/dst")]);
     assert_eq!(
         inspect(&d, "slave", "{{range .Mounts}}{{.Propagation}}{{end}}"),
         "rslave"
@@ -122,8 +97,7 @@ fn rslave_sees_host_mounts_made_after_start_rprivate_does_not() {
 
 #[test]
 fn source_must_be_shared_or_slave_as_dockerd_requires() {
-    let d = TestDaemon::start();
-    common::images::import_busybox(&d, "bb");
+    let d = common::images::daemon_with_busybox("bb");
     let src = d.dir.path().join("private-src");
     let _src = Tmpfs::new(&src, "--make-private");
     let s = src.to_str().unwrap();

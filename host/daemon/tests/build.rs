@@ -11,9 +11,7 @@ use common::images::import_busybox;
 use common::{stderr, stdout, TestDaemon};
 
 fn daemon() -> TestDaemon {
-    let d = TestDaemon::start();
-    import_busybox(&d, "bb:local");
-    d
+    common::images::daemon_with_busybox("bb:local")
 }
 
 fn build(d: &TestDaemon, args: &[&str]) -> Output {

@@ -6,13 +6,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::images::import_busybox;
-use common::TestDaemon;
-
 #[test]
 fn sigkill_during_parallel_runs_leaves_consistent_state() {
-    let d = TestDaemon::start();
-    import_busybox(&d, "bb");
+    let d = common::images::daemon_with_busybox("bb");
     let image_id = d.docker_ok(&["image", "inspect", "-f", "{{.Id}}", "bb"]);
     let d = std::sync::Arc::new(std::sync::Mutex::new(Some(d)));
     let host = d.lock().unwrap().as_ref().unwrap().host();

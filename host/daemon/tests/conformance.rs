@@ -6,7 +6,6 @@ mod common;
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use common::images::import_busybox;
 use common::{stdout, TestDaemon};
 
 /// `curl -i` against the daemon's socket; `body` is sent as is.
@@ -90,8 +89,7 @@ fn tar_with(name: &str, data: &[u8]) -> Vec<u8> {
 
 #[test]
 fn archive_with_parent_dir_members_is_refused() {
-    let d = TestDaemon::start();
-    import_busybox(&d, "bb:local");
+    let d = common::images::daemon_with_busybox("bb:local");
     d.docker_ok(&["run", "-d", "--name", "arch", "bb:local", "sleep", "1000"]);
     let out = curl(
         &d,
@@ -116,8 +114,7 @@ fn archive_with_parent_dir_members_is_refused() {
 
 #[test]
 fn volume_prune_follows_the_api_version() {
-    let d = TestDaemon::start();
-    import_busybox(&d, "bb:local");
+    let d = common::images::daemon_with_busybox("bb:local");
     let make = |d: &TestDaemon| {
         d.docker_ok(&["volume", "create", "named1"]);
         d.docker_ok(&["run", "--name", "anon", "-v", "/data", "bb:local", "true"]);
@@ -160,8 +157,7 @@ fn version_uses_go_names_and_build_stamps() {
 /// `docker cp` resolves paths through the container's volumes and binds in every state.
 #[test]
 fn archive_goes_through_mounts_in_every_state() {
-    let d = TestDaemon::start();
-    import_busybox(&d, "bb:local");
+    let d = common::images::daemon_with_busybox("bb:local");
     let host_dir = d.dir.path().join("bindsrc");
     std::fs::create_dir_all(&host_dir).unwrap();
     std::fs::write(host_dir.join("hostfile"), "from host\n").unwrap();
@@ -306,8 +302,7 @@ const GO_MODE_STICKY: u64 = 1 << 20;
 /// while paused; the stat header's value as dockerd writes it; the 404 message.
 #[test]
 fn archive_through_tmpfs_while_paused_with_dockers_stat_header() {
-    let d = TestDaemon::start();
-    import_busybox(&d, "bb:local");
+    let d = common::images::daemon_with_busybox("bb:local");
     let put = d.dir.path().join("put.txt");
     std::fs::write(&put, "put\n").unwrap();
     let put = put.to_str().unwrap();
@@ -537,18 +532,10 @@ fn microvm_archive_through_an_anonymous_volume_created_and_exited() {
     hostile("vav", "/vol1");
     // While another running container has the disk attached, the copy is refused rather
     // than mounting one ext4 filesystem in two kernels.
-    d.docker_ok(&[
-        "run",
-        "-d",
-        "--name",
+    d.run_sleeper(
         "vholder",
-        "--isolation=microvm",
-        "-v",
-        &format!("{vol}:/v"),
-        "bb",
-        "sleep",
-        "1000",
-    ]);
+        &["--isolation=microvm", "-v", &format!("{vol}:/v")],
+    );
     let out = d.docker(&["cp", "vav:/vol1/data.txt", "-"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -605,8 +592,7 @@ fn docker_py_archive_update_and_inspect_in_both_modes() {
 /// `docker diff` lists what the user changed, never the mount points the engine made.
 #[test]
 fn diff_hides_engine_mount_points() {
-    let d = TestDaemon::start();
-    import_busybox(&d, "bb:local");
+    let d = common::images::daemon_with_busybox("bb:local");
     let out = d.docker_ok(&[
         "run",
         "--name",
@@ -651,8 +637,7 @@ fn unfinished_creates_are_cleaned_on_start() {
 /// `docker system df` counts volumes; `docker info` measures the backing filesystem.
 #[test]
 fn system_df_lists_volumes_and_info_measures_the_filesystem() {
-    let d = TestDaemon::start();
-    import_busybox(&d, "bb:local");
+    let d = common::images::daemon_with_busybox("bb:local");
     d.docker_ok(&[
         "run",
         "--name",
@@ -707,8 +692,7 @@ fn tar_names(bytes: &[u8]) -> Vec<String> {
 
 #[test]
 fn export_gives_the_container_filesystem_without_its_volumes() {
-    let d = TestDaemon::start();
-    import_busybox(&d, "bb");
+    let d = common::images::daemon_with_busybox("bb");
     let id = d
         .docker_ok(&[
             "run",

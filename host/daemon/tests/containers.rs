@@ -6,14 +6,9 @@ mod common;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use common::images::daemon_with_busybox;
 use common::images::import_busybox;
 use common::{stderr, stdout, TestDaemon};
-
-fn daemon_with_busybox() -> TestDaemon {
-    let d = TestDaemon::start();
-    import_busybox(&d, "bb:local");
-    d
-}
 
 /// Nothing of the container may be left: no mounts mentioning it, no cgroups, no
 /// agent process, no state dirs.
@@ -51,7 +46,7 @@ fn assert_no_leaks(d: &TestDaemon, id: &str) {
 
 #[test]
 fn run_output_and_exit_codes() {
-    let d = daemon_with_busybox();
+    let d = daemon_with_busybox("bb:local");
     let out = d.docker(&[
         "run",
         "--name",
@@ -105,7 +100,7 @@ fn run_output_and_exit_codes() {
 
 #[test]
 fn errors_are_dockers() {
-    let d = daemon_with_busybox();
+    let d = daemon_with_busybox("bb:local");
     // Command not found → 127, Docker's message.
     let out = d.docker(&["run", "--rm", "bb:local", "nosuchcmd"]);
     assert_eq!(out.status.code(), Some(127), "{}", stderr(&out));
@@ -180,7 +175,7 @@ fn curl(d: &TestDaemon, method: &str, path: &str) -> String {
 
 #[test]
 fn rm_flag_leaves_nothing_behind() {
-    let d = daemon_with_busybox();
+    let d = daemon_with_busybox("bb:local");
     let out = d.docker_ok(&[
         "run",
         "--rm",
@@ -202,7 +197,7 @@ fn rm_flag_leaves_nothing_behind() {
 
 #[test]
 fn logs_follow_while_writing() {
-    let d = daemon_with_busybox();
+    let d = daemon_with_busybox("bb:local");
     d.docker_ok(&[
         "run",
         "-d",
@@ -229,7 +224,7 @@ fn logs_follow_while_writing() {
 
 #[test]
 fn exec_into_running_container() {
-    let d = daemon_with_busybox();
+    let d = daemon_with_busybox("bb:local");
     d.docker_ok(&["run", "-d", "--name", "svc", "bb:local", "sleep", "60"]);
     let out = d.docker_ok(&["exec", "svc", "sh", "-c", "echo in-$(hostname)"]);
     assert!(out.starts_with("in-"), "{out}");
@@ -267,7 +262,7 @@ fn exec_into_running_container() {
 
 #[test]
 fn stop_escalates_to_sigkill_after_timeout() {
-    let d = daemon_with_busybox();
+    let d = daemon_with_busybox("bb:local");
     // A shell that ignores SIGTERM (not PID 1 semantics: trap makes it explicit).
     d.docker_ok(&[
         "run",
@@ -318,7 +313,7 @@ fn stop_escalates_to_sigkill_after_timeout() {
 
 #[test]
 fn memory_limit_oom_kills_with_137() {
-    let d = daemon_with_busybox();
+    let d = daemon_with_busybox("bb:local");
     let out = d.docker(&[
         "run",
         "--name",
@@ -342,7 +337,7 @@ fn memory_limit_oom_kills_with_137() {
 
 #[test]
 fn pids_limit_is_enforced() {
-    let d = daemon_with_busybox();
+    let d = daemon_with_busybox("bb:local");
     let out = d.docker(&[
         "run",
         "--rm",
@@ -373,7 +368,7 @@ fn pids_limit_is_enforced() {
 
 #[test]
 fn daemon_restart_keeps_state_and_running_containers() {
-    let mut d = daemon_with_busybox();
+    let mut d = daemon_with_busybox("bb:local");
     assert_eq!(
         d.docker(&["run", "--name", "done3", "bb:local", "sh", "-c", "exit 3"])
             .status
@@ -427,7 +422,7 @@ fn daemon_restart_keeps_state_and_running_containers() {
 
 #[test]
 fn agent_death_marks_container_exited_and_releases_everything() {
-    let d = daemon_with_busybox();
+    let d = daemon_with_busybox("bb:local");
     let id = d
         .docker_ok(&["run", "-d", "bb:local", "sleep", "60"])
         .trim()
@@ -472,7 +467,7 @@ fn fifty_parallel_containers_without_leaks() {
     ) {
         return;
     }
-    let d = daemon_with_busybox();
+    let d = daemon_with_busybox("bb:local");
     let ids: Vec<String> = std::thread::scope(|s| {
         let hs: Vec<_> = (0..50)
             .map(|i| {
@@ -513,7 +508,7 @@ fn fifty_parallel_containers_without_leaks() {
 
 #[test]
 fn interactive_tty_through_a_pty() {
-    let d = daemon_with_busybox();
+    let d = daemon_with_busybox("bb:local");
     // `script` gives the CLI a real pty; the container sees a tty with the right size.
     let cmd = format!(
         "stty cols 97 rows 31; DOCKER_HOST={} {} run --rm -it bb:local sh -c 'tty; stty size; exit 4'",
@@ -534,7 +529,7 @@ fn interactive_tty_through_a_pty() {
 
 #[test]
 fn restart_policies_and_pause() {
-    let d = daemon_with_busybox();
+    let d = daemon_with_busybox("bb:local");
     d.docker_ok(&[
         "run",
         "-d",
@@ -584,7 +579,7 @@ async fn bollard_create_start_wait_logs() {
         CreateContainerOptionsBuilder, LogsOptionsBuilder, WaitContainerOptions,
     };
     use futures::StreamExt;
-    let d = daemon_with_busybox();
+    let d = daemon_with_busybox("bb:local");
     let docker = d.bollard();
     let body = bollard::models::ContainerCreateBody {
         image: Some("bb:local".into()),
@@ -654,7 +649,7 @@ fn cp_both_ways_stays_inside_the_container() {
     ) {
         return;
     }
-    let d = daemon_with_busybox();
+    let d = daemon_with_busybox("bb:local");
     d.docker_ok(&[
         "run",
         "-d",
@@ -716,7 +711,7 @@ fn commit_makes_a_layered_image() {
     ) {
         return;
     }
-    let d = daemon_with_busybox();
+    let d = daemon_with_busybox("bb:local");
     d.docker_ok(&[
         "run",
         "--name",
@@ -812,7 +807,7 @@ fn copy_storage_driver_runs_containers() {
 
 #[test]
 fn stats_and_start_attach() {
-    let d = daemon_with_busybox();
+    let d = daemon_with_busybox("bb:local");
     d.docker_ok(&[
         "run", "-d", "--name", "st", "-m", "64m", "bb:local", "sleep", "30",
     ]);

@@ -5,13 +5,11 @@
 
 mod common;
 
-use common::images::import_busybox;
-use common::{stderr, stdout, TestDaemon};
+use common::{stderr, stdout};
 
 #[test]
 fn http_fuzz_fixed_seed() {
-    let d = TestDaemon::start();
-    import_busybox(&d, "bb");
+    let d = common::images::daemon_with_busybox("bb");
     let script = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../../benches/fuzz/http_fuzz.py"

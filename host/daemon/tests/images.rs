@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::images::{busybox_tar, import_busybox};
+use common::images::busybox_tar;
 use common::registry::{bcrypt_secret, free_port, start_registry};
 use common::{stderr, stdout, TestDaemon};
 use futures::StreamExt;
@@ -243,8 +243,7 @@ fn inspect(d: &TestDaemon, name: &str) -> Value {
 
 #[test]
 fn cli_import_tag_inspect_history_save_load_rmi() {
-    let d = TestDaemon::start();
-    import_busybox(&d, "bb:local");
+    let d = common::images::daemon_with_busybox("bb:local");
     let id = inspect(&d, "bb:local")["Id"].as_str().unwrap().to_string();
     assert!(id.starts_with("sha256:") && id.len() == 71, "{id}");
     let diff = format!(
@@ -405,8 +404,7 @@ fn import_from_stdin_and_url_with_every_compression() {
 
 #[test]
 fn oci_layout_archives_load() {
-    let d = TestDaemon::start();
-    import_busybox(&d, "bb:local");
+    let d = common::images::daemon_with_busybox("bb:local");
     let saved = d.dir.path().join("bb.tar");
     d.docker_ok(&["save", "-o", saved.to_str().unwrap(), "bb:local"]);
     // Our save is also an OCI layout: load it through index.json alone.
@@ -1071,8 +1069,7 @@ fn interrupted_pulls_leave_no_half_image() {
 /// The engine's in-use hook (wired to containers by the engine) guards `rmi`.
 #[test]
 fn rmi_refuses_images_in_use() {
-    let d = TestDaemon::start();
-    import_busybox(&d, "bb:used");
+    let d = common::images::daemon_with_busybox("bb:used");
     let id = inspect(&d, "bb:used")["Id"].as_str().unwrap().to_string();
     let out = d.docker(&["create", "--name", "user", "bb:used", "/bin/true"]);
     if !out.status.success() {

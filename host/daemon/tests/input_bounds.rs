@@ -9,7 +9,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::images::{busybox_tar, import_busybox};
+use common::images::busybox_tar;
 use common::{stderr, stdout, TestDaemon};
 
 /// `curl` over the daemon's socket: (status, body).
@@ -77,8 +77,7 @@ fn socket_is_0660_and_takes_the_group() {
 
 #[test]
 fn cgroup_parent_cannot_leave_the_hierarchy() {
-    let d = TestDaemon::start();
-    import_busybox(&d, "bb");
+    let d = common::images::daemon_with_busybox("bb");
     for parent in ["../../x", "a/../../b", "/..", "./x"] {
         let err = d.docker_err(&["create", "--cgroup-parent", parent, "bb", "true"]);
         assert!(err.contains("invalid cgroup parent"), "{parent}: {err}");
@@ -103,8 +102,7 @@ fn cgroup_parent_cannot_leave_the_hierarchy() {
 
 #[test]
 fn huge_memory_values_do_not_overflow() {
-    let d = TestDaemon::start();
-    import_busybox(&d, "bb");
+    let d = common::images::daemon_with_busybox("bb");
     let script = r#"
 import docker, sys
 c = docker.DockerClient(base_url=sys.argv[1])
@@ -129,8 +127,7 @@ ct.remove()
 
 #[test]
 fn filters_with_multibyte_text_and_star_bombs_are_answered() {
-    let d = TestDaemon::start();
-    import_busybox(&d, "bb");
+    let d = common::images::daemon_with_busybox("bb");
     for path in [
         "/images/json",
         "/images/prune",
@@ -218,8 +215,7 @@ fn url_imports_are_capped() {
 
 #[test]
 fn sigterm_stops_the_daemon_with_requests_in_flight() {
-    let mut d = TestDaemon::start();
-    import_busybox(&d, "bb");
+    let mut d = common::images::daemon_with_busybox("bb");
     let id = d
         .docker_ok(&["run", "-d", "bb", "sleep", "1000"])
         .trim()

@@ -9,14 +9,8 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::images::import_busybox;
+use common::images::daemon_with_busybox;
 use common::{stdout, TestDaemon};
-
-fn daemon_with_busybox() -> TestDaemon {
-    let d = TestDaemon::start();
-    import_busybox(&d, "bb:local");
-    d
-}
 
 fn python_with_docker_py() -> Option<&'static str> {
     let ok = Command::new("python3")
@@ -35,7 +29,7 @@ fn docker_py_exec_output_is_never_lost() {
     let Some(py) = python_with_docker_py() else {
         panic!("docker-py is missing: scripts/install-deps.sh installs it");
     };
-    let d = daemon_with_busybox();
+    let d = daemon_with_busybox("bb:local");
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/exec_integrity.py");
     let out = Command::new(py)
         .args([script, "bb:local", "1000", "8"])
@@ -69,7 +63,7 @@ fn expect_clean_start(what: &str, out: &str) {
 /// only stdio open, as under runc: main process, exec, and the process under `--init`.
 #[test]
 fn processes_start_with_default_signals_and_only_stdio() {
-    let d = daemon_with_busybox();
+    let d = daemon_with_busybox("bb:local");
     let (probe, expect) = (PROBE, expect_clean_start);
     let main = d.docker_ok(&["run", "--rm", "bb:local", "sh", "-c", probe]);
     expect("main", &main);
@@ -166,7 +160,7 @@ fn count_in_order(reader: impl std::io::Read, n: u64) -> Result<u64, String> {
 /// in order, through `docker logs` and through a `logs -f` started before the container.
 #[test]
 fn a_million_lines_are_all_logged() {
-    let d = daemon_with_busybox();
+    let d = daemon_with_busybox("bb:local");
     const N: u64 = 1_000_000;
     d.docker_ok(&[
         "create",
@@ -232,7 +226,7 @@ fn a_million_lines_are_all_logged() {
 /// `--tail` on a log far larger than a plugin's memory limit streams from the end.
 #[test]
 fn tail_of_a_one_gib_log() {
-    let d = daemon_with_busybox();
+    let d = daemon_with_busybox("bb:local");
     d.docker_ok(&["run", "--name", "big", "bb:local", "echo", "first"]);
     let path = d
         .docker_ok(&["inspect", "-f", "{{.LogPath}}", "big"])
@@ -307,8 +301,7 @@ fn find_file(dir: &std::path::Path, name: &str) -> Option<std::path::PathBuf> {
 /// the log before it exits (its pumps drain), and the re-adopted container goes on.
 #[test]
 fn shutdown_flushes_a_line_in_progress() {
-    let mut d = TestDaemon::start();
-    common::images::import_busybox(&d, "bb");
+    let mut d = common::images::daemon_with_busybox("bb");
     let id = d
         .docker_ok(&[
             "run",
@@ -343,8 +336,7 @@ fn shutdown_flushes_a_line_in_progress() {
 /// not yet acknowledged may come twice).
 #[test]
 fn daemon_sigkill_mid_stream_loses_no_line() {
-    let mut d = TestDaemon::start();
-    import_busybox(&d, "bb");
+    let mut d = common::images::daemon_with_busybox("bb");
     const N: u64 = 400_000;
     // Bursts of 2,000 lines, a short pause between them: at least 10 s of streaming, so a
     // loaded host still kills the daemon mid-stream.

@@ -39,6 +39,22 @@ fn lines(s: &str) -> Vec<&str> {
     s.lines().collect()
 }
 
+/// A running microVM container `running` that has written (or is about to write)
+/// `/live.txt`.
+fn start_live_writer(d: &TestDaemon) {
+    d.docker_ok(&[
+        "run",
+        "-d",
+        "--isolation=microvm",
+        "--name",
+        "running",
+        "bb",
+        "sh",
+        "-c",
+        "echo live > /live.txt; exec sleep 1000",
+    ]);
+}
+
 #[test]
 fn microvm_diff_commit_and_export_read_the_guest_disk() {
     if skip_without_microvm() {
@@ -119,17 +135,7 @@ fn microvm_diff_commit_and_export_read_the_guest_disk() {
     assert!(!names.iter().any(|n| n == "bin/ls"), "{names:?}");
 
     // The same for a running container, answered by its own VM.
-    d.docker_ok(&[
-        "run",
-        "-d",
-        "--isolation=microvm",
-        "--name",
-        "running",
-        "bb",
-        "sh",
-        "-c",
-        "echo live > /live.txt; exec sleep 1000",
-    ]);
+    start_live_writer(&d);
     common::eventually("the running container wrote its file", 60, || {
         let diff = d.docker_ok(&["diff", "running"]);
         match diff.lines().any(|l| l == "A /live.txt") {
@@ -283,17 +289,7 @@ fn microvm_docker_cp_reads_and_writes_the_guest_disk() {
     );
 
     // Running: answered by the container's own VM, seen by its processes at once.
-    d.docker_ok(&[
-        "run",
-        "-d",
-        "--isolation=microvm",
-        "--name",
-        "running",
-        "bb",
-        "sh",
-        "-c",
-        "echo live > /live.txt; exec sleep 1000",
-    ]);
+    start_live_writer(&d);
     common::eventually("the running container wrote its file", 60, || {
         let o = d.docker(&["cp", "running:/live.txt", host_s]);
         match o.status.success() {

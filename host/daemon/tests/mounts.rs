@@ -5,7 +5,7 @@
 mod common;
 
 use common::microvm::{daemon, skip_without_microvm};
-use common::{stderr, TestDaemon};
+use common::stderr;
 
 fn modes() -> Vec<&'static str> {
     if skip_without_microvm() {
@@ -191,8 +191,7 @@ fn volume_subpath_mounts_one_directory_of_a_volume() {
 
 #[test]
 fn volume_subpath_symlink_cannot_leave_the_volume() {
-    let d = TestDaemon::start();
-    common::images::import_busybox(&d, "bb");
+    let d = common::images::daemon_with_busybox("bb");
     d.docker_ok(&[
         "run", "--rm", "-v", "data:/d", "bb", "ln", "-s", "/etc", "/d/link",
     ]);

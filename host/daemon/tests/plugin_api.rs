@@ -97,8 +97,7 @@ fn sdk_plugin_installed_from_registry_logs_and_is_managed() {
     let out = run_tool(project, &["push", &remote]);
     assert!(out.contains("digest: sha256:"), "{out}");
 
-    let mut d = TestDaemon::start();
-    import_busybox(&d, "bb:local");
+    let mut d = common::images::daemon_with_busybox("bb:local");
     let out = d.docker_ok(&["plugin", "install", &remote]);
     assert!(out.contains(&format!("Installed plugin {remote}")), "{out}");
     let ls = d.docker_ok(&["plugin", "ls", "--format", "{{.Name}} {{.Enabled}}"]);
@@ -387,8 +386,7 @@ fn sdk_volume_plugin_serves_volumes_and_blocks_disable_while_used() {
     let remote = format!("{}/my-vol:1.0", reg.addr);
     run_tool(&project, &["push", &remote]);
 
-    let d = TestDaemon::start();
-    import_busybox(&d, "bb:local");
+    let d = common::images::daemon_with_busybox("bb:local");
     d.docker_ok(&["plugin", "install", "--alias", "my-vol", &remote]);
     let ls = d.docker_ok(&[
         "plugin",

@@ -34,8 +34,7 @@ fn copy_dir(src: &std::path::Path, dst: &std::path::Path) {
 #[test]
 fn json_file_plugin_serves_docker_logs() {
     plugins_dir();
-    let d = TestDaemon::start();
-    import_busybox(&d, "bb:local");
+    let d = common::images::daemon_with_busybox("bb:local");
     let info = d.docker_ok(&["info", "--format", "{{json .Plugins}}"]);
     assert!(info.contains("\"Log\":[\"json-file\",\"none\"]"), "{info}");
     assert!(info.contains("\"Volume\":[\"local\"]"), "{info}");
@@ -101,8 +100,7 @@ fn json_file_plugin_serves_docker_logs() {
 #[test]
 fn volumes_persist_across_rm_and_daemon_restart() {
     plugins_dir();
-    let mut d = TestDaemon::start();
-    import_busybox(&d, "bb:local");
+    let mut d = common::images::daemon_with_busybox("bb:local");
     d.docker_ok(&["volume", "create", "--label", "team=a", "data"]);
     d.docker_ok(&[
         "run",

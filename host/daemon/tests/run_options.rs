@@ -126,8 +126,7 @@ fn ulimit_sysctl_oom_score_and_shm_size_apply_in_both_modes() {
 
 #[test]
 fn device_nodes_and_their_cgroup_rules() {
-    let d = TestDaemon::start();
-    common::images::import_busybox(&d, "bb");
+    let d = common::images::daemon_with_busybox("bb");
     // /dev/null under another name: readable and writable with rwm.
     let out = d.docker_ok(&[
         "run",
@@ -182,8 +181,7 @@ fn device_nodes_and_their_cgroup_rules() {
 
 #[test]
 fn run_options_are_validated_like_docker() {
-    let d = TestDaemon::start();
-    common::images::import_busybox(&d, "bb");
+    let d = common::images::daemon_with_busybox("bb");
     for (args, want) in [
         (
             vec!["--oom-score-adj", "1001"],
@@ -245,8 +243,7 @@ print("ok")
 /// host's namespace of that kind, and never renames the host; `container:` is refused.
 #[test]
 fn host_pid_ipc_and_uts_namespaces() {
-    let d = TestDaemon::start();
-    common::images::import_busybox(&d, "bb");
+    let d = common::images::daemon_with_busybox("bb");
     let host_ns = |kind: &str| {
         std::fs::read_link(format!("/proc/self/ns/{kind}"))
             .unwrap()

@@ -98,8 +98,7 @@ fn seccomp_profile_from_a_file_applies_in_both_modes() {
 
 #[test]
 fn bad_seccomp_profiles_are_refused_with_400() {
-    let d = TestDaemon::start();
-    common::images::import_busybox(&d, "bb");
+    let d = common::images::daemon_with_busybox("bb");
     for (opt, want) in [
         (
             r#"seccomp={"defaultAction": "SCMP_ACT_BOGUS"}"#,
@@ -218,8 +217,7 @@ fn cgroupns_private_and_host_in_both_modes() {
 
 #[test]
 fn invalid_cgroupns_mode_is_refused_with_400() {
-    let d = TestDaemon::start();
-    common::images::import_busybox(&d, "bb");
+    let d = common::images::daemon_with_busybox("bb");
     let body = r#"{"Image":"bb","Cmd":["true"],"HostConfig":{"CgroupnsMode":"shared"}}"#;
     let (code, text) = d.api("POST", "/containers/create", Some(body));
     assert_eq!(code, 400, "{text}");

@@ -13,8 +13,7 @@ fn ns_of(d: &TestDaemon, ctr: &str, kind: &str) -> String {
 
 #[test]
 fn pid_and_ipc_join_a_running_donor() {
-    let d = TestDaemon::start();
-    common::images::import_busybox(&d, "bb");
+    let d = common::images::daemon_with_busybox("bb");
     d.docker_ok(&[
         "run",
         "-d",
@@ -110,17 +109,7 @@ print(c.containers.run("bb", ["sh", "-c", "readlink /proc/self/ns/ipc; ps -o arg
 
     // The joiner's processes die with the donor's pid namespace: stop the donor while a
     // joiner runs, and the joiner exits too (killed by the kernel).
-    d.docker_ok(&[
-        "run",
-        "-d",
-        "--name",
-        "pj",
-        "--pid",
-        "container:donor",
-        "bb",
-        "sleep",
-        "1000",
-    ]);
+    d.run_sleeper("pj", &["--pid", "container:donor"]);
     d.docker_ok(&["kill", "donor"]);
     let code = d.docker_ok(&["wait", "pj"]);
     assert_eq!(
@@ -132,8 +121,7 @@ print(c.containers.run("bb", ["sh", "-c", "readlink /proc/self/ns/ipc; ps -o arg
 
 #[test]
 fn donor_errors_as_dockerd() {
-    let d = TestDaemon::start();
-    common::images::import_busybox(&d, "bb");
+    let d = common::images::daemon_with_busybox("bb");
     // Missing donor: 404.
     d.docker_ok(&[
         "create",
@@ -198,17 +186,7 @@ fn microvm_refuses_to_join_another_containers_namespaces() {
         return;
     }
     let d = common::microvm::daemon();
-    d.docker_ok(&[
-        "run",
-        "-d",
-        "--name",
-        "donor",
-        "--ipc",
-        "shareable",
-        "bb",
-        "sleep",
-        "1000",
-    ]);
+    d.run_sleeper("donor", &["--ipc", "shareable"]);
     for flag in ["--pid", "--ipc"] {
         let e = d.docker_err(&[
             "run",

@@ -43,8 +43,7 @@ fn rest(mut out: BufReader<std::process::ChildStdout>) -> String {
 
 #[test]
 fn docker_run_and_attach_forward_signals() {
-    let d = TestDaemon::start();
-    common::images::import_busybox(&d, "bb");
+    let d = common::images::daemon_with_busybox("bb");
     for (sig, word, code) in [
         (libc::SIGUSR1, "got-usr1", 7),
         (libc::SIGTERM, "got-term", 9),
@@ -85,8 +84,7 @@ fn docker_run_and_attach_forward_signals() {
 
 #[test]
 fn sig_proxy_false_forwards_nothing() {
-    let d = TestDaemon::start();
-    common::images::import_busybox(&d, "bb");
+    let d = common::images::daemon_with_busybox("bb");
     let (mut child, _out) = spawn_ready(
         &d,
         &[

@@ -7,15 +7,9 @@ mod common;
 use std::path::PathBuf;
 use std::process::Command;
 
-use common::images::import_busybox;
+use common::images::daemon_with_busybox;
 use common::microvm;
 use common::{stderr, stdout, TestDaemon};
-
-fn daemon_with_busybox() -> TestDaemon {
-    let d = TestDaemon::start();
-    import_busybox(&d, "bb:local");
-    d
-}
 
 fn full_id(d: &TestDaemon, name: &str) -> String {
     d.docker_ok(&["inspect", "-f", "{{.Id}}", name])
@@ -63,27 +57,26 @@ fn api(d: &TestDaemon, method: &str, path: &str, body: &str) -> (u16, String) {
 
 const MIB: u64 = 1 << 20;
 
+/// The `docker update` limits both isolation modes are checked with.
+const UPDATED_LIMITS: &[&str] = &[
+    "--memory",
+    "64m",
+    "--memory-swap",
+    "128m",
+    "--cpus",
+    "0.5",
+    "--pids-limit",
+    "50",
+    "--cpu-shares",
+    "512",
+];
+
 #[test]
 fn update_changes_running_limits_and_keeps_them_across_restart() {
-    let d = daemon_with_busybox();
+    let d = daemon_with_busybox("bb:local");
     d.docker_ok(&["run", "-d", "--name", "upd", "bb:local", "sleep", "1000"]);
     let id = full_id(&d, "upd");
-    let out = d.docker_ok(&[
-        "update",
-        "--memory",
-        "64m",
-        "--memory-swap",
-        "128m",
-        "--cpus",
-        "0.5",
-        "--pids-limit",
-        "50",
-        "--cpu-shares",
-        "512",
-        "--restart",
-        "always",
-        "upd",
-    ]);
+    let out = d.docker_ok(&[&["update"], UPDATED_LIMITS, &["--restart", "always", "upd"]].concat());
     assert_eq!(out.trim(), "upd");
     let check_live = |mem: u64, swap: u64| {
         assert_eq!(
@@ -198,20 +191,7 @@ fn microvm_update_changes_limits_inside_the_guest() {
     let cg = |f: &str| microvm::guest_cgroup_file(&d, "vupd", f);
     assert_eq!(cg("memory.max"), (32 * MIB).to_string());
     assert_eq!(cg("pids.max"), "max");
-    d.docker_ok(&[
-        "update",
-        "--memory",
-        "64m",
-        "--memory-swap",
-        "128m",
-        "--cpus",
-        "0.5",
-        "--pids-limit",
-        "50",
-        "--cpu-shares",
-        "512",
-        "vupd",
-    ]);
+    d.docker_ok(&[&["update"], UPDATED_LIMITS, &["vupd"]].concat());
     let check_live = || {
         assert_eq!(cg("memory.max"), (64 * MIB).to_string());
         assert_eq!(cg("cpu.max"), "50000 100000");
@@ -245,7 +225,7 @@ fn microvm_update_changes_limits_inside_the_guest() {
 
 #[test]
 fn updated_restart_policy_takes_effect_for_the_running_container() {
-    let d = daemon_with_busybox();
+    let d = daemon_with_busybox("bb:local");
     d.docker_ok(&[
         "run",
         "-d",
@@ -282,7 +262,7 @@ fn updated_restart_policy_takes_effect_for_the_running_container() {
 
 #[test]
 fn update_of_created_container_is_applied_at_start() {
-    let d = daemon_with_busybox();
+    let d = daemon_with_busybox("bb:local");
     d.docker_ok(&["create", "--name", "cr", "bb:local", "sleep", "1000"]);
     let out = d.docker_ok(&[
         "update",
@@ -313,7 +293,7 @@ fn update_of_created_container_is_applied_at_start() {
 
 #[test]
 fn update_validation_follows_docker() {
-    let d = daemon_with_busybox();
+    let d = daemon_with_busybox("bb:local");
     d.docker_ok(&[
         "run", "-d", "--name", "val", "--memory", "64m", "bb:local", "sleep", "1000",
     ]);
@@ -430,7 +410,7 @@ fn python_docker(d: &TestDaemon, script: &str) -> String {
 
 #[test]
 fn commit_running_container_through_docker_py_pauses_and_thaws() {
-    let d = daemon_with_busybox();
+    let d = daemon_with_busybox("bb:local");
     d.docker_ok(&[
         "run",
         "-d",
@@ -511,7 +491,7 @@ print(c.status)
 
 #[test]
 fn commit_changes_apply_every_instruction() {
-    let d = daemon_with_busybox();
+    let d = daemon_with_busybox("bb:local");
     d.docker_ok(&["run", "-d", "--name", "base", "bb:local", "sleep", "1000"]);
     d.docker_ok(&["exec", "base", "mkdir", "-p", "/work"]);
     d.docker_ok(&[

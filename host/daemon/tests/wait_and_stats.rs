@@ -56,8 +56,7 @@ fn still_waiting(c: &mut Child) -> bool {
 
 #[test]
 fn wait_conditions_as_dockerd() {
-    let d = TestDaemon::start();
-    common::images::import_busybox(&d, "bb");
+    let d = common::images::daemon_with_busybox("bb");
     d.docker_ok(&[
         "create",
         "--name",
@@ -175,8 +174,7 @@ fn check_precpu(samples: &[serde_json::Value]) {
 
 #[test]
 fn stats_stream_carries_precpu_from_the_previous_sample() {
-    let d = TestDaemon::start();
-    common::images::import_busybox(&d, "bb");
+    let d = common::images::daemon_with_busybox("bb");
     // Busy, so CPU time grows between samples.
     d.docker_ok(&[
         "run",

@@ -22,6 +22,13 @@ pub const MAX_INTENTS: usize = 64;
 /// Most addresses/subnets the host passes in one call.
 const MAX_USED: usize = 1 << 20;
 
+/// Which endpoint call of the driver to make.
+#[derive(Clone, Copy)]
+enum EndpointCall {
+    Join,
+    Leave,
+}
+
 /// An IPv4 address with its prefix length.
 pub type Cidr = (Ipv4Addr, u8);
 
@@ -285,16 +292,7 @@ impl NetworkDriverHandle {
         net: &NetworkSpec,
         ep: &EndpointSpec,
     ) -> Result<Vec<NetIntent>, PluginError> {
-        check_spec(net)?;
-        let (n, e) = (wit_network(net), wit_endpoint(ep));
-        request_blocking(&self.shared, &self.tx, move |r| {
-            let reply = r.call(|s, i| {
-                i.network()
-                    .berth_driver_network_driver()
-                    .call_join(s, &n, &e)
-            })?;
-            r.intents(reply)
-        })
+        self.endpoint_intents(net, ep, EndpointCall::Join)
     }
 
     pub fn leave(
@@ -302,13 +300,25 @@ impl NetworkDriverHandle {
         net: &NetworkSpec,
         ep: &EndpointSpec,
     ) -> Result<Vec<NetIntent>, PluginError> {
+        self.endpoint_intents(net, ep, EndpointCall::Leave)
+    }
+
+    /// `join` and `leave` take the same arguments and answer the same way.
+    fn endpoint_intents(
+        &self,
+        net: &NetworkSpec,
+        ep: &EndpointSpec,
+        call: EndpointCall,
+    ) -> Result<Vec<NetIntent>, PluginError> {
         check_spec(net)?;
         let (n, e) = (wit_network(net), wit_endpoint(ep));
         request_blocking(&self.shared, &self.tx, move |r| {
             let reply = r.call(|s, i| {
-                i.network()
-                    .berth_driver_network_driver()
-                    .call_leave(s, &n, &e)
+                let driver = i.network().berth_driver_network_driver();
+                match call {
+                    EndpointCall::Join => driver.call_join(s, &n, &e),
+                    EndpointCall::Leave => driver.call_leave(s, &n, &e),
+                }
             })?;
             r.intents(reply)
         })

@@ -87,6 +87,13 @@ pub fn tar_dir(dir: &std::path::Path, tar: &std::path::Path) {
 }
 
 /// Import the busybox rootfs into the daemon as `name` (e.g. "bb:local").
+/// A daemon (`TestDaemon::start`) with the busybox image imported as `name`.
+pub fn daemon_with_busybox(name: &str) -> super::TestDaemon {
+    let d = super::TestDaemon::start();
+    import_busybox(&d, name);
+    d
+}
+
 pub fn import_busybox(d: &super::TestDaemon, name: &str) {
     let tar = busybox_tar();
     let out = d

@@ -206,6 +206,18 @@ impl TestDaemon {
     }
 
     /// Run docker and assert success; returns stdout.
+    /// `docker run -d --name NAME ARGS... bb sleep 1000`: a busybox container (the image
+    /// imported as `bb`) that just stays up. Its id.
+    pub fn run_sleeper(&self, name: &str, args: &[&str]) -> String {
+        let run = [
+            &["run", "-d", "--name", name],
+            args,
+            &["bb", "sleep", "1000"],
+        ]
+        .concat();
+        self.docker_ok(&run)
+    }
+
     pub fn docker_ok(&self, args: &[&str]) -> String {
         let out = self.docker(args);
         assert!(

@@ -12,6 +12,17 @@ use crate::plugin::Runner;
 use crate::validate::{MAX_LINE_BYTES, MAX_PARTIAL_ID};
 
 impl Runner {
+    /// The open log sessions, copied out so the lock is not held while they are served.
+    fn log_session_list(&self) -> Vec<Arc<SessionShared>> {
+        self.shared
+            .sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
     pub(crate) fn logs_pending(&self) -> bool {
         self.shared
             .sessions
@@ -37,15 +48,7 @@ impl Runner {
 
     /// Push buffered entries of every session to the plugin, one batch each.
     pub(crate) fn pump_logs(&mut self) {
-        let sessions: Vec<Arc<SessionShared>> = self
-            .shared
-            .sessions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect();
-        for s in sessions {
+        for s in self.log_session_list() {
             s.wake_pending.store(false, Ordering::Release);
             if !s.pending() {
                 continue;
@@ -187,15 +190,7 @@ impl Runner {
     }
 
     pub(crate) fn shutdown_logs(&mut self) {
-        let sessions: Vec<_> = self
-            .shared
-            .sessions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect();
-        for s in sessions {
+        for s in self.log_session_list() {
             s.closing.store(true, Ordering::Release);
         }
         for _ in 0..64 {
