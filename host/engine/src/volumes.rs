@@ -166,7 +166,10 @@ impl Volumes {
             }
             return Ok(existing);
         }
-        let handle = self.driver(&driver)?;
+        let handle = self.driver(&driver).map_err(|e| match e {
+            Error::NotFound(m) => Error::not_found(format!("create {name}: {m}")),
+            e => e,
+        })?;
         let pairs: Vec<(String, String)> =
             opts.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         match handle.create(&name, &pairs).await {

@@ -95,17 +95,7 @@ async fn create(
         .and_then(|h| h.remove("Isolation"))
         .and_then(|v| v.as_str().map(str::to_string))
         .unwrap_or_default();
-    // Checked before model parsing, whose enum would refuse it with a serde message.
-    if let Some(mode) = raw.pointer("/HostConfig/CgroupnsMode") {
-        if !matches!(mode.as_str(), Some("" | "private" | "host")) && !mode.is_null() {
-            let shown = mode
-                .as_str()
-                .map_or_else(|| mode.to_string(), str::to_string);
-            return Err(ApiError::bad_request(format!(
-                "invalid cgroup namespace mode: {shown}"
-            )));
-        }
-    }
+    check_enum_fields(&raw)?;
     let body: ContainerCreateBody = serde_json::from_value(raw)
         .map_err(|e| ApiError::bad_request(format!("invalid container config: {e}")))?;
     let (id, warnings) = engine
@@ -275,6 +265,43 @@ struct KillQuery {
     signal: Option<String>,
 }
 
+/// The create body's enum fields, checked before model parsing, which would refuse a bad
+/// value with a serde message naming Rust's variants: these are dockerd's words.
+fn check_enum_fields(raw: &serde_json::Value) -> ApiResult<()> {
+    let shown = |v: &serde_json::Value| v.as_str().map_or_else(|| v.to_string(), str::to_string);
+    let bad = |v: Option<&serde_json::Value>, allowed: &[&str]| {
+        v.filter(|v| !v.is_null())
+            .filter(|v| !v.as_str().is_some_and(|s| allowed.contains(&s)))
+            .map(shown)
+    };
+    if let Some(mode) = bad(
+        raw.pointer("/HostConfig/CgroupnsMode"),
+        &["", "private", "host"],
+    ) {
+        return Err(ApiError::bad_request(format!(
+            "invalid cgroup namespace mode: {mode}"
+        )));
+    }
+    if let Some(name) = bad(
+        raw.pointer("/HostConfig/RestartPolicy/Name"),
+        &["", "no", "always", "unless-stopped", "on-failure"],
+    ) {
+        return Err(ApiError::bad_request(format!(
+            "invalid restart policy '{name}'"
+        )));
+    }
+    let mounts = raw.pointer("/HostConfig/Mounts").and_then(|m| m.as_array());
+    for m in mounts.into_iter().flatten() {
+        let kinds = ["bind", "volume", "tmpfs", "npipe", "cluster", "image"];
+        if let Some(kind) = bad(m.get("Type"), &kinds) {
+            return Err(ApiError::bad_request(format!(
+                "invalid mount config for type \"{kind}\": mount type unknown"
+            )));
+        }
+    }
+    Ok(())
+}
+
 async fn kill(
     State(engine): State<AppState>,
     Path(id): Path<String>,
@@ -284,7 +311,14 @@ async fn kill(
     engine
         .containers
         .kill(&c, q.signal.as_deref().unwrap_or("SIGKILL"))
-        .await?;
+        .await
+        .map_err(|e| match e {
+            // dockerd names the container as the request did.
+            berth_engine::Error::Conflict(m) => {
+                berth_engine::Error::Conflict(format!("Cannot kill container: {id}: {m}"))
+            }
+            e => e,
+        })?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -302,7 +302,7 @@ impl Containers {
             let map = self.map.read().unwrap();
             if let Some(o) = map.values().find(|o| o.name() == new_name) {
                 return Err(Error::conflict(format!(
-                    "Conflict. The container name \"/{new_name}\" is already in use by container \"{}\". You have to remove (or rename) that container to be able to reuse that name.",
+                    "Error when allocating new name: Conflict. The container name \"/{new_name}\" is already in use by container \"{}\". You have to remove (or rename) that container to be able to reuse that name.",
                     o.id
                 )));
             }

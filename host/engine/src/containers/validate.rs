@@ -126,8 +126,11 @@ pub fn validate_host_config(hc: &HostConfig) -> Result<()> {
         ));
     }
     if let Some(set) = hc.cpuset_cpus.as_deref().filter(|s| !s.is_empty()) {
-        let cpus = parse_cpuset(set)
-            .ok_or_else(|| Error::invalid(format!("Invalid value {set} for cpuset cpus")))?;
+        let cpus = parse_cpuset(set).ok_or_else(|| {
+            Error::invalid(format!(
+                "Invalid value {set} for cpuset cpus: invalid format: {set}"
+            ))
+        })?;
         if cpus.iter().any(|c| *c >= ncpu) {
             return Err(Error::invalid(format!(
                 "Requested CPUs are not available - requested {set}, available: 0-{}",

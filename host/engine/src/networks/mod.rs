@@ -302,6 +302,12 @@ impl Networks {
         let _op = self.op.lock().await;
         let mut rec = {
             let st = self.state.lock().unwrap();
+            if matches!(name.as_str(), "bridge" | "host" | "none" | "default") {
+                // dockerd's words, trailing space included.
+                return Err(Error::Forbidden(format!(
+                    "operation is not permitted on predefined {name} network "
+                )));
+            }
             if st.networks.iter().any(|n| n.name == name) {
                 return Err(Error::conflict(format!(
                     "network with name {name} already exists"
@@ -317,7 +323,10 @@ impl Networks {
             let used: Vec<Ipv4Net> = st.networks.iter().filter_map(|n| n.subnet).collect();
             let (subnet, gateway, ip_range, aux) = match configs.first() {
                 Some(c) if c.subnet.as_deref().is_some_and(|s| !s.is_empty()) => {
-                    let subnet: Ipv4Net = c.subnet.as_deref().unwrap_or_default().parse()?;
+                    let text = c.subnet.as_deref().unwrap_or_default();
+                    let subnet: Ipv4Net = text
+                        .parse()
+                        .map_err(|e| Error::invalid(format!("Invalid subnet {text} : {e}")))?;
                     let subnet = subnet.network();
                     if !(8..=30).contains(&subnet.prefix) {
                         return Err(Error::invalid(format!(
