@@ -224,6 +224,18 @@ fn tenants_see_and_manage_only_their_own_objects() {
     ] {
         refused(alice(args), &format!("{args:?}"), want);
     }
+    // Seccomp: neither off nor a profile of the tenant's own, which could allow what the
+    // default filter denies.
+    let profile = dir.join("allow-all.json");
+    std::fs::write(&profile, r#"{"defaultAction":"SCMP_ACT_ALLOW"}"#).unwrap();
+    let custom = format!("seccomp={}", profile.display());
+    for (opt, want) in [
+        ("seccomp=unconfined", "unconfined is not allowed"),
+        (custom.as_str(), "custom seccomp profiles are not allowed"),
+    ] {
+        let args = ["run", "--rm", "--security-opt", opt, "bb:local", "true"];
+        refused(alice(&args), opt, want);
+    }
     // A bind mount under the allowed prefix is fine.
     std::fs::create_dir_all("/tmp/berth-tenants/alice").unwrap();
     ok(
