@@ -158,6 +158,16 @@ pub fn info(v: &mut Value) {
     );
 }
 
+/// `GET /exec/{id}/json`: `ExitCode` is null until the process has exited.
+pub fn exec(v: &mut Value) {
+    fill(v, "ExitCode", Value::Null);
+}
+
+/// `POST /containers/{id}/wait`: `Error` is null when the run ended without one.
+pub fn wait(v: &mut Value) {
+    fill(v, "Error", Value::Null);
+}
+
 /// `GET /containers/{id}/stats`: the cgroup v1 blkio lists and per-CPU usage.
 pub fn stats(v: &mut Value) {
     for key in [

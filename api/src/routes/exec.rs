@@ -6,6 +6,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use berth_engine::containers::{ExecConfig, ExecStartOpts};
+use bollard_stubs::models::{ExecInspectResponse, ProcessConfig};
 use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -30,6 +31,8 @@ async fn create(
 ) -> ApiResult<Response> {
     let c = engine.containers.get(&id)?;
     let eid = engine.containers.exec_create(&c, cfg)?;
+    // Not `IdResponse`: it only reads `Id` (serde alias) and writes `id`, and clients such
+    // as docker-py index `Id`.
     Ok((StatusCode::CREATED, Json(serde_json::json!({ "Id": eid }))).into_response())
 }
 
@@ -174,23 +177,26 @@ async fn inspect(
     let e = engine.containers.exec_get(&id)?;
     let st = e.state();
     let cmd = e.config.cmd.clone().unwrap_or_default();
-    Ok(Json(serde_json::json!({
-        "ID": e.id,
-        "ContainerID": e.container_id,
-        "Running": st.running,
-        "ExitCode": st.exit_code,
-        "Pid": st.pid,
-        "OpenStdin": e.config.attach_stdin,
-        "OpenStdout": e.config.attach_stdout,
-        "OpenStderr": e.config.attach_stderr,
-        "CanRemove": false,
-        "DetachKeys": e.config.detach_keys.clone().unwrap_or_default(),
-        "ProcessConfig": {
-            "entrypoint": cmd.first().cloned().unwrap_or_default(),
-            "arguments": cmd.iter().skip(1).cloned().collect::<Vec<_>>(),
-            "privileged": e.config.privileged,
-            "tty": e.config.tty,
-            "user": e.config.user.clone().unwrap_or_default(),
-        },
-    })))
+    let resp = ExecInspectResponse {
+        id: Some(e.id.clone()),
+        container_id: Some(e.container_id.clone()),
+        running: Some(st.running),
+        exit_code: st.exit_code,
+        pid: Some(st.pid.into()),
+        open_stdin: Some(e.config.attach_stdin),
+        open_stdout: Some(e.config.attach_stdout),
+        open_stderr: Some(e.config.attach_stderr),
+        can_remove: Some(false),
+        detach_keys: Some(e.config.detach_keys.clone().unwrap_or_default()),
+        process_config: Some(ProcessConfig {
+            entrypoint: Some(cmd.first().cloned().unwrap_or_default()),
+            arguments: Some(cmd.iter().skip(1).cloned().collect()),
+            privileged: Some(e.config.privileged),
+            tty: Some(e.config.tty),
+            user: Some(e.config.user.clone().unwrap_or_default()),
+        }),
+    };
+    let mut v = serde_json::to_value(&resp).map_err(|e| ApiError::internal(e.to_string()))?;
+    crate::zero_values::exec(&mut v);
+    Ok(Json(v))
 }

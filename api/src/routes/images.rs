@@ -15,6 +15,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use berth_engine::images::{ImageStore, ImportOptions, ImportSource, ListOptions, RegistryAuth};
+use bollard_stubs::models::ImageSummary;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
@@ -95,12 +96,33 @@ async fn list(State(state): State<AppState>, req: Request) -> ApiResult<Response
             .transpose()?,
     };
     let s = store(&state);
-    let images = blocking(move || s.list(&opts)).await?;
+    let images: Vec<ImageSummary> = blocking(move || s.list(&opts))
+        .await?
+        .into_iter()
+        .map(summary_model)
+        .collect();
     let mut v = serde_json::to_value(images).map_err(|e| ApiError::internal(e.to_string()))?;
     for i in v.as_array_mut().into_iter().flatten() {
         crate::zero_values::image_summary(i, api_minor(&req));
     }
     Ok(Json(v).into_response())
+}
+
+/// The engine's row of `GET /images/json` (and of `system/df`'s `Images`) as the API model.
+pub(super) fn summary_model(s: berth_engine::images::ImageSummary) -> ImageSummary {
+    ImageSummary {
+        id: s.id,
+        parent_id: s.parent_id,
+        repo_tags: s.repo_tags,
+        repo_digests: s.repo_digests,
+        created: s.created,
+        size: s.size,
+        shared_size: s.shared_size,
+        labels: s.labels,
+        containers: s.containers,
+        manifests: None,
+        descriptor: None,
+    }
 }
 
 /// `until`: unix timestamp, RFC 3339 date, or a Go duration ago (`24h`, `10m`), in seconds.

@@ -10,10 +10,13 @@ use axum::routing::get;
 use axum::{Json, Router};
 
 use crate::query::parse_timestamp;
-use bollard_stubs::models::{SystemVersion, SystemVersionComponents, SystemVersionPlatform};
+use bollard_stubs::models::{
+    BuildCache, ContainerSummary, ImageSummary, SystemVersion, SystemVersionComponents,
+    SystemVersionPlatform, Volume, VolumeUsageData,
+};
 use bytes::Bytes;
 use futures::StreamExt;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{ApiError, ApiResult};
 use crate::query::{Filters, Q};
@@ -193,26 +196,32 @@ async fn info(State(engine): State<AppState>) -> ApiResult<Response> {
     Ok(Json(v).into_response())
 }
 
+/// `GET /system/df` in the shape of API 1.51 and older (berth speaks up to 1.51).
+/// bollard-stubs only has the 1.52 shape (`SystemDataUsageResponse`: `ImageUsage`,
+/// `ContainerUsage`, ...), so this envelope is ours; every item in it is a stub model.
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct DiskUsageResponse {
+    layers_size: u64,
+    images: Vec<ImageSummary>,
+    containers: Vec<ContainerSummary>,
+    volumes: Vec<Volume>,
+    build_cache: Vec<BuildCache>,
+}
+
 async fn df(
     State(engine): State<AppState>,
     axum::Extension(ver): axum::Extension<crate::version::ApiVersion>,
 ) -> ApiResult<Json<serde_json::Value>> {
     let du = engine.images.disk_usage()?;
-    let containers: Vec<serde_json::Value> = engine
+    let containers = engine
         .containers
         .all()
         .iter()
         .map(|c| {
             let r = c.record();
             let size = engine.containers.container_rw_size(&r.id);
-            serde_json::json!({
-                "Id": r.id, "Names": [format!("/{}", r.name)], "Image": r.image_ref, "ImageID": r.image_id,
-                "Command": std::iter::once(r.path.clone()).chain(r.args.clone()).collect::<Vec<_>>().join(" "),
-                "Created": berth_engine::fsutil::parse_rfc3339_utc(&r.created).map(|n| (n / 1_000_000_000) as i64).unwrap_or(0),
-                "State": r.state.status.as_str(), "Status": super::containers::status_string(&r),
-                "SizeRw": size, "SizeRootFs": size, "Labels": r.config.labels.clone().unwrap_or_default(),
-                "Mounts": [],
-            })
+            super::containers::disk_usage_summary(&r, size as i64)
         })
         .collect();
     let mut volumes = Vec::new();
@@ -222,17 +231,26 @@ async fn df(
         };
         let size = berth_engine::fsutil::dir_size(std::path::Path::new(&view.mountpoint));
         let refs = engine.containers.volume_users(&rec.name).len();
-        let mut v = serde_json::to_value(super::volumes::to_model(&view)).unwrap_or_default();
-        v["UsageData"] = serde_json::json!({ "Size": size, "RefCount": refs });
-        volumes.push(v);
+        volumes.push(Volume {
+            usage_data: Some(VolumeUsageData {
+                size: size as i64,
+                ref_count: refs as i64,
+            }),
+            ..super::volumes::to_model(&view)
+        });
     }
-    let mut v = serde_json::json!({
-        "LayersSize": du.layers_size,
-        "Images": du.images,
-        "Containers": containers,
-        "Volumes": volumes,
-        "BuildCache": [],
-    });
+    let resp = DiskUsageResponse {
+        layers_size: du.layers_size,
+        images: du
+            .images
+            .into_iter()
+            .map(super::images::summary_model)
+            .collect(),
+        containers,
+        volumes,
+        build_cache: Vec::new(),
+    };
+    let mut v = serde_json::to_value(&resp).map_err(|e| ApiError::internal(e.to_string()))?;
     crate::zero_values::system_df(&mut v, ver.0);
     Ok(Json(v))
 }

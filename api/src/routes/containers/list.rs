@@ -139,6 +139,39 @@ pub(super) fn etc_path(engine: &AppState, r: &ContainerRecord, name: &str) -> St
     }
 }
 
+fn summary_state(status: Status) -> ContainerSummaryStateEnum {
+    match status {
+        Status::Created => ContainerSummaryStateEnum::CREATED,
+        Status::Running => ContainerSummaryStateEnum::RUNNING,
+        Status::Paused => ContainerSummaryStateEnum::PAUSED,
+        Status::Restarting => ContainerSummaryStateEnum::RESTARTING,
+        Status::Removing => ContainerSummaryStateEnum::REMOVING,
+        Status::Exited => ContainerSummaryStateEnum::EXITED,
+        Status::Dead => ContainerSummaryStateEnum::DEAD,
+    }
+}
+
+/// A row of `system/df`'s `Containers`: identity, state and the writable layer's size
+/// (`size`, shown as both `SizeRw` and `SizeRootFs`), without the ports and networks of
+/// `docker ps`. `Mounts` is sent empty, although dockerd lists them here too.
+pub fn disk_usage_summary(r: &ContainerRecord, size: i64) -> ContainerSummary {
+    ContainerSummary {
+        id: Some(r.id.clone()),
+        names: Some(vec![format!("/{}", r.name)]),
+        image: Some(r.image_ref.clone()),
+        image_id: Some(r.image_id.clone()),
+        command: Some(command_string(r)),
+        created: Some(unix_secs(&r.created)),
+        state: Some(summary_state(r.state.status)),
+        status: Some(status_string(r)),
+        size_rw: Some(size),
+        size_root_fs: Some(size),
+        labels: Some(r.config.labels.clone().unwrap_or_default()),
+        mounts: Some(Vec::new()),
+        ..Default::default()
+    }
+}
+
 pub(super) fn summary(engine: &AppState, r: &ContainerRecord) -> ContainerSummary {
     let net = crate::routes::networks::container_net(engine, r);
     ContainerSummary {
@@ -150,15 +183,7 @@ pub(super) fn summary(engine: &AppState, r: &ContainerRecord) -> ContainerSummar
         created: Some(unix_secs(&r.created)),
         ports: Some(net.summary_ports),
         labels: Some(r.config.labels.clone().unwrap_or_default()),
-        state: Some(match r.state.status {
-            Status::Created => ContainerSummaryStateEnum::CREATED,
-            Status::Running => ContainerSummaryStateEnum::RUNNING,
-            Status::Paused => ContainerSummaryStateEnum::PAUSED,
-            Status::Restarting => ContainerSummaryStateEnum::RESTARTING,
-            Status::Removing => ContainerSummaryStateEnum::REMOVING,
-            Status::Exited => ContainerSummaryStateEnum::EXITED,
-            Status::Dead => ContainerSummaryStateEnum::DEAD,
-        }),
+        state: Some(summary_state(r.state.status)),
         status: Some(status_string(r)),
         host_config: Some(ContainerSummaryHostConfig {
             network_mode: r.host_config.network_mode.clone(),

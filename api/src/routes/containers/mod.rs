@@ -16,9 +16,10 @@ use berth_engine::containers::{
 };
 use berth_engine::logs::{LogEntry, ReadOpts, Source};
 use bollard_stubs::models::{
-    ContainerCreateBody, ContainerInspectResponse, ContainerState, ContainerStateStatusEnum,
-    ContainerSummary, ContainerSummaryHostConfig, ContainerSummaryNetworkSettings,
-    ContainerSummaryStateEnum, DriverData, HealthStatusEnum, HealthcheckResult, MountPoint,
+    ContainerCreateBody, ContainerCreateResponse, ContainerInspectResponse, ContainerPruneResponse,
+    ContainerState, ContainerStateStatusEnum, ContainerSummary, ContainerSummaryHostConfig,
+    ContainerSummaryNetworkSettings, ContainerSummaryStateEnum, ContainerWaitExitError,
+    ContainerWaitResponse, DriverData, HealthStatusEnum, HealthcheckResult, MountPoint,
 };
 use bytes::Bytes;
 use futures::StreamExt;
@@ -36,7 +37,7 @@ mod list;
 mod streams;
 use files::*;
 use list::*;
-pub use list::{human_duration, status_string};
+pub use list::{disk_usage_summary, human_duration, status_string};
 pub use streams::parse_size;
 use streams::*;
 
@@ -108,7 +109,7 @@ async fn create(
         .await?;
     Ok((
         StatusCode::CREATED,
-        Json(serde_json::json!({ "Id": id, "Warnings": warnings })),
+        Json(ContainerCreateResponse { id, warnings }),
     )
         .into_response())
 }
@@ -339,12 +340,16 @@ async fn wait(
     let fut = engine.containers.wait(&c, cond);
     let body = futures::stream::once(async move {
         let n = fut.await;
-        let err = n
-            .error
-            .filter(|e| !e.is_empty())
-            .map(|m| serde_json::json!({ "Message": m }));
-        let mut v = serde_json::to_vec(&serde_json::json!({ "StatusCode": n.code, "Error": err }))
-            .unwrap_or_default();
+        let resp = ContainerWaitResponse {
+            status_code: n.code,
+            error: n
+                .error
+                .filter(|e| !e.is_empty())
+                .map(|m| ContainerWaitExitError { message: Some(m) }),
+        };
+        let mut v = serde_json::to_value(&resp).unwrap_or_default();
+        crate::zero_values::wait(&mut v);
+        let mut v = serde_json::to_vec(&v).unwrap_or_default();
         v.push(b'\n');
         Ok::<_, std::convert::Infallible>(Bytes::from(v))
     });
@@ -435,7 +440,7 @@ struct PruneQuery {
 async fn prune(
     State(engine): State<AppState>,
     Q(q): Q<PruneQuery>,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Json<ContainerPruneResponse>> {
     let filters = Filters::parse(q.filters.as_deref())?;
     filters.validate(&["until", "label", "label!"])?;
     let until = match filters.get("until").first() {
@@ -453,9 +458,10 @@ async fn prune(
             too_new || f2.prune_excludes(&labels)
         })
         .await;
-    Ok(Json(
-        serde_json::json!({ "ContainersDeleted": deleted, "SpaceReclaimed": space }),
-    ))
+    Ok(Json(ContainerPruneResponse {
+        containers_deleted: Some(deleted),
+        space_reclaimed: Some(space as i64),
+    }))
 }
 
 #[cfg(test)]

@@ -1,6 +1,12 @@
 //! Streaming container endpoints: attach (hijacked), logs, stats; resize and top.
 
 use super::*;
+use berth_agent_protocol::Stats;
+use bollard_stubs::models::{
+    ContainerBlkioStats, ContainerCpuStats, ContainerCpuUsage, ContainerMemoryStats,
+    ContainerPidsStats, ContainerStatsResponse, ContainerStorageStats, ContainerThrottlingData,
+    ContainerTopResponse,
+};
 
 #[derive(Deserialize)]
 pub(super) struct AttachQuery {
@@ -251,12 +257,13 @@ pub(super) async fn resize(
 pub(super) async fn top(
     State(engine): State<AppState>,
     Path(id): Path<String>,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Json<ContainerTopResponse>> {
     let c = container(&engine, &id)?;
     let t = engine.containers.top(&c).await?;
-    Ok(Json(
-        serde_json::json!({ "Titles": t.titles, "Processes": t.processes }),
-    ))
+    Ok(Json(ContainerTopResponse {
+        titles: Some(t.titles),
+        processes: Some(t.processes),
+    }))
 }
 
 #[derive(Deserialize)]
@@ -266,38 +273,89 @@ pub(super) struct StatsQuery {
     one_shot: Option<String>,
 }
 
+/// One `cpu_stats`/`precpu_stats`; without a sample (not running) only a zero total.
+fn cpu_stats(s: Option<&Stats>) -> ContainerCpuStats {
+    let Some(s) = s else {
+        return ContainerCpuStats {
+            cpu_usage: Some(ContainerCpuUsage {
+                total_usage: Some(0),
+                ..Default::default()
+            }),
+            throttling_data: Some(ContainerThrottlingData::default()),
+            ..Default::default()
+        };
+    };
+    ContainerCpuStats {
+        cpu_usage: Some(ContainerCpuUsage {
+            total_usage: Some(s.cpu_usage_ns),
+            usage_in_kernelmode: Some(s.cpu_system_ns),
+            usage_in_usermode: Some(s.cpu_user_ns),
+            percpu_usage: None,
+        }),
+        system_cpu_usage: Some(s.system_cpu_usage_ns),
+        online_cpus: Some(s.online_cpus),
+        // The agent does not sample cpu.stat's throttling counters; zeros, as unthrottled.
+        throttling_data: Some(ContainerThrottlingData {
+            periods: Some(0),
+            throttled_periods: Some(0),
+            throttled_time: Some(0),
+        }),
+    }
+}
+
+fn memory_stats(s: &Stats) -> ContainerMemoryStats {
+    ContainerMemoryStats {
+        usage: Some(s.memory_usage),
+        max_usage: Some(s.memory_max_usage),
+        limit: Some(s.memory_limit),
+        // `docker stats` shows usage minus `total_inactive_file`: page cache stands in for it.
+        stats: Some(HashMap::from([
+            ("cache".to_string(), s.memory_cache),
+            ("total_inactive_file".to_string(), s.memory_cache),
+        ])),
+        ..Default::default()
+    }
+}
+
+/// One stats sample as the API shows it; `pre` is the sample before, from which the CLI
+/// computes the CPU percentage.
 pub(super) fn stats_json(
     rec: &ContainerRecord,
-    s: Option<&berth_agent_protocol::Stats>,
-    pre: Option<&berth_agent_protocol::Stats>,
+    s: Option<&Stats>,
+    pre: Option<&Stats>,
 ) -> serde_json::Value {
     let read = berth_engine::fsutil::now_rfc3339();
-    let cpu = |s: Option<&berth_agent_protocol::Stats>| match s {
-        Some(s) => serde_json::json!({
-            "cpu_usage": { "total_usage": s.cpu_usage_ns, "usage_in_kernelmode": s.cpu_system_ns, "usage_in_usermode": s.cpu_user_ns },
-            "system_cpu_usage": s.system_cpu_usage_ns,
-            "online_cpus": s.online_cpus,
-            "throttling_data": { "periods": 0, "throttled_periods": 0, "throttled_time": 0 }
+    let resp = ContainerStatsResponse {
+        name: Some(format!("/{}", rec.name)),
+        id: Some(rec.id.clone()),
+        preread: Some(if pre.is_some() {
+            read.clone()
+        } else {
+            // Before there is a previous sample, as dockerd: Go's zero time.
+            berth_engine::containers::record::ZERO_TIME.to_string()
         }),
-        None => serde_json::json!({ "cpu_usage": { "total_usage": 0 }, "throttling_data": {} }),
+        read: Some(read),
+        pids_stats: Some(
+            s.map_or_else(ContainerPidsStats::default, |s| ContainerPidsStats {
+                current: Some(s.pids_current),
+                // The agent's 0 is `pids.max` = "max".
+                limit: Some(if s.pids_limit == 0 {
+                    u64::MAX
+                } else {
+                    s.pids_limit
+                }),
+            }),
+        ),
+        blkio_stats: Some(ContainerBlkioStats::default()),
+        num_procs: Some(0),
+        storage_stats: Some(ContainerStorageStats::default()),
+        cpu_stats: Some(cpu_stats(s)),
+        precpu_stats: Some(cpu_stats(pre)),
+        memory_stats: Some(s.map(memory_stats).unwrap_or_default()),
+        networks: Some(HashMap::new()),
+        os_type: None,
     };
-    let mut v = serde_json::json!({
-        "name": format!("/{}", rec.name),
-        "id": rec.id,
-        "read": read,
-        "preread": if pre.is_some() { read.clone() } else { "0001-01-01T00:00:00Z".to_string() },
-        "pids_stats": s.map(|s| serde_json::json!({ "current": s.pids_current, "limit": if s.pids_limit == 0 { u64::MAX } else { s.pids_limit } })).unwrap_or(serde_json::json!({})),
-        "blkio_stats": { "io_service_bytes_recursive": null },
-        "num_procs": 0,
-        "storage_stats": {},
-        "cpu_stats": cpu(s),
-        "precpu_stats": cpu(pre),
-        "memory_stats": s.map(|s| serde_json::json!({
-            "usage": s.memory_usage, "max_usage": s.memory_max_usage, "limit": s.memory_limit,
-            "stats": { "cache": s.memory_cache, "total_inactive_file": s.memory_cache }
-        })).unwrap_or(serde_json::json!({})),
-        "networks": {}
-    });
+    let mut v = serde_json::to_value(&resp).unwrap_or_default();
     crate::zero_values::stats(&mut v);
     v
 }
@@ -324,7 +382,7 @@ pub(super) async fn stats(
     }
     let (tx, rx) = tokio::sync::mpsc::channel::<serde_json::Value>(4);
     tokio::spawn(async move {
-        let mut prev: Option<berth_agent_protocol::Stats> = None;
+        let mut prev: Option<Stats> = None;
         loop {
             let rec = c.record();
             let cur = engine.containers.stats(&c).await.ok().flatten();
@@ -347,4 +405,87 @@ pub(super) async fn stats(
         }
     });
     Ok(crate::stream::json_stream(rx))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// `read` and `preread` are the clock's; the rest is compared whole.
+    fn without_times(mut v: serde_json::Value) -> serde_json::Value {
+        let o = v.as_object_mut().unwrap();
+        o.remove("read");
+        let preread = o.remove("preread").unwrap();
+        assert!(preread.is_string());
+        v
+    }
+
+    #[test]
+    fn stats_without_a_sample_are_zeros_under_every_key() {
+        let rec = ContainerRecord {
+            id: "abc".into(),
+            name: "web".into(),
+            ..Default::default()
+        };
+        let v = stats_json(&rec, None, None);
+        assert_eq!(v["preread"], "0001-01-01T00:00:00Z");
+        let blkio_null = json!({
+            "io_service_bytes_recursive": null, "io_serviced_recursive": null,
+            "io_queue_recursive": null, "io_service_time_recursive": null,
+            "io_wait_time_recursive": null, "io_merged_recursive": null,
+            "io_time_recursive": null, "sectors_recursive": null,
+        });
+        let cpu = json!({ "cpu_usage": { "total_usage": 0, "percpu_usage": null }, "throttling_data": {} });
+        assert_eq!(
+            without_times(v),
+            json!({
+                "name": "/web", "id": "abc", "pids_stats": {}, "blkio_stats": blkio_null,
+                "num_procs": 0, "storage_stats": {}, "cpu_stats": cpu, "precpu_stats": cpu,
+                "memory_stats": {}, "networks": {},
+            })
+        );
+    }
+
+    #[test]
+    fn stats_of_a_sample() {
+        let rec = ContainerRecord {
+            id: "abc".into(),
+            name: "web".into(),
+            ..Default::default()
+        };
+        let s = Stats {
+            memory_usage: 100,
+            memory_max_usage: 200,
+            memory_limit: 300,
+            memory_cache: 40,
+            cpu_usage_ns: 5,
+            cpu_user_ns: 3,
+            cpu_system_ns: 2,
+            system_cpu_usage_ns: 1000,
+            online_cpus: 2,
+            pids_current: 1,
+            pids_limit: 0,
+            ..Default::default()
+        };
+        let v = without_times(stats_json(&rec, Some(&s), Some(&s)));
+        let cpu = json!({
+            "cpu_usage": {
+                "total_usage": 5, "usage_in_kernelmode": 2, "usage_in_usermode": 3,
+                "percpu_usage": null,
+            },
+            "system_cpu_usage": 1000, "online_cpus": 2,
+            "throttling_data": { "periods": 0, "throttled_periods": 0, "throttled_time": 0 },
+        });
+        assert_eq!(v["cpu_stats"], cpu);
+        assert_eq!(v["precpu_stats"], cpu);
+        assert_eq!(
+            v["memory_stats"],
+            json!({
+                "usage": 100, "max_usage": 200, "limit": 300,
+                "stats": { "cache": 40, "total_inactive_file": 40 },
+            })
+        );
+        assert_eq!(v["pids_stats"], json!({ "current": 1, "limit": u64::MAX }));
+    }
 }
