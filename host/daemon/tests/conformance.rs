@@ -634,7 +634,8 @@ fn unfinished_creates_are_cleaned_on_start() {
     );
 }
 
-/// `docker system df` counts volumes; `docker info` measures the backing filesystem.
+/// `docker system df` counts volumes (and each container's); `docker info` measures the
+/// backing filesystem.
 #[test]
 fn system_df_lists_volumes_and_info_measures_the_filesystem() {
     let d = common::images::daemon_with_busybox("bb:local");
@@ -660,6 +661,15 @@ fn system_df_lists_volumes_and_info_measures_the_filesystem() {
     assert_eq!(f.first(), Some(&"dfvol"), "{df}");
     assert_eq!(f.get(1), Some(&"1"), "{df}");
     assert!(f.get(2).is_some_and(|s| s.starts_with("100")), "{df}");
+    // A container's local volumes are counted from its mounts.
+    let containers = d.docker_ok(&[
+        "system",
+        "df",
+        "-v",
+        "--format",
+        "{{range .Containers}}{{.Names}} {{.LocalVolumes}}{{end}}",
+    ]);
+    assert_eq!(containers.trim(), "dfv 1");
 
     let expect = match stdout(
         &Command::new("stat")

@@ -151,9 +151,9 @@ fn summary_state(status: Status) -> ContainerSummaryStateEnum {
     }
 }
 
-/// A row of `system/df`'s `Containers`: identity, state and the writable layer's size
-/// (`size`, shown as both `SizeRw` and `SizeRootFs`), without the ports and networks of
-/// `docker ps`. `Mounts` is sent empty, although dockerd lists them here too.
+/// A row of `system/df`'s `Containers`: identity, state, mounts (`docker system df -v`
+/// counts a volume's links from them) and the writable layer's size (`size`, shown as
+/// both `SizeRw` and `SizeRootFs`), without the ports and networks of `docker ps`.
 pub fn disk_usage_summary(r: &ContainerRecord, size: i64) -> ContainerSummary {
     ContainerSummary {
         id: Some(r.id.clone()),
@@ -167,7 +167,7 @@ pub fn disk_usage_summary(r: &ContainerRecord, size: i64) -> ContainerSummary {
         size_rw: Some(size),
         size_root_fs: Some(size),
         labels: Some(r.config.labels.clone().unwrap_or_default()),
-        mounts: Some(Vec::new()),
+        mounts: Some(mount_points(r)),
         ..Default::default()
     }
 }
