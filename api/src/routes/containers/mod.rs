@@ -16,9 +16,9 @@ use berth_engine::containers::{
 };
 use berth_engine::logs::{LogEntry, ReadOpts, Source};
 use bollard_stubs::models::{
-    ContainerCreateBody, ContainerInspectResponse, ContainerState, ContainerStateStatusEnum,
-    ContainerSummary, ContainerSummaryHostConfig, ContainerSummaryNetworkSettings,
-    ContainerSummaryStateEnum, DriverData, HealthStatusEnum, HealthcheckResult, MountPoint,
+    ContainerInspectResponse, ContainerState, ContainerStateStatusEnum, ContainerSummary,
+    ContainerSummaryHostConfig, ContainerSummaryNetworkSettings, ContainerSummaryStateEnum,
+    DriverData, HealthStatusEnum, HealthcheckResult, MountPoint,
 };
 use bytes::Bytes;
 use futures::StreamExt;
@@ -30,6 +30,7 @@ use crate::hijack::{self, frame, stream_content_type, wants_upgrade, DetachKeys}
 use crate::query::{parse_bool, Filters, JsonBody, Q};
 use crate::version::ApiVersion;
 use crate::AppState;
+use berth_container_create::body::Decoded;
 
 mod files;
 mod list;
@@ -85,29 +86,9 @@ struct CreateQuery {
 async fn create(
     State(engine): State<AppState>,
     Q(q): Q<CreateQuery>,
-    JsonBody(mut raw): JsonBody<serde_json::Value>,
+    JsonBody(raw): JsonBody<serde_json::Value>,
 ) -> ApiResult<Response> {
-    // Isolation is taken out before model parsing: the model's enum only knows Windows
-    // values, and we add `process`/`microvm`.
-    let isolation = raw
-        .get_mut("HostConfig")
-        .and_then(|h| h.as_object_mut())
-        .and_then(|h| h.remove("Isolation"))
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default();
-    // Checked before model parsing, whose enum would refuse it with a serde message.
-    if let Some(mode) = raw.pointer("/HostConfig/CgroupnsMode") {
-        if !matches!(mode.as_str(), Some("" | "private" | "host")) && !mode.is_null() {
-            let shown = mode
-                .as_str()
-                .map_or_else(|| mode.to_string(), str::to_string);
-            return Err(ApiError::bad_request(format!(
-                "invalid cgroup namespace mode: {shown}"
-            )));
-        }
-    }
-    let body: ContainerCreateBody = serde_json::from_value(raw)
-        .map_err(|e| ApiError::bad_request(format!("invalid container config: {e}")))?;
+    let Decoded { body, isolation } = berth_container_create::body::decode(raw)?;
     let (id, warnings) = engine
         .containers
         .create(CreateRequest {

@@ -1,0 +1,61 @@
+//! The create body's JSON to bollard's model.
+
+use bollard_stubs::models::ContainerCreateBody;
+use serde_json::Value;
+
+use crate::{Error, Result};
+
+/// A decoded create body.
+#[derive(Debug)]
+pub struct Decoded {
+    pub body: ContainerCreateBody,
+    /// `HostConfig.Isolation` as sent (empty when absent).
+    pub isolation: String,
+}
+
+/// Decodes a create body. `HostConfig.Isolation` is taken out before model parsing: the
+/// model's enum only knows Windows values, and berth adds `process`/`microvm`.
+pub fn decode(mut raw: Value) -> Result<Decoded> {
+    let isolation = raw
+        .get_mut("HostConfig")
+        .and_then(|h| h.as_object_mut())
+        .and_then(|h| h.remove("Isolation"))
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default();
+    // Checked before model parsing, whose enum would refuse it with a serde message.
+    if let Some(mode) = raw.pointer("/HostConfig/CgroupnsMode") {
+        if !matches!(mode.as_str(), Some("" | "private" | "host")) && !mode.is_null() {
+            let shown = mode
+                .as_str()
+                .map_or_else(|| mode.to_string(), str::to_string);
+            return Err(Error::invalid(format!(
+                "invalid cgroup namespace mode: {shown}"
+            )));
+        }
+    }
+    let body: ContainerCreateBody = serde_json::from_value(raw)
+        .map_err(|e| Error::invalid(format!("invalid container config: {e}")))?;
+    Ok(Decoded { body, isolation })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn isolation_is_taken_out_and_cgroupns_checked() {
+        let d = decode(serde_json::json!({
+            "Image": "bb",
+            "HostConfig": {"Isolation": "microvm", "CgroupnsMode": "private"}
+        }))
+        .unwrap();
+        assert_eq!(d.isolation, "microvm");
+        assert_eq!(d.body.image.as_deref(), Some("bb"));
+        let e = decode(serde_json::json!({"HostConfig": {"CgroupnsMode": 3}})).unwrap_err();
+        assert_eq!(e.to_string(), "invalid cgroup namespace mode: 3");
+        assert!(decode(serde_json::json!({"Cmd": 1}))
+            .unwrap_err()
+            .to_string()
+            .starts_with("invalid container config: "));
+    }
+}
