@@ -3,7 +3,7 @@
 //! layer as a tar, or a session of the chrooted archive child (`docker cp`, `export`).
 //! The host never mounts a guest-written disk; this is how it gets the files instead.
 
-use std::io::{BufRead, BufReader, BufWriter, Read, Write};
+use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
