@@ -3,14 +3,14 @@
 //! layer as a tar, or a session of the chrooted archive child (`docker cp`, `export`).
 //! The host never mounts a guest-written disk; this is how it gets the files instead.
 
-use std::io::{BufRead, BufReader, BufWriter, Read, Write};
+use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 
 use berth_agent_protocol::export::{
-    ExportRequest, ARCHIVE_CONTAINER_ROOT, ARCHIVE_EXIT, ARCHIVE_MAX_FRAME, ARCHIVE_STDERR,
-    ARCHIVE_STDOUT, MAX_REQUEST_LINE, STATUS_ERROR, STATUS_OK,
+    read_request, ExportRequest, ARCHIVE_CONTAINER_ROOT, ARCHIVE_EXIT, ARCHIVE_MAX_FRAME,
+    ARCHIVE_STDERR, ARCHIVE_STDOUT, STATUS_ERROR, STATUS_OK,
 };
 use tracing::{info, warn};
 
@@ -82,17 +82,6 @@ fn handle(agent: &Agent, sock: std::fs::File) {
         // The status line is gone already: the host sees the stream end early.
         Err(e) => warn!(?req, "export failed: {e}"),
     }
-}
-
-fn read_request(r: &mut impl BufRead) -> Result<ExportRequest, String> {
-    let mut line = Vec::new();
-    r.take(MAX_REQUEST_LINE as u64 + 1)
-        .read_until(b'\n', &mut line)
-        .map_err(|e| e.to_string())?;
-    if line.last() != Some(&b'\n') {
-        return Err("the request line is missing or too long".into());
-    }
-    serde_json::from_slice(&line).map_err(|e| format!("bad request: {e}"))
 }
 
 fn changes(upper: &Path, out: &mut impl Write) -> std::io::Result<()> {

@@ -34,6 +34,20 @@ impl ApiError {
     }
 }
 
+/// A malformed `filters` parameter is the client's error.
+impl From<berth_filters::Error> for ApiError {
+    fn from(e: berth_filters::Error) -> Self {
+        ApiError::bad_request(e.to_string())
+    }
+}
+
+/// A create body that does not decode is the client's error.
+impl From<berth_container_create::Error> for ApiError {
+    fn from(e: berth_container_create::Error) -> Self {
+        ApiError::bad_request(e.to_string())
+    }
+}
+
 impl From<EngineError> for ApiError {
     fn from(e: EngineError) -> Self {
         let status = match &e {

@@ -1,8 +1,6 @@
 //! Request parsing with Docker's rules: boolean query values, `filters` JSON, and
 //! extractors whose rejections are Docker-style 400s instead of axum's plain text.
 
-use std::collections::{BTreeMap, BTreeSet};
-
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
@@ -35,93 +33,7 @@ pub mod docker_bool {
     }
 }
 
-/// The `filters` query parameter: `{"key":{"value":true}}` or legacy `{"key":["value"]}`.
-#[derive(Debug, Default, Clone)]
-pub struct Filters(BTreeMap<String, BTreeSet<String>>);
-
-impl Filters {
-    pub fn parse(raw: Option<&str>) -> Result<Filters, ApiError> {
-        let raw = match raw {
-            None => return Ok(Filters::default()),
-            Some(r) if r.trim().is_empty() => return Ok(Filters::default()),
-            Some(r) => r,
-        };
-        let value: serde_json::Value = serde_json::from_str(raw)
-            .map_err(|e| ApiError::bad_request(format!("invalid filter: {e}")))?;
-        let obj = value
-            .as_object()
-            .ok_or_else(|| ApiError::bad_request("invalid filter: expected a JSON object"))?;
-        let mut out = BTreeMap::new();
-        for (key, v) in obj {
-            let mut set = BTreeSet::new();
-            match v {
-                serde_json::Value::Object(m) => {
-                    for (val, on) in m {
-                        if on.as_bool() != Some(false) {
-                            set.insert(val.clone());
-                        }
-                    }
-                }
-                serde_json::Value::Array(a) => {
-                    for val in a {
-                        let s = val.as_str().ok_or_else(|| {
-                            ApiError::bad_request(format!("invalid filter value for '{key}'"))
-                        })?;
-                        set.insert(s.to_string());
-                    }
-                }
-                _ => return Err(ApiError::bad_request(format!("invalid filter '{key}'"))),
-            }
-            out.insert(key.clone(), set);
-        }
-        Ok(Filters(out))
-    }
-
-    /// Values given for `key` (empty when absent).
-    pub fn get(&self, key: &str) -> Vec<String> {
-        self.0
-            .get(key)
-            .map(|s| s.iter().cloned().collect())
-            .unwrap_or_default()
-    }
-
-    pub fn contains_key(&self, key: &str) -> bool {
-        self.0.contains_key(key)
-    }
-
-    pub fn keys(&self) -> impl Iterator<Item = &str> {
-        self.0.keys().map(|k| k.as_str())
-    }
-
-    /// Reject keys the endpoint does not know, with Docker's wording.
-    pub fn validate(&self, allowed: &[&str]) -> Result<(), ApiError> {
-        for k in self.keys() {
-            if !allowed.contains(&k) {
-                return Err(ApiError::bad_request(format!("invalid filter '{k}'")));
-            }
-        }
-        Ok(())
-    }
-
-    /// Prune's label rule: keep an object unless every `label` filter matches it and
-    /// no `label!` filter does.
-    pub fn prune_excludes(&self, labels: &std::collections::HashMap<String, String>) -> bool {
-        !self.match_labels("label", labels)
-            || (!self.get("label!").is_empty() && self.match_labels("label!", labels))
-    }
-
-    /// True when `label` filters (`key` or `key=value`) all match `labels`.
-    pub fn match_labels(
-        &self,
-        key: &str,
-        labels: &std::collections::HashMap<String, String>,
-    ) -> bool {
-        self.get(key).iter().all(|f| match f.split_once('=') {
-            Some((k, v)) => labels.get(k).map(|x| x == v).unwrap_or(false),
-            None => labels.contains_key(f.as_str()),
-        })
-    }
-}
+pub use berth_filters::Filters;
 
 /// `Query<T>` whose rejection is a Docker 400.
 pub struct Q<T>(pub T);
@@ -211,22 +123,6 @@ mod tests {
         for t in ["1", "true", "yes", "anything"] {
             assert!(parse_bool(t), "{t}");
         }
-    }
-
-    #[test]
-    fn filters_both_forms() {
-        let f = Filters::parse(Some(r#"{"dangling":{"true":true},"label":["a=b"]}"#)).unwrap();
-        assert_eq!(f.get("dangling"), vec!["true"]);
-        assert_eq!(f.get("label"), vec!["a=b"]);
-        assert!(f.get("nope").is_empty());
-        assert!(Filters::parse(Some("[1]")).is_err());
-        assert!(Filters::parse(Some("{bad")).is_err());
-        assert!(f.validate(&["dangling"]).is_err());
-        let mut labels = std::collections::HashMap::new();
-        labels.insert("a".to_string(), "b".to_string());
-        assert!(f.match_labels("label", &labels));
-        labels.insert("a".to_string(), "c".to_string());
-        assert!(!f.match_labels("label", &labels));
     }
 
     #[test]

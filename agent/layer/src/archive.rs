@@ -287,50 +287,8 @@ pub fn child_main(args: &[String]) -> i32 {
                 Err(_) => return fail(2, format!("no such directory: {path}")),
             }
             let mut input = std::io::stdin().lock();
-            let mut ar = tar::Archive::new(&mut input);
-            ar.set_preserve_permissions(true);
-            ar.set_overwrite(true);
-            ar.set_unpack_xattrs(false);
-            let entries = match ar.entries() {
-                Ok(e) => e,
-                Err(e) => return fail(3, format!("invalid tar: {e}")),
-            };
-            for entry in entries {
-                let mut entry = match entry {
-                    Ok(e) => e,
-                    Err(e) => return fail(3, format!("invalid tar: {e}")),
-                };
-                if no_overwrite {
-                    if let Ok(p) = entry.path() {
-                        let dest = target.join(&p);
-                        if let Ok(existing) = std::fs::symlink_metadata(&dest) {
-                            let incoming_dir = entry.header().entry_type().is_dir();
-                            if existing.is_dir() != incoming_dir {
-                                return fail(
-                                    3,
-                                    format!(
-                                        "cannot overwrite {} with a different kind of file",
-                                        p.display()
-                                    ),
-                                );
-                            }
-                        }
-                    }
-                }
-                // Docker refuses an archive with a member that leaves the extraction
-                // point; unpack_in alone would skip it silently.
-                if let Ok(p) = entry.path() {
-                    if escapes(&p) {
-                        return fail(
-                            3,
-                            format!("{:?} is outside of {path:?}", p.display().to_string()),
-                        );
-                    }
-                }
-                // unpack_in also refuses `..` and absolute member names.
-                if let Err(e) = entry.unpack_in(&target) {
-                    return fail(3, format!("extract: {e}"));
-                }
+            if let Err(msg) = extract_put(&mut input, &target, &path, no_overwrite) {
+                return fail(3, msg);
             }
             // Drain what follows the archive so the sender never sees a broken pipe.
             let _ = std::io::copy(&mut input, &mut std::io::sink());
@@ -338,6 +296,61 @@ pub fn child_main(args: &[String]) -> i32 {
         }
         other => fail(3, format!("unknown archive op {other}")),
     }
+}
+
+/// `put`: extracts the tar on `input` under the directory `target` (`path` is how the
+/// client named it, for messages). Runs inside the archive child's chroot, which is what
+/// keeps a symlink in the container from pointing the extraction at a host file; the
+/// checks here are Docker's refusals, with its wording.
+pub fn extract_put(
+    input: impl std::io::Read,
+    target: &Path,
+    path: &str,
+    no_overwrite: bool,
+) -> Result<(), String> {
+    let mut ar = tar::Archive::new(input);
+    ar.set_preserve_permissions(true);
+    ar.set_overwrite(true);
+    ar.set_unpack_xattrs(false);
+    let entries = match ar.entries() {
+        Ok(e) => e,
+        Err(e) => return Err(format!("invalid tar: {e}")),
+    };
+    for entry in entries {
+        let mut entry = match entry {
+            Ok(e) => e,
+            Err(e) => return Err(format!("invalid tar: {e}")),
+        };
+        if no_overwrite {
+            if let Ok(p) = entry.path() {
+                let dest = target.join(&p);
+                if let Ok(existing) = std::fs::symlink_metadata(&dest) {
+                    let incoming_dir = entry.header().entry_type().is_dir();
+                    if existing.is_dir() != incoming_dir {
+                        return Err(format!(
+                            "cannot overwrite {} with a different kind of file",
+                            p.display()
+                        ));
+                    }
+                }
+            }
+        }
+        // Docker refuses an archive with a member that leaves the extraction
+        // point; unpack_in alone would skip it silently.
+        if let Ok(p) = entry.path() {
+            if escapes(&p) {
+                return Err(format!(
+                    "{:?} is outside of {path:?}",
+                    p.display().to_string()
+                ));
+            }
+        }
+        // unpack_in also refuses `..` and absolute member names.
+        if let Err(e) = entry.unpack_in(target) {
+            return Err(format!("extract: {e}"));
+        }
+    }
+    Ok(())
 }
 
 /// Appends the tree under `dir` (named `name` in the archive), staying on device `dev`.

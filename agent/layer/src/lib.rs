@@ -6,6 +6,9 @@
 //!   `.wh..wh..opq` entry.
 //! - [`archive`]: the chrooted child behind `docker cp` (stat, get, put) and
 //!   `docker export`.
+//! - [`unpack`]: the other direction, an untrusted layer tar into a directory usable as
+//!   an overlayfs lower dir (pulled, loaded and imported layers, build contexts).
+//! - [`tar_index`]: random access by member name to a tar on disk (`docker load`).
 //!
 //! One implementation for both places that produce these tars: the engine on the host
 //! (process isolation, where the upper dir is a host directory) and the guest agent
@@ -13,10 +16,25 @@
 
 pub mod archive;
 pub mod mountinfo;
+pub mod tar_index;
+pub mod unpack;
 
 use std::io::{self, Write};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
+
+/// Why an untrusted tar was not read ([`unpack`], [`tar_index`]).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The tar itself is refused (hostile or malformed): the sender's fault.
+    #[error("{0}")]
+    Invalid(String),
+    /// The host failed to read or write.
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Files the engine writes into every container (bind-mount targets for its own copies);
 /// they are not the user's changes and never go into a committed layer.

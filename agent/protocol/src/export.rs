@@ -23,6 +23,7 @@
 //! that before it stores a layer, so an agent that dies mid-stream never becomes a layer
 //! with files missing.
 
+use std::io::{BufRead, Read};
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
@@ -62,6 +63,20 @@ pub const STATUS_OK: &str = "ok";
 /// The prefix of a failed answer's status line.
 pub const STATUS_ERROR: &str = "error: ";
 
+/// Reads the host's request line (the agent's side of step 1): at most
+/// [`MAX_REQUEST_LINE`] bytes up to a newline, then JSON. The error is the text of the
+/// `error:` status line.
+pub fn read_request(r: &mut impl BufRead) -> Result<ExportRequest, String> {
+    let mut line = Vec::new();
+    r.take(MAX_REQUEST_LINE as u64 + 1)
+        .read_until(b'\n', &mut line)
+        .map_err(|e| e.to_string())?;
+    if line.last() != Some(&b'\n') {
+        return Err("the request line is missing or too long".into());
+    }
+    serde_json::from_slice(&line).map_err(|e| format!("bad request: {e}"))
+}
+
 /// Whether `tail` (the last bytes of a stream, at least 1024) is the end-of-archive marker
 /// every complete tar ends with.
 pub fn ends_with_tar_trailer(tail: &[u8]) -> bool {
@@ -83,5 +98,19 @@ mod tests {
         );
         assert!(ends_with_tar_trailer(&[0u8; 1024]));
         assert!(!ends_with_tar_trailer(&[0u8; 512]));
+    }
+
+    #[test]
+    fn request_line_is_bounded_and_newline_terminated() {
+        let line = b"{\"what\":\"archive\",\"args\":[\"stat\",\"/\"]}\nrest";
+        assert_eq!(
+            read_request(&mut &line[..]).unwrap(),
+            ExportRequest::Archive {
+                args: vec!["stat".into(), "/".into()]
+            }
+        );
+        assert!(read_request(&mut &b"{\"what\":\"changes\"}"[..]).is_err());
+        let long = vec![b' '; MAX_REQUEST_LINE + 10];
+        assert!(read_request(&mut &long[..]).is_err());
     }
 }

@@ -62,3 +62,27 @@ impl From<std::io::Error> for Error {
         Error::Internal(e.into())
     }
 }
+
+/// A refused Dockerfile is the client's error.
+impl From<berth_dockerfile::Error> for Error {
+    fn from(e: berth_dockerfile::Error) -> Self {
+        Error::InvalidArgument(e.to_string())
+    }
+}
+
+/// A refused create body is the client's error.
+impl From<berth_container_create::Error> for Error {
+    fn from(e: berth_container_create::Error) -> Self {
+        Error::InvalidArgument(e.to_string())
+    }
+}
+
+/// A refused layer tar is the sender's error; failing to write it is ours.
+impl From<berth_layer::Error> for Error {
+    fn from(e: berth_layer::Error) -> Self {
+        match e {
+            berth_layer::Error::Invalid(m) => Error::InvalidArgument(m),
+            berth_layer::Error::Io(e) => e.into(),
+        }
+    }
+}

@@ -16,8 +16,8 @@ use berth_engine::containers::{
 };
 use berth_engine::logs::{LogEntry, ReadOpts, Source};
 use bollard_stubs::models::{
-    ContainerCreateBody, ContainerCreateResponse, ContainerInspectResponse, ContainerPruneResponse,
-    ContainerState, ContainerStateStatusEnum, ContainerSummary, ContainerSummaryHostConfig,
+    ContainerCreateResponse, ContainerInspectResponse, ContainerPruneResponse, ContainerState,
+    ContainerStateStatusEnum, ContainerSummary, ContainerSummaryHostConfig,
     ContainerSummaryNetworkSettings, ContainerSummaryStateEnum, ContainerWaitExitError,
     ContainerWaitResponse, DriverData, HealthStatusEnum, HealthcheckResult, MountPoint,
 };
@@ -31,6 +31,7 @@ use crate::hijack::{self, frame, stream_content_type, wants_upgrade, DetachKeys}
 use crate::query::{parse_bool, Filters, JsonBody, Q};
 use crate::version::ApiVersion;
 use crate::AppState;
+use berth_container_create::body::Decoded;
 
 mod files;
 mod list;
@@ -86,19 +87,9 @@ struct CreateQuery {
 async fn create(
     State(engine): State<AppState>,
     Q(q): Q<CreateQuery>,
-    JsonBody(mut raw): JsonBody<serde_json::Value>,
+    JsonBody(raw): JsonBody<serde_json::Value>,
 ) -> ApiResult<Response> {
-    // Isolation is taken out before model parsing: the model's enum only knows Windows
-    // values, and we add `process`/`microvm`.
-    let isolation = raw
-        .get_mut("HostConfig")
-        .and_then(|h| h.as_object_mut())
-        .and_then(|h| h.remove("Isolation"))
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default();
-    check_enum_fields(&raw)?;
-    let body: ContainerCreateBody = serde_json::from_value(raw)
-        .map_err(|e| ApiError::bad_request(format!("invalid container config: {e}")))?;
+    let Decoded { body, isolation } = berth_container_create::body::decode(raw)?;
     let (id, warnings) = engine
         .containers
         .create(CreateRequest {
@@ -264,43 +255,6 @@ async fn restart(
 #[derive(Deserialize)]
 struct KillQuery {
     signal: Option<String>,
-}
-
-/// The create body's enum fields, checked before model parsing, which would refuse a bad
-/// value with a serde message naming Rust's variants: these are dockerd's words.
-fn check_enum_fields(raw: &serde_json::Value) -> ApiResult<()> {
-    let shown = |v: &serde_json::Value| v.as_str().map_or_else(|| v.to_string(), str::to_string);
-    let bad = |v: Option<&serde_json::Value>, allowed: &[&str]| {
-        v.filter(|v| !v.is_null())
-            .filter(|v| !v.as_str().is_some_and(|s| allowed.contains(&s)))
-            .map(shown)
-    };
-    if let Some(mode) = bad(
-        raw.pointer("/HostConfig/CgroupnsMode"),
-        &["", "private", "host"],
-    ) {
-        return Err(ApiError::bad_request(format!(
-            "invalid cgroup namespace mode: {mode}"
-        )));
-    }
-    if let Some(name) = bad(
-        raw.pointer("/HostConfig/RestartPolicy/Name"),
-        &["", "no", "always", "unless-stopped", "on-failure"],
-    ) {
-        return Err(ApiError::bad_request(format!(
-            "invalid restart policy '{name}'"
-        )));
-    }
-    let mounts = raw.pointer("/HostConfig/Mounts").and_then(|m| m.as_array());
-    for m in mounts.into_iter().flatten() {
-        let kinds = ["bind", "volume", "tmpfs", "npipe", "cluster", "image"];
-        if let Some(kind) = bad(m.get("Type"), &kinds) {
-            return Err(ApiError::bad_request(format!(
-                "invalid mount config for type \"{kind}\": mount type unknown"
-            )));
-        }
-    }
-    Ok(())
 }
 
 async fn kill(

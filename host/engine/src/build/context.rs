@@ -29,8 +29,8 @@ impl Context {
         std::fs::create_dir(&root)?;
         let (_, reader) = digest::decompress(tar)?;
         unpack::unpack_layer(reader, &root).map_err(|e| match e {
-            Error::InvalidArgument(m) => Error::invalid(format!("invalid build context: {m}")),
-            other => other,
+            unpack::Error::Invalid(m) => Error::invalid(format!("invalid build context: {m}")),
+            other => Error::from(other),
         })?;
         Ok(Context { root, _dir: dir })
     }

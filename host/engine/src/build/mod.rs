@@ -5,13 +5,14 @@
 //! Every step's result is cached by what it started from and what it did.
 
 pub mod cache;
+// The parser and the argument lexer are their own crate (fuzzed without the engine).
+pub use berth_dockerfile::dockerfile;
+use berth_dockerfile::shell_lex;
 mod cache_from;
 mod context;
-pub mod dockerfile;
 mod instructions;
 mod layer;
 mod run;
-mod shell_lex;
 mod stage;
 mod steps;
 

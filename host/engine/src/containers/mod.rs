@@ -24,7 +24,8 @@ mod shared_ns;
 mod spec;
 pub mod stdio;
 mod update;
-pub mod validate;
+// Create-time checks are their own crate (fuzzed without the engine).
+pub use berth_container_create::validate;
 mod volumes;
 
 use std::collections::HashMap;

@@ -11,7 +11,7 @@ use berth_agent_protocol::Resources;
 use bollard_stubs::models::{ContainerUpdateBody, HostConfig, RestartPolicyNameEnum};
 
 use super::record::Status;
-use super::validate::{parse_cpuset, validate_host_config};
+use super::validate::{cpuset_within, parse_cpuset, validate_host_config};
 use super::{Container, Containers};
 use crate::{Error, Result};
 
@@ -76,8 +76,8 @@ fn verify(u: &mut ContainerUpdateBody, warnings: &mut Vec<String>) -> Result<()>
         let mems = parse_cpuset(set)
             .ok_or_else(|| Error::invalid(format!("Invalid value {set} for cpuset mems")))?;
         let online = online_mems();
-        let available = parse_cpuset(&online).unwrap_or_else(|| vec![0]);
-        if mems.iter().any(|m| !available.contains(m)) {
+        let available = parse_cpuset(&online).unwrap_or_else(|| vec![0..=0]);
+        if !cpuset_within(&mems, &available) {
             return Err(Error::invalid(format!(
                 "Requested memory nodes are not available - requested {set}, available: {online}"
             )));

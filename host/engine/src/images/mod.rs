@@ -26,7 +26,8 @@ pub mod reference;
 pub(crate) mod registry;
 mod remove;
 pub mod trust;
-pub mod unpack;
+// The layer unpacker is berth-layer's (fuzzed without the engine).
+pub use berth_layer::unpack;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;

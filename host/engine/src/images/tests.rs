@@ -49,7 +49,7 @@ fn unpack(data: &[u8]) -> (tempfile::TempDir, Result<u64>) {
     let d = tempfile::tempdir().unwrap();
     let dest = d.path().join("layer");
     fs::create_dir(&dest).unwrap();
-    let r = unpack::unpack_layer(data, &dest);
+    let r = unpack::unpack_layer(data, &dest).map_err(Error::from);
     (d, r)
 }
 

@@ -3,6 +3,7 @@
 //! process mode; the VM itself only needs room for them.
 
 use crate::containers::record::ContainerRecord;
+use crate::containers::validate::parse_cpuset;
 
 /// Guest RAM beyond the container's `-m`: the guest kernel, the agent and page cache.
 pub const MEM_OVERHEAD_MIB: u64 = 128;
@@ -38,17 +39,14 @@ pub fn vcpus(rec: &ContainerRecord) -> u32 {
     want.clamp(1, host.max(1))
 }
 
+/// CPUs a cpuset names (it was validated at create: every CPU exists on this host).
 fn cpuset_len(set: &str) -> u32 {
-    set.split(',')
-        .map(|part| match part.split_once('-') {
-            Some((a, b)) => match (a.trim().parse::<u32>(), b.trim().parse::<u32>()) {
-                (Ok(a), Ok(b)) if b >= a => b - a + 1,
-                _ => 1,
-            },
-            None => 1,
-        })
-        .sum::<u32>()
-        .max(1)
+    let n = parse_cpuset(set)
+        .unwrap_or_default()
+        .iter()
+        .map(|r| (r.end() - r.start()).saturating_add(1))
+        .fold(0usize, usize::saturating_add);
+    u32::try_from(n).unwrap_or(u32::MAX).max(1)
 }
 
 #[cfg(test)]

@@ -14,14 +14,20 @@ use std::path::Path;
 
 use tar::EntryType;
 
-use crate::{Error, Result};
+use crate::{OPAQUE_MARKER, WHITEOUT_PREFIX};
 
-pub const WHITEOUT_PREFIX: &str = ".wh.";
-pub const OPAQUE_WHITEOUT: &str = ".wh..wh..opq";
 pub const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
 
+pub use crate::{Error, Result};
+
 fn bad(msg: impl Into<String>) -> Error {
-    Error::invalid(msg.into())
+    Error::Invalid(msg.into())
+}
+
+/// The current OS error, with what was being done.
+fn os_error(what: impl std::fmt::Display) -> Error {
+    let e = errno();
+    Error::Io(io::Error::new(e.kind(), format!("{what}: {e}")))
 }
 
 fn cstr(name: &OsStr) -> Result<CString> {
@@ -230,7 +236,7 @@ fn set_xattr(fd: RawFd, key: &str, value: &[u8]) -> Result<()> {
     // SAFETY: valid fd, name and buffer.
     let r = unsafe { libc::fsetxattr(fd, k.as_ptr(), value.as_ptr().cast(), value.len(), 0) };
     if r != 0 {
-        return Err(Error::internal(format!("set xattr {key}: {}", errno())));
+        return Err(os_error(format_args!("set xattr {key}")));
     }
     Ok(())
 }
@@ -291,7 +297,7 @@ pub fn unpack_layer<R: Read>(reader: R, dest: &Path) -> Result<u64> {
         let pfd = parent.as_raw_fd();
         let name_b = name.as_bytes();
 
-        if name_b == OPAQUE_WHITEOUT.as_bytes() {
+        if name_b == OPAQUE_MARKER.as_bytes() {
             set_xattr(pfd, OPAQUE_XATTR, b"y")?;
             continue;
         }
@@ -303,10 +309,7 @@ pub fn unpack_layer<R: Read>(reader: R, dest: &Path) -> Result<u64> {
             remove_at(pfd, &t)?;
             // SAFETY: valid fd/name; char device 0:0 is overlayfs' whiteout.
             if unsafe { libc::mknodat(pfd, t.as_ptr(), libc::S_IFCHR, 0) } != 0 {
-                return Err(Error::internal(format!(
-                    "create whiteout {shown}: {}",
-                    errno()
-                )));
+                return Err(os_error(format_args!("create whiteout {shown}")));
             }
             continue;
         }
@@ -349,7 +352,7 @@ pub fn unpack_layer<R: Read>(reader: R, dest: &Path) -> Result<u64> {
                     )
                 };
                 if fd < 0 {
-                    return Err(Error::internal(format!("create {shown}: {}", errno())));
+                    return Err(os_error(format_args!("create {shown}")));
                 }
                 // SAFETY: fd just returned by openat.
                 let mut file = unsafe { File::from_raw_fd(fd) };

@@ -1,5 +1,7 @@
 //! Create-time validation with Docker's wording, so clients see the errors they know.
 
+use std::ops::RangeInclusive;
+
 use bollard_stubs::models::{HostConfig, RestartPolicyNameEnum};
 
 use crate::{Error, Result};
@@ -25,8 +27,11 @@ pub fn online_cpus() -> usize {
         .unwrap_or(1)
 }
 
-/// Parse a cpuset list like `0-2,4` into CPU numbers.
-pub fn parse_cpuset(s: &str) -> Option<Vec<usize>> {
+/// Parse a cpuset list like `0-2,4` (the `cpuset.cpus`/`cpuset.mems` syntax) into
+/// inclusive ranges of CPU (or memory node) numbers. The ranges are never expanded: a
+/// client's `0-99999999999` once made berthd allocate a vector of that many numbers and
+/// abort (found by the `create_body` fuzz target).
+pub fn parse_cpuset(s: &str) -> Option<Vec<RangeInclusive<usize>>> {
     let mut out = Vec::new();
     for part in s.split(',') {
         let part = part.trim();
@@ -35,12 +40,35 @@ pub fn parse_cpuset(s: &str) -> Option<Vec<usize>> {
             if a > b {
                 return None;
             }
-            out.extend(a..=b);
+            out.push(a..=b);
         } else {
-            out.push(part.parse().ok()?);
+            let n = part.parse().ok()?;
+            out.push(n..=n);
         }
     }
     Some(out)
+}
+
+/// Whether every number in `requested` is in one of the `available` ranges (both from
+/// [`parse_cpuset`]). Steps from range to range: the cost is in the number of ranges,
+/// never in the numbers they span.
+pub fn cpuset_within(
+    requested: &[RangeInclusive<usize>],
+    available: &[RangeInclusive<usize>],
+) -> bool {
+    requested.iter().all(|r| {
+        let mut next = *r.start();
+        loop {
+            let Some(a) = available.iter().find(|a| a.contains(&next)) else {
+                return false;
+            };
+            if a.end() >= r.end() {
+                return true;
+            }
+            // `a` ends before `r` does, so `a.end() + 1` cannot overflow.
+            next = a.end() + 1;
+        }
+    })
 }
 
 /// `--cgroup-parent`: a path inside each cgroup hierarchy (a leading `/` means from its
@@ -96,7 +124,7 @@ pub fn validate_host_config(hc: &HostConfig) -> Result<()> {
     let ncpu = online_cpus();
     if let Some(n) = hc.nano_cpus.filter(|n| *n != 0) {
         if hc.cpu_quota.unwrap_or(0) > 0 || hc.cpu_period.unwrap_or(0) > 0 {
-            return Err(Error::conflict_invalid(
+            return Err(Error::invalid(
                 "Conflicting options: Nano CPUs and CPU Period cannot both be set",
             ));
         }
@@ -131,7 +159,7 @@ pub fn validate_host_config(hc: &HostConfig) -> Result<()> {
                 "Invalid value {set} for cpuset cpus: invalid format: {set}"
             ))
         })?;
-        if cpus.iter().any(|c| *c >= ncpu) {
+        if cpus.iter().any(|c| *c.end() >= ncpu) {
             return Err(Error::invalid(format!(
                 "Requested CPUs are not available - requested {set}, available: 0-{}",
                 ncpu - 1
@@ -323,6 +351,33 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("not available"));
-        assert_eq!(parse_cpuset("0-2,4"), Some(vec![0, 1, 2, 4]));
+        assert_eq!(parse_cpuset("0-2,4"), Some(vec![0..=2, 4..=4]));
+    }
+
+    /// Regression (create_body fuzz target): a huge range is refused as unavailable
+    /// without being expanded (it used to abort berthd allocating 88 GB).
+    #[test]
+    fn huge_cpuset_ranges_cost_nothing() {
+        let mut h = HostConfig {
+            cpuset_cpus: Some("511111-11111111111".into()),
+            ..Default::default()
+        };
+        assert!(validate_host_config(&h)
+            .unwrap_err()
+            .to_string()
+            .contains("Requested CPUs are not available"));
+        h.cpuset_cpus = Some(format!("0-{}", usize::MAX));
+        assert!(validate_host_config(&h).is_err());
+        assert_eq!(parse_cpuset("0-99999999999, x"), None);
+        let avail = parse_cpuset("0-3,4-7,9").unwrap();
+        assert!(cpuset_within(&parse_cpuset("1,2-6,7").unwrap(), &avail));
+        assert!(cpuset_within(&parse_cpuset("9").unwrap(), &avail));
+        assert!(!cpuset_within(&parse_cpuset("6-9").unwrap(), &avail));
+        assert!(!cpuset_within(
+            &parse_cpuset(&format!("0-{}", usize::MAX)).unwrap(),
+            &avail
+        ));
+        let all = parse_cpuset(&format!("0-{}", usize::MAX)).unwrap();
+        assert!(cpuset_within(&parse_cpuset("5-99999999999").unwrap(), &all));
     }
 }
