@@ -25,6 +25,7 @@ mod spec;
 pub mod stdio;
 mod update;
 pub mod validate;
+mod vm_network;
 mod volumes;
 
 use std::collections::HashMap;
