@@ -386,7 +386,7 @@ fn microvm_connect_disconnect_while_running() {
     d.docker_ok(&["network", "connect", "n3", "vm"]);
     let err = d.docker_err(&["network", "connect", "n4", "vm"]);
     assert!(
-        err.contains("no spare network interface left") && err.contains("at most 2"),
+        err.contains("no spare network interface left") && err.contains("2 per VM"),
         "{err}"
     );
     assert_eq!(veth_count(&d), 4);

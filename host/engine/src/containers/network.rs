@@ -156,6 +156,11 @@ impl Containers {
             dns_search: hc.dns_search.clone().unwrap_or_default(),
             dns_options: hc.dns_options.clone().unwrap_or_default(),
             vm_taps: self.backend(rec).capabilities().guest_nics,
+            vm_spare_nics: self
+                .networks()
+                .map(|n| n.spare_nics())
+                .unwrap_or(0)
+                .min(self.backend(rec).spare_nic_room(rec, rec.networks.len())),
         }
     }
 

@@ -141,6 +141,12 @@ pub trait IsolationBackend: Send + Sync {
         let _ = res;
     }
 
+    /// How many NICs besides its `nics` networks' the container's VM still has room for
+    /// (spares for `network connect` while it runs); 0 for backends without `guest_nics`.
+    fn spare_nic_room(&self, _rec: &ContainerRecord, _nics: usize) -> usize {
+        0
+    }
+
     /// Backend details for `docker inspect` (e.g. a microVM's hypervisor, guest kernel,
     /// vCPUs and memory), or `None`.
     fn inspect(&self, rec: &ContainerRecord) -> Option<serde_json::Value> {

@@ -30,6 +30,9 @@ pub struct SandboxRequest {
     /// VM's NIC, joined to it by [`Intent::Tap`](super::driver::Intent::Tap), and the
     /// sandbox gets spare TAPs for networks connected while it runs (see `vm_nics.rs`).
     pub vm_taps: bool,
+    /// How many spare NICs the VM boots with (`--microvm-spare-nics`, fewer when its
+    /// other devices leave no room).
+    pub vm_spare_nics: usize,
 }
 
 /// The TAP that carries endpoint `ifname` (`eth0` → `tap0`) into a VM.
@@ -73,7 +76,8 @@ impl Networks {
             eps.push(self.join_locked(req, att, &format!("eth{i}"), None).await?);
         }
         if req.vm_taps {
-            self.boot_vm_nics_locked(cid, &eps).await?;
+            self.boot_vm_nics_locked(cid, &eps, req.vm_spare_nics)
+                .await?;
         }
         if let Some(first) = eps.first() {
             let net = self.get(&first.network_id)?;

@@ -45,6 +45,7 @@ impl Networks {
         &self,
         cid: &str,
         eps: &[EndpointRecord],
+        spares: usize,
     ) -> Result<()> {
         let mut nics: Vec<VmNic> = eps
             .iter()
@@ -56,7 +57,7 @@ impl Networks {
                 endpoint_id: Some(ep.id.clone()),
             })
             .collect();
-        let spares: Vec<VmNic> = (eps.len()..eps.len() + self.spare_nics())
+        let spares: Vec<VmNic> = (eps.len()..eps.len() + spares)
             .map(|k| VmNic {
                 container_id: cid.to_string(),
                 tap: format!("tap{k}"),
@@ -126,8 +127,9 @@ impl Networks {
         let nics = self.vm_nics(cid);
         let Some(spare) = nics.iter().find(|n| n.endpoint_id.is_none()).cloned() else {
             return Err(Error::conflict(format!(
-                "container {} has no spare network interface left: a running microVM can join at most {} networks besides those it booted with (its spare NICs, berthd --microvm-spare-nics); stop it to connect it to more",
+                "container {} has no spare network interface left: its microVM booted with {} NICs and all of them carry networks (a running microVM joins networks on the spare NICs it boots with: {} per VM, berthd --microvm-spare-nics, fewer when its disks and shares leave no room for more devices); stop it to connect it to more networks",
                 req.container_name.trim_start_matches('/'),
+                nics.len(),
                 self.spare_nics(),
             )));
         };
