@@ -397,7 +397,7 @@ impl Networks {
         // A VM whose networks were all disconnected has spare NICs and no endpoint.
         let stale: HashSet<String> = stale
             .into_iter()
-            .chain(self.vm_nic_owners().into_iter())
+            .chain(self.vm_nic_owners())
             .filter(|cid| !running.contains(cid))
             .collect();
         for cid in &stale {
