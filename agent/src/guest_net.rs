@@ -1,11 +1,14 @@
-//! Guest mode: the VM's NICs, from `berth.net=` on the kernel command line.
+//! Guest mode: the VM's NICs, from `berth.net=` and `berth.spare=` on the kernel command
+//! line, and later from the host's `ConfigureNic`/`DeconfigureNic` requests.
 //!
 //! The host joins each virtio-net NIC to one of the container's bridge endpoints (a TAP
 //! mirrored onto the veth in the container's netns, Kata's tcfilter model), so the guest
-//! interface must carry exactly that endpoint's MAC, address and route. The kernel command
-//! line is enough: a VM boots fresh for every run and its NICs are fixed at boot (the
-//! microvm machine has no hotplug), and the interface is configured before the agent
-//! listens, so no container process ever sees a half-configured network.
+//! interface must carry exactly that endpoint's MAC, address and route. At boot the kernel
+//! command line is enough, and the interfaces are configured before the agent listens, so
+//! no container process ever sees a half-configured network. The microvm machine has no
+//! hotplug, so the VM also boots with spare NICs (renamed `spareN`, left down) that
+//! `docker network connect` configures on the running VM and `disconnect` turns back into
+//! spares.
 
 use std::fs;
 use std::io;
@@ -16,7 +19,7 @@ use tracing::{info, warn};
 
 /// One `berth.net=<ifname>,<mac>,<ip>/<prefix>,<gateway|->,<mtu>`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Nic {
+pub struct Nic {
     ifname: String,
     mac: String,
     ip: Ipv4Addr,
@@ -25,20 +28,28 @@ struct Nic {
     mtu: u32,
 }
 
+fn valid_ifname(name: &str) -> bool {
+    // IFNAMSIZ is 16 with the NUL.
+    !name.is_empty()
+        && name.len() <= 15
+        && name
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b"_.-".contains(&c))
+}
+
+fn valid_mac(mac: &str) -> bool {
+    mac.len() == 17
+        && mac
+            .split(':')
+            .all(|b| b.len() == 2 && b.bytes().all(|c| c.is_ascii_hexdigit()))
+}
+
 fn parse_nic(v: &str) -> Option<Nic> {
     let f: Vec<&str> = v.split(',').collect();
     let [ifname, mac, cidr, gw, mtu] = f[..] else {
         return None;
     };
-    // IFNAMSIZ is 16 with the NUL.
-    if ifname.is_empty() || ifname.len() > 15 || ifname.contains('/') {
-        return None;
-    }
-    let mac_ok = mac.len() == 17
-        && mac
-            .split(':')
-            .all(|b| b.len() == 2 && b.bytes().all(|c| c.is_ascii_hexdigit()));
-    if !mac_ok {
+    if !valid_ifname(ifname) || !valid_mac(mac) {
         return None;
     }
     let (ip, prefix) = cidr.split_once('/')?;
@@ -151,13 +162,107 @@ fn configure(sock: &OwnedFd, nic: &Nic) -> io::Result<()> {
     Ok(())
 }
 
-/// Brings up loopback and every NIC named by `berth.net=`. Failures are logged on the
-/// console; the container then runs without that network.
+/// One `berth.spare=<name>,<mac>`.
+fn parse_spare(v: &str) -> Option<(String, String)> {
+    let (name, mac) = v.split_once(',')?;
+    (valid_ifname(name) && valid_mac(mac)).then(|| (name.to_string(), mac.to_ascii_lowercase()))
+}
+
+fn inet_socket() -> io::Result<OwnedFd> {
+    // SAFETY: socket(2) with constant arguments; the fd is owned right away.
+    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh fd from socket(2).
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+/// The NIC with `mac`, down and without its address (so without its routes), renamed
+/// `spare_name`: a spare again.
+fn make_spare(sock: &OwnedFd, mac: &str, spare_name: &str) -> io::Result<()> {
+    let fd = sock.as_raw_fd();
+    let current =
+        name_by_mac(mac).ok_or_else(|| io::Error::other(format!("no interface with MAC {mac}")))?;
+    // SAFETY (all ioctls below): socket ioctls on a local, initialised ifreq that outlives
+    // the call.
+    unsafe {
+        // Address 0.0.0.0 deletes the interface's address, and with it the routes through
+        // it (the kernel's `ifconfig IF 0.0.0.0`).
+        let mut ifr = ifreq(&current);
+        ifr.ifr_ifru.ifru_addr = sockaddr(Ipv4Addr::UNSPECIFIED);
+        check("remove address", libc::ioctl(fd, libc::SIOCSIFADDR, &ifr))?;
+        let mut ifr = ifreq(&current);
+        check("get flags", libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut ifr))?;
+        ifr.ifr_ifru.ifru_flags &= !((libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short);
+        check("down", libc::ioctl(fd, libc::SIOCSIFFLAGS, &ifr))?;
+        if current != spare_name {
+            // A down interface can be renamed; the spare's name frees `ethN` for the next
+            // network.
+            let mut ifr = ifreq(&current);
+            for (i, b) in spare_name.bytes().enumerate() {
+                ifr.ifr_ifru.ifru_newname[i] = b as libc::c_char;
+            }
+            check("rename", libc::ioctl(fd, libc::SIOCSIFNAME, &ifr))?;
+        }
+    }
+    Ok(())
+}
+
+/// `ConfigureNic`: a spare NIC joins the network the host connected the VM to.
+pub fn configure_nic(c: &berth_agent_protocol::NicConfig) -> io::Result<()> {
+    if !valid_ifname(&c.name) || !valid_mac(&c.mac) || c.prefix > 32 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("invalid NIC configuration {} ({})", c.name, c.mac),
+        ));
+    }
+    let nic = Nic {
+        ifname: c.name.clone(),
+        mac: c.mac.to_ascii_lowercase(),
+        ip: c.address,
+        prefix: c.prefix,
+        gateway: c.gateway,
+        mtu: c.mtu,
+    };
+    configure(&inet_socket()?, &nic)?;
+    info!(ifname = %nic.ifname, ip = %nic.ip, prefix = nic.prefix, "guest network interface configured");
+    Ok(())
+}
+
+/// `DeconfigureNic`: the NIC with `mac` becomes the spare `spare_name` again.
+pub fn deconfigure_nic(mac: &str, spare_name: &str) -> io::Result<()> {
+    if !valid_ifname(spare_name) || !valid_mac(mac) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("invalid spare NIC {spare_name} ({mac})"),
+        ));
+    }
+    make_spare(&inet_socket()?, mac, spare_name)?;
+    info!(mac, spare_name, "guest network interface is a spare again");
+    Ok(())
+}
+
+/// Brings up loopback and every NIC named by `berth.net=`, after renaming the spares of
+/// `berth.spare=` out of the way (the kernel may have given one an `ethN` a network NIC
+/// needs). Failures are logged on the console; the container then runs without that
+/// network.
 pub fn configure_from_cmdline() {
     let cmdline = fs::read_to_string("/proc/cmdline").unwrap_or_default();
     if let Err(e) = crate::namespaces::loopback_up() {
         warn!("loopback up: {e}");
     }
+    let spares: Vec<(String, String)> = cmdline
+        .split_whitespace()
+        .filter_map(|a| a.strip_prefix("berth.spare="))
+        .filter_map(|v| {
+            let s = parse_spare(v);
+            if s.is_none() {
+                warn!("ignoring malformed berth.spare={v}");
+            }
+            s
+        })
+        .collect();
     let nics: Vec<Nic> = cmdline
         .split_whitespace()
         .filter_map(|a| a.strip_prefix("berth.net="))
@@ -169,17 +274,21 @@ pub fn configure_from_cmdline() {
             n
         })
         .collect();
-    if nics.is_empty() {
+    if nics.is_empty() && spares.is_empty() {
         return;
     }
-    // SAFETY: socket(2) with constant arguments; the fd is owned right away.
-    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if raw < 0 {
-        warn!("network set-up: socket: {}", io::Error::last_os_error());
-        return;
+    let sock = match inet_socket() {
+        Ok(s) => s,
+        Err(e) => {
+            warn!("network set-up: socket: {e}");
+            return;
+        }
+    };
+    for (name, mac) in &spares {
+        if let Err(e) = make_spare(&sock, mac, name) {
+            warn!("spare NIC {name} ({mac}): {e}");
+        }
     }
-    // SAFETY: a fresh fd from socket(2).
-    let sock = unsafe { OwnedFd::from_raw_fd(raw) };
     for nic in &nics {
         match configure(&sock, nic) {
             Ok(()) => info!(
@@ -223,6 +332,21 @@ mod tests {
             "averyveryverylongname,02:42:0a:e9:00:02,10.233.0.2/24,-,1500",
         ] {
             assert!(parse_nic(bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn spare_args() {
+        assert_eq!(
+            parse_spare("spare2,06:AB:cd:00:11:22"),
+            Some(("spare2".into(), "06:ab:cd:00:11:22".into()))
+        );
+        for bad in [
+            "spare2",
+            "spa/re,06:ab:cd:00:11:22",
+            "spare2,06:ab:cd:00:11",
+        ] {
+            assert!(parse_spare(bad).is_none(), "{bad}");
         }
     }
 }

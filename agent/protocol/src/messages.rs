@@ -111,6 +111,43 @@ pub enum Request {
     StartPodMember {
         port: u32,
     },
+    /// MicroVM guests (PID 1 only): configure the NIC with `nic.mac` (one of the spare NICs
+    /// the VM booted with) and bring it up, for `docker network connect` on the running VM;
+    /// `resolv_conf`, when set, replaces the container's /etc/resolv.conf in place.
+    /// `version` is [`NIC_REQUESTS_VERSION`]: an agent that knows another version refuses
+    /// the request, and an agent from before it answers with a decode error.
+    ConfigureNic {
+        version: u32,
+        nic: NicConfig,
+        #[serde(default)]
+        resolv_conf: Option<String>,
+    },
+    /// MicroVM guests (PID 1 only): take the NIC with `mac` down, remove its address (and
+    /// so its routes) and rename it `spare_name`, a spare again (`docker network
+    /// disconnect`). Versioned as [`Request::ConfigureNic`].
+    DeconfigureNic {
+        version: u32,
+        mac: String,
+        spare_name: String,
+    },
+}
+
+/// The version of [`Request::ConfigureNic`] and [`Request::DeconfigureNic`] (added in
+/// protocol 1 without a version bump, so a running VM whose agent predates them keeps
+/// being served).
+pub const NIC_REQUESTS_VERSION: u32 = 1;
+
+/// What a guest NIC must look like to carry one endpoint: the endpoint's MAC (the NIC is
+/// found by it), name, address, default route and MTU.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NicConfig {
+    pub mac: String,
+    pub name: String,
+    pub address: std::net::Ipv4Addr,
+    pub prefix: u8,
+    #[serde(default)]
+    pub gateway: Option<std::net::Ipv4Addr>,
+    pub mtu: u32,
 }
 
 /// Successful replies.
@@ -273,4 +310,41 @@ pub struct Stats {
 pub struct Top {
     pub titles: Vec<String>,
     pub processes: Vec<Vec<String>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The NIC requests' wire form: what an agent of the same `NIC_REQUESTS_VERSION`
+    /// decodes, with the optional fields optional.
+    #[test]
+    fn nic_requests_round_trip() {
+        let req = Request::ConfigureNic {
+            version: NIC_REQUESTS_VERSION,
+            nic: NicConfig {
+                mac: "06:aa:bb:cc:dd:ee".into(),
+                name: "eth1".into(),
+                address: "10.1.2.3".parse().unwrap(),
+                prefix: 24,
+                gateway: Some("10.1.2.1".parse().unwrap()),
+                mtu: 1500,
+            },
+            resolv_conf: None,
+        };
+        let json = serde_json::to_value(&req).unwrap();
+        assert_eq!(json["op"], "configure_nic");
+        assert_eq!(json["nic"]["address"], "10.1.2.3");
+        assert_eq!(serde_json::from_value::<Request>(json).unwrap(), req);
+        let down: Request = serde_json::from_str(
+            r#"{"op":"deconfigure_nic","version":1,"mac":"06:aa:bb:cc:dd:ee","spare_name":"spare2"}"#,
+        )
+        .unwrap();
+        assert!(matches!(down, Request::DeconfigureNic { version: 1, .. }));
+        let no_gw: NicConfig = serde_json::from_str(
+            r#"{"mac":"06:aa:bb:cc:dd:ee","name":"eth1","address":"10.1.2.3","prefix":24,"mtu":1500}"#,
+        )
+        .unwrap();
+        assert_eq!(no_gw.gateway, None);
+    }
 }

@@ -1,6 +1,7 @@
 //! The agent's container state machine and request handlers.
 
 mod launch;
+mod nic;
 use std::{
     collections::BTreeMap,
     fs::File,
@@ -275,6 +276,16 @@ impl Agent {
                     .map_err(|m| err(ErrorKind::InvalidArgument, m))?;
                 Ok(Response::Ok)
             }
+            Request::ConfigureNic {
+                version,
+                nic,
+                resolv_conf,
+            } => self.configure_nic(version, nic, resolv_conf).await,
+            Request::DeconfigureNic {
+                version,
+                mac,
+                spare_name,
+            } => self.deconfigure_nic(version, mac, spare_name).await,
         }
     }
 

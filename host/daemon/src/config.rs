@@ -84,6 +84,10 @@ pub struct Flags {
     /// MTU of bridges and container interfaces (default 1500).
     #[arg(long)]
     pub mtu: Option<u32>,
+    /// Spare NICs each microVM boots with, for `docker network connect` while it runs
+    /// (default 2, at most 8).
+    #[arg(long, value_parser = clap::value_parser!(u8).range(0..=8))]
+    pub microvm_spare_nics: Option<u8>,
     /// Serve TLS on tcp:// hosts (implied by --tlsverify).
     #[arg(long)]
     pub tls: bool,
@@ -144,6 +148,7 @@ pub struct FileConfig {
     pub fixed_cidr: Option<String>,
     pub default_address_pools: Option<Vec<String>>,
     pub mtu: Option<u32>,
+    pub microvm_spare_nics: Option<u8>,
     pub tls: Option<bool>,
     pub tlsverify: Option<bool>,
     pub tlscacert: Option<PathBuf>,
@@ -275,6 +280,7 @@ impl Config {
                 flags.default_address_pools
             },
             mtu: flags.mtu.or(file.mtu),
+            microvm_spare_nics: flags.microvm_spare_nics.or(file.microvm_spare_nics),
         };
         let registry = berth_engine::images::trust::RegistryConfig {
             insecure: if flags.insecure_registries.is_empty() {

@@ -330,6 +330,30 @@ impl AgentClient {
         self.call_ok(Request::StartPodMember { port }).await
     }
 
+    /// A microVM guest configures one of its spare NICs (see [`Request::ConfigureNic`]).
+    pub async fn configure_nic(
+        &self,
+        nic: crate::NicConfig,
+        resolv_conf: Option<String>,
+    ) -> Result<()> {
+        self.call_ok(Request::ConfigureNic {
+            version: crate::NIC_REQUESTS_VERSION,
+            nic,
+            resolv_conf,
+        })
+        .await
+    }
+
+    /// A microVM guest turns a NIC back into a spare (see [`Request::DeconfigureNic`]).
+    pub async fn deconfigure_nic(&self, mac: &str, spare_name: &str) -> Result<()> {
+        self.call_ok(Request::DeconfigureNic {
+            version: crate::NIC_REQUESTS_VERSION,
+            mac: mac.to_string(),
+            spare_name: spare_name.to_string(),
+        })
+        .await
+    }
+
     /// Kills the container's processes, removes its cgroups and makes the agent exit.
     pub async fn shutdown(&self) -> Result<()> {
         match self.call(Request::Shutdown).await {

@@ -26,6 +26,7 @@ pub mod stdio;
 mod update;
 // Create-time checks are their own crate (fuzzed without the engine).
 pub use berth_container_create::validate;
+mod vm_network;
 mod volumes;
 
 use std::collections::HashMap;

@@ -1,7 +1,6 @@
 //! Containers ↔ networks: which networks a new container joins (`NetworkMode` and
 //! `EndpointsConfig`), its sandbox at start, `docker network connect/disconnect`.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use berth_agent_protocol::{ContainerSpec, Mount, MountKind, NetworkSpec};
@@ -9,9 +8,9 @@ use bollard_stubs::models::{EndpointSettings, HostConfig, NetworkingConfig};
 
 use super::record::ContainerRecord;
 use super::{Container, Containers};
-use crate::isolation::{GuestNetwork, GuestNic};
-use crate::networks::model::Attachment;
-use crate::networks::sandbox::{tap_name, SandboxRequest};
+use crate::isolation::GuestNetwork;
+use crate::networks::model::{Attachment, NetworkRecord};
+use crate::networks::sandbox::SandboxRequest;
 use crate::networks::{etc, Networks};
 use crate::{Error, Result};
 
@@ -70,14 +69,6 @@ fn attachment(
         ipv4,
         mac: es.mac_address.filter(|m| !m.is_empty()),
     })
-}
-
-/// Why a running microVM container cannot change networks.
-fn guest_nics_fixed(name: &str, what: &str) -> String {
-    format!(
-        "container {} runs in a microVM, whose network interfaces are fixed at boot: it can be {what} a network only while it is stopped",
-        name.trim_start_matches('/')
-    )
 }
 
 impl Containers {
@@ -150,7 +141,7 @@ impl Containers {
         Ok(out)
     }
 
-    fn sandbox_request(&self, rec: &ContainerRecord) -> SandboxRequest {
+    pub(super) fn sandbox_request(&self, rec: &ContainerRecord) -> SandboxRequest {
         let hc = &rec.host_config;
         SandboxRequest {
             container_id: rec.id.clone(),
@@ -165,32 +156,12 @@ impl Containers {
             dns_search: hc.dns_search.clone().unwrap_or_default(),
             dns_options: hc.dns_options.clone().unwrap_or_default(),
             vm_taps: self.backend(rec).capabilities().guest_nics,
+            vm_spare_nics: self
+                .networks()
+                .map(|n| n.spare_nics())
+                .unwrap_or(0)
+                .min(self.backend(rec).spare_nic_room(rec, rec.networks.len())),
         }
-    }
-
-    /// The NICs a VM needs for the sandbox just set up: one per endpoint, on its TAP.
-    fn guest_network(&self, rec: &ContainerRecord, netns: PathBuf) -> Result<GuestNetwork> {
-        let nets = self.networks()?;
-        let mut eps = nets.container_endpoints(&rec.id);
-        eps.sort_by(|a, b| a.ifname.cmp(&b.ifname));
-        let nics = eps
-            .into_iter()
-            .map(|ep| {
-                Ok(GuestNic {
-                    tap: tap_name(&ep.ifname),
-                    mtu: nets.get(&ep.network_id)?.mtu,
-                    ifname: ep.ifname,
-                    mac: ep.mac,
-                    address: ep.ip,
-                    prefix: ep.prefix,
-                    gateway: ep.gateway,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(GuestNetwork {
-            netns: Some(netns),
-            nics,
-        })
     }
 
     /// Prepare the run's network and put it into `spec`: the namespace to join (or
@@ -379,23 +350,15 @@ impl Containers {
         let att = attachment(&net, es.as_ref())?;
         let running = rec.state.status.is_running();
         if running && self.backend(&rec).capabilities().guest_nics {
-            return Err(Error::invalid(guest_nics_fixed(&rec.name, "connected to")));
-        }
-        if running && self.backend(&rec).capabilities().host_namespaces {
+            self.connect_running_vm(c, &rec, &net, &att, es.as_ref())
+                .await?;
+        } else if running && self.backend(&rec).capabilities().host_namespaces {
             let mut req = self.sandbox_request(&rec);
             req.attachments = vec![att.clone()];
             nets.connect_running(&req, &att).await?;
-            // Docker turns the embedded DNS on when a container from the default bridge
-            // joins a user network. The file is bind-mounted: rewrite it in place (a
-            // rename would leave the container looking at the old inode).
-            let had_embedded = rec
-                .networks
-                .first()
-                .and_then(|a| nets.get(&a.network_id).ok())
-                .is_some_and(|n| !n.is_default_bridge());
-            if !net.is_default_bridge() && !had_embedded {
-                let resolv =
-                    etc::resolv_conf(&req.dns, &req.dns_search, &req.dns_options, net.gateway);
+            // The file is bind-mounted: rewrite it in place (a rename would leave the
+            // container looking at the old inode).
+            if let Some(resolv) = self.resolv_conf_after_connect(&rec, &net, &req) {
                 let p = self.container_dir(&rec.id).join("resolv.conf");
                 if p.exists() {
                     std::fs::write(&p, resolv)?;
@@ -404,6 +367,24 @@ impl Containers {
         }
         c.update(|r| r.networks.push(att));
         self.save(c)
+    }
+
+    /// Docker turns the embedded DNS on when a container from the default bridge joins a
+    /// user network: the container's new /etc/resolv.conf then.
+    pub(super) fn resolv_conf_after_connect(
+        &self,
+        rec: &ContainerRecord,
+        net: &NetworkRecord,
+        req: &SandboxRequest,
+    ) -> Option<String> {
+        let nets = self.networks().ok()?;
+        let had_embedded = rec
+            .networks
+            .first()
+            .and_then(|a| nets.get(&a.network_id).ok())
+            .is_some_and(|n| !n.is_default_bridge());
+        (!net.is_default_bridge() && !had_embedded)
+            .then(|| etc::resolv_conf(&req.dns, &req.dns_search, &req.dns_options, net.gateway))
     }
 
     /// `POST /networks/{id}/disconnect`.
@@ -425,12 +406,10 @@ impl Containers {
         }
         if rec.state.status.is_running() {
             if self.backend(&rec).capabilities().guest_nics {
-                return Err(Error::invalid(guest_nics_fixed(
-                    &rec.name,
-                    "disconnected from",
-                )));
+                self.disconnect_running_vm(c, &rec, &net).await?;
+            } else {
+                nets.disconnect_running(&c.id, &net.id).await?;
             }
-            nets.disconnect_running(&c.id, &net.id).await?;
         }
         c.update(|r| r.networks.retain(|a| a.network_id != net.id));
         self.save(c)

@@ -56,12 +56,23 @@ pub struct GuestNic {
     pub mtu: u32,
 }
 
+/// A VM's spare NIC: a TAP joined to nothing yet, and the guest NIC on it, which the
+/// guest leaves down as `spare_name` until `docker network connect` configures it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestSpareNic {
+    pub tap: String,
+    pub mac: String,
+    pub spare_name: String,
+}
+
 /// The network a run's sandbox prepared for a backend with [`Capabilities::guest_nics`]:
-/// the netns its VMM runs in (the TAPs are there) and the NICs. Empty for other runs.
+/// the netns its VMM runs in (the TAPs are there), the NICs and the spare NICs. Empty for
+/// other runs.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct GuestNetwork {
     pub netns: Option<PathBuf>,
     pub nics: Vec<GuestNic>,
+    pub spares: Vec<GuestSpareNic>,
 }
 
 /// A started (or re-adopted) agent.
@@ -128,6 +139,12 @@ pub trait IsolationBackend: Send + Sync {
     /// `--cpuset-cpus` pins host CPUs for the VMM; inside the guest every vCPU is usable).
     fn map_resources(&self, res: &mut berth_agent_protocol::Resources) {
         let _ = res;
+    }
+
+    /// How many NICs besides its `nics` networks' the container's VM still has room for
+    /// (spares for `network connect` while it runs); 0 for backends without `guest_nics`.
+    fn spare_nic_room(&self, _rec: &ContainerRecord, _nics: usize) -> usize {
+        0
     }
 
     /// Backend details for `docker inspect` (e.g. a microVM's hypervisor, guest kernel,

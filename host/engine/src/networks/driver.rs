@@ -5,7 +5,9 @@
 //! `plugins/drivers/bridge`); [`super::plugin`] adapts them to this trait.
 //!
 //! MicroVM isolation adds one intent of the sandbox's own, whatever the driver:
-//! [`Intent::Tap`], a TAP joined to an endpoint's sandbox side (Kata's tcfilter model).
+//! [`Intent::Tap`], a TAP joined to an endpoint's sandbox side (Kata's tcfilter model), and
+//! the spare TAPs that let a running VM join networks ([`Intent::SpareTap`],
+//! [`Intent::JoinTap`], [`Intent::ReleaseTap`]).
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -51,6 +53,18 @@ pub enum Intent {
         tap: String,
         mtu: u32,
     },
+    /// A TAP `tap` in the sandbox `netns` for one of a VM's spare NICs: joined to nothing
+    /// until `docker network connect` on the running VM ([`Intent::JoinTap`]).
+    SpareTap { netns: PathBuf, tap: String },
+    /// Join an existing TAP to the endpoint's sandbox side `ifname`, as [`Intent::Tap`].
+    JoinTap {
+        netns: PathBuf,
+        ifname: String,
+        tap: String,
+        mtu: u32,
+    },
+    /// Undo [`Intent::JoinTap`] on the TAP's side: it becomes a spare again.
+    ReleaseTap { netns: PathBuf, tap: String },
 }
 
 /// A network driver: pure decisions, no side effects. Implemented by WASM

@@ -6,7 +6,7 @@
 //! [`executor`] applies them with netlink under the ownership [`ledger`]; [`nat`] owns the
 //! nftables table (rendered from the recorded networks and port mappings); [`dns`] answers
 //! names on user networks. Container-side wiring (the sandbox netns, endpoints, ports) is
-//! in [`sandbox`]. Drivers and IPAM are WASM `network-plugin`s, adapted in [`plugin`].
+//! in [`sandbox`] (a microVM's NICs in [`vm_nics`]). Drivers and IPAM are WASM `network-plugin`s, adapted in [`plugin`].
 
 pub mod dns;
 pub mod driver;
@@ -20,6 +20,7 @@ pub mod netns;
 pub mod plugin;
 pub mod ports;
 pub mod sandbox;
+pub mod vm_nics;
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
@@ -49,6 +50,9 @@ pub struct NetworkConfig {
     pub default_address_pools: Vec<String>,
     /// `--mtu` of bridges and veths (1500 when unset).
     pub mtu: Option<u32>,
+    /// `--microvm-spare-nics`: NICs a microVM boots with besides its networks', for
+    /// `network connect` while it runs ([`vm_nics::DEFAULT_SPARE_NICS`] when unset).
+    pub microvm_spare_nics: Option<u8>,
 }
 
 pub const DEFAULT_BRIDGE_LINK: &str = "berth0";
@@ -67,6 +71,8 @@ pub struct Networks {
     pub(crate) op: tokio::sync::Mutex<()>,
     events: Arc<EventBus>,
     dns: Mutex<HashMap<String, tokio::task::JoinHandle<()>>>,
+    /// Spare NICs per microVM (see [`vm_nics`]).
+    spare_nics: u8,
 }
 
 fn predefined(id: String, name: &str, driver: &str) -> NetworkRecord {
@@ -138,6 +144,10 @@ impl Networks {
             op: tokio::sync::Mutex::new(()),
             events,
             dns: Mutex::new(HashMap::new()),
+            spare_nics: config
+                .microvm_spare_nics
+                .unwrap_or(vm_nics::DEFAULT_SPARE_NICS)
+                .min(vm_nics::MAX_SPARE_NICS),
         };
         if !config.bridge_disabled {
             nets.default_bridge(&mut state, config)?;

@@ -91,6 +91,22 @@ pub struct EndpointRecord {
     pub ifname: String,
 }
 
+/// One virtio-net NIC of a running microVM and the TAP that carries it in the sandbox.
+/// Recorded for every NIC at boot, so that a restarted berthd still knows which spare is
+/// free and which endpoint each TAP is joined to.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct VmNic {
+    pub container_id: String,
+    pub tap: String,
+    /// The guest NIC's MAC, fixed at boot.
+    pub mac: String,
+    /// The guest's name for the NIC while it is a spare (down, no address).
+    pub spare_name: String,
+    /// The endpoint the TAP is joined to; `None`: a spare.
+    #[serde(default)]
+    pub endpoint_id: Option<String>,
+}
+
 /// One published port of a running container.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct PortMapping {
@@ -111,6 +127,9 @@ pub struct NetState {
     pub endpoints: Vec<EndpointRecord>,
     #[serde(default)]
     pub ports: Vec<PortMapping>,
+    /// The NICs of running microVMs (one per TAP in their sandboxes).
+    #[serde(default)]
+    pub vm_nics: Vec<VmNic>,
 }
 
 impl NetState {

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use bollard_stubs::models::PortBinding;
 
 use super::ledger::Kind;
-use super::model::{Attachment, EndpointRecord, NetworkRecord, PortMapping};
+use super::model::{Attachment, EndpointRecord, NetworkRecord, PortMapping, VmNic};
 use super::{etc, ipam, netns, ports, Networks};
 use crate::{Error, Result};
 
@@ -27,8 +27,12 @@ pub struct SandboxRequest {
     pub dns_search: Vec<String>,
     pub dns_options: Vec<String>,
     /// The container runs in a VM: each endpoint also gets a TAP ([`tap_name`]) for the
-    /// VM's NIC, joined to it by [`Intent::Tap`](super::driver::Intent::Tap).
+    /// VM's NIC, joined to it by [`Intent::Tap`](super::driver::Intent::Tap), and the
+    /// sandbox gets spare TAPs for networks connected while it runs (see `vm_nics.rs`).
     pub vm_taps: bool,
+    /// How many spare NICs the VM boots with (`--microvm-spare-nics`, fewer when its
+    /// other devices leave no room).
+    pub vm_spare_nics: usize,
 }
 
 /// The TAP that carries endpoint `ifname` (`eth0` → `tap0`) into a VM.
@@ -69,7 +73,11 @@ impl Networks {
         self.exec.loopback_up(&path).await?;
         let mut eps = Vec::new();
         for (i, att) in req.attachments.iter().enumerate() {
-            eps.push(self.join_locked(req, att, &format!("eth{i}")).await?);
+            eps.push(self.join_locked(req, att, &format!("eth{i}"), None).await?);
+        }
+        if req.vm_taps {
+            self.boot_vm_nics_locked(cid, &eps, req.vm_spare_nics)
+                .await?;
         }
         if let Some(first) = eps.first() {
             let net = self.get(&first.network_id)?;
@@ -94,12 +102,14 @@ impl Networks {
         Ok(self.etc_files(req, &eps))
     }
 
-    /// One endpoint of `req`'s container on `att`'s network, named `ifname` inside.
-    async fn join_locked(
+    /// One endpoint of `req`'s container on `att`'s network, named `ifname` inside. A
+    /// running VM's endpoint goes onto the spare NIC `spare` (its MAC, its TAP).
+    pub(super) async fn join_locked(
         &self,
         req: &SandboxRequest,
         att: &Attachment,
         ifname: &str,
+        spare: Option<&VmNic>,
     ) -> Result<EndpointRecord> {
         let cid = &req.container_id;
         let net = self.get(&att.network_id)?;
@@ -134,11 +144,14 @@ impl Networks {
                 prefix: subnet.prefix,
                 // An internal network has no way out: no default route (as Docker).
                 gateway: net.gateway.filter(|_| !net.internal),
-                mac: att
-                    .mac
-                    .clone()
-                    .filter(|m| !m.is_empty())
-                    .unwrap_or_else(|| ipam::mac_for(ip)),
+                mac: match spare {
+                    Some(nic) => nic.mac.clone(),
+                    None => att
+                        .mac
+                        .clone()
+                        .filter(|m| !m.is_empty())
+                        .unwrap_or_else(|| ipam::mac_for(ip)),
+                },
                 aliases: att.aliases.clone(),
                 ifname: ifname.to_string(),
             };
@@ -153,15 +166,24 @@ impl Networks {
         for intent in self.driver_for(&net)?.join(&net, &ep, path.clone(), mac)? {
             self.exec.apply(&ep.id, &intent).await?;
         }
-        if req.vm_taps {
-            // The sandbox's own intent (not the driver's), owned by the container that
-            // owns the netns.
-            let tap = super::driver::Intent::Tap {
+        // The sandbox's own intents (not the driver's), owned by the container that
+        // owns the netns.
+        let tap = match spare {
+            Some(nic) => Some(super::driver::Intent::JoinTap {
+                netns: path,
+                ifname: ep.ifname.clone(),
+                tap: nic.tap.clone(),
+                mtu: net.mtu,
+            }),
+            None if req.vm_taps => Some(super::driver::Intent::Tap {
                 netns: path,
                 ifname: ep.ifname.clone(),
                 tap: tap_name(&ep.ifname),
                 mtu: net.mtu,
-            };
+            }),
+            None => None,
+        };
+        if let Some(tap) = tap {
             self.exec.apply(cid, &tap).await?;
         }
         self.publish_endpoint(&net, "connect", cid);
@@ -195,16 +217,21 @@ impl Networks {
         att: &Attachment,
     ) -> Result<EndpointRecord> {
         let _op = self.op.lock().await;
+        let ifname = self.free_ifname(&req.container_id);
+        self.join_locked(req, att, &ifname, None).await
+    }
+
+    /// The first `ethN` none of the container's endpoints uses.
+    pub(super) fn free_ifname(&self, container_id: &str) -> String {
         let used: HashSet<String> = self
-            .container_endpoints(&req.container_id)
+            .container_endpoints(container_id)
             .into_iter()
             .map(|e| e.ifname)
             .collect();
-        let ifname = (0..)
+        (0..)
             .map(|i| format!("eth{i}"))
             .find(|n| !used.contains(n))
-            .expect("unbounded");
-        self.join_locked(req, att, &ifname).await
+            .expect("unbounded")
     }
 
     /// Disconnect a running container from one network.
@@ -217,6 +244,8 @@ impl Networks {
             .collect();
         let had_ports = !self.container_ports(container_id).is_empty();
         for ep in eps {
+            // A VM's NIC: its TAP becomes a spare again (before the veth it mirrors goes).
+            self.release_vm_nic_locked(&ep).await?;
             self.leave_locked(&ep).await;
         }
         if had_ports && self.container_ports(container_id).is_empty() {
@@ -225,7 +254,7 @@ impl Networks {
         Ok(())
     }
 
-    async fn leave_locked(&self, ep: &EndpointRecord) {
+    pub(super) async fn leave_locked(&self, ep: &EndpointRecord) {
         let net = self.get(&ep.network_id).ok();
         if let Some(net) = &net {
             let intents = self
@@ -292,6 +321,8 @@ impl Networks {
             }
         }
         self.remove_owned(cid).await;
+        // The TAPs went with the netns.
+        self.forget_vm_nics(cid);
     }
 
     /// Remove whatever the ledger records for `owner` (a container's netns, an
@@ -362,6 +393,12 @@ impl Networks {
             .iter()
             .filter(|e| !running.contains(&e.container_id))
             .map(|e| e.container_id.clone())
+            .collect();
+        // A VM whose networks were all disconnected has spare NICs and no endpoint.
+        let stale: HashSet<String> = stale
+            .into_iter()
+            .chain(self.vm_nic_owners())
+            .filter(|cid| !running.contains(cid))
             .collect();
         for cid in &stale {
             tracing::info!(container = %cid, "removing the network sandbox of a stopped container");

@@ -100,6 +100,20 @@ impl IsolationBackend for MicrovmIsolation {
         res.cpuset_mems = None;
     }
 
+    fn spare_nic_room(&self, rec: &ContainerRecord, nics: usize) -> usize {
+        // The image and writable disks, vsock, and a device per share or block volume.
+        let shares = rec
+            .mounts
+            .iter()
+            .enumerate()
+            .filter(|(i, m)| !matches!(guest_share(*i, m), GuestShare::None))
+            .count();
+        self.hypervisor
+            .capabilities()
+            .max_devices
+            .saturating_sub(3 + shares + nics)
+    }
+
     fn inspect(&self, rec: &ContainerRecord) -> Option<serde_json::Value> {
         Some(serde_json::json!({
             "Hypervisor": self.hypervisor.name(),

@@ -145,6 +145,8 @@ impl Hypervisor for BerthVmm {
     fn capabilities(&self) -> HypervisorCaps {
         HypervisorCaps {
             hardware_accel: true,
+            // One IO-APIC pin each, GSI 5..=23 (vmm/src/arch/layout.rs).
+            max_devices: 19,
             shared_fs: match self.virtiofsd {
                 Some(_) => Ok(()),
                 None => Err(virtiofs::MISSING.into()),

@@ -81,6 +81,8 @@ pub struct HypervisorCaps {
     pub hardware_accel: bool,
     /// Can share host directories with the guest ([`Device::Fs`]); `Err` says why not.
     pub shared_fs: std::result::Result<(), String>,
+    /// How many virtio-mmio devices a VM can have (disks, shares, vsock, NICs).
+    pub max_devices: usize,
 }
 
 #[async_trait]

@@ -402,6 +402,14 @@ impl MicrovmIsolation {
                 mac: nic.mac.clone(),
             });
         }
+        for spare in &net.spares {
+            // Renamed and left down by agent/src/guest_net.rs, for `network connect`.
+            cmdline.push_str(&format!(" berth.spare={},{}", spare.spare_name, spare.mac));
+            devices.push(Device::Net {
+                tap: spare.tap.clone(),
+                mac: spare.mac.clone(),
+            });
+        }
         devices.push(Device::Vsock {
             guest_cid: GUEST_CID,
             uds_path: run_dir.join("vsock.sock"),

@@ -189,6 +189,9 @@ impl Hypervisor for Qemu {
     fn capabilities(&self) -> HypervisorCaps {
         HypervisorCaps {
             hardware_accel: self.kvm.is_hardware(),
+            // `-M microvm` without ACPI has no second IO-APIC, and so 8 virtio-mmio
+            // transports (24 with one).
+            max_devices: 8,
             shared_fs: match self.virtiofsd {
                 Some(_) => Ok(()),
                 None => Err(virtiofs::MISSING.into()),

@@ -1,5 +1,6 @@
 //! The executor: applies driver [`Intent`]s with netlink (`rtnetlink`), guarded by the
 //! ownership [`Ledger`]. Nothing else in berth creates or deletes links or addresses.
+//! The TAPs of microVM sandboxes are in [`tap`].
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::AsRawFd;
@@ -14,6 +15,8 @@ use super::ipam::Ipv4Net;
 use super::ledger::{Kind, Ledger};
 use super::netns;
 use crate::{Error, Result};
+
+mod tap;
 
 pub struct Executor {
     pub(crate) ledger: Mutex<Ledger>,
@@ -139,6 +142,14 @@ impl Executor {
                 tap,
                 mtu,
             } => self.tap(owner, netns, ifname, tap, *mtu).await,
+            Intent::SpareTap { netns, tap } => self.spare_tap(owner, netns, tap).await,
+            Intent::JoinTap {
+                netns,
+                ifname,
+                tap,
+                mtu,
+            } => self.join_tap(owner, netns, ifname, tap, *mtu).await,
+            Intent::ReleaseTap { netns, tap } => self.release_tap(owner, netns, tap).await,
         }
     }
 
@@ -348,57 +359,6 @@ impl Executor {
                 Err(e) if is_errno(&e, libc::EEXIST) => {}
                 r => r.map_err(nl)?,
             }
-        }
-        Ok(())
-    }
-
-    /// [`Intent::Tap`]: only inside a sandbox the ledger records as `owner`'s. Every
-    /// link it makes lives in that namespace and goes away with it.
-    async fn tap(&self, owner: &str, ns: &Path, ifname: &str, tap: &str, mtu: u32) -> Result<()> {
-        if !self.owns(owner, Kind::Netns, &ns.display().to_string()) {
-            return Err(Error::Forbidden(format!(
-                "refusing to add {tap} to {}: the ledger does not record it as owned by {owner}",
-                ns.display()
-            )));
-        }
-        {
-            let (p, t) = (ns.to_path_buf(), tap.to_string());
-            tokio::task::spawn_blocking(move || netns::create_tap(&p, &t))
-                .await
-                .map_err(Error::internal)?
-                .map_err(|e| Error::internal(format!("creating TAP {tap}: {e}")))?;
-        }
-        let inner = netns::netlink_in(ns)?;
-        let veth = link_index(&inner, ifname)
-            .await?
-            .ok_or_else(|| Error::internal(format!("{ifname} is not in the sandbox")))?;
-        let tapi = link_index(&inner, tap)
-            .await?
-            .ok_or_else(|| Error::internal(format!("TAP {tap} vanished")))?;
-        inner
-            .link()
-            .set(LinkUnspec::new_with_index(tapi).mtu(mtu).up().build())
-            .execute()
-            .await
-            .map_err(nl)?;
-        // `tc qdisc add dev X ingress` + `tc filter add dev X parent ffff: protocol all
-        // u32 match u8 0 0 action mirred egress redirect dev Y`, both ways.
-        for (from, to) in [(veth, tapi), (tapi, veth)] {
-            match inner.qdisc().add(from as i32).ingress().execute().await {
-                Err(e) if is_errno(&e, libc::EEXIST) => {}
-                r => r.map_err(nl)?,
-            }
-            inner
-                .traffic_filter(from as i32)
-                .add()
-                .parent(0xffff_0000)
-                // Network byte order, as iproute2 sends `protocol all`.
-                .protocol((libc::ETH_P_ALL as u16).to_be())
-                .redirect(to)
-                .map_err(nl)?
-                .execute()
-                .await
-                .map_err(nl)?;
         }
         Ok(())
     }
