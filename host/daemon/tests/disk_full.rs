@@ -484,7 +484,7 @@ fn full_data_root_microvm_disk_creation_fails_cleanly() {
     ]);
     fs.fill("filler", 300 << 10);
     fails_no_space(
-        &d,
+        d,
         &[
             "create",
             "--isolation=microvm",
@@ -555,7 +555,7 @@ fn full_data_root_while_a_microvm_runs() {
     fs.fill("filler", 300 << 10);
     eprintln!("disk filled: {} bytes free", fs.avail());
     let dd = docker_timed(
-        &d,
+        d,
         &[
             "exec",
             "vmw",
@@ -585,7 +585,7 @@ fn full_data_root_while_a_microvm_runs() {
     d.restart();
     let bad = leftovers(&root);
     assert!(bad.is_empty(), "left in the data root:\n{}", bad.join("\n"));
-    assert_eq!(names_and_states(&d), ["vmlog exited", "vmw exited"]);
+    assert_eq!(names_and_states(d), ["vmlog exited", "vmw exited"]);
     // The VM that met the full disk starts again once there is room.
     d.docker_ok(&["start", "vmw"]);
     assert_eq!(d.docker_ok(&["exec", "vmw", "echo", "back"]), "back\n");
