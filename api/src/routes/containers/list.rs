@@ -151,10 +151,8 @@ fn summary_state(status: Status) -> ContainerSummaryStateEnum {
     }
 }
 
-/// A row of `system/df`'s `Containers`: identity, state, mounts (`docker system df -v`
-/// counts a volume's links from them) and the writable layer's size (`size`, shown as
-/// both `SizeRw` and `SizeRootFs`), without the ports and networks of `docker ps`.
-pub fn disk_usage_summary(r: &ContainerRecord, size: i64) -> ContainerSummary {
+/// What every container row says: identity, command, state, labels and mounts.
+fn summary_common(r: &ContainerRecord) -> ContainerSummary {
     ContainerSummary {
         id: Some(r.id.clone()),
         names: Some(vec![format!("/{}", r.name)]),
@@ -162,29 +160,29 @@ pub fn disk_usage_summary(r: &ContainerRecord, size: i64) -> ContainerSummary {
         image_id: Some(r.image_id.clone()),
         command: Some(command_string(r)),
         created: Some(unix_secs(&r.created)),
+        labels: Some(r.config.labels.clone().unwrap_or_default()),
         state: Some(summary_state(r.state.status)),
         status: Some(status_string(r)),
-        size_rw: Some(size),
-        size_root_fs: Some(size),
-        labels: Some(r.config.labels.clone().unwrap_or_default()),
         mounts: Some(mount_points(r)),
         ..Default::default()
+    }
+}
+
+/// A row of `system/df`'s `Containers`: the common row (`docker system df -v` counts a
+/// volume's links from its mounts) and the writable layer's size (`size`, shown as both
+/// `SizeRw` and `SizeRootFs`), without the ports and networks of `docker ps`.
+pub fn disk_usage_summary(r: &ContainerRecord, size: i64) -> ContainerSummary {
+    ContainerSummary {
+        size_rw: Some(size),
+        size_root_fs: Some(size),
+        ..summary_common(r)
     }
 }
 
 pub(super) fn summary(engine: &AppState, r: &ContainerRecord) -> ContainerSummary {
     let net = crate::routes::networks::container_net(engine, r);
     ContainerSummary {
-        id: Some(r.id.clone()),
-        names: Some(vec![format!("/{}", r.name)]),
-        image: Some(r.image_ref.clone()),
-        image_id: Some(r.image_id.clone()),
-        command: Some(command_string(r)),
-        created: Some(unix_secs(&r.created)),
         ports: Some(net.summary_ports),
-        labels: Some(r.config.labels.clone().unwrap_or_default()),
-        state: Some(summary_state(r.state.status)),
-        status: Some(status_string(r)),
         host_config: Some(ContainerSummaryHostConfig {
             network_mode: r.host_config.network_mode.clone(),
             annotations: None,
@@ -192,8 +190,7 @@ pub(super) fn summary(engine: &AppState, r: &ContainerRecord) -> ContainerSummar
         network_settings: Some(ContainerSummaryNetworkSettings {
             networks: Some(net.networks),
         }),
-        mounts: Some(mount_points(r)),
-        ..Default::default()
+        ..summary_common(r)
     }
 }
 
