@@ -4,10 +4,14 @@
 The seeds are committed; this script is how they were made, rerun it after changing
 it. The fuzz runs never write into seeds/ (scripts/fuzz-smoke.sh gives libFuzzer a
 scratch corpus first)."""
+import gzip
 import io
 import json
+import lzma
 import os
+import shutil
 import struct
+import subprocess
 import tarfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -108,6 +112,12 @@ write("agent_protocol", "session",
       + frame(18, 0, b"") + frame(20, 0, b"input") + frame(21, 0, b""))
 write("agent_protocol", "export-request", '{"what":"archive","args":["stat","/etc","--container-root"]}\n')
 write("agent_protocol", "export-changes", '{"what":"changes","upper":"/run/vm/rw/upper"}\n')
+# The archive child's frames from a guest: a stat answer (stdout), a warning, the exit.
+stat = json.dumps({"name": "etc", "size": 4096, "mode": (1 << 31) | 0o755,
+                   "mtime_unix_nanos": 1700000000 * 10**9, "link_target": ""}).encode()
+write("agent_protocol", "archive-stat",
+      struct.pack(">BI", 1, len(stat)) + stat + struct.pack(">BI", 2, 2) + b"w\n"
+      + struct.pack(">BIi", 3, 4, 0))
 
 # layer_tar: a layer with every entry kind the unpacker handles.
 layer = tar_bytes([
@@ -127,6 +137,13 @@ write("layer_tar", "gnu.tar", tar_bytes([
     ({"name": "d/" + "long" * 40, "mode": 0o600}, b"x"),
     ({"name": "abs", "type": tarfile.SYMTYPE, "linkname": "/etc/passwd"}, None),
 ], fmt=tarfile.GNU_FORMAT))
+# The same layer compressed as registries and `docker import` send it.
+write("layer_tar", "layer.tar.gz", gzip.compress(layer, mtime=0))
+write("layer_tar", "layer.tar.xz", lzma.compress(layer))
+if shutil.which("zstd"):
+    write("layer_tar", "layer.tar.zst", subprocess.run(["zstd", "-q", "-c"], input=layer, check=True, stdout=subprocess.PIPE).stdout)
+else:
+    print("seeds.py: no zstd binary, layer.tar.zst not written")
 write("layer_tar", "ustar.tar", tar_bytes([({"name": "a/b/c", "mode": 0o644}, b"abc")], fmt=tarfile.USTAR_FORMAT))
 
 # image_archive: `docker save` (manifest.json) and OCI layout (index.json) archives.

@@ -1,8 +1,13 @@
 #![no_main]
 //! What a (possibly compromised) microVM guest agent sends the host, and what the agent
 //! reads from its peers: frames through the codec, each payload as the message its
-//! kind announces, and the export channel's request line.
+//! kind announces, the export channel's request line, and the archive child's frames
+//! (stdout, stderr, exit) that `docker cp` reads back from a guest, with a `stat`
+//! answer decoded as the host decodes it.
 
+use std::sync::OnceLock;
+
+use berth_agent_protocol::client::{archive_next, ArchiveEvent};
 use berth_agent_protocol::export::read_request;
 use berth_agent_protocol::{
     Event, Frame, FrameCodec, FrameKind, Hello, HelloReply, Reply, Request,
@@ -27,8 +32,33 @@ fn payload(frame: &Frame) {
     }
 }
 
+/// The host's reader of archive frames, to the end of the stream or its first error.
+fn archive_frames(data: &[u8]) {
+    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    let rt = RT.get_or_init(|| {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("a runtime")
+    });
+    rt.block_on(async {
+        let mut r = data;
+        let mut stdout = Vec::new();
+        while let Ok(Some(event)) = archive_next(&mut r).await {
+            match event {
+                ArchiveEvent::Stdout(d) => stdout.extend_from_slice(&d),
+                ArchiveEvent::Stderr(_) => {}
+                ArchiveEvent::Exit(_) => {
+                    let _ = serde_json::from_slice::<berth_layer::archive::RawStat>(&stdout);
+                    break;
+                }
+            }
+        }
+    });
+}
+
 fuzz_target!(|data: &[u8]| {
     let _ = read_request(&mut &data[..]);
+    archive_frames(data);
     // A small limit, so that the size check is reached as well as whole frames.
     let mut codec = FrameCodec::with_max_payload(4096);
     let mut src = BytesMut::from(data);

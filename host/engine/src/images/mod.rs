@@ -14,7 +14,8 @@
 mod archive;
 mod auth;
 mod connect;
-pub mod digest;
+/// Stream digests and decompression live in their own crate (fuzzed on their own).
+pub use berth_blob as digest;
 mod distribution;
 mod flatten;
 mod import;

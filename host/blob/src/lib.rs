@@ -1,4 +1,4 @@
-//! sha256 digests of streams and compression sniffing.
+//! Blob streams: sha256 digests of streams, compression sniffing and decompression.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 
