@@ -65,7 +65,8 @@ for manifest in "$DRIVERS"/*/manifest.toml; do
     if ! cmp -s "$wasm" "$OUT/$name/plugin.wasm"; then
         cp "$wasm" "$OUT/$name/plugin.wasm.tmp" && mv "$OUT/$name/plugin.wasm.tmp" "$OUT/$name/plugin.wasm"
     fi
-    cmp -s "$manifest" "$OUT/$name/manifest.toml" || cp "$manifest" "$OUT/$name/manifest.toml"
+    # Replaced, never written in place: a berthd reading it sees the old or the new file.
+    cmp -s "$manifest" "$OUT/$name/manifest.toml" || { cp "$manifest" "$OUT/$name/manifest.toml.tmp" && mv "$OUT/$name/manifest.toml.tmp" "$OUT/$name/manifest.toml"; }
     count=$((count + 1))
 done
 # Authorization plugins (berth:authz world) carry authz.toml instead of manifest.toml:
@@ -77,7 +78,7 @@ for manifest in "$DRIVERS"/*/authz.toml; do
     [ -f "$wasm" ] || { echo "build-plugins: missing $wasm" >&2; exit 1; }
     mkdir -p "$OUT/$name"
     cmp -s "$wasm" "$OUT/$name/plugin.wasm" || { cp "$wasm" "$OUT/$name/plugin.wasm.tmp" && mv "$OUT/$name/plugin.wasm.tmp" "$OUT/$name/plugin.wasm"; }
-    cmp -s "$manifest" "$OUT/$name/authz.toml" || cp "$manifest" "$OUT/$name/authz.toml"
+    cmp -s "$manifest" "$OUT/$name/authz.toml" || { cp "$manifest" "$OUT/$name/authz.toml.tmp" && mv "$OUT/$name/authz.toml.tmp" "$OUT/$name/authz.toml"; }
     count=$((count + 1))
 done
 echo "build-plugins: $count plugins in $OUT" >&2

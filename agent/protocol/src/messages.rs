@@ -130,9 +130,18 @@ pub enum Request {
         mac: String,
         spare_name: String,
     },
+    /// MicroVM guests (PID 1 only): new contents for the container's `/etc/hosts`, which
+    /// the host owns and the guest only holds (`network connect`/`disconnect` add or drop
+    /// the container's own line; a linked container that restarted has a new address).
+    /// Rewritten in place. Versioned as [`Request::ConfigureNic`].
+    RewriteEtcHosts {
+        version: u32,
+        hosts: String,
+    },
 }
 
-/// The version of [`Request::ConfigureNic`] and [`Request::DeconfigureNic`] (added in
+/// The version of [`Request::ConfigureNic`], [`Request::DeconfigureNic`] and
+/// [`Request::RewriteEtcHosts`] (added in
 /// protocol 1 without a version bump, so a running VM whose agent predates them keeps
 /// being served).
 pub const NIC_REQUESTS_VERSION: u32 = 1;

@@ -286,6 +286,9 @@ impl Agent {
                 mac,
                 spare_name,
             } => self.deconfigure_nic(version, mac, spare_name).await,
+            Request::RewriteEtcHosts { version, hosts } => {
+                self.rewrite_etc_file(version, "hosts", hosts)
+            }
         }
     }
 

@@ -1,5 +1,6 @@
 //! `ConfigureNic` / `DeconfigureNic`: a microVM's spare NICs joining and leaving networks
-//! while the container runs (`docker network connect/disconnect`), see `guest_net.rs`.
+//! while the container runs (`docker network connect/disconnect`), see `guest_net.rs`;
+//! `RewriteEtcHosts`: the /etc/hosts that goes with them.
 
 use berth_agent_protocol::{ErrorKind, NicConfig, Reply, Response, NIC_REQUESTS_VERSION};
 
@@ -45,13 +46,21 @@ impl Agent {
             .map_err(|e| err(ErrorKind::Internal, e.to_string()))?
             .map_err(|e| err(io_kind(&e), e.to_string()))?;
         if let Some(text) = resolv_conf {
-            // Bind-mounted into the container: rewritten in place, so the container sees
-            // the new contents (a rename would leave it looking at the old inode).
-            let p = self.exec_dir.join("resolv.conf");
-            if p.exists() {
-                std::fs::write(&p, text)
-                    .map_err(|e| err(ErrorKind::Internal, format!("rewriting resolv.conf: {e}")))?;
-            }
+            self.rewrite_etc_file(version, "resolv.conf", text)?;
+        }
+        Ok(Response::Ok)
+    }
+
+    /// One of the host's /etc files the container holds, `name` in the exec dir.
+    pub(super) fn rewrite_etc_file(&self, version: u32, name: &str, text: String) -> Reply {
+        check(version)?;
+        // Bind-mounted into the container: rewritten in place, so the container sees the
+        // new contents (a rename would leave it looking at the old inode). A container
+        // started without the file (it brought its own) keeps its own.
+        let p = self.exec_dir.join(name);
+        if p.exists() {
+            std::fs::write(&p, text)
+                .map_err(|e| err(ErrorKind::Internal, format!("rewriting {name}: {e}")))?;
         }
         Ok(Response::Ok)
     }

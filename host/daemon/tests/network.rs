@@ -274,7 +274,32 @@ fn connect_disconnect_container_and_host_modes_and_etc_files() {
     let mut on_n1: Vec<&str> = on_n1.lines().collect();
     on_n1.sort();
     assert_eq!(on_n1, ["ca", "cb"]);
+    // dockerd appends the container's new address to its /etc/hosts on connect; the
+    // line goes again on disconnect.
+    let n1_ip = d
+        .docker_ok(&[
+            "inspect",
+            "-f",
+            "{{.NetworkSettings.Networks.n1.IPAddress}}",
+            "ca",
+        ])
+        .trim()
+        .to_string();
+    let ca_host = d
+        .docker_ok(&["inspect", "-f", "{{.Config.Hostname}}", "ca"])
+        .trim()
+        .to_string();
+    let hosts = d.docker_ok(&["exec", "ca", "cat", "/etc/hosts"]);
+    assert!(
+        hosts.ends_with(&format!("\t{ca_host}\n{n1_ip}\t{ca_host}\n")),
+        "{hosts}"
+    );
     d.docker_ok(&["network", "disconnect", "n1", "ca"]);
+    let hosts = d.docker_ok(&["exec", "ca", "cat", "/etc/hosts"]);
+    assert!(
+        !hosts.contains(&n1_ip) && hosts.contains(&format!("\t{ca_host}\n")),
+        "{hosts}"
+    );
     assert_eq!(
         d.docker_ok(&["ps", "--filter", "network=n1", "--format", "{{.Names}}"])
             .trim(),

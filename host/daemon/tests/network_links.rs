@@ -95,6 +95,32 @@ fn links_give_hosts_entries_variables_and_dockerd_errors() {
     d.docker_ok(&["start", "db"]);
     let out = d.docker_ok(&["start", "-a", "web"]);
     assert!(out.contains("ping-ok"), "{out}");
+    // A linker that keeps running while its target restarts with another address: its
+    // hosts line follows, as with dockerd.
+    d.docker_ok(&[
+        "run", "-d", "--name", "lnk", "--link", "db:data", IMG, "sleep", "1000",
+    ]);
+    let before = d.docker_ok(&["inspect", "-f", "{{.NetworkSettings.IPAddress}}", "db"]);
+    d.docker_ok(&["stop", "-t", "0", "db"]);
+    d.docker_ok(&["run", "-d", "--name", "filler", IMG, "sleep", "1000"]);
+    d.docker_ok(&["start", "db"]);
+    let after = d
+        .docker_ok(&["inspect", "-f", "{{.NetworkSettings.IPAddress}}", "db"])
+        .trim()
+        .to_string();
+    assert_ne!(
+        before.trim(),
+        after,
+        "db kept its address: the test proves nothing"
+    );
+    let hosts = d.docker_ok(&["exec", "lnk", "cat", "/etc/hosts"]);
+    assert!(
+        hosts.contains(&format!("{after}\tdata {db_host} db\n")),
+        "{hosts}"
+    );
+    assert!(!hosts.contains(&format!("{}\t", before.trim())), "{hosts}");
+    d.docker_ok(&["exec", "lnk", "ping", "-c1", "-W5", "data"]);
+    d.docker_ok(&["rm", "-f", "lnk", "filler"]);
 
     // On a user-defined network a link is a name only: no variables.
     d.docker_ok(&["network", "create", "app"]);

@@ -354,6 +354,15 @@ impl AgentClient {
         .await
     }
 
+    /// A microVM guest's new `/etc/hosts` (see [`Request::RewriteEtcHosts`]).
+    pub async fn rewrite_etc_hosts(&self, hosts: String) -> Result<()> {
+        self.call_ok(Request::RewriteEtcHosts {
+            version: crate::NIC_REQUESTS_VERSION,
+            hosts,
+        })
+        .await
+    }
+
     /// Kills the container's processes, removes its cgroups and makes the agent exit.
     pub async fn shutdown(&self) -> Result<()> {
         match self.call(Request::Shutdown).await {

@@ -183,6 +183,7 @@ impl Containers {
         let _ = c.running.send_replace(true);
         self.save(c)?;
         self.publish(&c.record(), "start", &[]);
+        self.refresh_linkers(&c.record()).await;
         self.spawn_monitor(c.clone(), agent, Some(pump));
         self.spawn_health_monitor(c.clone(), true);
         Ok(())

@@ -5,11 +5,13 @@
 //! network with the linker; the linker then gets an `/etc/hosts` line for the target
 //! (`IP ALIAS HOSTNAME NAME`) and, on the default bridge, the `ALIAS_PORT_*`, `ALIAS_NAME`
 //! and `ALIAS_ENV_*` variables. On a user-defined network the alias is a name only, as
-//! in dockerd (no variables there).
+//! in dockerd (no variables there). When a target starts again, running linkers' hosts
+//! lines follow its new address.
 
 use std::net::Ipv4Addr;
 
 use super::{ContainerRecord, Containers};
+use crate::networks::{etc, Networks};
 use crate::{Error, Result};
 
 /// One link: the target's name (no `/`) and the alias the linker knows it by.
@@ -37,10 +39,19 @@ pub(crate) fn parse_link(s: &str) -> Result<Link> {
 
 /// What a started linker learns about one target.
 pub(crate) struct Linked {
-    /// `IP\tALIAS HOSTNAME NAME` as an `--add-host` entry (`names:ip`).
-    pub hosts_entry: String,
+    /// `ALIAS HOSTNAME NAME`: the names of the target's /etc/hosts line.
+    pub names: String,
+    /// The target's address on the network the two share.
+    pub ip: Ipv4Addr,
     /// The variables, empty off the default bridge.
     pub env: Vec<String>,
+}
+
+impl Linked {
+    /// The hosts line as an `--add-host` entry (`names:ip`).
+    pub fn hosts_entry(&self) -> String {
+        format!("{}:{}", self.names, self.ip)
+    }
 }
 
 impl Containers {
@@ -89,58 +100,103 @@ impl Containers {
             return Ok(Vec::new());
         }
         let nets = self.networks()?;
-        let mut out = Vec::with_capacity(links.len());
-        for l in &links {
-            let link = parse_link(l)?;
-            let shown = format!("/{} AS /{}/{}", link.target, rec.name, link.alias);
-            let target = self.get(&link.target).map_err(|_| {
-                Error::internal(format!("Cannot link to a non running container: {shown}"))
-            })?;
-            let trec = target.record();
-            if !trec.state.status.is_running() {
-                return Err(Error::internal(format!(
-                    "Cannot link to a non running container: {shown}"
-                )));
+        links
+            .iter()
+            .map(|l| self.resolve_link(rec, &parse_link(l)?, nets))
+            .collect()
+    }
+
+    fn resolve_link(&self, rec: &ContainerRecord, link: &Link, nets: &Networks) -> Result<Linked> {
+        let shown = format!("/{} AS /{}/{}", link.target, rec.name, link.alias);
+        let target = self.get(&link.target).map_err(|_| {
+            Error::internal(format!("Cannot link to a non running container: {shown}"))
+        })?;
+        let trec = target.record();
+        if !trec.state.status.is_running() {
+            return Err(Error::internal(format!(
+                "Cannot link to a non running container: {shown}"
+            )));
+        }
+        let endpoints = nets.container_endpoints(&trec.id);
+        let shared = rec.networks.iter().find_map(|a| {
+            endpoints
+                .iter()
+                .find(|e| e.network_id == a.network_id)
+                .map(|e| (a, e.ip))
+        });
+        let Some((attachment, ip)) = shared else {
+            return Err(Error::invalid(format!(
+                "Cannot link to /{}, as it does not belong to the default network",
+                trec.name
+            )));
+        };
+        let default_bridge = nets
+            .get(&attachment.network_id)
+            .map(|n| n.is_default_bridge())
+            .unwrap_or(false);
+        let hostname = trec.config.hostname.clone().unwrap_or_default();
+        let mut names = vec![link.alias.clone()];
+        for n in [hostname, trec.name.clone()] {
+            if !n.is_empty() && !names.contains(&n) {
+                names.push(n);
             }
-            let endpoints = nets.container_endpoints(&trec.id);
-            let shared = rec.networks.iter().find_map(|a| {
-                endpoints
-                    .iter()
-                    .find(|e| e.network_id == a.network_id)
-                    .map(|e| (a, e.ip))
-            });
-            let Some((attachment, ip)) = shared else {
-                return Err(Error::invalid(format!(
-                    "Cannot link to /{}, as it does not belong to the default network",
-                    trec.name
-                )));
-            };
-            let default_bridge = nets
-                .get(&attachment.network_id)
-                .map(|n| n.is_default_bridge())
-                .unwrap_or(false);
-            let hostname = trec.config.hostname.clone().unwrap_or_default();
-            let mut names = vec![link.alias.clone()];
-            for n in [hostname, trec.name.clone()] {
-                if !n.is_empty() && !names.contains(&n) {
-                    names.push(n);
+        }
+        Ok(Linked {
+            names: names.join(" "),
+            ip,
+            env: if default_bridge {
+                link_env(
+                    &format!("/{}/{}", rec.name, link.alias),
+                    ip,
+                    trec.config.exposed_ports.as_deref().unwrap_or_default(),
+                    trec.config.env.as_deref().unwrap_or_default(),
+                )
+            } else {
+                Vec::new()
+            },
+        })
+    }
+
+    /// After `target` started again (maybe with a new address): every running linker's
+    /// /etc/hosts line for it, as dockerd updates them. The link variables stay what
+    /// they were at the linker's start, as in dockerd.
+    pub(super) async fn refresh_linkers(&self, target: &ContainerRecord) {
+        let Ok(nets) = self.networks() else {
+            return;
+        };
+        for linker in self.all() {
+            // On every start: most containers link to nothing, so look before copying
+            // the record.
+            let has_links = linker
+                .rec
+                .lock()
+                .unwrap()
+                .host_config
+                .links
+                .as_ref()
+                .is_some_and(|l| !l.is_empty());
+            if !has_links || linker.id == target.id {
+                continue;
+            }
+            let rec = linker.record();
+            if !rec.state.status.is_running() {
+                continue;
+            }
+            for l in rec.host_config.links.iter().flatten() {
+                let Ok(link) = parse_link(l) else { continue };
+                if self.get(&link.target).map(|t| t.id.clone()).ok().as_deref() != Some(&target.id)
+                {
+                    continue;
+                }
+                let Ok(linked) = self.resolve_link(&rec, &link, nets) else {
+                    continue;
+                };
+                let edit = |hosts: &str| etc::hosts_with_link(hosts, &linked.names, &linked.ip);
+                if let Err(e) = self.edit_etc_hosts(&linker, &rec, edit).await {
+                    tracing::warn!(linker = %rec.id, target = %target.id, "updating a link's hosts line: {e}");
                 }
             }
-            out.push(Linked {
-                hosts_entry: format!("{}:{ip}", names.join(" ")),
-                env: if default_bridge {
-                    link_env(
-                        &format!("/{}/{}", rec.name, link.alias),
-                        ip,
-                        trec.config.exposed_ports.as_deref().unwrap_or_default(),
-                        trec.config.env.as_deref().unwrap_or_default(),
-                    )
-                } else {
-                    Vec::new()
-                },
-            });
         }
-        Ok(out)
     }
 }
 

@@ -176,7 +176,7 @@ impl Containers {
         if matches!(mode(rec), Mode::Networks) {
             let mut link_env = Vec::new();
             for linked in self.resolve_links(rec)? {
-                req.extra_hosts.push(linked.hosts_entry);
+                req.extra_hosts.push(linked.hosts_entry());
                 link_env.extend(linked.env);
             }
             // Before the container's own variables, which win (dockerd's order).
@@ -274,6 +274,11 @@ impl Containers {
     ) -> Result<()> {
         let hostname = format!("{}\n", rec.config.hostname.clone().unwrap_or_default());
         if !self.backend(rec).capabilities().host_namespaces {
+            // The host's copy of what the guest holds, which `network connect` and a
+            // linked container's restart edit (see `edit_etc_hosts`).
+            let p = self.container_dir(&rec.id).join("hosts");
+            let _ = std::fs::remove_file(&p);
+            std::fs::write(&p, hosts.as_bytes())?;
             spec.etc_hosts = Some(hosts);
             spec.etc_resolv_conf = Some(resolv);
             spec.etc_hostname = Some(hostname);
@@ -349,13 +354,16 @@ impl Containers {
         }
         let att = attachment(&net, es.as_ref())?;
         let running = rec.state.status.is_running();
+        let mut address = None;
         if running && self.backend(&rec).capabilities().guest_nics {
-            self.connect_running_vm(c, &rec, &net, &att, es.as_ref())
-                .await?;
+            address = Some(
+                self.connect_running_vm(c, &rec, &net, &att, es.as_ref())
+                    .await?,
+            );
         } else if running && self.backend(&rec).capabilities().host_namespaces {
             let mut req = self.sandbox_request(&rec);
             req.attachments = vec![att.clone()];
-            nets.connect_running(&req, &att).await?;
+            address = Some(nets.connect_running(&req, &att).await?.ip);
             // The file is bind-mounted: rewrite it in place (a rename would leave the
             // container looking at the old inode).
             if let Some(resolv) = self.resolv_conf_after_connect(&rec, &net, &req) {
@@ -366,7 +374,40 @@ impl Containers {
             }
         }
         c.update(|r| r.networks.push(att));
-        self.save(c)
+        self.save(c)?;
+        if let Some(ip) = address {
+            let hostname = rec.config.hostname.clone().unwrap_or_default();
+            let edit = |hosts: &str| Some(etc::hosts_with_address(hosts, &ip, &hostname));
+            self.edit_etc_hosts(c, &rec, edit).await?;
+        }
+        Ok(())
+    }
+
+    /// Applies `edit` to a running container's engine-owned /etc/hosts: rewritten in
+    /// place on the host (process isolation bind-mounts it, so the container sees the
+    /// same inode change), and sent to the guest agent for a microVM (the host's file is
+    /// the record of what the guest holds). `edit` answers `None` for no change.
+    pub(super) async fn edit_etc_hosts(
+        &self,
+        c: &Arc<Container>,
+        rec: &ContainerRecord,
+        edit: impl FnOnce(&str) -> Option<String>,
+    ) -> Result<()> {
+        let p = self.container_dir(&rec.id).join("hosts");
+        let Ok(current) = std::fs::read_to_string(&p) else {
+            return Ok(());
+        };
+        let Some(hosts) = edit(&current) else {
+            return Ok(());
+        };
+        std::fs::write(&p, &hosts)?;
+        if !self.backend(rec).capabilities().host_namespaces {
+            c.live_agent()?
+                .rewrite_etc_hosts(hosts)
+                .await
+                .map_err(super::lifecycle::agent_err)?;
+        }
+        Ok(())
     }
 
     /// Docker turns the embedded DNS on when a container from the default bridge joins a
@@ -404,7 +445,14 @@ impl Containers {
                 c.id, net.name
             )));
         }
-        if rec.state.status.is_running() {
+        let running = rec.state.status.is_running();
+        let lost: Vec<_> = nets
+            .container_endpoints(&c.id)
+            .into_iter()
+            .filter(|e| running && e.network_id == net.id)
+            .map(|e| e.ip)
+            .collect();
+        if running {
             if self.backend(&rec).capabilities().guest_nics {
                 self.disconnect_running_vm(c, &rec, &net).await?;
             } else {
@@ -412,7 +460,17 @@ impl Containers {
             }
         }
         c.update(|r| r.networks.retain(|a| a.network_id != net.id));
-        self.save(c)
+        self.save(c)?;
+        if !lost.is_empty() {
+            let edit = |hosts: &str| {
+                let kept = lost.iter().fold(hosts.to_string(), |h, ip| {
+                    etc::hosts_without_address(&h, ip)
+                });
+                (kept != hosts).then_some(kept)
+            };
+            self.edit_etc_hosts(c, &rec, edit).await?;
+        }
+        Ok(())
     }
 
     /// Container ids (with names) attached to a network by their records, running or not.

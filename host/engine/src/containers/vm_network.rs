@@ -73,7 +73,7 @@ impl Containers {
     }
 
     /// `network connect` of a running microVM container: a new endpoint on a spare NIC,
-    /// configured by the guest agent.
+    /// configured by the guest agent. Returns the endpoint's address.
     pub(super) async fn connect_running_vm(
         &self,
         c: &Arc<Container>,
@@ -81,7 +81,7 @@ impl Containers {
         net: &NetworkRecord,
         att: &Attachment,
         es: Option<&EndpointSettings>,
-    ) -> Result<()> {
+    ) -> Result<std::net::Ipv4Addr> {
         if let Some(why) = unsupported_setting(att, es) {
             return Err(Error::invalid(format!(
                 "cannot connect running microVM container {} to network {}: {why}",
@@ -117,7 +117,7 @@ impl Containers {
                 net.name
             )));
         }
-        Ok(())
+        Ok(ep.ip)
     }
 
     /// `network disconnect` of a running microVM container: the guest NIC becomes a spare

@@ -47,17 +47,65 @@ pub fn hosts_file(
         s.push_str(&format!("127.0.1.1\t{hostname}\n"));
     }
     for (ip, names) in own {
-        let mut line = format!("{ip}\t{hostname}");
-        for n in names {
-            if n != hostname {
-                line.push(' ');
-                line.push_str(n);
-            }
-        }
-        s.push_str(&line);
-        s.push('\n');
+        s.push_str(&own_line(ip, hostname, names));
     }
     s
+}
+
+/// The container's line for one of its addresses: `IP\tHOSTNAME NAMES...`.
+fn own_line(ip: &impl std::fmt::Display, hostname: &str, names: &[String]) -> String {
+    let mut line = format!("{ip}\t{hostname}");
+    for n in names {
+        if n != hostname {
+            line.push(' ');
+            line.push_str(n);
+        }
+    }
+    line.push('\n');
+    line
+}
+
+/// After `network connect` of a running container: its new address appended, as dockerd
+/// does (the lines already there, the user's edits included, stay).
+pub fn hosts_with_address(current: &str, ip: &impl std::fmt::Display, hostname: &str) -> String {
+    let mut s = current.to_string();
+    if !s.is_empty() && !s.ends_with('\n') {
+        s.push('\n');
+    }
+    s.push_str(&own_line(ip, hostname, &[]));
+    s
+}
+
+/// After `network disconnect`: without the lines of the address the container lost.
+pub fn hosts_without_address(current: &str, ip: &impl std::fmt::Display) -> String {
+    let ip = ip.to_string();
+    current
+        .split_inclusive('\n')
+        .filter(|l| l.split_whitespace().next() != Some(ip.as_str()))
+        .collect()
+}
+
+/// A linked container restarted with a new address: the lines naming exactly `names`
+/// (its link entry, `ALIAS HOSTNAME NAME`) point at `ip` now, as dockerd updates a
+/// linker's hosts file when the target starts again. `None` when nothing changes.
+pub fn hosts_with_link(current: &str, names: &str, ip: &impl std::fmt::Display) -> Option<String> {
+    let want: Vec<&str> = names.split_whitespace().collect();
+    let line = format!("{ip}\t{names}\n");
+    let mut changed = false;
+    let out = current
+        .split_inclusive('\n')
+        .map(|l| {
+            let mut fields = l.split_whitespace();
+            let _addr = fields.next();
+            if fields.collect::<Vec<_>>() == want && l != line {
+                changed = true;
+                line.as_str()
+            } else {
+                l
+            }
+        })
+        .collect();
+    changed.then_some(out)
 }
 
 /// Nameservers from the host's resolv.conf, minus loopback ones (unreachable from a
@@ -142,6 +190,19 @@ mod tests {
             &[],
         );
         assert!(h.ends_with("10.0.0.5\tabc web\n"));
+        let ip: Ipv4Addr = "10.1.0.7".parse().unwrap();
+        let connected = hosts_with_address(&h, &ip, "abc");
+        assert!(connected.ends_with("10.0.0.5\tabc web\n10.1.0.7\tabc\n"));
+        assert_eq!(hosts_without_address(&connected, &ip), h);
+        // A prefix of another address is not that address.
+        let other: Ipv4Addr = "10.0.0.50".parse().unwrap();
+        assert_eq!(hosts_without_address(&h, &other), h);
+        let linked = hosts_file("abc", &[], &[("db abc123 db1".into(), "10.0.0.2".into())]);
+        let moved = hosts_with_link(&linked, "db abc123 db1", &"10.0.0.9").unwrap();
+        assert!(moved.contains("10.0.0.9\tdb abc123 db1\n"));
+        assert!(!moved.contains("10.0.0.2"));
+        assert_eq!(hosts_with_link(&moved, "db abc123 db1", &"10.0.0.9"), None);
+        assert_eq!(hosts_with_link(&moved, "db", &"10.0.0.3"), None);
         let r = resolv_conf(
             &[],
             &["x.test".into()],
