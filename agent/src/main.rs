@@ -20,7 +20,6 @@ mod namespaces;
 mod pod_member;
 mod process;
 mod rootfs;
-mod seccomp;
 mod server;
 mod state;
 mod stdio;

@@ -18,7 +18,7 @@ use nix::{
     unistd::{fork, ForkResult},
 };
 
-use crate::{capabilities, cgroups::Cgroup, namespaces, rootfs, seccomp, tty, user};
+use crate::{capabilities, cgroups::Cgroup, namespaces, rootfs, tty, user};
 
 /// Docker's default PATH, used when the image sets none.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -376,10 +376,12 @@ fn child_setup(
         prctl(libc::PR_SET_NO_NEW_PRIVS, 1).map_err(step("no_new_privs"))?;
     }
     if l.seccomp {
-        if let Some(filter) = seccomp::filter_for(&spec.security.seccomp, l.caps)
+        let has_cap =
+            |name: &str| capabilities::cap_number(name).is_some_and(|n| l.caps & (1u64 << n) != 0);
+        if let Some(filter) = berth_seccomp::filter_for(&spec.security.seccomp, &has_cap)
             .map_err(|e| LaunchError::setup(format!("seccomp: {e}")))?
         {
-            seccomp::install(&filter).map_err(step("seccomp"))?;
+            berth_seccomp::install(&filter).map_err(step("seccomp"))?;
         }
     }
     let groups: Vec<nix::unistd::Gid> = u

@@ -167,3 +167,31 @@ write("image_archive", "oci-layout.tar", tar_bytes([
     ({"name": "blobs/sha256/" + h, "mode": 0o644}, small_layer),
     ({"name": "blobs/sha256/" + "b" * 64, "type": tarfile.LNKTYPE, "linkname": "blobs/sha256/" + h}, None),
 ], fmt=tarfile.USTAR_FORMAT))
+
+# seccomp_profile: Docker's profile format, with every action, operator and condition.
+write("seccomp_profile", "docker-format.json", json.dumps({
+    "defaultAction": "SCMP_ACT_ERRNO", "defaultErrnoRet": 1,
+    "archMap": [{"architecture": "SCMP_ARCH_X86_64", "subArchitectures": ["SCMP_ARCH_X86", "SCMP_ARCH_X32"]}],
+    "syscalls": [
+        {"names": ["read", "write", "exit_group"], "action": "SCMP_ACT_ALLOW"},
+        {"name": "personality", "action": "SCMP_ACT_ALLOW",
+         "args": [{"index": 0, "value": 0, "op": "SCMP_CMP_EQ"}]},
+        {"names": ["clone"], "action": "SCMP_ACT_ALLOW",
+         "args": [{"index": 0, "value": 2114060288, "valueTwo": 0, "op": "SCMP_CMP_MASKED_EQ"}],
+         "excludes": {"caps": ["CAP_SYS_ADMIN"]}},
+        {"names": ["mount"], "action": "SCMP_ACT_ALLOW", "includes": {"caps": ["CAP_SYS_ADMIN"]}},
+        {"names": ["ptrace"], "action": "SCMP_ACT_ALLOW", "includes": {"minKernel": "4.8"}},
+        {"names": ["socket"], "action": "SCMP_ACT_ERRNO", "errnoRet": 97,
+         "args": [{"index": 0, "value": 40, "op": "SCMP_CMP_GE"},
+                  {"index": 1, "value": 3, "op": "SCMP_CMP_LT"}]},
+        {"names": ["kill"], "action": "SCMP_ACT_LOG", "args": [{"index": 1, "value": 9, "op": "SCMP_CMP_NE"}]},
+        {"names": ["tkill"], "action": "SCMP_ACT_KILL_PROCESS"},
+        {"names": ["getppid"], "action": "SCMP_ACT_TRACE", "errnoRet": 5},
+        {"names": ["uname"], "action": "SCMP_ACT_TRAP", "excludes": {"arches": ["arm64"]}},
+        {"names": ["getpid"], "action": "SCMP_ACT_KILL_THREAD",
+         "args": [{"index": 5, "value": 18446744073709551615, "op": "SCMP_CMP_GT"},
+                  {"index": 4, "value": 1, "op": "SCMP_CMP_LE"}]},
+    ],
+}))
+write("seccomp_profile", "unconfined.txt", "unconfined")
+write("seccomp_profile", "minimal.json", '{"defaultAction":"SCMP_ACT_ALLOW","syscalls":null}')

@@ -19,7 +19,6 @@ mod persist;
 mod propagation;
 pub mod record;
 mod removal;
-mod seccomp_profile;
 mod shared_ns;
 mod spec;
 pub mod stdio;

@@ -22,7 +22,7 @@ pub fn parse_security_opts(opts: &[String]) -> Result<(SeccompMode, bool)> {
                 "unconfined" => seccomp = SeccompMode::Unconfined,
                 "" | "default" | "builtin" => seccomp = SeccompMode::Default,
                 // The docker CLI sends the profile file's JSON text.
-                profile => seccomp = super::seccomp_profile::parse(profile)?,
+                profile => seccomp = berth_container_create::seccomp_profile::parse(profile)?,
             },
             "no-new-privileges" => nnp = v.is_empty() || v == "true",
             // LSM labels have no meaning here (no AppArmor/SELinux policy is loaded).

@@ -9,7 +9,7 @@ fn profile(text: &str) -> SeccompProfile {
 
 fn err(text: &str) -> String {
     match parse(text) {
-        Err(Error::InvalidArgument(m)) => m,
+        Err(e) => e.to_string(),
         other => panic!("expected a 400, got {other:?}"),
     }
 }

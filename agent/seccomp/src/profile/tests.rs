@@ -1,14 +1,14 @@
 use berth_agent_protocol::{SeccompAction, SeccompArg, SeccompOp, SeccompProfile, SeccompRule};
 
 use super::*;
-use crate::seccomp::tests::{errno_of, in_child};
+use crate::tests::{errno_of, in_child, DEFAULT_CAPS, SYS_ADMIN};
 
 /// Runs `filter` over a syscall the way the kernel does, for exhaustive checks of the
 /// comparisons without a process per case. Real-process tests below check the kernel agrees.
 fn run(filter: &[libc::sock_filter], nr: u32, args: [u64; 6]) -> u32 {
     let mut data = [0u8; 64];
     data[0..4].copy_from_slice(&nr.to_ne_bytes());
-    data[4..8].copy_from_slice(&super::super::AUDIT_ARCH_X86_64.to_ne_bytes());
+    data[4..8].copy_from_slice(&crate::AUDIT_ARCH_X86_64.to_ne_bytes());
     for (i, a) in args.iter().enumerate() {
         data[16 + 8 * i..24 + 8 * i].copy_from_slice(&a.to_ne_bytes());
     }
@@ -67,7 +67,7 @@ fn comparisons_on_64_bit_values() {
             };
             let f = build(
                 &one_rule(&["read"], SeccompAction::Errno(13), vec![arg]),
-                0,
+                DEFAULT_CAPS,
                 (6, 1),
             )
             .unwrap();
@@ -95,7 +95,7 @@ fn comparisons_on_64_bit_values() {
     };
     let f = build(
         &one_rule(&["clone"], SeccompAction::Errno(13), vec![masked]),
-        0,
+        DEFAULT_CAPS,
         (6, 1),
     )
     .unwrap();
@@ -111,7 +111,6 @@ fn comparisons_on_64_bit_values() {
 
 #[test]
 fn rules_follow_caps_kernel_and_order() {
-    let sys_admin = 1u64 << cap_number("SYS_ADMIN").unwrap();
     let profile = SeccompProfile {
         default_action: SeccompAction::Errno(1),
         rules: vec![
@@ -148,13 +147,13 @@ fn rules_follow_caps_kernel_and_order() {
     };
     let eperm = 0x0005_0001;
     let nr = |n: i64| n as u32;
-    let f = build(&profile, 0, (6, 1)).unwrap();
+    let f = build(&profile, DEFAULT_CAPS, (6, 1)).unwrap();
     assert_eq!(run(&f, nr(libc::SYS_mount), [0; 6]), eperm);
     assert_eq!(run(&f, nr(libc::SYS_getpid), [0; 6]), ALLOW);
     assert_eq!(run(&f, nr(libc::SYS_getppid), [0; 6]), ALLOW);
     assert_eq!(run(&f, nr(libc::SYS_read), [0; 6]), 0x8000_0000);
     assert_eq!(run(&f, nr(libc::SYS_write), [0; 6]), 0x8000_0000);
-    let admin = build(&profile, sys_admin, (4, 4)).unwrap();
+    let admin = build(&profile, SYS_ADMIN, (4, 4)).unwrap();
     assert_eq!(run(&admin, nr(libc::SYS_mount), [0; 6]), ALLOW);
     assert_eq!(run(&admin, nr(libc::SYS_getpid), [0; 6]), eperm);
     assert_eq!(run(&admin, nr(libc::SYS_getppid), [0; 6]), eperm);
@@ -173,7 +172,7 @@ fn too_large_a_profile_is_an_error() {
             ..Default::default()
         })
         .collect();
-    let err = build(&p, 0, (6, 1)).unwrap_err();
+    let err = build(&p, DEFAULT_CAPS, (6, 1)).unwrap_err();
     assert!(err.contains("4096"), "{err}");
 }
 
@@ -195,7 +194,7 @@ fn a_profile_applies_in_a_real_process() {
         }],
         ..Default::default()
     });
-    let filter = build(&p, 0, kernel_version()).unwrap();
+    let filter = build(&p, DEFAULT_CAPS, kernel_version()).unwrap();
     let code = in_child(filter, || {
         let mut bad = 0;
         // SAFETY: syscalls with harmless arguments.

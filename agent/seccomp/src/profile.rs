@@ -9,8 +9,10 @@
 //! profile: i386 and x32 calls are refused with EPERM, as in the default filter.
 use berth_agent_protocol::{SeccompAction, SeccompArg, SeccompOp, SeccompProfile, SeccompRule};
 
-use super::{jump, prologue, stmt, syscalls, BPF_JEQ_K, BPF_JGE_K, BPF_LD_W_ABS, BPF_RET_K};
-use crate::capabilities::cap_number;
+use super::{
+    jump, prologue, stmt, syscalls, HasCap, BPF_JEQ_K, BPF_JGE_K, BPF_JSET_K, BPF_LD_W_ABS,
+    BPF_RET_K,
+};
 
 const BPF_JGT_K: u16 = 0x25;
 const BPF_ALU_AND_K: u16 = 0x54;
@@ -30,14 +32,10 @@ fn ret(action: SeccompAction) -> u32 {
     }
 }
 
-/// Whether `rule` applies to a process with capability mask `caps` on kernel `kernel`.
-fn applies(rule: &SeccompRule, caps: u64, kernel: (u32, u32)) -> bool {
-    let has = |name: &String| {
-        let bare = name.strip_prefix("CAP_").unwrap_or(name);
-        cap_number(bare).is_some_and(|n| caps & (1u64 << n) != 0)
-    };
-    rule.include_caps.iter().all(has)
-        && !rule.exclude_caps.iter().any(has)
+/// Whether `rule` applies to a process with the capabilities `has` on kernel `kernel`.
+fn applies(rule: &SeccompRule, has: HasCap, kernel: (u32, u32)) -> bool {
+    rule.include_caps.iter().all(|c| has(c))
+        && !rule.exclude_caps.iter().any(|c| has(c))
         && rule.include_min_kernel.is_none_or(|v| kernel >= v)
         && rule.exclude_min_kernel.is_none_or(|v| kernel < v)
 }
@@ -158,19 +156,27 @@ fn condition(a: &mut Asm, arg: &SeccompArg, fail: usize) {
 
 /// The running kernel's `(major, minor)`.
 pub fn kernel_version() -> (u32, u32) {
-    let release = nix::sys::utsname::uname()
-        .map(|u| u.release().to_string_lossy().into_owned())
-        .unwrap_or_default();
+    // SAFETY: uname(2) fills the zeroed struct; its fields are NUL-terminated.
+    let release = unsafe {
+        let mut u: libc::utsname = std::mem::zeroed();
+        if libc::uname(&mut u) == 0 {
+            std::ffi::CStr::from_ptr(u.release.as_ptr())
+                .to_string_lossy()
+                .into_owned()
+        } else {
+            String::new()
+        }
+    };
     let mut parts = release
         .split(|c: char| !c.is_ascii_digit())
         .map(|p| p.parse::<u32>().unwrap_or(0));
     (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
 }
 
-/// Compiles `profile` for a process with capability mask `caps` on kernel `kernel`.
+/// Compiles `profile` for a process with the capabilities `has` on kernel `kernel`.
 pub fn build(
     profile: &SeccompProfile,
-    caps: u64,
+    has: HasCap,
     kernel: (u32, u32),
 ) -> Result<Vec<libc::sock_filter>, String> {
     let mut a = Asm {
@@ -182,7 +188,7 @@ pub fn build(
     }
     // The accumulator holds the syscall number between rules.
     for rule in &profile.rules {
-        if rule.action == profile.default_action || !applies(rule, caps, kernel) {
+        if rule.action == profile.default_action || !applies(rule, has, kernel) {
             continue;
         }
         let mut seen = Vec::new();
@@ -209,6 +215,36 @@ pub fn build(
     }
     a.op(stmt(BPF_RET_K, ret(profile.default_action)));
     a.finish()
+}
+
+/// What the kernel's classic-BPF checker (`bpf_check_classic`, for the opcodes these
+/// filters use) and seccomp's own checks would refuse: a program that is empty or longer
+/// than [`MAX_INSNS`], a jump past the end, a load outside `seccomp_data` or unaligned, an
+/// opcode not emitted here, or a last instruction that is not a return.
+pub fn check_program(p: &[libc::sock_filter]) -> Result<(), String> {
+    if p.is_empty() || p.len() > MAX_INSNS {
+        return Err(format!("{} instructions", p.len()));
+    }
+    for (i, f) in p.iter().enumerate() {
+        let after = i + 1;
+        match f.code {
+            BPF_LD_W_ABS if f.k % 4 != 0 || f.k >= 64 => {
+                return Err(format!("instruction {i}: load at offset {}", f.k))
+            }
+            BPF_LD_W_ABS | BPF_ALU_AND_K | BPF_RET_K => {}
+            BPF_JEQ_K | BPF_JGE_K | BPF_JGT_K | BPF_JSET_K => {
+                let far = after + usize::from(f.jt.max(f.jf));
+                if far >= p.len() {
+                    return Err(format!("instruction {i}: a jump past the end"));
+                }
+            }
+            other => return Err(format!("instruction {i}: opcode {other:#x}")),
+        }
+    }
+    match p.last() {
+        Some(f) if f.code == BPF_RET_K => Ok(()),
+        _ => Err("the last instruction is not a return".into()),
+    }
 }
 
 #[cfg(test)]

@@ -126,9 +126,12 @@ fn fail(msg: impl std::fmt::Display) -> Error {
     Error::invalid(format!("Decoding seccomp profile failed: {msg}"))
 }
 
+/// Linux's EPERM, the errno of an action that names none (as libseccomp's default).
+const EPERM: u32 = 1;
+
 fn action(name: &str, errno_ret: Option<u32>) -> Result<SeccompAction> {
     let ret = |what: &str| -> Result<u16> {
-        let v = errno_ret.unwrap_or(libc::EPERM as u32);
+        let v = errno_ret.unwrap_or(EPERM);
         u16::try_from(v).map_err(|_| fail(format!("{what} value {v} is out of range")))
     };
     Ok(match name {
