@@ -174,6 +174,7 @@ impl Containers {
                 Some(HostConfigCgroupnsModeEnum::PRIVATE) => CgroupNamespace::Private,
                 _ => CgroupNamespace::Host,
             },
+            userns: self.userns_for(rec),
         };
         self.backend(rec).map_resources(&mut spec.resources);
         Ok(spec)

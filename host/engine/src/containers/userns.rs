@@ -1,0 +1,66 @@
+//! `--userns-remap` per container: which containers run in the daemon's user namespace
+//! maps, and dockerd 20.10's create-time rules for the options that conflict with it.
+use berth_agent_protocol::UserNamespace;
+use bollard_stubs::models::HostConfig;
+
+use super::record::{ContainerRecord, Isolation};
+use super::Containers;
+use crate::{Error, Result};
+
+/// `HostConfig.UsernsMode`: empty (the daemon's choice) or `host` (no user namespace).
+fn host_userns(hc: &HostConfig) -> Result<bool> {
+    match hc.userns_mode.as_deref().unwrap_or("") {
+        "" => Ok(false),
+        "host" => Ok(true),
+        other => Err(Error::invalid(format!(
+            "invalid --userns: {other:?} (only \"host\" is supported)"
+        ))),
+    }
+}
+
+impl Containers {
+    /// Refuses, with dockerd's words, what cannot run in a remapped container. Only
+    /// process isolation is remapped: in a microVM the VM is the boundary instead.
+    pub(crate) fn validate_userns(&self, hc: &HostConfig, isolation: Isolation) -> Result<()> {
+        let host = host_userns(hc)?;
+        if self.paths.userns.is_none() || host || isolation != Isolation::Process {
+            return Ok(());
+        }
+        if hc.privileged.unwrap_or(false) {
+            return Err(Error::invalid(
+                "privileged mode is incompatible with user namespaces.  You must run the container in the host namespace when running privileged mode",
+            ));
+        }
+        if hc.network_mode.as_deref() == Some("host") {
+            return Err(Error::invalid(
+                "cannot share the host's network namespace when user namespaces are enabled",
+            ));
+        }
+        if hc.pid_mode.as_deref() == Some("host") {
+            return Err(Error::invalid(
+                "cannot share the host PID namespace when user namespaces are enabled",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The maps of the container's user namespace; `None`: it shares the agent's.
+    pub(crate) fn userns_for(&self, rec: &ContainerRecord) -> Option<UserNamespace> {
+        let remap = self.paths.userns.as_ref()?;
+        let host = host_userns(&rec.host_config).unwrap_or(true);
+        (!host && rec.isolation == Isolation::Process).then(|| remap.maps.clone())
+    }
+}
+
+/// A `local` volume's directory still owned by the host's root (as the driver made it)
+/// is given to the remapped root, so the container's root can write to it: dockerd
+/// creates volumes under its remapped data root owned that way.
+pub(crate) fn own_volume_dir(dir: &std::path::Path, maps: &UserNamespace) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(dir)?;
+    if meta.uid() == 0 && meta.gid() == 0 {
+        let (uid, gid) = maps.root();
+        std::os::unix::fs::chown(dir, Some(uid), Some(gid))?;
+    }
+    Ok(())
+}
