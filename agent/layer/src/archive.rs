@@ -86,6 +86,7 @@ pub fn child_main(args: &[String]) -> i32 {
     let mut overlay: Option<String> = None;
     let mut binds: Vec<(String, String)> = Vec::new();
     let mut no_overwrite = false;
+    let mut owner: Option<(u32, u32)> = None;
     let mut i = 2;
     while i < args.len() {
         match args[i].as_str() {
@@ -108,6 +109,13 @@ pub fn child_main(args: &[String]) -> i32 {
                 i += 1;
             }
             "--no-overwrite-dir-non-dir" => no_overwrite = true,
+            "--owner" => {
+                owner = args.get(i + 1).and_then(|o| {
+                    let (u, g) = o.split_once(':')?;
+                    Some((u.parse().ok()?, g.parse().ok()?))
+                });
+                i += 1;
+            }
             _ => {}
         }
         i += 1;
@@ -287,7 +295,7 @@ pub fn child_main(args: &[String]) -> i32 {
                 Err(_) => return fail(2, format!("no such directory: {path}")),
             }
             let mut input = std::io::stdin().lock();
-            if let Err(msg) = extract_put(&mut input, &target, &path, no_overwrite) {
+            if let Err(msg) = extract_put(&mut input, &target, &path, no_overwrite, owner) {
                 return fail(3, msg);
             }
             // Drain what follows the archive so the sender never sees a broken pipe.
@@ -301,12 +309,15 @@ pub fn child_main(args: &[String]) -> i32 {
 /// `put`: extracts the tar on `input` under the directory `target` (`path` is how the
 /// client named it, for messages). Runs inside the archive child's chroot, which is what
 /// keeps a symlink in the container from pointing the extraction at a host file; the
-/// checks here are Docker's refusals, with its wording.
+/// checks here are Docker's refusals, with its wording. `owner` (host uid, gid): what
+/// is extracted belongs to it, as Docker's `cp` gives files to the container's root
+/// (its host ids under `--userns-remap`); `None` leaves the extractor's (host root).
 pub fn extract_put(
     input: impl std::io::Read,
     target: &Path,
     path: &str,
     no_overwrite: bool,
+    owner: Option<(u32, u32)>,
 ) -> Result<(), String> {
     let mut ar = tar::Archive::new(input);
     ar.set_preserve_permissions(true);
@@ -348,6 +359,10 @@ pub fn extract_put(
         // unpack_in also refuses `..` and absolute member names.
         if let Err(e) = entry.unpack_in(target) {
             return Err(format!("extract: {e}"));
+        }
+        if let (Some((uid, gid)), Ok(p)) = (owner, entry.path()) {
+            std::os::unix::fs::lchown(target.join(&p), Some(uid), Some(gid))
+                .map_err(|e| format!("chown {}: {e}", p.display()))?;
         }
     }
     Ok(())

@@ -32,7 +32,9 @@ pub fn resolve(setting: &str) -> Result<Option<Remap>> {
     }
     let (user, group) = parse_remapped_root(setting)?;
     if user == "root" {
-        tracing::warn!("User namespaces: root cannot be remapped with itself; user namespaces are OFF");
+        tracing::warn!(
+            "User namespaces: root cannot be remapped with itself; user namespaces are OFF"
+        );
         return Ok(None);
     }
     let uid = nix::unistd::User::from_name(&user)

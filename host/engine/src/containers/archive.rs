@@ -329,12 +329,17 @@ impl Containers {
             while let Some(Ok(_)) = body.next().await {}
             return Err(e);
         }
-        let extra: &[&str] = if no_overwrite_dir_non_dir {
-            &["--no-overwrite-dir-non-dir"]
-        } else {
-            &[]
-        };
-        let mut cmd = match self.archive_child(c, "put", path, extra).await? {
+        let mut extra: Vec<String> = Vec::new();
+        if no_overwrite_dir_non_dir {
+            extra.push("--no-overwrite-dir-non-dir".into());
+        }
+        // Under `--userns-remap` what is copied in belongs to the container's root.
+        if let Some(ns) = self.userns_for(&c.record()) {
+            let (uid, gid) = ns.root();
+            extra.extend(["--owner".into(), format!("{uid}:{gid}")]);
+        }
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        let mut cmd = match self.archive_child(c, "put", path, &extra).await? {
             ArchiveRun::Host(cmd) => cmd,
             ArchiveRun::Guest {
                 args,
