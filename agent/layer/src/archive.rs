@@ -87,6 +87,7 @@ pub fn child_main(args: &[String]) -> i32 {
     let mut binds: Vec<(String, String)> = Vec::new();
     let mut no_overwrite = false;
     let mut owner: Option<(u32, u32)> = None;
+    let mut owner_map = crate::owner_map::OwnerMap::default();
     let mut i = 2;
     while i < args.len() {
         match args[i].as_str() {
@@ -109,6 +110,18 @@ pub fn child_main(args: &[String]) -> i32 {
                 i += 1;
             }
             "--no-overwrite-dir-non-dir" => no_overwrite = true,
+            "--uid-map" | "--gid-map" => {
+                let ranges = args
+                    .get(i + 1)
+                    .and_then(|r| crate::owner_map::OwnerMap::parse_ranges(r))
+                    .unwrap_or_default();
+                if args[i] == "--uid-map" {
+                    owner_map.uids = ranges;
+                } else {
+                    owner_map.gids = ranges;
+                }
+                i += 1;
+            }
             "--owner" => {
                 owner = args.get(i + 1).and_then(|o| {
                     let (u, g) = o.split_once(':')?;
@@ -253,8 +266,7 @@ pub fn child_main(args: &[String]) -> i32 {
                 .map(|n| n.to_os_string())
                 .or(root_name.map(Into::into))
                 .unwrap_or_else(|| ".".into());
-            let stdout = std::io::stdout().lock();
-            let mut b = tar::Builder::new(std::io::BufWriter::new(stdout));
+            let mut b = tar::Builder::new(tar_out(&owner_map));
             b.follow_symlinks(false);
             let res = if m.is_dir() {
                 b.append_dir_all(
@@ -278,8 +290,7 @@ pub fn child_main(args: &[String]) -> i32 {
             // kernel filesystems are other mounts (another device than the root): their
             // mount points are kept, empty, as the image has them.
 
-            let stdout = std::io::stdout().lock();
-            let mut b = tar::Builder::new(std::io::BufWriter::new(stdout));
+            let mut b = tar::Builder::new(tar_out(&owner_map));
             b.follow_symlinks(false);
             match export_tree(&mut b, Path::new("/"), Path::new(""), &other_mounts)
                 .and_then(|_| b.finish())
@@ -303,6 +314,17 @@ pub fn child_main(args: &[String]) -> i32 {
             0
         }
         other => fail(3, format!("unknown archive op {other}")),
+    }
+}
+
+/// Where `get` and `export` write their tar: stdout, through the owner map of a remapped
+/// container (host ids back to the container's), or straight when there is none.
+fn tar_out(map: &crate::owner_map::OwnerMap) -> Box<dyn Write> {
+    let out = std::io::BufWriter::new(std::io::stdout().lock());
+    if map.uids.is_empty() && map.gids.is_empty() {
+        Box::new(out)
+    } else {
+        Box::new(crate::owner_map::OwnerMapWriter::new(out, map.clone()))
     }
 }
 

@@ -186,6 +186,29 @@ fn container_root_is_an_unprivileged_host_uid() {
     std::fs::create_dir(&out_dir).unwrap();
     d.docker_ok(&["cp", "u1:/newfile", out_dir.to_str().unwrap()]);
     assert!(out_dir.join("newfile").exists());
+    // Tars made from the container say what it saw (root = 0), not the host's ids.
+    let owners_in = |tar_bytes: &[u8], name: &str| -> (u64, u64) {
+        let mut a = tar::Archive::new(tar_bytes);
+        let e = a
+            .entries()
+            .unwrap()
+            .map(|e| e.unwrap())
+            .find(|e| e.path().unwrap().to_str() == Some(name))
+            .unwrap_or_else(|| panic!("{name} not in the tar"));
+        (e.header().uid().unwrap(), e.header().gid().unwrap())
+    };
+    let cp = d.docker_cmd(&["cp", "u1:/newfile", "-"]).output().unwrap();
+    assert!(cp.status.success(), "{}", stderr(&cp));
+    assert_eq!(owners_in(&cp.stdout, "newfile"), (0, 0), "docker cp out");
+    let exp = d.docker_cmd(&["export", "u1"]).output().unwrap();
+    assert!(exp.status.success(), "{}", stderr(&exp));
+    assert_eq!(owners_in(&exp.stdout, "newfile"), (0, 0), "docker export");
+    assert_eq!(owners_in(&exp.stdout, "bin/sh"), (0, 0), "docker export");
+    d.docker_ok(&["commit", "u1", "snap"]);
+    let st = d.docker_ok(&[
+        "run", "--rm", "--userns", "host", "snap", "stat", "-c", "%u:%g", "/newfile",
+    ]);
+    assert_eq!(st, "0:0\n", "a committed layer holds the container's ids");
     let src = d.dir.path().join("in.txt");
     std::fs::write(&src, "hello\n").unwrap();
     d.docker_ok(&["cp", src.to_str().unwrap(), "u1:/in.txt"]);

@@ -303,7 +303,9 @@ impl Containers {
         path: &str,
     ) -> Result<(PathStat, TarStream)> {
         let stat = self.archive_stat(c, path).await?;
-        let run = self.archive_child(c, "get", path, &[]).await?;
+        let ids = self.owner_map_args(&c.record());
+        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let run = self.archive_child(c, "get", path, &ids).await?;
         Ok((stat, self.archive_stream(c, run).await?))
     }
 
@@ -370,7 +372,9 @@ impl Containers {
     /// `docker export`: a tar stream of the container's filesystem (without its volumes
     /// and binds), running or not.
     pub async fn export(&self, c: &Arc<Container>) -> Result<TarStream> {
-        let run = self.archive_child(c, "export", "/", &[]).await?;
+        let ids = self.owner_map_args(&c.record());
+        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let run = self.archive_child(c, "export", "/", &ids).await?;
         self.archive_stream(c, run).await
     }
 

@@ -44,6 +44,38 @@ impl Containers {
         Ok(())
     }
 
+    /// The maps of a remapped container as the tar writers take them (host ids back
+    /// to the container's in `commit`, `export`, `cp` out).
+    pub(crate) fn owner_map(
+        &self,
+        rec: &ContainerRecord,
+    ) -> Option<berth_layer::owner_map::OwnerMap> {
+        let ns = self.userns_for(rec)?;
+        let ranges = |m: &[berth_agent_protocol::IdMap]| {
+            m.iter()
+                .map(|r| (r.container_id, r.host_id, r.size))
+                .collect()
+        };
+        Some(berth_layer::owner_map::OwnerMap {
+            uids: ranges(&ns.uid_map),
+            gids: ranges(&ns.gid_map),
+        })
+    }
+
+    /// [`Self::owner_map`] as the archive child's arguments.
+    pub(crate) fn owner_map_args(&self, rec: &ContainerRecord) -> Vec<String> {
+        use berth_layer::owner_map::OwnerMap;
+        match self.owner_map(rec) {
+            Some(m) => vec![
+                "--uid-map".into(),
+                OwnerMap::format_ranges(&m.uids),
+                "--gid-map".into(),
+                OwnerMap::format_ranges(&m.gids),
+            ],
+            None => Vec::new(),
+        }
+    }
+
     /// The maps of the container's user namespace; `None`: it shares the agent's.
     pub(crate) fn userns_for(&self, rec: &ContainerRecord) -> Option<UserNamespace> {
         let remap = self.paths.userns.as_ref()?;
