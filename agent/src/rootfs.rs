@@ -277,6 +277,9 @@ pub fn setup(
                 let meta = fs::metadata(source).map_err(|e| {
                     io::Error::new(e.kind(), format!("bind source {}: {e}", source.display()))
                 })?;
+                if let (true, Some(ns)) = (m.volume, userns) {
+                    own_volume_dir(source, &meta, ns)?;
+                }
                 if meta.is_dir() {
                     fs::create_dir_all(&target)?;
                 } else {
@@ -372,6 +375,16 @@ pub fn setup(
             MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
             None,
         )?;
+    }
+    Ok(())
+}
+
+/// A named volume still owned by 0:0 (as its driver, or mkfs in a microVM, made it) is
+/// given to the container's root, as dockerd makes volumes under `--userns-remap`.
+fn own_volume_dir(dir: &Path, meta: &fs::Metadata, ns: &Userns) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    if meta.is_dir() && meta.uid() == 0 && meta.gid() == 0 {
+        std::os::unix::fs::chown(dir, Some(ns.root.0), Some(ns.root.1))?;
     }
     Ok(())
 }

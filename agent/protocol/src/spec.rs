@@ -254,6 +254,11 @@ pub struct Mount {
     /// `shared`); empty = `rprivate`.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub propagation: String,
+    /// A named volume of the `local` driver: in a user namespace, its directory, while
+    /// still owned by 0:0 as it was made, is given to the container's root (dockerd makes
+    /// volumes owned by the remapped root).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub volume: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]

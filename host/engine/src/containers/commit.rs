@@ -176,10 +176,17 @@ impl Containers {
                         }
                         None => Ok(berth_layer::write_upper_as_layer(&upper, f)?),
                     },
-                    LayerSource::Tar(r) => {
-                        copy_complete_tar(r, &mut f)?;
-                        Ok(f)
-                    }
+                    LayerSource::Tar(r) => match owner_map {
+                        Some(map) => {
+                            let mut w = berth_layer::owner_map::OwnerMapWriter::new(f, map);
+                            copy_complete_tar(r, &mut w)?;
+                            Ok(w.into_inner()?)
+                        }
+                        None => {
+                            copy_complete_tar(r, &mut f)?;
+                            Ok(f)
+                        }
+                    },
                 },
                 &mut guard,
             )?;

@@ -304,6 +304,7 @@ impl Containers {
                 destination: dest.into(),
                 readonly: false,
                 propagation: String::new(),
+                volume: false,
             });
         }
         spec.etc_hosts = None;

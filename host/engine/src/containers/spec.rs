@@ -79,6 +79,7 @@ impl Containers {
                 } else {
                     String::new()
                 },
+                volume: m.kind == "volume" && m.driver == "local",
             });
         }
         let memory_swap = match (hc.memory, hc.memory_swap) {

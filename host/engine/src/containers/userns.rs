@@ -3,7 +3,7 @@
 use berth_agent_protocol::UserNamespace;
 use bollard_stubs::models::HostConfig;
 
-use super::record::{ContainerRecord, Isolation};
+use super::record::ContainerRecord;
 use super::Containers;
 use crate::{Error, Result};
 
@@ -19,11 +19,11 @@ fn host_userns(hc: &HostConfig) -> Result<bool> {
 }
 
 impl Containers {
-    /// Refuses, with dockerd's words, what cannot run in a remapped container. Only
-    /// process isolation is remapped: in a microVM the VM is the boundary instead.
-    pub(crate) fn validate_userns(&self, hc: &HostConfig, isolation: Isolation) -> Result<()> {
+    /// Refuses, with dockerd's words, what cannot run in a remapped container (in
+    /// either isolation: a microVM's guest agent applies the same user namespace).
+    pub(crate) fn validate_userns(&self, hc: &HostConfig) -> Result<()> {
         let host = host_userns(hc)?;
-        if self.paths.userns.is_none() || host || isolation != Isolation::Process {
+        if self.paths.userns.is_none() || host {
             return Ok(());
         }
         if hc.privileged.unwrap_or(false) {
@@ -80,19 +80,6 @@ impl Containers {
     pub(crate) fn userns_for(&self, rec: &ContainerRecord) -> Option<UserNamespace> {
         let remap = self.paths.userns.as_ref()?;
         let host = host_userns(&rec.host_config).unwrap_or(true);
-        (!host && rec.isolation == Isolation::Process).then(|| remap.maps.clone())
+        (!host).then(|| remap.maps.clone())
     }
-}
-
-/// A `local` volume's directory still owned by the host's root (as the driver made it)
-/// is given to the remapped root, so the container's root can write to it: dockerd
-/// creates volumes under its remapped data root owned that way.
-pub(crate) fn own_volume_dir(dir: &std::path::Path, maps: &UserNamespace) -> Result<()> {
-    use std::os::unix::fs::MetadataExt;
-    let meta = std::fs::metadata(dir)?;
-    if meta.uid() == 0 && meta.gid() == 0 {
-        let (uid, gid) = maps.root();
-        std::os::unix::fs::chown(dir, Some(uid), Some(gid))?;
-    }
-    Ok(())
 }

@@ -147,14 +147,6 @@ impl Containers {
                     break;
                 }
             }
-            if let (false, "local", Some(maps)) =
-                (block, rec.mounts[i].driver.as_str(), self.userns_for(rec))
-            {
-                if let Err(e) = super::userns::own_volume_dir(&path, &maps) {
-                    failure = Some(e);
-                    break;
-                }
-            }
             // A subpath of a directory volume is resolved here, on the host; one of a
             // disk volume inside the guest (see the microVM backend's mount_source).
             let subpath = rec.mounts[i].subpath.clone();
