@@ -545,6 +545,20 @@ mod tests {
         assert!(Config::resolve(flags).is_err());
         let flags = Flags::parse_from(["berthd", "--registry-mirror", "m.example"]);
         assert!(Config::resolve(flags).is_err());
+        // dockerd's key; the flag wins. The user is resolved later, by the engine.
+        std::fs::write(&f, "userns-remap = \"default\"\n").unwrap();
+        let flags = Flags::parse_from(["berthd", "--config-file", f.to_str().unwrap()]);
+        let c = Config::resolve(flags).unwrap();
+        assert_eq!(c.userns_remap.as_deref(), Some("default"));
+        let flags = Flags::parse_from([
+            "berthd",
+            "--config-file",
+            f.to_str().unwrap(),
+            "--userns-remap",
+            "alice:staff",
+        ]);
+        let c = Config::resolve(flags).unwrap();
+        assert_eq!(c.userns_remap.as_deref(), Some("alice:staff"));
         std::fs::write(&f, "bogus = 1\n").unwrap();
         let flags = Flags::parse_from(["berthd", "--config-file", f.to_str().unwrap()]);
         assert!(Config::resolve(flags).is_err());
