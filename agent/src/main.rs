@@ -26,6 +26,7 @@ mod stdio;
 mod top;
 mod tty;
 mod user;
+mod userns;
 mod util;
 mod vsock;
 

@@ -18,7 +18,7 @@ use nix::{
     unistd::{fork, ForkResult},
 };
 
-use crate::{capabilities, cgroups::Cgroup, namespaces, rootfs, tty, user};
+use crate::{capabilities, cgroups::Cgroup, namespaces, rootfs, tty, user, userns};
 
 /// Docker's default PATH, used when the image sets none.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -224,8 +224,14 @@ fn child_setup(
     }
     prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong).map_err(step("pdeathsig"))?;
     let spec = l.container;
-    match &l.target {
+    // `--userns-remap`: the user namespace is entered last, after every step that needs
+    // the agent's privileges (see userns.rs).
+    let userns: Option<OwnedFd> = match &l.target {
         Target::Init { etc_files } => {
+            let userns = match &spec.userns {
+                Some(maps) => Some(userns::create(maps).map_err(step("user namespace"))?),
+                None => None,
+            };
             let host = spec.host_namespaces;
             let mut flags = CloneFlags::CLONE_NEWNS;
             if !host.uts {
@@ -276,12 +282,37 @@ fn child_setup(
                     libc::setdomainname(spec.domainname.as_ptr().cast(), spec.domainname.len())
                 };
             }
-            rootfs::setup(spec, l.exec_dir, etc_files, donor_shm, l.cgroup)
-                .map_err(step("rootfs"))?;
+            rootfs::setup(
+                spec,
+                l.exec_dir,
+                etc_files,
+                donor_shm,
+                l.cgroup,
+                userns.as_ref(),
+            )
+            .map_err(step("rootfs"))?;
+            userns.map(|u| u.fd)
         }
         Target::Exec { init_pid } => {
-            namespaces::join_all(*init_pid).map_err(step("joining container namespaces"))?
+            // Opened while /proc is still the agent's.
+            let user = match spec.userns {
+                Some(_) => Some(
+                    File::open(format!("/proc/{init_pid}/ns/user"))
+                        .map(OwnedFd::from)
+                        .map_err(step("container user namespace"))?,
+                ),
+                None => None,
+            };
+            namespaces::join_all(*init_pid).map_err(step("joining container namespaces"))?;
+            user
         }
+    };
+    // Raising a hard limit or lowering the OOM score needs CAP_SYS_RESOURCE in the
+    // agent's user namespace: before the container's.
+    crate::limits::apply_ulimits(&spec.ulimits).map_err(step("ulimits"))?;
+    crate::limits::apply_oom_score_adj(spec.oom_score_adj).map_err(step("oom_score_adj"))?;
+    if let Some(ns) = &userns {
+        userns::enter(ns).map_err(step("entering user namespace"))?;
     }
 
     let p = l.process;
@@ -367,10 +398,6 @@ fn child_setup(
         .filter_map(|e| CString::new(e.as_str()).ok())
         .collect();
 
-    // Before credentials change: raising a hard limit or lowering the OOM score needs
-    // CAP_SYS_RESOURCE.
-    crate::limits::apply_ulimits(&spec.ulimits).map_err(step("ulimits"))?;
-    crate::limits::apply_oom_score_adj(spec.oom_score_adj).map_err(step("oom_score_adj"))?;
     capabilities::apply_bounding(l.caps).map_err(step("capabilities"))?;
     if l.no_new_privs {
         prctl(libc::PR_SET_NO_NEW_PRIVS, 1).map_err(step("no_new_privs"))?;

@@ -14,6 +14,7 @@ use nix::{
     unistd::{chdir, pivot_root},
 };
 
+use crate::userns::Userns;
 use crate::util::{errno_io, secure_join};
 
 /// Docker's default masked and read-only paths (non-privileged containers).
@@ -79,6 +80,11 @@ pub fn write_etc_files(
             let p = exec_dir.join(name);
             fs::write(&p, c)?;
             fs::set_permissions(&p, fs::Permissions::from_mode(0o644))?;
+            // dockerd's way: the remapped root owns them, so it may rewrite them.
+            if let Some(ns) = &spec.userns {
+                let (uid, gid) = ns.root();
+                std::os::unix::fs::chown(&p, Some(uid), Some(gid))?;
+            }
             out.push((p, dest));
         }
     }
@@ -93,6 +99,7 @@ pub fn setup(
     etc_files: &[(PathBuf, &'static str)],
     donor_shm: Option<std::os::fd::OwnedFd>,
     cgroup: &crate::cgroups::Cgroup,
+    userns: Option<&Userns>,
 ) -> io::Result<()> {
     let privileged = spec.security.privileged;
     // rprivate cuts every tie to the host's mounts. A bind asking for slave or shared
@@ -124,7 +131,11 @@ pub fn setup(
                     "overlay rootfs needs at least one lower dir",
                 ));
             }
-            let opts = overlay_options(lower, upper, work, exec_dir)?;
+            let lower = match userns {
+                Some(ns) => idmapped_lowers(lower, upper, exec_dir, ns)?,
+                None => lower.clone(),
+            };
+            let opts = overlay_options(&lower, upper, work, exec_dir)?;
             do_mount(
                 Some("overlay"),
                 &root,
@@ -132,6 +143,11 @@ pub fn setup(
                 MsFlags::empty(),
                 Some(&opts),
             )?;
+        }
+        Rootfs::Dir { .. } if userns.is_some() => {
+            return Err(io::Error::other(
+                "a user namespace needs an overlay rootfs (storage driver overlay)",
+            ));
         }
         Rootfs::Dir { path } => {
             do_mount(
@@ -194,13 +210,19 @@ pub fn setup(
         &secure_join(&root, "/sys/fs/cgroup")?,
         !privileged,
     )?;
+    // In a user namespace the container's root owns its tmpfs mounts and the `tty`
+    // group of devpts is the container's, as if they were mounted inside it.
+    let owned = |opts: &str| match userns {
+        Some(ns) => ns.tmpfs_owner(opts),
+        None => opts.to_string(),
+    };
     let dev = dir("/dev")?;
     do_mount(
         Some("tmpfs"),
         &dev,
         Some("tmpfs"),
         MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
-        Some("mode=755,size=65536k"),
+        Some(&owned("mode=755,size=65536k")),
     )?;
     setup_dev(&dev)?;
     add_devices(&root, &spec.devices)?;
@@ -209,7 +231,10 @@ pub fn setup(
         &dir("/dev/pts")?,
         Some("devpts"),
         MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
-        Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
+        Some(&format!(
+            "newinstance,ptmxmode=0666,mode=0620,gid={}",
+            userns.map_or(5, |ns| ns.host_gid(5))
+        )),
     )?;
     let shm = match spec.shm_size.filter(|&n| n > 0) {
         Some(bytes) => format!("mode=1777,size={bytes}"),
@@ -223,7 +248,7 @@ pub fn setup(
             &dir("/dev/shm")?,
             Some("tmpfs"),
             nodev,
-            Some(&shm),
+            Some(&owned(&shm)),
         )?,
     }
     do_mount(
@@ -252,6 +277,9 @@ pub fn setup(
                 let meta = fs::metadata(source).map_err(|e| {
                     io::Error::new(e.kind(), format!("bind source {}: {e}", source.display()))
                 })?;
+                if let (true, Some(ns)) = (m.volume, userns) {
+                    own_volume_dir(source, &meta, ns)?;
+                }
                 if meta.is_dir() {
                     fs::create_dir_all(&target)?;
                 } else {
@@ -288,6 +316,7 @@ pub fn setup(
                 if m.readonly {
                     flags |= MsFlags::MS_RDONLY;
                 }
+                let options = owned(options);
                 let data = (!options.is_empty()).then_some(options.as_str());
                 do_mount(Some("tmpfs"), &target, Some("tmpfs"), flags, data)?;
             }
@@ -348,6 +377,37 @@ pub fn setup(
         )?;
     }
     Ok(())
+}
+
+/// A named volume still owned by 0:0 (as its driver, or mkfs in a microVM, made it) is
+/// given to the container's root, as dockerd makes volumes under `--userns-remap`.
+fn own_volume_dir(dir: &Path, meta: &fs::Metadata, ns: &Userns) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    if meta.is_dir() && meta.uid() == 0 && meta.gid() == 0 {
+        std::os::unix::fs::chown(dir, Some(ns.root.0), Some(ns.root.1))?;
+    }
+    Ok(())
+}
+
+/// The image's layers seen through the container's id mapping (`<exec_dir>/idmap/<n>`,
+/// in the container's private mount namespace), and the upper dir owned by its root so
+/// the root dir of the overlay is the container's. The shared layer dirs stay untouched.
+fn idmapped_lowers(
+    lower: &[PathBuf],
+    upper: &Path,
+    exec_dir: &Path,
+    ns: &Userns,
+) -> io::Result<Vec<PathBuf>> {
+    std::os::unix::fs::chown(upper, Some(ns.root.0), Some(ns.root.1))?;
+    let base = exec_dir.join("idmap");
+    let mut out = Vec::with_capacity(lower.len());
+    for (i, l) in lower.iter().enumerate() {
+        let target = base.join(format!("{i:x}"));
+        fs::create_dir_all(&target)?;
+        crate::userns::idmapped_bind(l, &target, ns)?;
+        out.push(target);
+    }
+    Ok(out)
 }
 
 /// Mount data is limited to one page. Like Docker's overlay2, fall back to short symlinks to the

@@ -133,6 +133,7 @@ async fn readonly_rootfs_tmpfs_and_bind_mounts() {
             destination: "/scratch".into(),
             readonly: false,
             propagation: String::new(),
+            volume: false,
         },
         Mount {
             kind: MountKind::Bind {
@@ -141,6 +142,7 @@ async fn readonly_rootfs_tmpfs_and_bind_mounts() {
             destination: "/data".into(),
             readonly: true,
             propagation: String::new(),
+            volume: false,
         },
     ];
     let (status, out, err) = run(spec, &dir).await;

@@ -86,6 +86,8 @@ pub fn child_main(args: &[String]) -> i32 {
     let mut overlay: Option<String> = None;
     let mut binds: Vec<(String, String)> = Vec::new();
     let mut no_overwrite = false;
+    let mut owner: Option<(u32, u32)> = None;
+    let mut owner_map = crate::owner_map::OwnerMap::default();
     let mut i = 2;
     while i < args.len() {
         match args[i].as_str() {
@@ -108,6 +110,25 @@ pub fn child_main(args: &[String]) -> i32 {
                 i += 1;
             }
             "--no-overwrite-dir-non-dir" => no_overwrite = true,
+            "--uid-map" | "--gid-map" => {
+                let ranges = args
+                    .get(i + 1)
+                    .and_then(|r| crate::owner_map::OwnerMap::parse_ranges(r))
+                    .unwrap_or_default();
+                if args[i] == "--uid-map" {
+                    owner_map.uids = ranges;
+                } else {
+                    owner_map.gids = ranges;
+                }
+                i += 1;
+            }
+            "--owner" => {
+                owner = args.get(i + 1).and_then(|o| {
+                    let (u, g) = o.split_once(':')?;
+                    Some((u.parse().ok()?, g.parse().ok()?))
+                });
+                i += 1;
+            }
             _ => {}
         }
         i += 1;
@@ -245,8 +266,7 @@ pub fn child_main(args: &[String]) -> i32 {
                 .map(|n| n.to_os_string())
                 .or(root_name.map(Into::into))
                 .unwrap_or_else(|| ".".into());
-            let stdout = std::io::stdout().lock();
-            let mut b = tar::Builder::new(std::io::BufWriter::new(stdout));
+            let mut b = tar::Builder::new(tar_out(&owner_map));
             b.follow_symlinks(false);
             let res = if m.is_dir() {
                 b.append_dir_all(
@@ -270,8 +290,7 @@ pub fn child_main(args: &[String]) -> i32 {
             // kernel filesystems are other mounts (another device than the root): their
             // mount points are kept, empty, as the image has them.
 
-            let stdout = std::io::stdout().lock();
-            let mut b = tar::Builder::new(std::io::BufWriter::new(stdout));
+            let mut b = tar::Builder::new(tar_out(&owner_map));
             b.follow_symlinks(false);
             match export_tree(&mut b, Path::new("/"), Path::new(""), &other_mounts)
                 .and_then(|_| b.finish())
@@ -287,7 +306,7 @@ pub fn child_main(args: &[String]) -> i32 {
                 Err(_) => return fail(2, format!("no such directory: {path}")),
             }
             let mut input = std::io::stdin().lock();
-            if let Err(msg) = extract_put(&mut input, &target, &path, no_overwrite) {
+            if let Err(msg) = extract_put(&mut input, &target, &path, no_overwrite, owner) {
                 return fail(3, msg);
             }
             // Drain what follows the archive so the sender never sees a broken pipe.
@@ -298,15 +317,29 @@ pub fn child_main(args: &[String]) -> i32 {
     }
 }
 
+/// Where `get` and `export` write their tar: stdout, through the owner map of a remapped
+/// container (host ids back to the container's), or straight when there is none.
+fn tar_out(map: &crate::owner_map::OwnerMap) -> Box<dyn Write> {
+    let out = std::io::BufWriter::new(std::io::stdout().lock());
+    if map.uids.is_empty() && map.gids.is_empty() {
+        Box::new(out)
+    } else {
+        Box::new(crate::owner_map::OwnerMapWriter::new(out, map.clone()))
+    }
+}
+
 /// `put`: extracts the tar on `input` under the directory `target` (`path` is how the
 /// client named it, for messages). Runs inside the archive child's chroot, which is what
 /// keeps a symlink in the container from pointing the extraction at a host file; the
-/// checks here are Docker's refusals, with its wording.
+/// checks here are Docker's refusals, with its wording. `owner` (host uid, gid): what
+/// is extracted belongs to it, as Docker's `cp` gives files to the container's root
+/// (its host ids under `--userns-remap`); `None` leaves the extractor's (host root).
 pub fn extract_put(
     input: impl std::io::Read,
     target: &Path,
     path: &str,
     no_overwrite: bool,
+    owner: Option<(u32, u32)>,
 ) -> Result<(), String> {
     let mut ar = tar::Archive::new(input);
     ar.set_preserve_permissions(true);
@@ -348,6 +381,10 @@ pub fn extract_put(
         // unpack_in also refuses `..` and absolute member names.
         if let Err(e) = entry.unpack_in(target) {
             return Err(format!("extract: {e}"));
+        }
+        if let (Some((uid, gid)), Ok(p)) = (owner, entry.path()) {
+            std::os::unix::fs::lchown(target.join(&p), Some(uid), Some(gid))
+                .map_err(|e| format!("chown {}: {e}", p.display()))?;
         }
     }
     Ok(())

@@ -16,6 +16,7 @@
 
 pub mod archive;
 pub mod mountinfo;
+pub mod owner_map;
 pub mod tar_index;
 pub mod unpack;
 

@@ -72,6 +72,58 @@ pub struct ContainerSpec {
     /// `--cgroupns`; also decides what is mounted at `/sys/fs/cgroup`.
     #[serde(default)]
     pub cgroupns: CgroupNamespace,
+    /// `berthd --userns-remap`: the container runs in a new user namespace with these maps
+    /// (its root is an unprivileged host uid). `None` = the agent's user namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub userns: Option<UserNamespace>,
+}
+
+/// A user namespace's id maps, as written to `/proc/<pid>/uid_map` and `gid_map`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct UserNamespace {
+    pub uid_map: Vec<IdMap>,
+    pub gid_map: Vec<IdMap>,
+}
+
+/// One map line: ids `container_id..container_id+size` are host ids `host_id..`.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct IdMap {
+    pub container_id: u32,
+    pub host_id: u32,
+    pub size: u32,
+}
+
+impl IdMap {
+    /// The host id of container id `id`, when the map covers it.
+    pub fn to_host(maps: &[IdMap], id: u32) -> Option<u32> {
+        maps.iter()
+            .find(|m| id >= m.container_id && id - m.container_id < m.size)
+            .map(|m| m.host_id + (id - m.container_id))
+    }
+
+    /// The container id of host id `id`, when the map covers it.
+    pub fn to_container(maps: &[IdMap], id: u32) -> Option<u32> {
+        maps.iter()
+            .find(|m| id >= m.host_id && id - m.host_id < m.size)
+            .map(|m| m.container_id + (id - m.host_id))
+    }
+
+    /// The text of a `uid_map`/`gid_map` file.
+    pub fn file_text(maps: &[IdMap]) -> String {
+        maps.iter()
+            .map(|m| format!("{} {} {}\n", m.container_id, m.host_id, m.size))
+            .collect()
+    }
+}
+
+impl UserNamespace {
+    /// The host uid and gid of the container's root.
+    pub fn root(&self) -> (u32, u32) {
+        (
+            IdMap::to_host(&self.uid_map, 0).unwrap_or(0),
+            IdMap::to_host(&self.gid_map, 0).unwrap_or(0),
+        )
+    }
 }
 
 /// Namespaces a container joins from another container.
@@ -202,6 +254,11 @@ pub struct Mount {
     /// `shared`); empty = `rprivate`.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub propagation: String,
+    /// A named volume of the `local` driver: in a user namespace, its directory, while
+    /// still owned by 0:0 as it was made, is given to the container's root (dockerd makes
+    /// volumes owned by the remapped root).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub volume: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]

@@ -162,7 +162,12 @@ async fn info(State(engine): State<AppState>) -> ApiResult<Response> {
         default_runtime: Some("berth".into()),
         live_restore_enabled: Some(true),
         init_binary: Some(String::new()),
-        security_options: Some(vec!["name=seccomp,profile=builtin".into()]),
+        // dockerd lists `name=userns` when `--userns-remap` is on.
+        security_options: Some(
+            std::iter::once("name=seccomp,profile=builtin".to_string())
+                .chain(engine.userns.is_some().then(|| "name=userns".to_string()))
+                .collect(),
+        ),
         warnings: Some(warnings),
         swarm: Some(bollard_stubs::models::SwarmInfo {
             local_node_state: Some(bollard_stubs::models::LocalNodeState::INACTIVE),

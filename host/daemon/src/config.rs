@@ -122,6 +122,11 @@ pub struct Flags {
     /// tenant-policy.allowed-bind-prefix=/srv/tenants.
     #[arg(long = "authz-opt")]
     pub authz_opts: Vec<String>,
+    /// Run every container in a user namespace whose root is an unprivileged host uid:
+    /// `default` (user dockremap, created when missing) or USER[:GROUP] with ranges in
+    /// /etc/subuid and /etc/subgid (dockerd's flag).
+    #[arg(long)]
+    pub userns_remap: Option<String>,
 }
 
 /// The TOML file: the same settings as the flags, dockerd's names.
@@ -159,6 +164,7 @@ pub struct FileConfig {
     pub registry_certs_dir: Option<PathBuf>,
     pub authorization_plugins: Option<Vec<String>>,
     pub authz_opts: Option<Vec<String>>,
+    pub userns_remap: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -188,6 +194,8 @@ pub struct Config {
     pub authz_plugins: Vec<String>,
     /// `--authz-opt NAME.KEY=VALUE`: (plugin, key, value).
     pub authz_opts: Vec<(String, String, String)>,
+    /// `--userns-remap` as given (resolved by the engine at start-up).
+    pub userns_remap: Option<String>,
 }
 
 impl Config {
@@ -313,6 +321,7 @@ impl Config {
         .map(|o| parse_authz_opt(o))
         .collect::<Result<Vec<_>>>()?;
         Ok(Config {
+            userns_remap: flags.userns_remap.or(file.userns_remap),
             registry,
             authz_plugins,
             authz_opts,
@@ -536,6 +545,20 @@ mod tests {
         assert!(Config::resolve(flags).is_err());
         let flags = Flags::parse_from(["berthd", "--registry-mirror", "m.example"]);
         assert!(Config::resolve(flags).is_err());
+        // dockerd's key; the flag wins. The user is resolved later, by the engine.
+        std::fs::write(&f, "userns-remap = \"default\"\n").unwrap();
+        let flags = Flags::parse_from(["berthd", "--config-file", f.to_str().unwrap()]);
+        let c = Config::resolve(flags).unwrap();
+        assert_eq!(c.userns_remap.as_deref(), Some("default"));
+        let flags = Flags::parse_from([
+            "berthd",
+            "--config-file",
+            f.to_str().unwrap(),
+            "--userns-remap",
+            "alice:staff",
+        ]);
+        let c = Config::resolve(flags).unwrap();
+        assert_eq!(c.userns_remap.as_deref(), Some("alice:staff"));
         std::fs::write(&f, "bogus = 1\n").unwrap();
         let flags = Flags::parse_from(["berthd", "--config-file", f.to_str().unwrap()]);
         assert!(Config::resolve(flags).is_err());

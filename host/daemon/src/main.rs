@@ -93,6 +93,7 @@ async fn run(config: Config) -> Result<()> {
         max_download_bytes: config.max_download_bytes,
         registry: config.registry.clone(),
         network: config.network.clone(),
+        userns_remap: config.userns_remap.clone(),
     })
     .await
     .context("open engine state")?;

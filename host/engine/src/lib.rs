@@ -13,6 +13,7 @@ pub mod isolation;
 pub mod logs;
 pub mod networks;
 pub mod plugins;
+pub mod userns;
 pub mod volumes;
 
 use std::path::PathBuf;
@@ -45,6 +46,8 @@ pub struct EngineConfig {
     pub network: networks::NetworkConfig,
     /// `--insecure-registry`, `--registry-mirror`, `--registry-certs-dir`.
     pub registry: images::trust::RegistryConfig,
+    /// `--userns-remap`: `default`, `USER[:GROUP]`, or empty/unset for none.
+    pub userns_remap: Option<String>,
 }
 
 pub struct Engine {
@@ -59,6 +62,8 @@ pub struct Engine {
     pub networks: Arc<networks::Networks>,
     pub builder: build::Builder,
     pub started: std::time::SystemTime,
+    /// `--userns-remap`, resolved (`None`: off).
+    pub userns: Option<userns::Remap>,
 }
 
 impl Engine {
@@ -67,6 +72,7 @@ impl Engine {
     pub async fn open(config: EngineConfig) -> Result<Arc<Engine>> {
         std::fs::create_dir_all(&config.data_root)?;
         std::fs::create_dir_all(&config.exec_root)?;
+        let userns = userns::resolve(config.userns_remap.as_deref().unwrap_or(""))?;
         let events = Arc::new(events::EventBus::new());
         let mut image_store =
             images::ImageStore::open(&config.data_root.join("images"), events.clone())?;
@@ -86,6 +92,7 @@ impl Engine {
                 storage_driver: config.storage_driver.clone(),
                 default_isolation: config.default_isolation.clone(),
                 microvm: config.microvm.clone(),
+                userns: userns.clone(),
             },
             events.clone(),
             images.clone(),
@@ -192,6 +199,7 @@ impl Engine {
             networks,
             builder,
             started: std::time::SystemTime::now(),
+            userns,
         }))
     }
 

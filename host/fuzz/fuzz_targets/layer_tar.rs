@@ -35,6 +35,6 @@ fuzz_target!(|data: &[u8]| {
     let base = tempfile::tempdir().unwrap();
     let root = base.path().join("root");
     std::fs::create_dir(&root).unwrap();
-    let _ = berth_layer::archive::extract_put(data, &root, "/", false);
+    let _ = berth_layer::archive::extract_put(data, &root, "/", false, None);
     assert_eq!(outside(base.path(), "root"), Vec::<String>::new());
 });

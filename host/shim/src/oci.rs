@@ -269,6 +269,7 @@ fn mounts(spec: &Spec) -> Vec<Mount> {
             destination: dest,
             readonly,
             propagation: String::new(),
+            volume: false,
         });
     }
     out
@@ -345,6 +346,7 @@ mod tests {
                 destination: "/data".into(),
                 readonly: true,
                 propagation: String::new(),
+                volume: false,
             }
         );
         assert_eq!(

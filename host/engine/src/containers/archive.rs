@@ -303,7 +303,9 @@ impl Containers {
         path: &str,
     ) -> Result<(PathStat, TarStream)> {
         let stat = self.archive_stat(c, path).await?;
-        let run = self.archive_child(c, "get", path, &[]).await?;
+        let ids = self.owner_map_args(&c.record());
+        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let run = self.archive_child(c, "get", path, &ids).await?;
         Ok((stat, self.archive_stream(c, run).await?))
     }
 
@@ -329,12 +331,17 @@ impl Containers {
             while let Some(Ok(_)) = body.next().await {}
             return Err(e);
         }
-        let extra: &[&str] = if no_overwrite_dir_non_dir {
-            &["--no-overwrite-dir-non-dir"]
-        } else {
-            &[]
-        };
-        let mut cmd = match self.archive_child(c, "put", path, extra).await? {
+        let mut extra: Vec<String> = Vec::new();
+        if no_overwrite_dir_non_dir {
+            extra.push("--no-overwrite-dir-non-dir".into());
+        }
+        // Under `--userns-remap` what is copied in belongs to the container's root.
+        if let Some(ns) = self.userns_for(&c.record()) {
+            let (uid, gid) = ns.root();
+            extra.extend(["--owner".into(), format!("{uid}:{gid}")]);
+        }
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        let mut cmd = match self.archive_child(c, "put", path, &extra).await? {
             ArchiveRun::Host(cmd) => cmd,
             ArchiveRun::Guest {
                 args,
@@ -365,7 +372,9 @@ impl Containers {
     /// `docker export`: a tar stream of the container's filesystem (without its volumes
     /// and binds), running or not.
     pub async fn export(&self, c: &Arc<Container>) -> Result<TarStream> {
-        let run = self.archive_child(c, "export", "/", &[]).await?;
+        let ids = self.owner_map_args(&c.record());
+        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let run = self.archive_child(c, "export", "/", &ids).await?;
         self.archive_stream(c, run).await
     }
 

@@ -162,17 +162,31 @@ impl Containers {
                 .join(" ")
         });
         let container_id = c.id.clone();
+        let owner_map = self.owner_map(rec);
         let id = tokio::task::spawn_blocking(move || -> Result<String> {
             let mut guard = images.pending_guard();
             let layer = images.ingest_written_tar(
                 |mut f| match source {
-                    LayerSource::UpperDir(upper) => {
-                        Ok(berth_layer::write_upper_as_layer(&upper, f)?)
-                    }
-                    LayerSource::Tar(r) => {
-                        copy_complete_tar(r, &mut f)?;
-                        Ok(f)
-                    }
+                    // Under `--userns-remap` the upper dir holds host ids; the layer gets
+                    // the container's.
+                    LayerSource::UpperDir(upper) => match owner_map {
+                        Some(map) => {
+                            let w = berth_layer::owner_map::OwnerMapWriter::new(f, map);
+                            Ok(berth_layer::write_upper_as_layer(&upper, w)?.into_inner()?)
+                        }
+                        None => Ok(berth_layer::write_upper_as_layer(&upper, f)?),
+                    },
+                    LayerSource::Tar(r) => match owner_map {
+                        Some(map) => {
+                            let mut w = berth_layer::owner_map::OwnerMapWriter::new(f, map);
+                            copy_complete_tar(r, &mut w)?;
+                            Ok(w.into_inner()?)
+                        }
+                        None => {
+                            copy_complete_tar(r, &mut f)?;
+                            Ok(f)
+                        }
+                    },
                 },
                 &mut guard,
             )?;

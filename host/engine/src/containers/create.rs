@@ -76,6 +76,7 @@ impl Containers {
             (iso, _) => self.isolation.parse(iso)?,
         };
         let backend = self.isolation.get(isolation).clone();
+        self.validate_userns(&hc)?;
         // Refused here, with 400, rather than at start.
         super::spec::parse_security_opts(&hc.security_opt.clone().unwrap_or_default())?;
         // dockerd records its default, which inspect shows: private on cgroup v2, host on v1.

@@ -23,6 +23,7 @@ mod shared_ns;
 mod spec;
 pub mod stdio;
 mod update;
+mod userns;
 // Create-time checks are their own crate (fuzzed without the engine).
 pub use berth_container_create::validate;
 mod vm_network;
@@ -175,6 +176,9 @@ pub struct ContainerPaths {
     pub default_isolation: Option<String>,
     /// `--vmm`, `--guest-kernel`.
     pub microvm: crate::isolation::microvm::MicrovmConfig,
+    /// `--userns-remap`: process-isolated containers run in a user namespace with these
+    /// maps unless they ask for `--userns host`.
+    pub userns: Option<crate::userns::Remap>,
 }
 
 pub struct Containers {
@@ -224,6 +228,13 @@ impl Containers {
                     )))
                 }
             };
+        if paths.userns.is_some() && storage_driver != "overlay" {
+            // The copy driver's flattened rootfs would need a chown of every file per
+            // container; the overlay driver maps shared layers for free (idmapped mounts).
+            return Err(Error::invalid(format!(
+                "--userns-remap needs the overlay storage driver (this daemon uses {storage_driver})"
+            )));
+        }
         let isolation = Self::open_isolation(&paths, &images, &events, storage_driver)?;
         let mut map = HashMap::new();
         for entry in std::fs::read_dir(&dir)?.flatten() {

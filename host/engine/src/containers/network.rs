@@ -298,11 +298,18 @@ impl Containers {
             let p = dir.join(name);
             let _ = std::fs::remove_file(&p);
             std::fs::write(&p, content.as_bytes())?;
+            // dockerd's way under `--userns-remap`: the remapped root owns them, so it
+            // may rewrite them as a root without a user namespace may.
+            if let Some(ns) = &spec.userns {
+                let (uid, gid) = ns.root();
+                std::os::unix::fs::chown(&p, Some(uid), Some(gid))?;
+            }
             binds.push(Mount {
                 kind: MountKind::Bind { source: p },
                 destination: dest.into(),
                 readonly: false,
                 propagation: String::new(),
+                volume: false,
             });
         }
         spec.etc_hosts = None;

@@ -79,6 +79,7 @@ impl Containers {
                 } else {
                     String::new()
                 },
+                volume: m.kind == "volume" && m.driver == "local",
             });
         }
         let memory_swap = match (hc.memory, hc.memory_swap) {
@@ -174,6 +175,7 @@ impl Containers {
                 Some(HostConfigCgroupnsModeEnum::PRIVATE) => CgroupNamespace::Private,
                 _ => CgroupNamespace::Host,
             },
+            userns: self.userns_for(rec),
         };
         self.backend(rec).map_resources(&mut spec.resources);
         Ok(spec)
