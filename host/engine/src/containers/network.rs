@@ -38,6 +38,16 @@ fn attachment(
 ) -> Result<Attachment> {
     let es = es.cloned().unwrap_or_default();
     let aliases = es.aliases.unwrap_or_default();
+    let ipv6: Option<std::net::Ipv6Addr> = es
+        .ipam_config
+        .as_ref()
+        .and_then(|c| c.ipv6_address.clone())
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse()
+                .map_err(|_| Error::invalid(format!("invalid IPv6 address: {s}")))
+        })
+        .transpose()?;
     let ipv4 = es
         .ipam_config
         .and_then(|c| c.ipv4_address)
@@ -53,10 +63,27 @@ fn attachment(
                 "network-scoped alias is supported only for containers in user defined networks",
             ));
         }
-        if ipv4.is_some() {
+        if ipv4.is_some() || ipv6.is_some() {
             return Err(Error::invalid(
                 "user specified IP address is supported on user defined networks only",
             ));
+        }
+    }
+    if let Some(ip) = ipv6 {
+        // dockerd's words for `--ip6` on a network without an IPv6 subnet, and for one
+        // outside it.
+        match net.subnet6.filter(|_| net.enable_ipv6) {
+            None => {
+                return Err(Error::invalid(
+                    "user specified IP address is supported only when connecting to networks with user configured subnets",
+                ))
+            }
+            Some(s) if !s.contains(ip) => {
+                return Err(Error::invalid(format!(
+                    "Invalid address {ip}: It does not belong to any of this network's subnets"
+                )))
+            }
+            Some(_) => {}
         }
     }
     if let Some(m) = es.mac_address.as_deref().filter(|m| !m.is_empty()) {
@@ -67,6 +94,7 @@ fn attachment(
         network_name: net.name.clone(),
         aliases,
         ipv4,
+        ipv6,
         mac: es.mac_address.filter(|m| !m.is_empty()),
     })
 }

@@ -61,6 +61,9 @@ impl Containers {
                     address: ep.ip,
                     prefix: ep.prefix,
                     gateway: ep.gateway,
+                    address6: ep.ip6,
+                    prefix6: ep.prefix6,
+                    gateway6: ep.gateway6,
                 }),
                 None => guest.spares.push(GuestSpareNic {
                     tap: nic.tap,
@@ -101,6 +104,9 @@ impl Containers {
             prefix: ep.prefix,
             gateway: ep.gateway,
             mtu: net.mtu,
+            address6: ep.ip6,
+            prefix6: ep.prefix6,
+            gateway6: ep.gateway6,
         };
         let resolv = self.resolv_conf_after_connect(rec, net, &req);
         if let Err(e) = agent.configure_nic(nic, resolv).await {
