@@ -9,7 +9,7 @@ mod common;
 use std::time::Duration;
 
 use common::images::import_busybox;
-use common::{eventually, stdout, TestDaemon};
+use common::{eventually, netns_get_until, stdout, TestDaemon};
 
 const IMG: &str = "bb:local";
 
@@ -293,6 +293,46 @@ fn dual_stack_networks_addresses_dns_and_cleanup() {
         ""
     );
 
+    // `network connect` of the running container (in a microVM: a spare NIC that the
+    // guest agent configures, IPv6 half included) and `disconnect`.
+    d.docker_ok(&["network", "connect", "--ip6", "fd00:30::30", "net6", "c4"]);
+    exec_until(&d, "c4", "ip -6 addr", "fd00:30::30/64");
+    exec_until(
+        &d,
+        "c4",
+        "ping -6 -c 1 -W 5 fd00:30::10",
+        "1 packets received",
+    );
+    d.docker_ok(&["network", "disconnect", "net6", "c4"]);
+    let o = d.docker_ok(&["exec", "c4", "ip", "-6", "addr"]);
+    assert!(!o.contains("fd00:30::30"), "{o}");
+    if std::env::var("BERTH_TEST_ISOLATION").is_ok_and(|v| v == "microvm") {
+        // The VM was booted with its NIC's IPv6 half on the kernel command line.
+        exec_until(&d, "s6", "cat /proc/cmdline", "berth.net6=");
+    }
+
+    // Published ports answer on the host's IPv6 addresses too ([::], as dockerd 20.10's
+    // docker-proxy), for a container of an IPv4-only network; IPv4 is unchanged.
+    web(&d, "p4", &["-p", "8090:80"]);
+    netns_get_until(&d, "http://127.0.0.1:8090/", "hello from p4", 20);
+    netns_get_until(&d, "http://[::1]:8090/", "hello from p4", 20);
+    d.docker_ok(&["rm", "-f", "p4"]);
+    eventually("[::1]:8090 closed after rm", 10, || {
+        let o = d.in_netns(&[
+            "timeout",
+            "5",
+            "/bin/busybox",
+            "wget",
+            "-qO-",
+            "http://[::1]:8090/",
+        ]);
+        if o.status.success() {
+            Err(stdout(&o))
+        } else {
+            Ok(())
+        }
+    });
+
     // rm: no IPv6 address of a container is left on any link.
     d.docker_ok(&["rm", "-f", "s6", "c6", "c4"]);
     let a = addrs6(&d);
@@ -304,7 +344,11 @@ fn dual_stack_networks_addresses_dns_and_cleanup() {
 
     // kill -9 and restart: the running container keeps its IPv6 address, the bridge its
     // gateway (once), and everything goes with rm and network rm.
-    web(&d, "k6", &["--network", "net6", "--ip6", "fd00:30::20"]);
+    web(
+        &d,
+        "k6",
+        &["--network", "net6", "--ip6", "fd00:30::20", "-p", "8091:80"],
+    );
     exec_until(&d, "k6", "ip -6 addr show dev eth0", "fd00:30::20/64");
     d.kill();
     std::thread::sleep(Duration::from_millis(500));
@@ -331,9 +375,48 @@ fn dual_stack_networks_addresses_dns_and_cleanup() {
             Err(out)
         }
     });
+    netns_get_until(&d, "http://[::1]:8091/", "hello from k6", 20);
     d.docker_ok(&["rm", "-f", "k6"]);
     d.docker_ok(&["network", "rm", "net6", "net4"]);
     let a = addrs6(&d);
     assert!(!a.contains("fd00:30:"), "{a}");
     assert!(!ledger(&d).contains("fd00:"), "{}", ledger(&d));
+}
+
+/// `berthd --ipv6 --fixed-cidr-v6`: the default bridge is dual-stack, and inspect fills
+/// the legacy top-level IPv6 fields.
+#[test]
+fn default_bridge_ipv6() {
+    let d = TestDaemon::start_in_netns(&[
+        "--bip",
+        "10.231.31.1/24",
+        "--default-address-pool",
+        "base=10.249.0.0/16,size=24",
+        "--ipv6",
+        "--fixed-cidr-v6",
+        "fd00:40::/64",
+    ]);
+    import_busybox(&d, IMG);
+    assert_eq!(inspect(&d, "bridge", "{{.EnableIPv6}}"), "true");
+    web(&d, "b6", &[]);
+    assert_eq!(
+        inspect(&d, "b6", "{{.NetworkSettings.GlobalIPv6Address}}"),
+        "fd00:40::2"
+    );
+    assert_eq!(
+        inspect(&d, "b6", "{{.NetworkSettings.GlobalIPv6PrefixLen}}"),
+        "64"
+    );
+    assert_eq!(
+        inspect(&d, "b6", "{{.NetworkSettings.IPv6Gateway}}"),
+        "fd00:40::1"
+    );
+    exec_until(&d, "b6", "ip -6 route", "default via fd00:40::1");
+    exec_until(
+        &d,
+        "b6",
+        "ping -6 -c 1 -W 5 fd00:40::1",
+        "1 packets received",
+    );
+    netns_get_until(&d, "http://[fd00:40::2]/", "hello from b6", 20);
 }

@@ -312,7 +312,8 @@ mod tests {
         assert!(six.contains("fd00:30::ffff".parse().unwrap()));
         assert!(!six.contains("fd00:31::1".parse().unwrap()));
         assert_eq!(six.nth(1).unwrap().to_string(), "fd00:30::1");
-        assert!("fd00::/48".parse::<Ipv6Net>().unwrap().overlaps(&six));
+        assert!("fd00::/16".parse::<Ipv6Net>().unwrap().overlaps(&six));
+        assert!(!"fd00::/48".parse::<Ipv6Net>().unwrap().overlaps(&six));
         assert!("fd00::/129".parse::<Ipv6Net>().is_err());
         assert!("10.0.0.0/8".parse::<Ipv6Net>().is_err());
     }

@@ -20,6 +20,7 @@ pub mod nat;
 pub mod netns;
 pub mod plugin;
 pub mod ports;
+mod proxy6;
 pub mod sandbox;
 pub mod vm_nics;
 
@@ -44,6 +45,9 @@ pub struct NetworkConfig {
     pub bip: Option<String>,
     /// `--fixed-cidr`: where the default bridge hands out addresses.
     pub fixed_cidr: Option<String>,
+    /// `--ipv6`: IPv6 on the default bridge, from `--fixed-cidr-v6`.
+    pub ipv6: bool,
+    pub fixed_cidr_v6: Option<String>,
     /// `--default-address-pool base=CIDR,size=N` (repeatable).
     pub default_address_pools: Vec<String>,
     /// `--mtu` of bridges and veths (1500 when unset).
@@ -71,6 +75,8 @@ pub struct Networks {
     dns: Mutex<HashMap<String, tokio::task::JoinHandle<()>>>,
     /// Spare NICs per microVM (see [`vm_nics`]).
     spare_nics: u8,
+    /// Published TCP ports on the host's IPv6 addresses (see [`proxy6`]).
+    proxies: proxy6::Proxies,
 }
 
 fn predefined(id: String, name: &str, driver: &str) -> NetworkRecord {
@@ -151,6 +157,7 @@ impl Networks {
                 .microvm_spare_nics
                 .unwrap_or(vm_nics::DEFAULT_SPARE_NICS)
                 .min(vm_nics::MAX_SPARE_NICS),
+            proxies: Default::default(),
         };
         if !config.bridge_disabled {
             nets.default_bridge(&mut state, config)?;
@@ -204,6 +211,29 @@ impl Networks {
         rec.subnet = Some(subnet);
         rec.gateway = Some(gateway);
         rec.ip_range = fixed;
+        // `--ipv6 --fixed-cidr-v6`: the default bridge is dual-stack, its IPv6 gateway
+        // the subnet's `::1` (berth has no default IPv6 pool to take one from).
+        let v6 = match (config.ipv6, config.fixed_cidr_v6.as_deref()) {
+            (false, _) => None,
+            (true, None) => {
+                return Err(Error::invalid(
+                    "--ipv6 needs --fixed-cidr-v6 (the default bridge's IPv6 subnet)",
+                ))
+            }
+            (true, Some(f)) => {
+                let s6 = f.parse::<ipam::Ipv6Net>()?.network();
+                let gw6 = s6
+                    .nth(1)
+                    .filter(|_| s6.prefix < 127)
+                    .ok_or_else(|| Error::invalid(format!("--fixed-cidr-v6 {s6} is too small")))?;
+                Some((s6, gw6))
+            }
+        };
+        rec.enable_ipv6 = v6.is_some();
+        rec.subnet6 = v6.map(|v| v.0);
+        rec.gateway6 = v6.map(|v| v.1);
+        rec.ip_range6 = None;
+        rec.gateway6_explicit = false;
         rec.bridge = DEFAULT_BRIDGE_LINK.into();
         rec.mtu = mtu;
         rec.options = HashMap::from([
@@ -396,9 +426,11 @@ impl Networks {
         deleted
     }
 
-    /// Rebuild `table ip berth` from the state. Nothing is touched while no bridge
-    /// network exists (e.g. `--bridge none` and no user networks).
+    /// Rebuild `table ip berth` from the state, and the published ports' IPv6 listeners
+    /// ([`proxy6`]). Nothing is touched while no bridge network exists (e.g. `--bridge
+    /// none` and no user networks).
     pub(crate) async fn apply_nat(&self) -> Result<()> {
+        self.sync_v6_proxies();
         let doc = {
             let st = self.state.lock().unwrap();
             if !st.networks.iter().any(|n| n.is_bridge())
