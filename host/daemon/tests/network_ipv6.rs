@@ -267,6 +267,68 @@ fn dual_stack_networks_addresses_dns_and_cleanup() {
         }
     });
 
+    // Another IPv6 network is isolated from this one (table ip6 berth), and an internal
+    // one has no default IPv6 route.
+    d.docker_ok(&[
+        "network",
+        "create",
+        "--ipv6",
+        "--subnet",
+        "fd00:35::/64",
+        "other6",
+    ]);
+    d.docker_ok(&[
+        "network",
+        "create",
+        "--ipv6",
+        "--internal",
+        "--subnet",
+        "fd00:36::/64",
+        "int6",
+    ]);
+    let t6 = stdout(&d.in_netns(&["nft", "list", "table", "ip6", "berth"]));
+    assert!(t6.contains("drop"), "{t6}");
+    d.docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "o6",
+        "--network",
+        "other6",
+        IMG,
+        "sleep",
+        "600",
+    ]);
+    d.docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "i6",
+        "--network",
+        "int6",
+        IMG,
+        "sleep",
+        "600",
+    ]);
+    exec_until(&d, "o6", "ip -6 addr show dev eth0", "fd00:35::2/64");
+    let o = d.docker(&[
+        "exec",
+        "o6",
+        "ping",
+        "-6",
+        "-c",
+        "1",
+        "-W",
+        "2",
+        "fd00:30::10",
+    ]);
+    assert!(!o.status.success(), "other6 reached net6: {}", stdout(&o));
+    exec_until(&d, "i6", "ip -6 addr show dev eth0", "fd00:36::2/64");
+    let r = d.docker_ok(&["exec", "i6", "ip", "-6", "route"]);
+    assert!(!r.contains("default"), "{r}");
+    d.docker_ok(&["rm", "-f", "o6", "i6"]);
+    d.docker_ok(&["network", "rm", "other6", "int6"]);
+
     // On a network without IPv6, AAAA is an empty answer, not an error.
     d.docker_ok(&[
         "run",
@@ -381,6 +443,12 @@ fn dual_stack_networks_addresses_dns_and_cleanup() {
     let a = addrs6(&d);
     assert!(!a.contains("fd00:30:"), "{a}");
     assert!(!ledger(&d).contains("fd00:"), "{}", ledger(&d));
+    // The last IPv6 network took the ip6 table with it.
+    assert!(!d
+        .in_netns(&["nft", "list", "table", "ip6", "berth"])
+        .status
+        .success());
+    assert!(!ledger(&d).contains("ip6 berth"), "{}", ledger(&d));
 }
 
 /// `berthd --ipv6 --fixed-cidr-v6`: the default bridge is dual-stack, and inspect fills

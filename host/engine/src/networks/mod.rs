@@ -426,9 +426,9 @@ impl Networks {
         deleted
     }
 
-    /// Rebuild `table ip berth` from the state, and the published ports' IPv6 listeners
-    /// ([`proxy6`]). Nothing is touched while no bridge network exists (e.g. `--bridge
-    /// none` and no user networks).
+    /// Rebuild `table ip berth` (and `table ip6 berth`) from the state, and the published
+    /// ports' IPv6 listeners ([`proxy6`]). Nothing is touched while no bridge network
+    /// exists (e.g. `--bridge none` and no user networks).
     pub(crate) async fn apply_nat(&self) -> Result<()> {
         self.sync_v6_proxies();
         let doc = {
@@ -444,7 +444,32 @@ impl Networks {
             .claim_other("berth", ledger::Kind::NftTable, nat::TABLE)?;
         tokio::task::spawn_blocking(move || nat::apply(&doc))
             .await
-            .map_err(Error::internal)?
+            .map_err(Error::internal)??;
+        self.apply_nat6().await
+    }
+
+    /// `table ip6 berth` while some network has IPv6 (see [`nat::ruleset6`]); deleted,
+    /// and forgotten by the ledger, when the last one goes.
+    async fn apply_nat6(&self) -> Result<()> {
+        let doc = nat::ruleset6(&self.state.lock().unwrap());
+        let owned = self.exec.owns("berth", ledger::Kind::NftTable, nat::TABLE6);
+        match doc {
+            Some(doc) => {
+                self.exec
+                    .claim_other("berth", ledger::Kind::NftTable, nat::TABLE6)?;
+                tokio::task::spawn_blocking(move || nat::apply(&doc))
+                    .await
+                    .map_err(Error::internal)?
+            }
+            None if owned => {
+                tokio::task::spawn_blocking(nat::delete_table6)
+                    .await
+                    .map_err(Error::internal)??;
+                self.exec
+                    .release_other("berth", ledger::Kind::NftTable, nat::TABLE6)
+            }
+            None => Ok(()),
+        }
     }
 
     /// At daemon start: bring every bridge network's host side up again (a reboot or a
