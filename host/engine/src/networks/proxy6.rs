@@ -28,7 +28,8 @@ pub(crate) struct Proxies(Mutex<HashMap<u16, (Target, JoinHandle<()>)>>);
 
 impl Drop for Proxies {
     fn drop(&mut self) {
-        for (_, (_, h)) in self.0.lock().unwrap().drain() {
+        let running = self.0.get_mut().unwrap_or_else(|p| p.into_inner());
+        for (_, (_, h)) in running.drain() {
             h.abort();
         }
     }
