@@ -29,7 +29,7 @@ cargo test --workspace --no-fail-fast -- --test-threads "${BERTH_TEST_THREADS:-4
 # cannot apply to a microVM say so and skip.
 BERTH_TEST_ISOLATION=microvm cargo test -p berthd --test containers -- --test-threads 2 || status=$?
 # And the networking suite: microVM NICs on TAPs joined to the sandbox's veths.
-BERTH_TEST_ISOLATION=microvm cargo test -p berthd --test network --test network_links -- --test-threads 2 || status=$?
+BERTH_TEST_ISOLATION=microvm cargo test -p berthd --test network --test network_links --test network_ipv6 -- --test-threads 2 || status=$?
 
 # Fixed-seed fuzz runs of the parsers of untrusted input (host/fuzz), about 5 minutes
 # with the build: any crash fails the suite.

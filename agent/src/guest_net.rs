@@ -1,5 +1,6 @@
-//! Guest mode: the VM's NICs, from `berth.net=` and `berth.spare=` on the kernel command
-//! line, and later from the host's `ConfigureNic`/`DeconfigureNic` requests.
+//! Guest mode: the VM's NICs, from `berth.net=` (and `berth.net6=` for an IPv6
+//! network's address) and `berth.spare=` on the kernel command line, and later from the
+//! host's `ConfigureNic`/`DeconfigureNic` requests.
 //!
 //! The host joins each virtio-net NIC to one of the container's bridge endpoints (a TAP
 //! mirrored onto the veth in the container's netns, Kata's tcfilter model), so the guest
@@ -12,7 +13,7 @@
 
 use std::fs;
 use std::io;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use tracing::{info, warn};
@@ -26,6 +27,41 @@ pub struct Nic {
     prefix: u8,
     gateway: Option<Ipv4Addr>,
     mtu: u32,
+    /// The IPv6 half of a dual-stack network's endpoint.
+    v6: Option<Nic6>,
+}
+
+/// One `berth.net6=<mac>,<ip6>/<prefix>,<gateway6|->`: the IPv6 address and default route
+/// of the NIC with that MAC (a separate argument, so an agent from before IPv6 ignores it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Nic6 {
+    ip: Ipv6Addr,
+    prefix: u8,
+    gateway: Option<Ipv6Addr>,
+}
+
+fn parse_nic6(v: &str) -> Option<(String, Nic6)> {
+    let f: Vec<&str> = v.split(',').collect();
+    let [mac, cidr, gw] = f[..] else {
+        return None;
+    };
+    if !valid_mac(mac) {
+        return None;
+    }
+    let (ip, prefix) = cidr.split_once('/')?;
+    let prefix: u8 = prefix.parse().ok().filter(|p| *p <= 128)?;
+    let gateway = match gw {
+        "-" => None,
+        g => Some(g.parse().ok()?),
+    };
+    Some((
+        mac.to_ascii_lowercase(),
+        Nic6 {
+            ip: ip.parse().ok()?,
+            prefix,
+            gateway,
+        },
+    ))
 }
 
 fn valid_ifname(name: &str) -> bool {
@@ -65,6 +101,7 @@ fn parse_nic(v: &str) -> Option<Nic> {
         prefix,
         gateway,
         mtu: mtu.parse().ok().filter(|m| (68..=65535).contains(m))?,
+        v6: None,
     })
 }
 
@@ -159,6 +196,82 @@ fn configure(sock: &OwnedFd, nic: &Nic) -> io::Result<()> {
             }
         }
     }
+    if let Some(v6) = nic.v6 {
+        configure6(&nic.ifname, &v6)?;
+    }
+    Ok(())
+}
+
+/// Route entry for `SIOCADDRT` on an `AF_INET6` socket (`struct in6_rtmsg`; libc's has
+/// private fields).
+#[repr(C)]
+struct In6Rtmsg {
+    dst: libc::in6_addr,
+    src: libc::in6_addr,
+    gateway: libc::in6_addr,
+    kind: u32,
+    dst_len: u16,
+    src_len: u16,
+    metric: u32,
+    info: libc::c_ulong,
+    flags: u32,
+    ifindex: libc::c_int,
+}
+
+fn in6(ip: Ipv6Addr) -> libc::in6_addr {
+    libc::in6_addr {
+        s6_addr: ip.octets(),
+    }
+}
+
+/// The IPv6 half: IPv6 on for the NIC, no duplicate address detection (the host's IPAM
+/// gave the address; a tentative one would be unusable for the container's first second,
+/// as libnetwork's IFA_F_NODAD avoids), the address, and a default route via the gateway.
+fn configure6(ifname: &str, v6: &Nic6) -> io::Result<()> {
+    for (key, value) in [("disable_ipv6", "0"), ("accept_dad", "0")] {
+        let path = format!("/proc/sys/net/ipv6/conf/{ifname}/{key}");
+        fs::write(&path, value).map_err(|e| io::Error::new(e.kind(), format!("{path}: {e}")))?;
+    }
+    let sock = socket(libc::AF_INET6)?;
+    let fd = sock.as_raw_fd();
+    let name = std::ffi::CString::new(ifname).map_err(io::Error::other)?;
+    // SAFETY: a NUL-terminated name that outlives the call.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    if index == 0 {
+        return Err(io::Error::other(format!("no interface {ifname}")));
+    }
+    let req = libc::in6_ifreq {
+        ifr6_addr: in6(v6.ip),
+        ifr6_prefixlen: v6.prefix as u32,
+        ifr6_ifindex: index as libc::c_int,
+    };
+    // SAFETY (both ioctls): socket ioctls on local, initialised structs that outlive the
+    // call.
+    unsafe {
+        match libc::ioctl(fd, libc::SIOCSIFADDR, &req) {
+            rc if rc < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EEXIST) => {}
+            rc => check("set IPv6 address", rc)?,
+        }
+        if let Some(gw) = v6.gateway {
+            let rt = In6Rtmsg {
+                dst: in6(Ipv6Addr::UNSPECIFIED),
+                src: in6(Ipv6Addr::UNSPECIFIED),
+                gateway: in6(gw),
+                kind: 0,
+                dst_len: 0,
+                src_len: 0,
+                metric: 1,
+                info: 0,
+                flags: (libc::RTF_UP | libc::RTF_GATEWAY) as u32,
+                ifindex: index as libc::c_int,
+            };
+            match libc::ioctl(fd, libc::SIOCADDRT, &rt) {
+                rc if rc < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EEXIST) => {
+                }
+                rc => check("default IPv6 route", rc)?,
+            }
+        }
+    }
     Ok(())
 }
 
@@ -169,8 +282,12 @@ fn parse_spare(v: &str) -> Option<(String, String)> {
 }
 
 fn inet_socket() -> io::Result<OwnedFd> {
+    socket(libc::AF_INET)
+}
+
+fn socket(family: libc::c_int) -> io::Result<OwnedFd> {
     // SAFETY: socket(2) with constant arguments; the fd is owned right away.
-    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    let raw = unsafe { libc::socket(family, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
     if raw < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -211,7 +328,7 @@ fn make_spare(sock: &OwnedFd, mac: &str, spare_name: &str) -> io::Result<()> {
 
 /// `ConfigureNic`: a spare NIC joins the network the host connected the VM to.
 pub fn configure_nic(c: &berth_agent_protocol::NicConfig) -> io::Result<()> {
-    if !valid_ifname(&c.name) || !valid_mac(&c.mac) || c.prefix > 32 {
+    if !valid_ifname(&c.name) || !valid_mac(&c.mac) || c.prefix > 32 || c.prefix6 > 128 {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             format!("invalid NIC configuration {} ({})", c.name, c.mac),
@@ -224,6 +341,11 @@ pub fn configure_nic(c: &berth_agent_protocol::NicConfig) -> io::Result<()> {
         prefix: c.prefix,
         gateway: c.gateway,
         mtu: c.mtu,
+        v6: c.address6.map(|ip| Nic6 {
+            ip,
+            prefix: c.prefix6,
+            gateway: c.gateway6,
+        }),
     };
     configure(&inet_socket()?, &nic)?;
     info!(ifname = %nic.ifname, ip = %nic.ip, prefix = nic.prefix, "guest network interface configured");
@@ -263,6 +385,17 @@ pub fn configure_from_cmdline() {
             s
         })
         .collect();
+    let v6: Vec<(String, Nic6)> = cmdline
+        .split_whitespace()
+        .filter_map(|a| a.strip_prefix("berth.net6="))
+        .filter_map(|v| {
+            let n = parse_nic6(v);
+            if n.is_none() {
+                warn!("ignoring malformed berth.net6={v}");
+            }
+            n
+        })
+        .collect();
     let nics: Vec<Nic> = cmdline
         .split_whitespace()
         .filter_map(|a| a.strip_prefix("berth.net="))
@@ -271,6 +404,10 @@ pub fn configure_from_cmdline() {
             if n.is_none() {
                 warn!("ignoring malformed berth.net={v}");
             }
+            n
+        })
+        .map(|mut n| {
+            n.v6 = v6.iter().find(|(mac, _)| *mac == n.mac).map(|(_, a)| *a);
             n
         })
         .collect();
@@ -315,8 +452,31 @@ mod tests {
                 prefix: 24,
                 gateway: Some(Ipv4Addr::new(10, 233, 0, 1)),
                 mtu: 1500,
+                v6: None,
             })
         );
+        assert_eq!(
+            parse_nic6("02:42:0A:E9:00:02,fd00:30::2/64,fd00:30::1"),
+            Some((
+                "02:42:0a:e9:00:02".into(),
+                Nic6 {
+                    ip: "fd00:30::2".parse().unwrap(),
+                    prefix: 64,
+                    gateway: Some("fd00:30::1".parse().unwrap()),
+                }
+            ))
+        );
+        assert_eq!(
+            parse_nic6("02:42:0a:e9:00:02,fd00:30::2/64,-").map(|n| n.1.gateway),
+            Some(None)
+        );
+        for bad in [
+            "02:42:0a:e9:00:02,fd00:30::2/129,-",
+            "02:42:0a:e9:00:02,10.0.0.2/24,-",
+            "02:42:0a:e9:00:02,fd00:30::2/64",
+        ] {
+            assert!(parse_nic6(bad).is_none(), "{bad}");
+        }
         assert_eq!(
             parse_nic("eth1,02:42:0a:e9:00:02,10.1.0.2/16,-,9000").map(|n| n.gateway),
             Some(None)

@@ -146,6 +146,13 @@ pub enum Request {
 /// being served).
 pub const NIC_REQUESTS_VERSION: u32 = 1;
 
+/// The version of a [`Request::ConfigureNic`] whose NIC has an IPv6 address
+/// ([`NicConfig::address6`]). An agent from before IPv6 refuses it as an unknown
+/// version instead of configuring the IPv4 half only; a NIC without IPv6 keeps
+/// [`NIC_REQUESTS_VERSION`], so such an agent still serves IPv4 networks. Agents that
+/// know this version accept both.
+pub const NIC_REQUESTS_V6_VERSION: u32 = 2;
+
 /// What a guest NIC must look like to carry one endpoint: the endpoint's MAC (the NIC is
 /// found by it), name, address, default route and MTU.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -157,6 +164,29 @@ pub struct NicConfig {
     #[serde(default)]
     pub gateway: Option<std::net::Ipv4Addr>,
     pub mtu: u32,
+    /// The IPv6 address and default route of an IPv6 network's endpoint (requests of
+    /// [`NIC_REQUESTS_V6_VERSION`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address6: Option<std::net::Ipv6Addr>,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub prefix6: u8,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway6: Option<std::net::Ipv6Addr>,
+}
+
+impl NicConfig {
+    /// The request version this NIC needs (see [`NIC_REQUESTS_V6_VERSION`]).
+    pub fn version(&self) -> u32 {
+        if self.address6.is_some() {
+            NIC_REQUESTS_V6_VERSION
+        } else {
+            NIC_REQUESTS_VERSION
+        }
+    }
+}
+
+fn is_zero(v: &u8) -> bool {
+    *v == 0
 }
 
 /// Successful replies.
@@ -338,12 +368,27 @@ mod tests {
                 prefix: 24,
                 gateway: Some("10.1.2.1".parse().unwrap()),
                 mtu: 1500,
+                address6: None,
+                prefix6: 0,
+                gateway6: None,
             },
             resolv_conf: None,
         };
         let json = serde_json::to_value(&req).unwrap();
         assert_eq!(json["op"], "configure_nic");
         assert_eq!(json["nic"]["address"], "10.1.2.3");
+        // An IPv4-only NIC is what an agent from before IPv6 decodes, field for field.
+        assert!(json["nic"].get("address6").is_none());
+        let Request::ConfigureNic { nic, .. } = &req else {
+            unreachable!()
+        };
+        assert_eq!(nic.version(), NIC_REQUESTS_VERSION);
+        let mut six = nic.clone();
+        six.address6 = Some("fd00:30::2".parse().unwrap());
+        six.prefix6 = 64;
+        assert_eq!(six.version(), NIC_REQUESTS_V6_VERSION);
+        let back: NicConfig = serde_json::from_value(serde_json::to_value(&six).unwrap()).unwrap();
+        assert_eq!(back, six);
         assert_eq!(serde_json::from_value::<Request>(json).unwrap(), req);
         let down: Request = serde_json::from_str(
             r#"{"op":"deconfigure_nic","version":1,"mac":"06:aa:bb:cc:dd:ee","spare_name":"spare2"}"#,

@@ -2,7 +2,9 @@
 //! while the container runs (`docker network connect/disconnect`), see `guest_net.rs`;
 //! `RewriteEtcHosts`: the /etc/hosts that goes with them.
 
-use berth_agent_protocol::{ErrorKind, NicConfig, Reply, Response, NIC_REQUESTS_VERSION};
+use berth_agent_protocol::{
+    ErrorKind, NicConfig, Reply, Response, NIC_REQUESTS_V6_VERSION, NIC_REQUESTS_VERSION,
+};
 
 use super::{err, Agent};
 
@@ -15,11 +17,11 @@ fn check(version: u32) -> Result<(), berth_agent_protocol::RemoteError> {
             "only a microVM's guest agent configures network interfaces",
         ));
     }
-    if version != NIC_REQUESTS_VERSION {
+    if version != NIC_REQUESTS_VERSION && version != NIC_REQUESTS_V6_VERSION {
         return Err(err(
             ErrorKind::InvalidArgument,
             format!(
-                "NIC request version {version} is not supported (the guest agent speaks {NIC_REQUESTS_VERSION})"
+                "NIC request version {version} is not supported (the guest agent speaks {NIC_REQUESTS_VERSION} and {NIC_REQUESTS_V6_VERSION})"
             ),
         ));
     }

@@ -30,7 +30,7 @@ pub fn router() -> Router<AppState> {
 }
 
 fn ipam(n: &NetworkRecord) -> Ipam {
-    let config = n
+    let mut config: Vec<IpamConfig> = n
         .subnet
         .map(|s| {
             vec![IpamConfig {
@@ -46,6 +46,19 @@ fn ipam(n: &NetworkRecord) -> Ipam {
             }]
         })
         .unwrap_or_default();
+    // The IPv6 config second, with its gateway only when one was given (dockerd's
+    // inspect).
+    if let Some(s6) = n.subnet6 {
+        config.push(IpamConfig {
+            subnet: Some(s6.network().to_string()),
+            gateway: n
+                .gateway6
+                .filter(|_| n.gateway6_explicit)
+                .map(|g| g.to_string()),
+            ip_range: n.ip_range6.map(|r| r.to_string()),
+            auxiliary_addresses: None,
+        });
+    }
     Ipam {
         driver: Some(n.ipam_driver.clone()),
         config: Some(config),
@@ -61,7 +74,7 @@ fn summary(n: &NetworkRecord) -> NetworkSummary {
         scope: Some("local".into()),
         driver: Some(n.driver.clone()),
         enable_ipv4: Some(true),
-        enable_ipv6: Some(false),
+        enable_ipv6: Some(n.enable_ipv6),
         ipam: Some(ipam(n)),
         internal: Some(n.internal),
         attachable: Some(n.attachable),
@@ -89,7 +102,11 @@ fn inspect_model(engine: &AppState, n: &NetworkRecord) -> NetworkInspect {
                     endpoint_id: Some(e.id.clone()),
                     mac_address: Some(e.mac.clone()),
                     ipv4_address: Some(format!("{}/{}", e.ip, e.prefix)),
-                    ipv6_address: Some(String::new()),
+                    ipv6_address: Some(
+                        e.ip6
+                            .map(|a| format!("{a}/{}", e.prefix6))
+                            .unwrap_or_default(),
+                    ),
                 },
             )
         })
@@ -298,8 +315,9 @@ pub(crate) fn container_net(
         let mut es = EndpointSettings {
             network_id: Some(a.network_id.clone()),
             aliases: (!a.aliases.is_empty()).then(|| a.aliases.clone()),
-            ipam_config: a.ipv4.map(|ip| EndpointIpamConfig {
-                ipv4_address: Some(ip.to_string()),
+            ipam_config: (a.ipv4.is_some() || a.ipv6.is_some()).then(|| EndpointIpamConfig {
+                ipv4_address: a.ipv4.map(|ip| ip.to_string()),
+                ipv6_address: a.ipv6.map(|ip| ip.to_string()),
                 ..Default::default()
             }),
             mac_address: Some(a.mac.clone().unwrap_or_default()),
@@ -323,6 +341,11 @@ pub(crate) fn container_net(
             es.gateway = Some(e.gateway.map(|g| g.to_string()).unwrap_or_default());
             es.ip_address = Some(e.ip.to_string());
             es.ip_prefix_len = Some(e.prefix as i64);
+            if let Some(ip6) = e.ip6 {
+                es.global_ipv6_address = Some(ip6.to_string());
+                es.global_ipv6_prefix_len = Some(e.prefix6 as i64);
+                es.ipv6_gateway = Some(e.gateway6.map(|g| g.to_string()).unwrap_or_default());
+            }
             es.mac_address = Some(e.mac.clone());
             if n.is_default_bridge() {
                 bridge = Some(e.clone());
@@ -405,11 +428,11 @@ pub(crate) fn network_settings_json(
         "SecondaryIPv6Addresses": null,
         "EndpointID": b.map(|e| e.id.clone()).unwrap_or_default(),
         "Gateway": b.and_then(|e| e.gateway).map(|g| g.to_string()).unwrap_or_default(),
-        "GlobalIPv6Address": "",
-        "GlobalIPv6PrefixLen": 0,
+        "GlobalIPv6Address": b.and_then(|e| e.ip6).map(|a| a.to_string()).unwrap_or_default(),
+        "GlobalIPv6PrefixLen": b.filter(|e| e.ip6.is_some()).map(|e| e.prefix6).unwrap_or(0),
         "IPAddress": b.map(|e| e.ip.to_string()).unwrap_or_default(),
         "IPPrefixLen": b.map(|e| e.prefix).unwrap_or(0),
-        "IPv6Gateway": "",
+        "IPv6Gateway": b.and_then(|e| e.gateway6).map(|g| g.to_string()).unwrap_or_default(),
         "MacAddress": b.map(|e| e.mac.clone()).unwrap_or_default(),
         "Networks": n.networks,
     })

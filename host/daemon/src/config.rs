@@ -78,6 +78,12 @@ pub struct Flags {
     /// Where the default bridge hands out container addresses (inside --bip's subnet).
     #[arg(long)]
     pub fixed_cidr: Option<String>,
+    /// IPv6 on the default bridge (needs --fixed-cidr-v6).
+    #[arg(long)]
+    pub ipv6: bool,
+    /// The default bridge's IPv6 subnet, e.g. fd00:1::/64 (its gateway is ::1).
+    #[arg(long = "fixed-cidr-v6")]
+    pub fixed_cidr_v6: Option<String>,
     /// Pools for user networks without --subnet: base=CIDR,size=N (repeatable).
     #[arg(long = "default-address-pool")]
     pub default_address_pools: Vec<String>,
@@ -151,6 +157,8 @@ pub struct FileConfig {
     pub bridge: Option<String>,
     pub bip: Option<String>,
     pub fixed_cidr: Option<String>,
+    pub ipv6: Option<bool>,
+    pub fixed_cidr_v6: Option<String>,
     pub default_address_pools: Option<Vec<String>>,
     pub mtu: Option<u32>,
     pub microvm_spare_nics: Option<u8>,
@@ -282,6 +290,8 @@ impl Config {
             bridge_disabled: flags.bridge.or(file.bridge).as_deref() == Some("none"),
             bip: flags.bip.or(file.bip),
             fixed_cidr: flags.fixed_cidr.or(file.fixed_cidr),
+            ipv6: flags.ipv6 || file.ipv6.unwrap_or(false),
+            fixed_cidr_v6: flags.fixed_cidr_v6.or(file.fixed_cidr_v6),
             default_address_pools: if flags.default_address_pools.is_empty() {
                 file.default_address_pools.unwrap_or_default()
             } else {

@@ -127,6 +127,20 @@ fn bridge_is_a_plugin_and_create_d_picks_a_network_plugin() {
         "for i in 1 2 3 4 5 6 7 8 9 10; do timeout 5 wget -qO- http://srv/i && break; sleep 0.3; done",
     ]);
     assert!(got.contains("hi-third"), "{got}");
+    // The plugin implements berth:driver@0.2.0 (IPv4 only): an IPv6 network with it as
+    // the driver or as the IPAM is refused with 501, naming the version it would need,
+    // and leaves nothing behind.
+    for (driver, ipam) in [(PLUGIN, "default"), ("bridge", PLUGIN)] {
+        let body = format!(
+            r#"{{"Name":"six","Driver":"{driver}","EnableIPv6":true,"IPAM":{{"Driver":"{ipam}","Config":[{{"Subnet":"10.98.0.0/24"}},{{"Subnet":"fd00:98::/64"}}]}}}}"#
+        );
+        let (code, msg) = d.api("POST", "/networks/create", Some(&body));
+        assert_eq!(code, 501, "{driver}/{ipam}: {msg}");
+        assert!(msg.contains("berth:driver@0.3.0"), "{msg}");
+        assert!(d
+            .docker_err(&["network", "inspect", "six"])
+            .contains("not found"));
+    }
     d.docker_ok(&["rm", "-f", "srv"]);
     d.docker_ok(&["network", "rm", "third"]);
     let links = stdout(&d.in_netns(&["ip", "-o", "link"]));

@@ -11,8 +11,9 @@ use anyhow::{bail, Context, Result};
 
 /// `berth:driver@0.1.0`, the interface version log and volume drivers use.
 pub const INTERFACE: &str = "berth:driver@0.1.0";
-/// Network drivers are `berth:driver@0.2.0` (the `network-plugin` world).
-pub const NETWORK_INTERFACE: &str = "berth:driver@0.2.0";
+/// Network drivers are `berth:driver@0.3.0` (the dual-stack `network-plugin` world; berthd
+/// still serves 0.2.0 ones, IPv4 only).
+pub const NETWORK_INTERFACE: &str = "berth:driver@0.3.0";
 /// Authorization plugins have a package of their own.
 pub const AUTHZ_INTERFACE: &str = "berth:authz@0.1.0";
 
@@ -25,9 +26,9 @@ pub const WIT_FILES: &[(&str, &str)] = &[
 ];
 
 const NETWORK_WIT: &[(&str, &str)] = &[
-    ("types.wit", include_str!("../../wit/0.2.0/types.wit")),
-    ("network.wit", include_str!("../../wit/0.2.0/network.wit")),
-    ("worlds.wit", include_str!("../../wit/0.2.0/worlds.wit")),
+    ("types.wit", include_str!("../../wit/0.3.0/types.wit")),
+    ("network.wit", include_str!("../../wit/0.3.0/network.wit")),
+    ("worlds.wit", include_str!("../../wit/0.3.0/worlds.wit")),
 ];
 const AUTHZ_WIT: &[(&str, &str)] =
     &[("authz.wit", include_str!("../../wit/authz-0.1.0/authz.wit"))];
@@ -150,9 +151,11 @@ fn sources(kind: Kind) -> Vec<(String, String)> {
     files
         .iter()
         .map(|(f, src)| {
-            let src = ["0.1.0", "0.2.0"].iter().fold(src.to_string(), |s, v| {
-                s.replace(&format!(r#"path: "../../wit/{v}""#), r#"path: "wit""#)
-            });
+            let src = ["0.1.0", "0.2.0", "0.3.0"]
+                .iter()
+                .fold(src.to_string(), |s, v| {
+                    s.replace(&format!(r#"path: "../../wit/{v}""#), r#"path: "wit""#)
+                });
             (format!("src/{f}"), src)
         })
         .collect()
@@ -233,7 +236,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(m.kind, berth_plugin_host::PluginKind::Network);
-        assert_eq!(m.interface_version, "0.2.0");
+        assert_eq!(m.interface_version, "0.3.0");
         assert!(dir.join("wit/network.wit").exists());
 
         let dir = new_project(tmp.path(), "my-authz", parse_kind("authz").unwrap()).unwrap();

@@ -42,3 +42,15 @@ pub mod v0_2_0 {
         });
     }
 }
+
+/// 0.3.0: the network world with dual-stack records (`subnet6`/`gateway6` on a network,
+/// `address6`/`gateway6` on an endpoint, `address6` on a bridge). 0.2.0 stays served
+/// for IPv4-only network plugins.
+pub mod v0_3_0 {
+    pub mod network {
+        wasmtime::component::bindgen!({
+            path: "../wit/0.3.0",
+            world: "network-plugin",
+        });
+    }
+}

@@ -13,6 +13,7 @@ use wasmtime::Engine;
 use crate::bindings::v0_1_0::log::{LogPlugin, LogPluginPre};
 use crate::bindings::v0_1_0::volume::{VolumePlugin, VolumePluginPre};
 use crate::bindings::v0_2_0::network::NetworkPluginPre;
+use crate::bindings::v0_3_0::network::NetworkPluginPre as NetworkPluginPre3;
 use crate::config::PluginHostConfig;
 use crate::engine::{build_engine, load_component, spawn_ticker, CacheOutcome};
 use crate::error::{HostError, LoadError, PluginError};
@@ -233,6 +234,9 @@ impl PluginHost {
             PluginKind::Log => {
                 Pre::Log(LogPluginPre::new(ipre).map_err(|e| err(format!("{e:#}")))?)
             }
+            PluginKind::Network if version == InterfaceVersion::V0_3_0 => {
+                Pre::Network3(NetworkPluginPre3::new(ipre).map_err(|e| err(format!("{e:#}")))?)
+            }
             PluginKind::Network => {
                 Pre::Network(NetworkPluginPre::new(ipre).map_err(|e| err(format!("{e:#}")))?)
             }
@@ -413,7 +417,17 @@ impl PluginHost {
                         .map(|_| ()),
                     crate::plugin::Inst::Network(n) => n
                         .berth_driver_network_driver()
-                        .call_delete_network(s, &crate::network::wit_network(&Default::default()))
+                        .call_delete_network(
+                            s,
+                            &crate::network_wit::v2::network(&Default::default()),
+                        )
+                        .map(|_| ()),
+                    crate::plugin::Inst::Network3(n) => n
+                        .berth_driver_network_driver()
+                        .call_delete_network(
+                            s,
+                            &crate::network_wit::v3::network(&Default::default()),
+                        )
                         .map(|_| ()),
                 })?;
                 out.push(t.elapsed());

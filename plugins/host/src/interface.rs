@@ -12,16 +12,22 @@ pub enum InterfaceVersion {
     V0_1_0,
     /// Adds the network world served by the host (intents, no host imports).
     V0_2_0,
+    /// The network world with IPv6 (dual-stack records).
+    V0_3_0,
 }
 
 impl InterfaceVersion {
-    pub const ALL: &'static [InterfaceVersion] =
-        &[InterfaceVersion::V0_1_0, InterfaceVersion::V0_2_0];
+    pub const ALL: &'static [InterfaceVersion] = &[
+        InterfaceVersion::V0_1_0,
+        InterfaceVersion::V0_2_0,
+        InterfaceVersion::V0_3_0,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             InterfaceVersion::V0_1_0 => "0.1.0",
             InterfaceVersion::V0_2_0 => "0.2.0",
+            InterfaceVersion::V0_3_0 => "0.3.0",
         }
     }
 
@@ -76,7 +82,7 @@ fn driver_interfaces(kind: PluginKind) -> (&'static [&'static str], &'static [&'
             &["types", "host", "volume-host"],
             &["lifecycle", "volume-driver"],
         ),
-        // 0.2.0: the network world imports only types (no host calls at all).
+        // 0.2.0 and 0.3.0: the network world imports only types (no host calls at all).
         PluginKind::Network => (
             &["types", "network-types"],
             &["lifecycle", "network-driver", "ipam-driver"],
@@ -125,9 +131,12 @@ pub fn check(
         )
     })?;
     // Each kind is served at the versions that have a host binding for it: log and
-    // volume at 0.1.0, network at 0.2.0 (0.1.0's network world stays frozen, unserved).
+    // volume at 0.1.0, network at 0.2.0 (IPv4 only) and 0.3.0 (dual-stack); 0.1.0's
+    // network world stays frozen, unserved.
     let served = match kind {
-        PluginKind::Network => parsed == InterfaceVersion::V0_2_0,
+        PluginKind::Network => {
+            matches!(parsed, InterfaceVersion::V0_2_0 | InterfaceVersion::V0_3_0)
+        }
         _ => parsed == InterfaceVersion::V0_1_0,
     };
     if !served {

@@ -87,6 +87,7 @@ mod kv;
 pub mod log;
 mod manifest;
 pub mod network;
+mod network_wit;
 mod plugin;
 mod resolve;
 mod shared;
@@ -106,7 +107,9 @@ pub use log::{
     LogStats, PartialMeta, ReadConfig,
 };
 pub use manifest::{valid_plugin_name, Manifest, PluginKind};
-pub use network::{Cidr, EndpointSpec, NetIntent, NetworkDriverHandle, NetworkSpec};
+pub use network::{
+    AnyCidr, Cidr, Cidr6, EndpointSpec, NetIntent, NetworkDriverHandle, NetworkSpec,
+};
 pub use stats::PluginStats;
 pub use volume::{DiskFormat, MountSource, VolumeDriverHandle, VolumeInfo, VolumeScope};
 

@@ -16,6 +16,9 @@ use wasmtime::{Engine, Store, Trap};
 use crate::bindings::v0_1_0::log::{LogPlugin, LogPluginPre};
 use crate::bindings::v0_1_0::volume::{VolumePlugin, VolumePluginPre};
 use crate::bindings::v0_2_0::network::{NetworkPlugin, NetworkPluginPre};
+use crate::bindings::v0_3_0::network::{
+    NetworkPlugin as NetworkPlugin3, NetworkPluginPre as NetworkPluginPre3,
+};
 use crate::engine::ticks;
 use crate::error::PluginError;
 use crate::manifest::PluginKind;
@@ -26,12 +29,17 @@ pub enum Pre {
     Log(LogPluginPre<StoreState>),
     Volume(VolumePluginPre<StoreState>),
     Network(NetworkPluginPre<StoreState>),
+    /// A network plugin on `berth:driver@0.3.0` (dual-stack).
+    Network3(NetworkPluginPre3<StoreState>),
 }
 
 pub enum Inst {
     Log(LogPlugin),
     Volume(VolumePlugin),
+    /// `berth:driver@0.2.0`: IPv4 only.
     Network(NetworkPlugin),
+    /// `berth:driver@0.3.0`: IPv4 and IPv6.
+    Network3(NetworkPlugin3),
 }
 
 impl Inst {
@@ -45,12 +53,6 @@ impl Inst {
         match self {
             Inst::Volume(v) => v,
             _ => unreachable!("volume call on another kind of plugin"),
-        }
-    }
-    pub fn network(&self) -> &NetworkPlugin {
-        match self {
-            Inst::Network(n) => n,
-            _ => unreachable!("network call on another kind of plugin"),
         }
     }
 }
@@ -148,6 +150,7 @@ impl Runner {
             Pre::Log(p) => p.instantiate(&mut store).map(Inst::Log),
             Pre::Volume(p) => p.instantiate(&mut store).map(Inst::Volume),
             Pre::Network(p) => p.instantiate(&mut store).map(Inst::Network),
+            Pre::Network3(p) => p.instantiate(&mut store).map(Inst::Network3),
         };
         let inst = match inst {
             Ok(i) => i,
@@ -169,6 +172,10 @@ impl Runner {
                 .call_init(store, &config)
                 .map(|r| r.map_err(PluginError::from)),
             Inst::Network(n) => n
+                .berth_driver_lifecycle()
+                .call_init(store, &config)
+                .map(|r| r.map_err(PluginError::from)),
+            Inst::Network3(n) => n
                 .berth_driver_lifecycle()
                 .call_init(store, &config)
                 .map(|r| r.map_err(PluginError::from)),

@@ -337,7 +337,7 @@ impl AgentClient {
         resolv_conf: Option<String>,
     ) -> Result<()> {
         self.call_ok(Request::ConfigureNic {
-            version: crate::NIC_REQUESTS_VERSION,
+            version: nic.version(),
             nic,
             resolv_conf,
         })

@@ -1,6 +1,7 @@
 """docker-py's network API against berthd (DOCKER_HOST): create with IPAM, connect with
 alias and static address, name resolution, inspect, list filters, disconnect, remove,
-prune, and Docker's NotFound. Usage: network_api.py IMAGE"""
+prune, Docker's NotFound, and a dual-stack network (enable_ipv6, ipv6_address).
+Usage: network_api.py IMAGE"""
 import sys
 
 import docker
@@ -51,4 +52,24 @@ except docker.errors.NotFound:
     pass
 c.networks.create("unused")
 assert c.networks.prune()["NetworksDeleted"] == ["unused"]
+six = c.networks.create(
+    "py6",
+    enable_ipv6=True,
+    ipam=docker.types.IPAMConfig(
+        pool_configs=[
+            docker.types.IPAMPool(subnet="10.78.0.0/24"),
+            docker.types.IPAMPool(subnet="fd00:78::/64"),
+        ]
+    ),
+)
+assert six.attrs["EnableIPv6"] is True, six.attrs
+assert [p["Subnet"] for p in six.attrs["IPAM"]["Config"]] == ["10.78.0.0/24", "fd00:78::/64"], six.attrs
+cli6 = c.containers.run(img, "sleep 100", name="pycli6", detach=True)
+six.connect(cli6, ipv6_address="fd00:78::78")
+cli6.reload()
+ep = cli6.attrs["NetworkSettings"]["Networks"]["py6"]
+assert ep["GlobalIPv6Address"] == "fd00:78::78", ep
+assert ep["IPv6Gateway"] == "fd00:78::1", ep
+cli6.remove(force=True)
+six.remove()
 print("docker-py network API: ok")

@@ -1,6 +1,7 @@
 //! Containers ↔ networks: which networks a new container joins (`NetworkMode` and
 //! `EndpointsConfig`), its sandbox at start, `docker network connect/disconnect`.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use berth_agent_protocol::{ContainerSpec, Mount, MountKind, NetworkSpec};
@@ -38,6 +39,16 @@ fn attachment(
 ) -> Result<Attachment> {
     let es = es.cloned().unwrap_or_default();
     let aliases = es.aliases.unwrap_or_default();
+    let ipv6: Option<std::net::Ipv6Addr> = es
+        .ipam_config
+        .as_ref()
+        .and_then(|c| c.ipv6_address.clone())
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse()
+                .map_err(|_| Error::invalid(format!("invalid IPv6 address: {s}")))
+        })
+        .transpose()?;
     let ipv4 = es
         .ipam_config
         .and_then(|c| c.ipv4_address)
@@ -53,10 +64,27 @@ fn attachment(
                 "network-scoped alias is supported only for containers in user defined networks",
             ));
         }
-        if ipv4.is_some() {
+        if ipv4.is_some() || ipv6.is_some() {
             return Err(Error::invalid(
                 "user specified IP address is supported on user defined networks only",
             ));
+        }
+    }
+    if let Some(ip) = ipv6 {
+        // dockerd's words for `--ip6` on a network without an IPv6 subnet, and for one
+        // outside it.
+        match net.subnet6.filter(|_| net.enable_ipv6) {
+            None => {
+                return Err(Error::invalid(
+                    "user specified IP address is supported only when connecting to networks with user configured subnets",
+                ))
+            }
+            Some(s) if !s.contains(ip) => {
+                return Err(Error::invalid(format!(
+                    "Invalid address {ip}: It does not belong to any of this network's subnets"
+                )))
+            }
+            Some(_) => {}
         }
     }
     if let Some(m) = es.mac_address.as_deref().filter(|m| !m.is_empty()) {
@@ -67,6 +95,7 @@ fn attachment(
         network_name: net.name.clone(),
         aliases,
         ipv4,
+        ipv6,
         mac: es.mac_address.filter(|m| !m.is_empty()),
     })
 }
@@ -361,16 +390,16 @@ impl Containers {
         }
         let att = attachment(&net, es.as_ref())?;
         let running = rec.state.status.is_running();
-        let mut address = None;
+        let mut endpoint = None;
         if running && self.backend(&rec).capabilities().guest_nics {
-            address = Some(
+            endpoint = Some(
                 self.connect_running_vm(c, &rec, &net, &att, es.as_ref())
                     .await?,
             );
         } else if running && self.backend(&rec).capabilities().host_namespaces {
             let mut req = self.sandbox_request(&rec);
             req.attachments = vec![att.clone()];
-            address = Some(nets.connect_running(&req, &att).await?.ip);
+            endpoint = Some(nets.connect_running(&req, &att).await?);
             // The file is bind-mounted: rewrite it in place (a rename would leave the
             // container looking at the old inode).
             if let Some(resolv) = self.resolv_conf_after_connect(&rec, &net, &req) {
@@ -382,9 +411,15 @@ impl Containers {
         }
         c.update(|r| r.networks.push(att));
         self.save(c)?;
-        if let Some(ip) = address {
+        if let Some(ep) = endpoint {
             let hostname = rec.config.hostname.clone().unwrap_or_default();
-            let edit = |hosts: &str| Some(etc::hosts_with_address(hosts, &ip, &hostname));
+            let edit = |hosts: &str| {
+                let h = etc::hosts_with_address(hosts, &ep.ip, &hostname);
+                Some(match ep.ip6 {
+                    Some(ip6) => etc::hosts_with_address(&h, &ip6, &hostname),
+                    None => h,
+                })
+            };
             self.edit_etc_hosts(c, &rec, edit).await?;
         }
         Ok(())
@@ -457,7 +492,8 @@ impl Containers {
             .container_endpoints(&c.id)
             .into_iter()
             .filter(|e| running && e.network_id == net.id)
-            .map(|e| e.ip)
+            .flat_map(|e| [Some(IpAddr::V4(e.ip)), e.ip6.map(IpAddr::V6)])
+            .flatten()
             .collect();
         if running {
             if self.backend(&rec).capabilities().guest_nics {

@@ -14,7 +14,7 @@ use super::lifecycle::agent_err;
 use super::record::ContainerRecord;
 use super::{Container, Containers};
 use crate::isolation::{GuestNetwork, GuestNic, GuestSpareNic};
-use crate::networks::model::{Attachment, NetworkRecord};
+use crate::networks::model::{Attachment, EndpointRecord, NetworkRecord};
 use crate::{Error, Result};
 
 /// Why an endpoint setting cannot be honoured on a running VM, if one cannot.
@@ -61,6 +61,9 @@ impl Containers {
                     address: ep.ip,
                     prefix: ep.prefix,
                     gateway: ep.gateway,
+                    address6: ep.ip6,
+                    prefix6: ep.prefix6,
+                    gateway6: ep.gateway6,
                 }),
                 None => guest.spares.push(GuestSpareNic {
                     tap: nic.tap,
@@ -73,7 +76,7 @@ impl Containers {
     }
 
     /// `network connect` of a running microVM container: a new endpoint on a spare NIC,
-    /// configured by the guest agent. Returns the endpoint's address.
+    /// configured by the guest agent. Returns the endpoint.
     pub(super) async fn connect_running_vm(
         &self,
         c: &Arc<Container>,
@@ -81,7 +84,7 @@ impl Containers {
         net: &NetworkRecord,
         att: &Attachment,
         es: Option<&EndpointSettings>,
-    ) -> Result<std::net::Ipv4Addr> {
+    ) -> Result<EndpointRecord> {
         if let Some(why) = unsupported_setting(att, es) {
             return Err(Error::invalid(format!(
                 "cannot connect running microVM container {} to network {}: {why}",
@@ -101,6 +104,9 @@ impl Containers {
             prefix: ep.prefix,
             gateway: ep.gateway,
             mtu: net.mtu,
+            address6: ep.ip6,
+            prefix6: ep.prefix6,
+            gateway6: ep.gateway6,
         };
         let resolv = self.resolv_conf_after_connect(rec, net, &req);
         if let Err(e) = agent.configure_nic(nic, resolv).await {
@@ -117,7 +123,7 @@ impl Containers {
                 net.name
             )));
         }
-        Ok(ep.ip)
+        Ok(ep)
     }
 
     /// `network disconnect` of a running microVM container: the guest NIC becomes a spare

@@ -54,6 +54,10 @@ pub struct GuestNic {
     pub prefix: u8,
     pub gateway: Option<std::net::Ipv4Addr>,
     pub mtu: u32,
+    /// The IPv6 address and default route on an IPv6 network.
+    pub address6: Option<std::net::Ipv6Addr>,
+    pub prefix6: u8,
+    pub gateway6: Option<std::net::Ipv6Addr>,
 }
 
 /// A VM's spare NIC: a TAP joined to nothing yet, and the guest NIC on it, which the

@@ -1,26 +1,28 @@
 //! Embedded DNS for user-defined networks: a small responder on each network's gateway
 //! address, UDP and TCP port 53 (inside berthd's network namespace, where the bridge
-//! lives). It answers A queries for the network's containers — name, aliases, full and
-//! short id — and relays everything else to the host's resolvers, over the transport the
+//! lives). It answers A and AAAA queries for the network's containers — name, aliases,
+//! full and short id; AAAA records only on an IPv6 network, an empty NOERROR answer
+//! otherwise, as dockerd — and relays everything else to the host's resolvers, over the transport the
 //! query came on (a resolver retries over TCP when a UDP answer is truncated).
 //!
 //! Hand-written rather than hickory-server: the whole job is one question in, zero or
-//! more A records out, plus a byte-for-byte relay; that is ~150 lines with no new
+//! more A/AAAA records out, plus a byte-for-byte relay; that is ~150 lines with no new
 //! dependency tree to build, and nothing to start per container (a network's responder
 //! starts with its bridge). Containers point at it through resolv.conf, which plays the
 //! part of Docker's 127.0.0.11.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 
-/// Names → addresses on one network.
-pub type Lookup = Arc<dyn Fn(&str) -> Vec<Ipv4Addr> + Send + Sync>;
+/// Names → addresses (IPv4 and, on an IPv6 network, IPv6) on one network.
+pub type Lookup = Arc<dyn Fn(&str) -> Vec<IpAddr> + Send + Sync>;
 
 const TYPE_A: u16 = 1;
+const TYPE_AAAA: u16 = 28;
 const RCODE_SERVFAIL: u8 = 2;
 /// How long a TCP client may sit between queries, and how long an upstream may take.
 const TCP_IDLE: Duration = Duration::from_secs(10);
@@ -54,8 +56,9 @@ fn question(pkt: &[u8]) -> Option<(String, u16, usize)> {
     Some((labels.join("."), qtype, i + 4))
 }
 
-/// A response to `query` (question copied up to `qend`) with `answers` as A records.
-fn response(query: &[u8], qend: usize, answers: &[Ipv4Addr], rcode: u8) -> Vec<u8> {
+/// A response to `query` (question copied up to `qend`) with `answers` as A and AAAA
+/// records.
+fn response(query: &[u8], qend: usize, answers: &[IpAddr], rcode: u8) -> Vec<u8> {
     let mut r = Vec::with_capacity(qend + answers.len() * 16);
     r.extend_from_slice(&query[..2]);
     // QR, opcode 0, AA, RD copied; RA.
@@ -66,12 +69,16 @@ fn response(query: &[u8], qend: usize, answers: &[Ipv4Addr], rcode: u8) -> Vec<u
     r.extend_from_slice(&[0, 0, 0, 0]);
     r.extend_from_slice(&query[12..qend]);
     for ip in answers {
+        let (rtype, data) = match ip {
+            IpAddr::V4(a) => (TYPE_A, a.octets().to_vec()),
+            IpAddr::V6(a) => (TYPE_AAAA, a.octets().to_vec()),
+        };
         r.extend_from_slice(&[0xc0, 0x0c]);
-        r.extend_from_slice(&TYPE_A.to_be_bytes());
+        r.extend_from_slice(&rtype.to_be_bytes());
         r.extend_from_slice(&1u16.to_be_bytes());
         r.extend_from_slice(&600u32.to_be_bytes());
-        r.extend_from_slice(&4u16.to_be_bytes());
-        r.extend_from_slice(&ip.octets());
+        r.extend_from_slice(&(data.len() as u16).to_be_bytes());
+        r.extend_from_slice(&data);
     }
     r
 }
@@ -151,8 +158,15 @@ fn answer(query: &[u8], lookup: &Lookup) -> Answer {
     if found.is_empty() {
         return Answer::Relay { qend };
     }
-    // Known name: A records; other types get an empty NOERROR answer.
-    let answers = if qtype == TYPE_A { found } else { Vec::new() };
+    // Known name: A or AAAA records (none on a network without IPv6); other types get
+    // an empty NOERROR answer.
+    let answers: Vec<IpAddr> = found
+        .into_iter()
+        .filter(|ip| match ip {
+            IpAddr::V4(_) => qtype == TYPE_A,
+            IpAddr::V6(_) => qtype == TYPE_AAAA,
+        })
+        .collect();
     Answer::Local(response(query, qend, &answers, 0))
 }
 
@@ -257,6 +271,18 @@ mod tests {
         let (name, qtype, end) = question(&q).unwrap();
         assert_eq!((name.as_str(), qtype, end), ("web", 1, q.len()));
         let r = response(&q, end, &["10.0.0.2".parse().unwrap()], 0);
+        let lookup: Lookup =
+            Arc::new(|_| vec!["10.0.0.2".parse().unwrap(), "fd00:30::2".parse().unwrap()]);
+        // The same name asked for AAAA: one 16-byte record of type 28.
+        let mut q6 = q.clone();
+        let n = q6.len();
+        q6[n - 3] = 28;
+        let Answer::Local(r6) = answer(&q6, &lookup) else {
+            panic!("a local name is answered locally")
+        };
+        assert_eq!(&r6[6..8], &[0, 1]);
+        assert_eq!(&r6[r6.len() - 16..r6.len() - 14], &[0xfd, 0x00]);
+        assert_eq!(&r6[r6.len() - 26..r6.len() - 24], &[0, 28]);
         // Truncated or hostile packets are ignored, never a panic.
         assert!(question(&q[..q.len() - 1]).is_none());
         assert!(question(&[0u8; 5]).is_none());

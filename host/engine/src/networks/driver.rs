@@ -9,30 +9,33 @@
 //! the spare TAPs that let a running VM join networks ([`Intent::SpareTap`],
 //! [`Intent::JoinTap`], [`Intent::ReleaseTap`]).
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 
-use super::ipam::Ipv4Net;
+use super::ipam::{IpNet, Ipv4Net, Ipv6Net};
 use super::model::{EndpointRecord, NetworkRecord};
 use crate::Result;
 
 /// One change on the host, as a driver asks for it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Intent {
-    /// A Linux bridge with `address` (gateway/prefix) on it, up.
+    /// A Linux bridge with `address` (gateway/prefix) on it, up; on a dual-stack
+    /// network `address6` (the IPv6 gateway) too.
     Bridge {
         link: String,
         address: Ipv4Net,
+        address6: Option<Ipv6Net>,
         mtu: u32,
     },
     /// Remove a link the network owns.
     RemoveLink { link: String },
-    /// One more address on a link the network owns.
-    AddAddress { link: String, address: Ipv4Net },
+    /// One more address (either family) on a link the network owns.
+    AddAddress { link: String, address: IpNet },
     /// Remove an address the network owns.
-    RemoveAddress { link: String, address: Ipv4Net },
+    RemoveAddress { link: String, address: IpNet },
     /// A veth pair: `host_if` on `bridge`, the peer moved into the sandbox `netns` as
-    /// `ifname` with `address`, `mac`, `mtu`, and a default route via `gateway`.
+    /// `ifname` with `address`, `mac`, `mtu`, and a default route via `gateway`; on an
+    /// IPv6 network `address6` and a default IPv6 route via `gateway6` too.
     Endpoint {
         bridge: String,
         host_if: String,
@@ -40,6 +43,8 @@ pub enum Intent {
         ifname: String,
         address: Ipv4Net,
         gateway: Option<Ipv4Addr>,
+        address6: Option<Ipv6Net>,
+        gateway6: Option<Ipv6Addr>,
         mac: [u8; 6],
         mtu: u32,
     },

@@ -3,7 +3,7 @@
 //! handed to the agent as contents (microVMs), never written into the rootfs, so `diff`
 //! and `commit` do not see them.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use crate::{Error, Result};
 
@@ -31,10 +31,11 @@ pub fn parse_extra_hosts(
     Ok(out)
 }
 
-/// `own` lists the container's addresses with the names it is known by there.
+/// `own` lists the container's addresses with the names it is known by there: IPv4
+/// ones, and after each its IPv6 one on an IPv6 network (dockerd's order).
 pub fn hosts_file(
     hostname: &str,
-    own: &[(Ipv4Addr, Vec<String>)],
+    own: &[(IpAddr, Vec<String>)],
     extra: &[(String, String)],
 ) -> String {
     let mut s = String::from(
@@ -186,13 +187,16 @@ mod tests {
         assert!(h.ends_with("127.0.1.1\tabc\n"));
         let h = hosts_file(
             "abc",
-            &[("10.0.0.5".parse().unwrap(), vec!["web".into()])],
+            &[
+                ("10.0.0.5".parse().unwrap(), vec!["web".into()]),
+                ("fd00:30::10".parse().unwrap(), vec!["web".into()]),
+            ],
             &[],
         );
-        assert!(h.ends_with("10.0.0.5\tabc web\n"));
+        assert!(h.ends_with("10.0.0.5\tabc web\nfd00:30::10\tabc web\n"));
         let ip: Ipv4Addr = "10.1.0.7".parse().unwrap();
         let connected = hosts_with_address(&h, &ip, "abc");
-        assert!(connected.ends_with("10.0.0.5\tabc web\n10.1.0.7\tabc\n"));
+        assert!(connected.ends_with("fd00:30::10\tabc web\n10.1.0.7\tabc\n"));
         assert_eq!(hosts_without_address(&connected, &ip), h);
         // A prefix of another address is not that address.
         let other: Ipv4Addr = "10.0.0.50".parse().unwrap();

@@ -1,10 +1,11 @@
-//! IPv4 address management: subnets, pools (`--default-address-pool`) and per-network
-//! address allocation. Pure functions over the recorded state, so a crash can never leave an
+//! IPv4 and IPv6 address management: subnets, pools (`--default-address-pool`, IPv4
+//! only: like dockerd 20.10, berth has no default IPv6 pool) and per-network address
+//! allocation. Pure functions over the recorded state, so a crash can never leave an
 //! allocation that the state file does not show.
 
 use std::collections::HashSet;
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
@@ -84,6 +85,100 @@ impl FromStr for Ipv4Net {
     }
 }
 
+/// An IPv6 prefix, as [`Ipv4Net`]: `addr` as written, [`Ipv6Net::network`] masked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Ipv6Net {
+    pub addr: Ipv6Addr,
+    pub prefix: u8,
+}
+
+impl Ipv6Net {
+    pub fn new(addr: Ipv6Addr, prefix: u8) -> Self {
+        Ipv6Net { addr, prefix }
+    }
+
+    fn mask(&self) -> u128 {
+        if self.prefix == 0 {
+            0
+        } else {
+            u128::MAX << (128 - self.prefix as u32)
+        }
+    }
+
+    pub fn network(&self) -> Ipv6Net {
+        Ipv6Net::new(
+            Ipv6Addr::from(u128::from(self.addr) & self.mask()),
+            self.prefix,
+        )
+    }
+
+    pub fn contains(&self, ip: Ipv6Addr) -> bool {
+        u128::from(ip) & self.mask() == u128::from(self.addr) & self.mask()
+    }
+
+    pub fn overlaps(&self, other: &Ipv6Net) -> bool {
+        self.contains(other.network().addr) || other.contains(self.network().addr)
+    }
+
+    /// The `n`th address of the prefix (0 = the subnet-router anycast address).
+    pub fn nth(&self, n: u128) -> Option<Ipv6Addr> {
+        let size = 1u128.checked_shl(128 - self.prefix as u32).unwrap_or(0);
+        (size == 0 || n < size).then(|| Ipv6Addr::from(u128::from(self.network().addr) + n))
+    }
+}
+
+impl fmt::Display for Ipv6Net {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+impl FromStr for Ipv6Net {
+    type Err = Error;
+    /// `addr/n`; Docker's message for anything else.
+    fn from_str(s: &str) -> Result<Self> {
+        let bad = || Error::invalid(format!("invalid CIDR address: {s}"));
+        let (a, p) = s.split_once('/').ok_or_else(bad)?;
+        let addr: Ipv6Addr = a.parse().map_err(|_| bad())?;
+        let prefix: u8 = p.parse().map_err(|_| bad())?;
+        if prefix > 128 {
+            return Err(bad());
+        }
+        Ok(Ipv6Net { addr, prefix })
+    }
+}
+
+/// An address of either family with its prefix length (an address on a link).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct IpNet {
+    pub addr: std::net::IpAddr,
+    pub prefix: u8,
+}
+
+impl From<Ipv4Net> for IpNet {
+    fn from(n: Ipv4Net) -> Self {
+        IpNet {
+            addr: n.addr.into(),
+            prefix: n.prefix,
+        }
+    }
+}
+
+impl From<Ipv6Net> for IpNet {
+    fn from(n: Ipv6Net) -> Self {
+        IpNet {
+            addr: n.addr.into(),
+            prefix: n.prefix,
+        }
+    }
+}
+
+impl fmt::Display for IpNet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
 /// One `--default-address-pool base=10.10.0.0/16,size=24`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Pool {
@@ -159,6 +254,16 @@ pub trait IpamDriver: Send + Sync {
         preferred: Option<Ipv4Addr>,
         used: &HashSet<Ipv4Addr>,
     ) -> Result<Ipv4Addr>;
+    /// The IPv6 subnet `requested` (`--ipv6 --subnet V6`), checked against `used`.
+    fn request_pool6(&self, requested: Ipv6Net, used: &[Ipv6Net]) -> Result<Ipv6Net>;
+    /// An IPv6 address of `subnet`, as [`IpamDriver::request_address`] (`--ip6`).
+    fn request_address6(
+        &self,
+        subnet: Ipv6Net,
+        range: Option<Ipv6Net>,
+        preferred: Option<Ipv6Addr>,
+        used: &HashSet<Ipv6Addr>,
+    ) -> Result<Ipv6Addr>;
 }
 
 /// Docker's MAC for an address: `02:42` followed by the four address bytes.
@@ -202,5 +307,14 @@ mod tests {
         assert!("base=10.232.0.0/16,size=8".parse::<Pool>().is_err());
         assert_eq!(mac_for("172.17.0.2".parse().unwrap()), "02:42:ac:11:00:02");
         assert_eq!(parse_mac("02:42:ac:11:00:02").unwrap()[2], 0xac);
+        let six: Ipv6Net = "fd00:30::1/64".parse().unwrap();
+        assert_eq!(six.network().to_string(), "fd00:30::/64");
+        assert!(six.contains("fd00:30::ffff".parse().unwrap()));
+        assert!(!six.contains("fd00:31::1".parse().unwrap()));
+        assert_eq!(six.nth(1).unwrap().to_string(), "fd00:30::1");
+        assert!("fd00::/16".parse::<Ipv6Net>().unwrap().overlaps(&six));
+        assert!(!"fd00::/48".parse::<Ipv6Net>().unwrap().overlaps(&six));
+        assert!("fd00::/129".parse::<Ipv6Net>().is_err());
+        assert!("10.0.0.0/8".parse::<Ipv6Net>().is_err());
     }
 }

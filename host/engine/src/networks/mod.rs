@@ -8,6 +8,7 @@
 //! names on user networks. Container-side wiring (the sandbox netns, endpoints, ports) is
 //! in [`sandbox`] (a microVM's NICs in [`vm_nics`]). Drivers and IPAM are WASM `network-plugin`s, adapted in [`plugin`].
 
+mod create;
 pub mod dns;
 pub mod driver;
 pub mod etc;
@@ -19,15 +20,13 @@ pub mod nat;
 pub mod netns;
 pub mod plugin;
 pub mod ports;
+mod proxy6;
 pub mod sandbox;
 pub mod vm_nics;
 
 use std::collections::HashMap;
-use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-
-use bollard_stubs::models::NetworkCreateRequest;
 
 use crate::events::EventBus;
 use crate::{Error, Result};
@@ -46,6 +45,9 @@ pub struct NetworkConfig {
     pub bip: Option<String>,
     /// `--fixed-cidr`: where the default bridge hands out addresses.
     pub fixed_cidr: Option<String>,
+    /// `--ipv6`: IPv6 on the default bridge, from `--fixed-cidr-v6`.
+    pub ipv6: bool,
+    pub fixed_cidr_v6: Option<String>,
     /// `--default-address-pool base=CIDR,size=N` (repeatable).
     pub default_address_pools: Vec<String>,
     /// `--mtu` of bridges and veths (1500 when unset).
@@ -73,6 +75,8 @@ pub struct Networks {
     dns: Mutex<HashMap<String, tokio::task::JoinHandle<()>>>,
     /// Spare NICs per microVM (see [`vm_nics`]).
     spare_nics: u8,
+    /// Published TCP ports on the host's IPv6 addresses (see [`proxy6`]).
+    proxies: proxy6::Proxies,
 }
 
 fn predefined(id: String, name: &str, driver: &str) -> NetworkRecord {
@@ -90,6 +94,11 @@ fn predefined(id: String, name: &str, driver: &str) -> NetworkRecord {
         subnet: None,
         gateway: None,
         ip_range: None,
+        enable_ipv6: false,
+        subnet6: None,
+        gateway6: None,
+        ip_range6: None,
+        gateway6_explicit: false,
         aux_addresses: HashMap::new(),
         bridge: String::new(),
         mtu: 1500,
@@ -148,6 +157,7 @@ impl Networks {
                 .microvm_spare_nics
                 .unwrap_or(vm_nics::DEFAULT_SPARE_NICS)
                 .min(vm_nics::MAX_SPARE_NICS),
+            proxies: Default::default(),
         };
         if !config.bridge_disabled {
             nets.default_bridge(&mut state, config)?;
@@ -201,6 +211,29 @@ impl Networks {
         rec.subnet = Some(subnet);
         rec.gateway = Some(gateway);
         rec.ip_range = fixed;
+        // `--ipv6 --fixed-cidr-v6`: the default bridge is dual-stack, its IPv6 gateway
+        // the subnet's `::1` (berth has no default IPv6 pool to take one from).
+        let v6 = match (config.ipv6, config.fixed_cidr_v6.as_deref()) {
+            (false, _) => None,
+            (true, None) => {
+                return Err(Error::invalid(
+                    "--ipv6 needs --fixed-cidr-v6 (the default bridge's IPv6 subnet)",
+                ))
+            }
+            (true, Some(f)) => {
+                let s6 = f.parse::<ipam::Ipv6Net>()?.network();
+                let gw6 = s6
+                    .nth(1)
+                    .filter(|_| s6.prefix < 127)
+                    .ok_or_else(|| Error::invalid(format!("--fixed-cidr-v6 {s6} is too small")))?;
+                Some((s6, gw6))
+            }
+        };
+        rec.enable_ipv6 = v6.is_some();
+        rec.subnet6 = v6.map(|v| v.0);
+        rec.gateway6 = v6.map(|v| v.1);
+        rec.ip_range6 = None;
+        rec.gateway6_explicit = false;
         rec.bridge = DEFAULT_BRIDGE_LINK.into();
         rec.mtu = mtu;
         rec.options = HashMap::from([
@@ -270,7 +303,7 @@ impl Networks {
             .collect()
     }
 
-    fn publish(&self, net: &NetworkRecord, action: &str, container: Option<&str>) {
+    pub(super) fn publish(&self, net: &NetworkRecord, action: &str, container: Option<&str>) {
         let mut attrs = vec![
             ("name".to_string(), net.name.clone()),
             ("type".to_string(), net.driver.clone()),
@@ -281,182 +314,8 @@ impl Networks {
         self.events.publish("network", action, &net.id, attrs);
     }
 
-    /// `POST /networks/create`.
-    pub async fn create(&self, req: NetworkCreateRequest) -> Result<(String, String)> {
-        let name = req.name.trim().to_string();
-        if name.is_empty() {
-            return Err(Error::invalid("network name must not be empty"));
-        }
-        let driver = req
-            .driver
-            .clone()
-            .filter(|d| !d.is_empty())
-            .unwrap_or_else(|| DRIVER_BRIDGE.into());
-        if driver == DRIVER_HOST || driver == DRIVER_NULL {
-            return Err(Error::Forbidden(format!(
-                "only one instance of \"{driver}\" network is allowed"
-            )));
-        }
-        // `bridge` is a network plugin too (the default one); anything else must be a
-        // loaded network plugin of that name, as Docker looks up `-d NAME`.
-        if !self.has_driver(&driver) {
-            return Err(Error::not_found(format!("plugin \"{driver}\" not found")));
-        }
-        let ipam_name = req
-            .ipam
-            .as_ref()
-            .and_then(|i| i.driver.clone())
-            .filter(|d| !d.is_empty())
-            .unwrap_or_else(|| "default".into());
-        let ipam_driver = self.ipam_for(&ipam_name)?;
-        let _op = self.op.lock().await;
-        let mut rec = {
-            let st = self.state.lock().unwrap();
-            if matches!(name.as_str(), "bridge" | "host" | "none" | "default") {
-                // dockerd's words, trailing space included.
-                return Err(Error::Forbidden(format!(
-                    "operation is not permitted on predefined {name} network "
-                )));
-            }
-            if st.networks.iter().any(|n| n.name == name) {
-                return Err(Error::conflict(format!(
-                    "network with name {name} already exists"
-                )));
-            }
-            let ipam = req.ipam.clone().unwrap_or_default();
-            let configs = ipam.config.clone().unwrap_or_default();
-            if configs.len() > 1 {
-                return Err(Error::invalid(
-                    "berth supports one IPv4 IPAM config per network",
-                ));
-            }
-            let used: Vec<Ipv4Net> = st.networks.iter().filter_map(|n| n.subnet).collect();
-            let (subnet, gateway, ip_range, aux) = match configs.first() {
-                Some(c) if c.subnet.as_deref().is_some_and(|s| !s.is_empty()) => {
-                    let text = c.subnet.as_deref().unwrap_or_default();
-                    let subnet: Ipv4Net = text
-                        .parse()
-                        .map_err(|e| Error::invalid(format!("Invalid subnet {text} : {e}")))?;
-                    let subnet = subnet.network();
-                    if !(8..=30).contains(&subnet.prefix) {
-                        return Err(Error::invalid(format!(
-                            "invalid subnet {subnet}: berth takes prefixes from /8 to /30"
-                        )));
-                    }
-                    let subnet = ipam_driver.request_pool(Some(subnet), &used)?;
-                    let gateway = match c.gateway.as_deref().filter(|g| !g.is_empty()) {
-                        Some(g) => {
-                            let g: Ipv4Addr = g.parse().map_err(|_| {
-                                Error::invalid(format!("invalid gateway address {g}"))
-                            })?;
-                            if !subnet.contains(g) {
-                                return Err(Error::invalid(format!(
-                                    "no matching subnet for gateway {g}"
-                                )));
-                            }
-                            g
-                        }
-                        None => subnet.nth(1).ok_or_else(|| {
-                            Error::invalid(format!("subnet {subnet} is too small"))
-                        })?,
-                    };
-                    let range = match c.ip_range.as_deref().filter(|r| !r.is_empty()) {
-                        Some(r) => {
-                            let r: Ipv4Net = r.parse()?;
-                            if !subnet.contains(r.network().addr) || r.prefix < subnet.prefix {
-                                return Err(Error::invalid(format!(
-                                    "no matching subnet for range {r}"
-                                )));
-                            }
-                            Some(r.network())
-                        }
-                        None => None,
-                    };
-                    let mut aux = HashMap::new();
-                    for (k, v) in c.auxiliary_addresses.clone().unwrap_or_default() {
-                        let ip: Ipv4Addr = v.parse().map_err(|_| {
-                            Error::invalid(format!("invalid auxiliary address {k}={v}"))
-                        })?;
-                        if !subnet.contains(ip) {
-                            return Err(Error::invalid(format!(
-                                "no matching subnet for aux-address {ip}"
-                            )));
-                        }
-                        aux.insert(k, ip);
-                    }
-                    (subnet, gateway, range, aux)
-                }
-                Some(c) if c.gateway.is_some() || c.ip_range.is_some() => {
-                    return Err(Error::invalid(
-                        "gateway and ip-range need a subnet (--subnet)",
-                    ))
-                }
-                _ => {
-                    let s = ipam_driver.request_pool(None, &used)?;
-                    (s, s.nth(1).expect("subnet has hosts"), None, HashMap::new())
-                }
-            };
-            let id = crate::fsutil::new_id();
-            let options = req.options.clone().unwrap_or_default();
-            let bridge = options
-                .get("com.docker.network.bridge.name")
-                .cloned()
-                .unwrap_or_else(|| format!("br-{}", &id[..12]));
-            let name_ok = |c: char| c.is_ascii_alphanumeric() || "_.-".contains(c);
-            if bridge.len() > 15 || bridge.is_empty() || !bridge.chars().all(name_ok) {
-                return Err(Error::invalid(format!("invalid bridge name {bridge:?}")));
-            }
-            let mtu = match options.get("com.docker.network.driver.mtu") {
-                Some(m) => m
-                    .parse::<u32>()
-                    .ok()
-                    .filter(|m| (68..=65535).contains(m))
-                    .ok_or_else(|| Error::invalid(format!("invalid MTU {m}")))?,
-                None => 1500,
-            };
-            NetworkRecord {
-                id,
-                name: name.clone(),
-                driver,
-                created: crate::fsutil::now_rfc3339(),
-                internal: req.internal.unwrap_or(false),
-                attachable: req.attachable.unwrap_or(false),
-                labels: req.labels.clone().unwrap_or_default(),
-                options,
-                ipam_driver: ipam
-                    .driver
-                    .filter(|d| !d.is_empty())
-                    .unwrap_or_else(|| "default".into()),
-                ipam_options: ipam.options.unwrap_or_default(),
-                subnet: Some(subnet),
-                gateway: Some(gateway),
-                ip_range,
-                aux_addresses: aux,
-                bridge,
-                mtu,
-                predefined: false,
-            }
-        };
-        rec.options.retain(|k, _| !k.is_empty());
-        {
-            let mut st = self.state.lock().unwrap();
-            st.networks.push(rec.clone());
-            st.save(&self.dir)?;
-        }
-        if let Err(e) = self.bring_up_network(&rec).await {
-            let _ = self.take_down_network(&rec).await;
-            let mut st = self.state.lock().unwrap();
-            st.networks.retain(|n| n.id != rec.id);
-            let _ = st.save(&self.dir);
-            return Err(e);
-        }
-        self.apply_nat().await?;
-        self.publish(&rec, "create", None);
-        Ok((rec.id, String::new()))
-    }
-
     /// Host side of a bridge network (idempotent) and its DNS responder.
-    async fn bring_up_network(&self, net: &NetworkRecord) -> Result<()> {
+    pub(super) async fn bring_up_network(&self, net: &NetworkRecord) -> Result<()> {
         if !net.is_bridge() {
             return Ok(());
         }
@@ -469,7 +328,7 @@ impl Networks {
         Ok(())
     }
 
-    async fn take_down_network(&self, net: &NetworkRecord) -> Result<()> {
+    pub(super) async fn take_down_network(&self, net: &NetworkRecord) -> Result<()> {
         if let Some(h) = self.dns.lock().unwrap().remove(&net.id) {
             h.abort();
         }
@@ -497,7 +356,10 @@ impl Networks {
                         || e.container_id == name
                         || (name.len() == 12 && e.container_id.starts_with(name))
                 })
-                .map(|e| e.ip)
+                .flat_map(|e| {
+                    std::iter::once(std::net::IpAddr::V4(e.ip))
+                        .chain(e.ip6.map(std::net::IpAddr::V6))
+                })
                 .collect()
         })
     }
@@ -564,9 +426,11 @@ impl Networks {
         deleted
     }
 
-    /// Rebuild `table ip berth` from the state. Nothing is touched while no bridge
-    /// network exists (e.g. `--bridge none` and no user networks).
+    /// Rebuild `table ip berth` (and `table ip6 berth`) from the state, and the published
+    /// ports' IPv6 listeners ([`proxy6`]). Nothing is touched while no bridge network
+    /// exists (e.g. `--bridge none` and no user networks).
     pub(crate) async fn apply_nat(&self) -> Result<()> {
+        self.sync_v6_proxies();
         let doc = {
             let st = self.state.lock().unwrap();
             if !st.networks.iter().any(|n| n.is_bridge())
@@ -580,7 +444,32 @@ impl Networks {
             .claim_other("berth", ledger::Kind::NftTable, nat::TABLE)?;
         tokio::task::spawn_blocking(move || nat::apply(&doc))
             .await
-            .map_err(Error::internal)?
+            .map_err(Error::internal)??;
+        self.apply_nat6().await
+    }
+
+    /// `table ip6 berth` while some network has IPv6 (see [`nat::ruleset6`]); deleted,
+    /// and forgotten by the ledger, when the last one goes.
+    async fn apply_nat6(&self) -> Result<()> {
+        let doc = nat::ruleset6(&self.state.lock().unwrap());
+        let owned = self.exec.owns("berth", ledger::Kind::NftTable, nat::TABLE6);
+        match doc {
+            Some(doc) => {
+                self.exec
+                    .claim_other("berth", ledger::Kind::NftTable, nat::TABLE6)?;
+                tokio::task::spawn_blocking(move || nat::apply(&doc))
+                    .await
+                    .map_err(Error::internal)?
+            }
+            None if owned => {
+                tokio::task::spawn_blocking(nat::delete_table6)
+                    .await
+                    .map_err(Error::internal)??;
+                self.exec
+                    .release_other("berth", ledger::Kind::NftTable, nat::TABLE6)
+            }
+            None => Ok(()),
+        }
     }
 
     /// At daemon start: bring every bridge network's host side up again (a reboot or a

@@ -3,12 +3,12 @@
 //! change, so `kill -9` leaves either the old or the new state.
 
 use std::collections::HashMap;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::ipam::Ipv4Net;
+use super::ipam::{Ipv4Net, Ipv6Net};
 use crate::Result;
 
 /// Docker's network drivers that berth serves.
@@ -42,6 +42,20 @@ pub struct NetworkRecord {
     pub gateway: Option<Ipv4Addr>,
     #[serde(default)]
     pub ip_range: Option<Ipv4Net>,
+    /// `EnableIPv6` (`--ipv6`): endpoints get an address of `subnet6` too.
+    #[serde(default)]
+    pub enable_ipv6: bool,
+    /// The IPv6 IPAM config (subnet, gateway on the bridge, allocation range). Recorded
+    /// (and shown) even without `--ipv6`, as dockerd does; used only with it.
+    #[serde(default)]
+    pub subnet6: Option<Ipv6Net>,
+    #[serde(default)]
+    pub gateway6: Option<Ipv6Addr>,
+    #[serde(default)]
+    pub ip_range6: Option<Ipv6Net>,
+    /// Whether `Gateway` was given for the IPv6 subnet (dockerd shows it only then).
+    #[serde(default)]
+    pub gateway6_explicit: bool,
     /// `--aux-address name=ip`: reserved, never handed out.
     #[serde(default)]
     pub aux_addresses: HashMap<String, Ipv4Addr>,
@@ -66,6 +80,11 @@ impl NetworkRecord {
         self.driver != DRIVER_HOST && self.driver != DRIVER_NULL
     }
 
+    /// The IPv6 half of a dual-stack network: its subnet and gateway, when `--ipv6`.
+    pub fn ipv6(&self) -> Option<(Ipv6Net, Ipv6Addr)> {
+        self.subnet6.zip(self.gateway6).filter(|_| self.enable_ipv6)
+    }
+
     /// The default `bridge` network: no embedded DNS, as in Docker.
     pub fn is_default_bridge(&self) -> bool {
         self.predefined && self.is_bridge()
@@ -82,6 +101,14 @@ pub struct EndpointRecord {
     pub ip: Ipv4Addr,
     pub prefix: u8,
     pub gateway: Option<Ipv4Addr>,
+    /// The IPv6 address (prefix of the network's `subnet6`) and default route, on an
+    /// IPv6 network.
+    #[serde(default)]
+    pub ip6: Option<Ipv6Addr>,
+    #[serde(default)]
+    pub prefix6: u8,
+    #[serde(default)]
+    pub gateway6: Option<Ipv6Addr>,
     pub mac: String,
     #[serde(default)]
     pub aliases: Vec<String>,
@@ -177,6 +204,9 @@ pub struct Attachment {
     /// `--ip`.
     #[serde(default)]
     pub ipv4: Option<Ipv4Addr>,
+    /// `--ip6`.
+    #[serde(default)]
+    pub ipv6: Option<Ipv6Addr>,
     /// `--mac-address`.
     #[serde(default)]
     pub mac: Option<String>,

@@ -17,6 +17,8 @@ use super::model::NetState;
 use crate::{Error, Result};
 
 pub const TABLE: &str = "berth";
+/// The ledger's name for `table ip6 berth`.
+pub const TABLE6: &str = "ip6 berth";
 
 fn rule(chain: &str, expr: Vec<Value>) -> Value {
     json!({"add": {"rule": {"family": "ip", "table": TABLE, "chain": chain, "expr": expr}}})
@@ -171,6 +173,62 @@ pub fn ruleset(state: &NetState) -> Value {
         }
     }
     json!({"nftables": cmds})
+}
+
+/// `table ip6 berth`, only while some network has IPv6: the isolation of `--internal`
+/// and of different networks, as the IPv4 table's forward rules (berthd turns IPv6
+/// forwarding on for them). No IPv6 NAT or masquerade: dockerd 20.10 has none without
+/// its experimental ip6tables, and published ports reach IPv6 through berthd's proxy.
+/// `None` when no network has IPv6: the caller then deletes the table.
+pub fn ruleset6(state: &NetState) -> Option<Value> {
+    let nets: Vec<_> = state
+        .networks
+        .iter()
+        .filter(|n| n.is_bridge() && n.ipv6().is_some())
+        .collect();
+    if nets.is_empty() {
+        return None;
+    }
+    let t = json!({"table": {"family": "ip6", "name": TABLE}});
+    let rule6 = |expr: Vec<Value>| json!({"add": {"rule": {"family": "ip6", "table": TABLE, "chain": "forward", "expr": expr}}});
+    let mut cmds = vec![
+        json!({"add": t.clone()}),
+        json!({"delete": t.clone()}),
+        json!({"add": t}),
+        json!({"add": {"chain": {"family": "ip6", "table": TABLE, "name": "forward",
+            "type": "filter", "hook": "forward", "prio": 0, "policy": "accept"}}}),
+    ];
+    for n in &nets {
+        let br = json!(n.bridge);
+        if n.internal {
+            cmds.push(rule6(vec![
+                eq(meta("iifname"), br.clone()),
+                ne(meta("oifname"), br.clone()),
+                json!({"drop": null}),
+            ]));
+            cmds.push(rule6(vec![
+                eq(meta("oifname"), br.clone()),
+                ne(meta("iifname"), br.clone()),
+                json!({"drop": null}),
+            ]));
+        }
+        for other in &nets {
+            if other.id != n.id {
+                cmds.push(rule6(vec![
+                    eq(meta("iifname"), br.clone()),
+                    eq(meta("oifname"), json!(other.bridge)),
+                    json!({"drop": null}),
+                ]));
+            }
+        }
+    }
+    Some(json!({"nftables": cmds}))
+}
+
+/// Remove `table ip6 berth` (blocking). Absent is fine.
+pub fn delete_table6() -> Result<()> {
+    let t = json!({"table": {"family": "ip6", "name": TABLE}});
+    apply(&json!({"nftables": [{"add": t.clone()}, {"delete": t}]}))
 }
 
 /// Replace berth's table with `doc` (blocking: runs `nft`).

@@ -1,4 +1,5 @@
-//! Network drivers and IPAM served by WASM `network-plugin`s (`berth:driver@0.2.0`).
+//! Network drivers and IPAM served by WASM `network-plugin`s (`berth:driver@0.2.0`,
+//! IPv4 only, and `0.3.0`, dual-stack: the plugin host refuses IPv6 to a 0.2.0 one).
 //! The default `bridge` driver and Docker's `default` IPAM are the `bridge` plugin;
 //! `docker network create -d NAME` (and `--ipam-driver NAME`) pick any other loaded
 //! network plugin. What a plugin answers is checked here against the records it was
@@ -7,14 +8,14 @@
 //! plugin decides, the executor is still the only code that touches the kernel.
 
 use std::collections::HashSet;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use berth_plugin_host::{EndpointSpec, NetIntent, NetworkDriverHandle, NetworkSpec};
 
 use super::driver::{Intent, NetworkDriver};
-use super::ipam::{IpamDriver, Ipv4Net, Pool};
+use super::ipam::{IpNet, IpamDriver, Ipv4Net, Ipv6Net, Pool};
 use super::model::{EndpointRecord, NetworkRecord, DRIVER_BRIDGE, DRIVER_HOST, DRIVER_NULL};
 use super::Networks;
 use crate::plugins::plugin_err;
@@ -38,6 +39,17 @@ fn net4(c: (Ipv4Addr, u8)) -> Ipv4Net {
     Ipv4Net::new(c.0, c.1)
 }
 
+fn net6(c: (Ipv6Addr, u8)) -> Ipv6Net {
+    Ipv6Net::new(c.0, c.1)
+}
+
+fn any_net(c: (IpAddr, u8)) -> IpNet {
+    IpNet {
+        addr: c.0,
+        prefix: c.1,
+    }
+}
+
 fn spec(net: &NetworkRecord) -> NetworkSpec {
     let mut options: Vec<(String, String)> = net
         .options
@@ -51,6 +63,8 @@ fn spec(net: &NetworkRecord) -> NetworkSpec {
         bridge: net.bridge.clone(),
         subnet: net.subnet.map(|s| (s.addr, s.prefix)),
         gateway: net.gateway,
+        subnet6: net.ipv6().map(|(s, _)| (s.addr, s.prefix)),
+        gateway6: net.ipv6().map(|(_, g)| g),
         mtu: net.mtu,
         internal: net.internal,
         options,
@@ -65,6 +79,8 @@ fn endpoint(ep: &EndpointRecord, sandbox: &str, mac: [u8; 6]) -> EndpointSpec {
         ifname: ep.ifname.clone(),
         address: (ep.ip, ep.prefix),
         gateway: ep.gateway,
+        address6: ep.ip6.map(|a| (a, ep.prefix6)),
+        gateway6: ep.gateway6,
         mac,
         sandbox: sandbox.to_string(),
     }
@@ -94,19 +110,35 @@ impl WasmDriver {
         list.into_iter()
             .map(|i| {
                 Ok(match i {
-                    NetIntent::Bridge { link, address, mtu } => Intent::Bridge {
+                    NetIntent::Bridge {
                         link,
-                        address: net4(address),
+                        address,
+                        address6,
                         mtu,
-                    },
+                    } => {
+                        // The bridge's IPv6 address is the network's gateway or nothing.
+                        let want6 = net.ipv6().map(|(s, g)| (g, s.prefix));
+                        if address6.is_some() && address6 != want6 {
+                            return Err(refuse(format!(
+                                "the IPv6 bridge address {:?} (the network's is {want6:?})",
+                                address6
+                            )));
+                        }
+                        Intent::Bridge {
+                            link,
+                            address: net4(address),
+                            address6: address6.map(net6),
+                            mtu,
+                        }
+                    }
                     NetIntent::RemoveLink(link) => Intent::RemoveLink { link },
                     NetIntent::AddAddress { link, address } => Intent::AddAddress {
                         link,
-                        address: net4(address),
+                        address: any_net(address),
                     },
                     NetIntent::RemoveAddress { link, address } => Intent::RemoveAddress {
                         link,
-                        address: net4(address),
+                        address: any_net(address),
                     },
                     NetIntent::Endpoint {
                         bridge,
@@ -115,6 +147,8 @@ impl WasmDriver {
                         ifname,
                         address,
                         gateway,
+                        address6,
+                        gateway6,
                         mac,
                         mtu,
                     } => {
@@ -130,6 +164,8 @@ impl WasmDriver {
                             || host_if != ep.host_if
                             || ifname != ep.ifname
                             || address != (ep.ip, ep.prefix)
+                            || address6 != ep.ip6.map(|a| (a, ep.prefix6))
+                            || gateway6.is_some_and(|g| Some(g) != ep.gateway6)
                             || mac != m
                         {
                             return Err(refuse(format!(
@@ -143,6 +179,8 @@ impl WasmDriver {
                             ifname,
                             address: net4(address),
                             gateway,
+                            address6: address6.map(net6),
+                            gateway6,
                             mac,
                             mtu,
                         }
@@ -244,6 +282,52 @@ impl IpamDriver for WasmIpam {
         let inside = subnet.contains(ip)
             && ip != subnet.network().addr
             && ip != subnet.broadcast()
+            && range.is_none_or(|r| r.contains(ip) || Some(ip) == preferred);
+        if !inside || used.contains(&ip) || preferred.is_some_and(|p| p != ip) {
+            return Err(Error::Forbidden(format!(
+                "IPAM driver {} answered {ip}, which is outside {subnet}, in use or not the address asked for",
+                self.handle.name()
+            )));
+        }
+        Ok(ip)
+    }
+
+    fn request_pool6(&self, requested: Ipv6Net, used: &[Ipv6Net]) -> Result<Ipv6Net> {
+        let u: Vec<_> = used.iter().map(|n| (n.addr, n.prefix)).collect();
+        let got = blocking(|| {
+            self.handle
+                .request_pool6((requested.addr, requested.prefix), &u)
+        })
+        .map_err(plugin_err)?;
+        let got = net6(got).network();
+        if got != requested.network() {
+            return Err(Error::Forbidden(format!(
+                "IPAM driver {} answered the pool {got}, which is not the one requested",
+                self.handle.name()
+            )));
+        }
+        Ok(got)
+    }
+
+    fn request_address6(
+        &self,
+        subnet: Ipv6Net,
+        range: Option<Ipv6Net>,
+        preferred: Option<Ipv6Addr>,
+        used: &HashSet<Ipv6Addr>,
+    ) -> Result<Ipv6Addr> {
+        let u: Vec<Ipv6Addr> = used.iter().copied().collect();
+        let ip = blocking(|| {
+            self.handle.request_address6(
+                (subnet.addr, subnet.prefix),
+                range.map(|r| (r.addr, r.prefix)),
+                preferred,
+                &u,
+            )
+        })
+        .map_err(plugin_err)?;
+        let inside = subnet.contains(ip)
+            && ip != subnet.network().addr
             && range.is_none_or(|r| r.contains(ip) || Some(ip) == preferred);
         if !inside || used.contains(&ip) || preferred.is_some_and(|p| p != ip) {
             return Err(Error::Forbidden(format!(

@@ -3,7 +3,7 @@
 //! when the run ends; reconciled against the ledger at daemon start.
 
 use std::collections::{HashMap, HashSet};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 
 use bollard_stubs::models::PortBinding;
@@ -133,6 +133,25 @@ impl Networks {
                     }
                     other => other,
                 })?;
+            // The IPv6 address of a dual-stack network (`--ip6` or the first free one).
+            let v6 = match net.ipv6() {
+                Some((subnet6, gw6)) => {
+                    let mut used6: HashSet<Ipv6Addr> =
+                        st.endpoints_of(&net.id).filter_map(|e| e.ip6).collect();
+                    used6.insert(gw6);
+                    let ip6 = self
+                        .ipam_for(&net.ipam_driver)?
+                        .request_address6(subnet6, net.ip_range6, att.ipv6, &used6)
+                        .map_err(|e| match e {
+                            Error::Forbidden(m) if att.ipv6.is_none() => {
+                                Error::Forbidden(format!("{m}: {} ({})", net.name, net.id))
+                            }
+                            other => other,
+                        })?;
+                    Some((ip6, subnet6.prefix, gw6))
+                }
+                None => None,
+            };
             let id = crate::fsutil::new_id();
             let ep = EndpointRecord {
                 host_if: format!("veth{}", &id[..7]),
@@ -144,6 +163,9 @@ impl Networks {
                 prefix: subnet.prefix,
                 // An internal network has no way out: no default route (as Docker).
                 gateway: net.gateway.filter(|_| !net.internal),
+                ip6: v6.map(|v| v.0),
+                prefix6: v6.map(|v| v.1).unwrap_or(0),
+                gateway6: v6.map(|v| v.2).filter(|_| !net.internal),
                 mac: match spare {
                     Some(nic) => nic.mac.clone(),
                     None => att
@@ -191,7 +213,11 @@ impl Networks {
     }
 
     fn etc_files(&self, req: &SandboxRequest, eps: &[EndpointRecord]) -> SandboxInfo {
-        let own: Vec<(Ipv4Addr, Vec<String>)> = eps.iter().map(|e| (e.ip, Vec::new())).collect();
+        let own: Vec<(IpAddr, Vec<String>)> = eps
+            .iter()
+            .flat_map(|e| std::iter::once(IpAddr::V4(e.ip)).chain(e.ip6.map(IpAddr::V6)))
+            .map(|ip| (ip, Vec::new()))
+            .collect();
         let first_net = eps.first().and_then(|e| self.get(&e.network_id).ok());
         let host_gateway = first_net.as_ref().and_then(|n| n.gateway).or_else(|| {
             self.list()

@@ -1,70 +1,101 @@
-//! Docker's `default` IPAM over the daemon's `--default-address-pool`s.
+//! Docker's `default` IPAM over the daemon's `--default-address-pool`s, for IPv4 and
+//! IPv6 (both families as plain 128-bit numbers with the family's width).
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use crate::berth::driver::types::{DriverError, IpAddress, IpCidr};
 use crate::exports::berth::driver::ipam_driver::{self, Pool};
 
-/// An IPv4 prefix as plain numbers.
-#[derive(Clone, Copy)]
+/// A prefix of either family as plain numbers.
+#[derive(Clone, Copy, PartialEq, Eq)]
 struct Net {
-    addr: u32,
+    addr: u128,
     prefix: u8,
+    /// 32 (IPv4) or 128 (IPv6).
+    bits: u8,
 }
 
 impl Net {
-    fn mask(self) -> u32 {
+    fn all(self) -> u128 {
+        if self.bits == 128 {
+            u128::MAX
+        } else {
+            (1u128 << self.bits) - 1
+        }
+    }
+    fn mask(self) -> u128 {
         if self.prefix == 0 {
             0
         } else {
-            u32::MAX << (32 - self.prefix as u32)
+            (u128::MAX << (self.bits - self.prefix) as u32) & self.all()
         }
     }
-    fn base(self) -> u32 {
+    fn base(self) -> u128 {
         self.addr & self.mask()
     }
-    fn size(self) -> u64 {
-        1u64 << (32 - self.prefix as u32)
+    /// Addresses in the prefix, saturated (an IPv6 /0 does not fit).
+    fn size(self) -> u128 {
+        1u128
+            .checked_shl((self.bits - self.prefix) as u32)
+            .unwrap_or(u128::MAX)
     }
-    fn contains(self, ip: u32) -> bool {
+    fn contains(self, ip: u128) -> bool {
         ip & self.mask() == self.base()
     }
     fn overlaps(self, other: Net) -> bool {
-        self.contains(other.base()) || other.contains(self.base())
+        self.bits == other.bits && (self.contains(other.base()) || other.contains(self.base()))
     }
-    fn broadcast(self) -> u32 {
-        self.base() | !self.mask()
+    fn last(self) -> u128 {
+        self.base() | (!self.mask() & self.all())
     }
 }
 
-fn v4(a: &IpAddress) -> Result<u32, DriverError> {
-    match a {
-        IpAddress::V4((a, b, c, d)) => Ok(u32::from(Ipv4Addr::new(*a, *b, *c, *d))),
-        IpAddress::V6(_) => Err(DriverError::Unsupported("IPv6 address management".into())),
+/// (number, width) of an address.
+fn num(a: &IpAddress) -> (u128, u8) {
+    match *a {
+        IpAddress::V4((a, b, c, d)) => (u32::from(Ipv4Addr::new(a, b, c, d)) as u128, 32),
+        IpAddress::V6((a, b, c, d, e, f, g, h)) => {
+            (u128::from(Ipv6Addr::new(a, b, c, d, e, f, g, h)), 128)
+        }
     }
 }
 
 fn net(c: &IpCidr) -> Result<Net, DriverError> {
-    if c.prefix > 32 {
+    let (addr, bits) = num(&c.addr);
+    if c.prefix > bits {
         return Err(DriverError::Invalid(format!(
-            "prefix /{} is not IPv4",
+            "prefix /{} is out of range",
             c.prefix
         )));
     }
     Ok(Net {
-        addr: v4(&c.addr)?,
+        addr,
         prefix: c.prefix,
+        bits,
     })
 }
 
-fn addr(ip: u32) -> IpAddress {
-    let [a, b, c, d] = Ipv4Addr::from(ip).octets();
-    IpAddress::V4((a, b, c, d))
+fn addr(ip: u128, bits: u8) -> IpAddress {
+    if bits == 32 {
+        let [a, b, c, d] = Ipv4Addr::from(ip as u32).octets();
+        IpAddress::V4((a, b, c, d))
+    } else {
+        let s = Ipv6Addr::from(ip).segments();
+        IpAddress::V6((s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7]))
+    }
+}
+
+fn show(ip: u128, bits: u8) -> String {
+    if bits == 32 {
+        Ipv4Addr::from(ip as u32).to_string()
+    } else {
+        Ipv6Addr::from(ip).to_string()
+    }
 }
 
 fn cidr(n: Net) -> IpCidr {
     IpCidr {
-        addr: addr(n.addr),
+        addr: addr(n.addr, n.bits),
         prefix: n.prefix,
     }
 }
@@ -88,14 +119,18 @@ impl ipam_driver::Guest for crate::Plugin {
         }
         for p in &pools {
             let base = net(&p.base)?;
-            if p.size < base.prefix || p.size > 32 {
+            if p.size < base.prefix || p.size > base.bits {
                 return Err(DriverError::Invalid(format!("bad pool size /{}", p.size)));
             }
-            let step = 1u64 << (32 - p.size as u32);
-            for i in 0..base.size() / step {
+            let step = 1u128 << (base.bits - p.size) as u32;
+            // Bounded: a pool has at most 2^(size - prefix) subnets, and each overlap
+            // test is against what is in use.
+            let count = (base.size() / step).min(1 << 24);
+            for i in 0..count {
                 let cand = Net {
-                    addr: base.base() + (i * step) as u32,
+                    addr: base.base() + i * step,
                     prefix: p.size,
+                    bits: base.bits,
                 };
                 if !used.iter().any(|u| u.overlaps(cand)) {
                     return Ok(cidr(cand));
@@ -114,16 +149,19 @@ impl ipam_driver::Guest for crate::Plugin {
         used: Vec<IpAddress>,
     ) -> Result<IpAddress, DriverError> {
         let subnet = net(&subnet)?;
-        let used = used
+        let bits = subnet.bits;
+        let used: std::collections::HashSet<u128> = used
             .iter()
-            .map(v4)
-            .collect::<Result<std::collections::HashSet<_>, _>>()?;
+            .map(num)
+            .filter(|(_, b)| *b == bits)
+            .map(|(n, _)| n)
+            .collect();
         if let Some(p) = preferred {
-            let ip = v4(&p)?;
-            if !subnet.contains(ip) {
+            let (ip, b) = num(&p);
+            if b != bits || !subnet.contains(ip) {
                 return Err(DriverError::Invalid(format!(
                     "no configured subnet or ip-range contain the IP address {}",
-                    Ipv4Addr::from(ip)
+                    show(ip, b)
                 )));
             }
             if used.contains(&ip) {
@@ -135,15 +173,27 @@ impl ipam_driver::Guest for crate::Plugin {
             Some(r) => net(&r)?,
             None => subnet,
         };
-        let (first, bcast) = (subnet.base(), subnet.broadcast());
-        (0..scope.size())
-            .map(|n| scope.base().wrapping_add(n as u32))
-            .find(|ip| *ip != first && *ip != bcast && subnet.contains(*ip) && !used.contains(ip))
-            .map(addr)
+        // The network address is never handed out; in IPv4 neither is the broadcast
+        // address (IPv6 has none). The first free address is at most `used.len() + 3`
+        // steps in, so the scan is bounded by what the host passed.
+        let first = subnet.base();
+        let bcast = (bits == 32).then(|| subnet.last());
+        let steps = (used.len() as u128 + 3).min(scope.size());
+        (0..steps)
+            .map(|n| scope.base().wrapping_add(n))
+            .find(|ip| {
+                *ip != first
+                    && Some(*ip) != bcast
+                    && subnet.contains(*ip)
+                    && ip & !scope.all() == 0
+                    && !used.contains(ip)
+            })
+            .map(|ip| addr(ip, bits))
             .ok_or_else(|| {
-                DriverError::Denied(
-                    "no available IPv4 addresses on this network's address pools".into(),
-                )
+                DriverError::Denied(format!(
+                    "no available IPv{} addresses on this network's address pools",
+                    if bits == 32 { 4 } else { 6 }
+                ))
             })
     }
 }

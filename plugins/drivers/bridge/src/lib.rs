@@ -2,9 +2,11 @@
 //! answers with intents (a bridge per network, a veth per endpoint) and the IPAM picks
 //! subnets and addresses from what the host says is in use. The host applies the
 //! intents under its ownership ledger, so this plugin never touches the kernel.
+//! `berth:driver@0.3.0`: a dual-stack network's bridge also carries the IPv6 gateway,
+//! and its endpoints an IPv6 address and default route.
 
 wit_bindgen::generate!({
-    path: "../../wit/0.2.0",
+    path: "../../wit/0.3.0",
     world: "network-plugin",
 });
 
@@ -35,6 +37,10 @@ impl network_driver::Guest for Plugin {
                     addr: gw,
                     prefix: subnet.prefix,
                 },
+                address6: net.subnet6.zip(net.gateway6).map(|(s, g)| IpCidr {
+                    addr: g,
+                    prefix: s.prefix,
+                }),
                 mtu: net.mtu,
             })],
             _ => Vec::new(),
@@ -47,7 +53,9 @@ impl network_driver::Guest for Plugin {
 
     fn join(net: Network, ep: Endpoint) -> Result<Vec<Intent>, DriverError> {
         if let IpAddress::V6(_) = ep.address.addr {
-            return Err(DriverError::Unsupported("IPv6 endpoints".into()));
+            return Err(DriverError::Invalid(
+                "an endpoint's first address is its IPv4 one".into(),
+            ));
         }
         Ok(vec![Intent::Endpoint(EndpointSpec {
             bridge: net.bridge,
@@ -56,6 +64,8 @@ impl network_driver::Guest for Plugin {
             ifname: ep.ifname,
             address: ep.address,
             gateway: ep.gateway,
+            address6: ep.address6,
+            gateway6: ep.gateway6,
             mac: ep.mac,
             mtu: net.mtu,
         })])

@@ -397,6 +397,18 @@ impl MicrovmIsolation {
                     .unwrap_or_else(|| "-".into()),
                 nic.mtu
             ));
+            if let Some(a6) = nic.address6 {
+                // A separate argument: an agent from before IPv6 ignores it.
+                cmdline.push_str(&format!(
+                    " berth.net6={},{}/{},{}",
+                    nic.mac,
+                    a6,
+                    nic.prefix6,
+                    nic.gateway6
+                        .map(|g| g.to_string())
+                        .unwrap_or_else(|| "-".into()),
+                ));
+            }
             devices.push(Device::Net {
                 tap: nic.tap.clone(),
                 mac: nic.mac.clone(),

@@ -2,7 +2,7 @@
 //! ownership [`Ledger`]. Nothing else in berth creates or deletes links or addresses.
 //! The TAPs of microVM sandboxes are in [`tap`].
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::sync::Mutex;
@@ -11,12 +11,27 @@ use futures::TryStreamExt;
 use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
 use super::driver::Intent;
-use super::ipam::Ipv4Net;
+use super::ipam::{IpNet, Ipv4Net, Ipv6Net};
 use super::ledger::{Kind, Ledger};
 use super::netns;
 use crate::{Error, Result};
 
 mod tap;
+
+/// One endpoint's veth as [`Intent::Endpoint`] describes it.
+#[derive(Clone, Copy)]
+struct EndpointLink<'a> {
+    bridge: &'a str,
+    host_if: &'a str,
+    ns: &'a Path,
+    ifname: &'a str,
+    address: Ipv4Net,
+    gateway: Option<Ipv4Addr>,
+    address6: Option<Ipv6Net>,
+    gateway6: Option<Ipv6Addr>,
+    mac: [u8; 6],
+    mtu: u32,
+}
 
 pub struct Executor {
     pub(crate) ledger: Mutex<Ledger>,
@@ -51,13 +66,19 @@ async fn set_up(h: &Handle, index: u32) -> Result<()> {
         .map_err(nl)
 }
 
-async fn add_address(h: &Handle, index: u32, addr: Ipv4Net) -> Result<()> {
-    match h
-        .address()
-        .add(index, IpAddr::V4(addr.addr), addr.prefix)
-        .execute()
-        .await
-    {
+async fn add_address(h: &Handle, index: u32, addr: impl Into<IpNet>) -> Result<()> {
+    let addr: IpNet = addr.into();
+    let mut req = h.address().add(index, addr.addr, addr.prefix);
+    if addr.addr.is_ipv6() {
+        // No duplicate address detection, as libnetwork: the address is berth's to give
+        // (IPAM says no one else on the bridge has it), and a tentative address could
+        // not be used for the first second of the container's life.
+        use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags};
+        req.message_mut()
+            .attributes
+            .push(AddressAttribute::Flags(AddressFlags::Nodad));
+    }
+    match req.execute().await {
         Err(e) if is_errno(&e, libc::EEXIST) => Ok(()),
         r => r.map_err(nl),
     }
@@ -113,7 +134,12 @@ impl Executor {
     /// Apply one intent on behalf of `owner` (a network or endpoint id).
     pub async fn apply(&self, owner: &str, intent: &Intent) -> Result<()> {
         match intent {
-            Intent::Bridge { link, address, mtu } => self.bridge(owner, link, *address, *mtu).await,
+            Intent::Bridge {
+                link,
+                address,
+                address6,
+                mtu,
+            } => self.bridge(owner, link, *address, *address6, *mtu).await,
             Intent::RemoveLink { link } => self.remove_link(owner, link).await,
             Intent::AddAddress { link, address } => {
                 self.link_address(owner, link, *address, true).await
@@ -128,13 +154,24 @@ impl Executor {
                 ifname,
                 address,
                 gateway,
+                address6,
+                gateway6,
                 mac,
                 mtu,
             } => {
-                self.endpoint(
-                    owner, bridge, host_if, netns, ifname, *address, *gateway, *mac, *mtu,
-                )
-                .await
+                let ep = EndpointLink {
+                    bridge,
+                    host_if,
+                    ns: netns,
+                    ifname,
+                    address: *address,
+                    gateway: *gateway,
+                    address6: *address6,
+                    gateway6: *gateway6,
+                    mac: *mac,
+                    mtu: *mtu,
+                };
+                self.endpoint(owner, &ep).await
             }
             Intent::Tap {
                 netns,
@@ -153,7 +190,14 @@ impl Executor {
         }
     }
 
-    async fn bridge(&self, owner: &str, link: &str, address: Ipv4Net, mtu: u32) -> Result<()> {
+    async fn bridge(
+        &self,
+        owner: &str,
+        link: &str,
+        address: Ipv4Net,
+        address6: Option<Ipv6Net>,
+        mtu: u32,
+    ) -> Result<()> {
         let h = self.handle().await?;
         let ours = self.owns(owner, Kind::Link, link);
         let existing = link_index(h, link).await?;
@@ -184,6 +228,16 @@ impl Executor {
         };
         self.claim(owner, Kind::Address, &format!("{link}/{address}"))?;
         add_address(h, index, address).await?;
+        if let Some(a6) = address6 {
+            // The IPv6 gateway is recorded like the IPv4 one: `network rm` (or the
+            // reconciliation after a crash) removes it with the bridge.
+            self.claim(owner, Kind::Address, &format!("{link}/{a6}"))?;
+            sysctl(&format!("/proc/sys/net/ipv6/conf/{link}/disable_ipv6"), "0");
+            add_address(h, index, a6).await?;
+            // dockerd turns IPv6 forwarding on for a network with IPv6 (its bridge
+            // driver's setupIPv6Forwarding): the gateway routes the network's traffic.
+            sysctl("/proc/sys/net/ipv6/conf/all/forwarding", "1");
+        }
         set_up(h, index).await?;
         // Containers reach the host and the outside through berthd's routing, and
         // published ports on 127.0.0.1 are DNATed onto the bridge (Docker's
@@ -226,7 +280,7 @@ impl Executor {
 
     /// Add or remove one address on a link `owner` owns; a removal also needs the
     /// ledger to record that address as `owner`'s.
-    async fn link_address(&self, owner: &str, link: &str, addr: Ipv4Net, add: bool) -> Result<()> {
+    async fn link_address(&self, owner: &str, link: &str, addr: IpNet, add: bool) -> Result<()> {
         let name = format!("{link}/{addr}");
         if !self.owns(owner, Kind::Link, link) || (!add && !self.owns(owner, Kind::Address, &name))
         {
@@ -247,7 +301,7 @@ impl Executor {
             .address()
             .get()
             .set_link_index_filter(index)
-            .set_address_filter(IpAddr::V4(addr.addr))
+            .set_address_filter(addr.addr)
             .execute();
         while let Some(msg) = addrs.try_next().await.map_err(nl)? {
             if msg.header.prefix_len == addr.prefix {
@@ -257,19 +311,19 @@ impl Executor {
         self.release(owner, Kind::Address, &name)
     }
 
-    #[allow(clippy::too_many_arguments)]
-    async fn endpoint(
-        &self,
-        owner: &str,
-        bridge: &str,
-        host_if: &str,
-        ns: &Path,
-        ifname: &str,
-        address: Ipv4Net,
-        gateway: Option<Ipv4Addr>,
-        mac: [u8; 6],
-        mtu: u32,
-    ) -> Result<()> {
+    async fn endpoint(&self, owner: &str, ep: &EndpointLink<'_>) -> Result<()> {
+        let EndpointLink {
+            bridge,
+            host_if,
+            ns,
+            ifname,
+            address,
+            gateway,
+            address6,
+            gateway6,
+            mac,
+            mtu,
+        } = *ep;
         // A veth goes only onto a bridge berth made and into a sandbox berth made:
         // never into another process's namespace (`/proc/1/ns/net`) or onto a host link.
         {
@@ -358,6 +412,19 @@ impl Executor {
                 // A second network's endpoint: the first one's default route stays.
                 Err(e) if is_errno(&e, libc::EEXIST) => {}
                 r => r.map_err(nl)?,
+            }
+        }
+        if let Some(a6) = address6 {
+            add_address(&inner, idx, a6).await?;
+            if let Some(gw) = gateway6 {
+                let route = RouteMessageBuilder::<Ipv6Addr>::new()
+                    .gateway(gw)
+                    .output_interface(idx)
+                    .build();
+                match inner.route().add(route).execute().await {
+                    Err(e) if is_errno(&e, libc::EEXIST) => {}
+                    r => r.map_err(nl)?,
+                }
             }
         }
         Ok(())
