@@ -360,24 +360,29 @@ pub(crate) fn container_net(
     let mut summary_ports = Vec::new();
     for m in &maps {
         let key = format!("{}/{}", m.container_port, m.proto);
-        ports
-            .entry(key)
-            .or_insert(None)
-            .get_or_insert_with(Vec::new)
-            .push(PortBinding {
-                host_ip: Some(m.host_ip.to_string()),
-                host_port: Some(m.host_port.to_string()),
+        // dockerd 20.10 lists a port published on every address twice: its IPv4 side and
+        // the IPv6 one (`::`), where berthd serves it too.
+        let v6 = engine.networks.published_on_v6(m).then_some("::");
+        for host_ip in std::iter::once(m.host_ip.to_string()).chain(v6.map(String::from)) {
+            ports
+                .entry(key.clone())
+                .or_insert(None)
+                .get_or_insert_with(Vec::new)
+                .push(PortBinding {
+                    host_ip: Some(host_ip.clone()),
+                    host_port: Some(m.host_port.to_string()),
+                });
+            summary_ports.push(PortSummary {
+                ip: Some(host_ip),
+                private_port: m.container_port,
+                public_port: Some(m.host_port),
+                typ: Some(if m.proto == "udp" {
+                    PortSummaryTypeEnum::UDP
+                } else {
+                    PortSummaryTypeEnum::TCP
+                }),
             });
-        summary_ports.push(PortSummary {
-            ip: Some(m.host_ip.to_string()),
-            private_port: m.container_port,
-            public_port: Some(m.host_port),
-            typ: Some(if m.proto == "udp" {
-                PortSummaryTypeEnum::UDP
-            } else {
-                PortSummaryTypeEnum::TCP
-            }),
-        });
+        }
     }
     for (k, v) in &ports {
         if v.is_none() {

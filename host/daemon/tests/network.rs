@@ -177,11 +177,19 @@ fn published_ports_tcp_udp_hairpin_and_port_command() {
         &fetch(format!("http://{HOST_IP}:8080/")),
     ]);
     assert!(got.contains("hello from web"), "{got}");
+    // Listed on IPv6 as well, as dockerd 20.10 does (berthd serves [::]:8080); this CLI
+    // writes an IPv6 HostIp in brackets.
     assert_eq!(
         d.docker_ok(&["port", "web"]).trim(),
-        "80/tcp -> 0.0.0.0:8080"
+        "80/tcp -> 0.0.0.0:8080\n80/tcp -> [::]:8080"
     );
-    assert!(d.docker_ok(&["ps"]).contains("0.0.0.0:8080->80/tcp"));
+    let ps = d.docker_ok(&["ps"]);
+    assert!(
+        ps.contains("0.0.0.0:8080->80/tcp, [::]:8080->80/tcp"),
+        "{ps}"
+    );
+    // And served there.
+    netns_get_until(&d, "http://[::1]:8080/", "hello from web", 10);
     // Docker's conflict error; the port is free again once its container is gone.
     let err = d.docker_err(&[
         "run", "-d", "--name", "web2", "-p", "8080:80", IMG, "sleep", "100",

@@ -6,21 +6,33 @@
 //! published TCP port bound to every address, each connection copied to the container's
 //! IPv4 address. The listeners follow the recorded port mappings (synced whenever the
 //! NAT table is rebuilt, at daemon start included), so they never outlive a mapping.
-//! UDP is not proxied on IPv6.
+//! A port served here is listed a second time with HostIp `::` (inspect, `docker port`,
+//! `docker ps`), as dockerd 20.10 lists its docker-proxy's IPv6 side; only ports
+//! actually bound are. UDP is not proxied on IPv6, so UDP ports are listed once.
 
 use std::collections::HashMap;
 use std::net::{Ipv6Addr, SocketAddrV4, SocketAddrV6};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
+use super::model::PortMapping;
 use super::Networks;
 
-/// Where one listener forwards to: changed in place when the port's container changes,
-/// so the port is never unbound and bound again.
-type Target = Arc<Mutex<SocketAddrV4>>;
+/// One listener's state shared with its task.
+#[derive(Debug)]
+struct Listener {
+    /// Where it forwards to: changed in place when the port's container changes, so the
+    /// port is never unbound and bound again.
+    to: Mutex<SocketAddrV4>,
+    /// Whether `[::]:port` is bound (what is listed).
+    bound: AtomicBool,
+}
+
+type Target = Arc<Listener>;
 
 /// Running listeners: host port → (the container address it forwards to, the task).
 #[derive(Default)]
@@ -57,10 +69,14 @@ fn listen6(port: u16) -> std::io::Result<TcpListener> {
     sock.listen(128)
 }
 
-async fn serve(port: u16, target: Target) {
-    // A listener of the same port that was just stopped may not be closed yet.
-    let mut listener = None;
+/// Serves `[::]:port` on `first` (bound when the mapping appeared), or binds it here when
+/// that failed because a just-stopped listener of the port was not closed yet.
+async fn serve(port: u16, target: Target, first: Option<TcpListener>) {
+    let mut listener = first;
     for _ in 0..20 {
+        if listener.is_some() {
+            break;
+        }
         match listen6(port) {
             Ok(l) => {
                 listener = Some(l);
@@ -79,13 +95,14 @@ async fn serve(port: u16, target: Target) {
         tracing::warn!(port, "not publishing on [::]: the port is in use");
         return;
     };
+    target.bound.store(true, Ordering::Release);
     loop {
         let Ok((mut inbound, _)) = listener.accept().await else {
             // EMFILE and the like: back off instead of spinning.
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
-        let target = *target.lock().unwrap();
+        let target = *target.to.lock().unwrap();
         tokio::spawn(async move {
             if let Ok(mut out) = TcpStream::connect(target).await {
                 let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
@@ -124,12 +141,37 @@ impl Networks {
         });
         for (port, target) in want {
             match running.get(&port) {
-                Some((t, _)) => *t.lock().unwrap() = target,
+                Some((t, _)) => *t.to.lock().unwrap() = target,
                 None => {
-                    let t: Target = Arc::new(Mutex::new(target));
-                    running.insert(port, (t.clone(), tokio::spawn(serve(port, t))));
+                    let t: Target = Arc::new(Listener {
+                        to: Mutex::new(target),
+                        bound: AtomicBool::new(false),
+                    });
+                    // Bound now, so that the port is listed as soon as `start` returns;
+                    // the task retries only a port still held by a closing listener.
+                    let first = match listen6(port) {
+                        Ok(l) => {
+                            t.bound.store(true, Ordering::Release);
+                            Some(l)
+                        }
+                        Err(_) => None,
+                    };
+                    running.insert(port, (t.clone(), tokio::spawn(serve(port, t, first))));
                 }
             }
         }
+    }
+
+    /// Whether `m` is also served on `[::]` by a bound listener.
+    pub fn published_on_v6(&self, m: &PortMapping) -> bool {
+        m.proto == "tcp"
+            && m.host_ip.is_unspecified()
+            && self
+                .proxies
+                .0
+                .lock()
+                .unwrap()
+                .get(&m.host_port)
+                .is_some_and(|(t, _)| t.bound.load(Ordering::Acquire))
     }
 }
