@@ -224,10 +224,16 @@ fn published_ports_tcp_udp_hairpin_and_port_command() {
         "-c",
         server,
     ]);
-    for target in ["127.0.0.1", HOST_IP] {
+    // ::1: berthd relays UDP on [::] too, as dockerd 20.10's docker-proxy does.
+    for target in ["127.0.0.1", HOST_IP, "::1"] {
+        let family = if target.contains(':') {
+            "AF_INET6"
+        } else {
+            "AF_INET"
+        };
         eventually(&format!("udp to {target}:5353"), 10, || {
             let client = format!(
-                "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.settimeout(1)\ns.sendto(b'ping',('{target}',5353))\nprint(s.recv(512).decode())"
+                "import socket\ns=socket.socket(socket.{family},socket.SOCK_DGRAM)\ns.settimeout(1)\ns.sendto(b'ping',('{target}',5353))\nprint(s.recv(512).decode())"
             );
             let o = d.in_netns(&["/usr/bin/python3", "-c", &client]);
             let out = stdout(&o);
@@ -238,6 +244,10 @@ fn published_ports_tcp_udp_hairpin_and_port_command() {
             }
         });
     }
+    assert_eq!(
+        d.docker_ok(&["port", "udp1"]).trim(),
+        "5353/udp -> 0.0.0.0:5353\n5353/udp -> [::]:5353"
+    );
     // -P publishes EXPOSEd ports on ephemeral host ports.
     web(&d, "pub", &["-P", "--expose", "80"]);
     let line = d.docker_ok(&["port", "pub", "80/tcp"]);
