@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::images::import_busybox;
 use common::microvm::{leftover_processes, skip_without_microvm};
-use common::{netns_get_until, stdout, TestDaemon};
+use common::{netns_get_until, stdout, web_server, TestDaemon};
 
 const IMG: &str = "bb:local";
 const HOST_IP: &str = "10.239.0.2";
@@ -29,17 +29,6 @@ fn daemon(n: u8) -> TestDaemon {
     ]);
     import_busybox(&d, IMG);
     d
-}
-
-/// A web server answering `hello from NAME` on port 80.
-fn web(d: &TestDaemon, name: &str, args: &[&str]) -> String {
-    let mut a = vec!["run", "-d", "--name", name];
-    a.extend_from_slice(args);
-    let cmd = format!(
-        "mkdir -p /w && echo hello from {name} > /w/index.html && exec httpd -f -p 80 -h /w"
-    );
-    a.extend_from_slice(&[IMG, "sh", "-c", &cmd]);
-    d.docker_ok(&a).trim().to_string()
 }
 
 /// A shell command that GETs `url`, retrying for a few seconds (the server may still be
@@ -110,8 +99,9 @@ fn microvm_user_network_ports_dns_and_mixed_isolation() {
     }
     let d = daemon(11);
     d.docker_ok(&["network", "create", "n1"]);
-    let vweb = web(
+    let vweb = web_server(
         &d,
+        IMG,
         "vweb",
         &[
             VM,
@@ -178,7 +168,7 @@ fn microvm_user_network_ports_dns_and_mixed_isolation() {
     ]);
     assert_eq!(got.matches("hello from vweb").count(), 2, "{got}");
     // ... and a VM reaches a process container (and a VM) by name, and the host.
-    web(&d, "pweb", &["--network", "n1"]);
+    web_server(&d, IMG, "pweb", &["--network", "n1"]);
     let got = d.docker_ok(&[
         "run",
         "--rm",
@@ -248,8 +238,8 @@ fn microvm_network_cleanup_after_kill9_restart() {
     }
     let mut d = daemon(12);
     d.docker_ok(&["network", "create", "n1"]);
-    let keep = web(&d, "keep", &[VM, "--network", "n1", "-p", "8091:80"]);
-    web(&d, "gone", &[VM, "--network", "n1", "-p", "8092:80"]);
+    let keep = web_server(&d, IMG, "keep", &[VM, "--network", "n1", "-p", "8091:80"]);
+    web_server(&d, IMG, "gone", &[VM, "--network", "n1", "-p", "8092:80"]);
     netns_get_until(&d, "http://127.0.0.1:8091/", "hello from keep", 20);
     netns_get_until(&d, "http://127.0.0.1:8092/", "hello from gone", 20);
     let gone_vmm = d.docker_ok(&["inspect", "-f", "{{.State.Pid}}", "gone"]);
@@ -295,7 +285,7 @@ fn microvm_connect_disconnect_while_running() {
     for n in ["n2", "n3", "n4"] {
         d.docker_ok(&["network", "create", n]);
     }
-    web(&d, "pweb", &["--network", "n2"]);
+    web_server(&d, IMG, "pweb", &["--network", "n2"]);
     // On the default bridge (no embedded DNS): connecting a user network switches the
     // guest's resolv.conf to that network's DNS, as for a process container.
     let vm = d

@@ -9,7 +9,7 @@ mod common;
 use std::time::Duration;
 
 use common::images::import_busybox;
-use common::{eventually, netns_get_until, stdout, TestDaemon};
+use common::{eventually, netns_get_until, stdout, web_server, TestDaemon};
 
 const IMG: &str = "bb:local";
 const HOST_IP: &str = "10.239.0.2";
@@ -20,17 +20,6 @@ fn daemon(n: u8) -> TestDaemon {
     let d = TestDaemon::start_in_netns(&["--bip", &bip, "--default-address-pool", &pool]);
     import_busybox(&d, IMG);
     d
-}
-
-/// A web server answering `hello from NAME` on port 80.
-fn web(d: &TestDaemon, name: &str, args: &[&str]) -> String {
-    let mut a = vec!["run", "-d", "--name", name];
-    a.extend_from_slice(args);
-    let cmd = format!(
-        "mkdir -p /w && echo hello from {name} > /w/index.html && exec httpd -f -p 80 -h /w"
-    );
-    a.extend_from_slice(&[IMG, "sh", "-c", &cmd]);
-    d.docker_ok(&a).trim().to_string()
 }
 
 /// A shell command that GETs `url` within 5 s. A container's PID 1 ignores the SIGTERM
@@ -66,7 +55,12 @@ fn user_networks_names_aliases_isolation_internal() {
     d.docker_ok(&["network", "create", "n1"]);
     d.docker_ok(&["network", "create", "n2"]);
     d.docker_ok(&["network", "create", "--internal", "nint"]);
-    web(&d, "web", &["--network", "n1", "--network-alias", "www"]);
+    web_server(
+        &d,
+        IMG,
+        "web",
+        &["--network", "n1", "--network-alias", "www"],
+    );
     // By name and by alias, with wget, nc and ping.
     let got = d.docker_ok(&[
         "run", "--rm", "--network", "n1", IMG, "sh", "-c",
@@ -153,7 +147,7 @@ fn user_networks_names_aliases_isolation_internal() {
         HOST_IP,
     ]);
     // Names on the internal network still resolve (the embedded DNS is on its gateway).
-    web(&d, "iweb", &["--network", "nint"]);
+    web_server(&d, IMG, "iweb", &["--network", "nint"]);
     let got = d.docker_ok(&[
         "run", "--rm", "--network", "nint", IMG, "sh", "-c",
         "for i in 1 2 3 4 5 6 7 8 9 10; do timeout 5 wget -qO- http://iweb/ && break; sleep 0.3; done",
@@ -164,7 +158,7 @@ fn user_networks_names_aliases_isolation_internal() {
 #[test]
 fn published_ports_tcp_udp_hairpin_and_port_command() {
     let d = daemon(2);
-    web(&d, "web", &["-p", "8080:80"]);
+    web_server(&d, IMG, "web", &["-p", "8080:80"]);
     netns_get_until(&d, &format!("http://{HOST_IP}:8080/"), "hello from web", 10);
     netns_get_until(&d, "http://127.0.0.1:8080/", "hello from web", 10);
     // Hairpin: a container reaches the published port through the host's address.
@@ -199,7 +193,7 @@ fn published_ports_tcp_udp_hairpin_and_port_command() {
         "{err}"
     );
     d.docker_ok(&["rm", "-f", "web", "web2"]);
-    web(&d, "web3", &["-p", "8080:80"]);
+    web_server(&d, IMG, "web3", &["-p", "8080:80"]);
     netns_get_until(&d, "http://127.0.0.1:8080/", "hello from web3", 10);
     // UDP, through 127.0.0.1 and the host's address. busybox's nc has no UDP, so both
     // ends are the host's python3 (mounted read-only into the container).
@@ -249,7 +243,7 @@ fn published_ports_tcp_udp_hairpin_and_port_command() {
         "5353/udp -> 0.0.0.0:5353\n5353/udp -> [::]:5353"
     );
     // -P publishes EXPOSEd ports on ephemeral host ports.
-    web(&d, "pub", &["-P", "--expose", "80"]);
+    web_server(&d, IMG, "pub", &["-P", "--expose", "80"]);
     let line = d.docker_ok(&["port", "pub", "80/tcp"]);
     let port = line.trim().rsplit(':').next().unwrap().to_string();
     assert!(port.parse::<u16>().unwrap() >= 1024, "{line}");
@@ -265,7 +259,7 @@ fn published_ports_tcp_udp_hairpin_and_port_command() {
 fn connect_disconnect_container_and_host_modes_and_etc_files() {
     let d = daemon(3);
     d.docker_ok(&["network", "create", "--subnet", "10.240.3.0/24", "n1"]);
-    web(&d, "cb", &["--network", "n1"]);
+    web_server(&d, IMG, "cb", &["--network", "n1"]);
     d.docker_ok(&["run", "-d", "--name", "ca", IMG, "sleep", "1000"]);
     let o = d.docker(&["exec", "ca", "sh", "-c", &fetch("http://cb/")]);
     assert!(!o.status.success());
@@ -412,8 +406,8 @@ fn connect_disconnect_container_and_host_modes_and_etc_files() {
 fn nothing_left_after_rm_and_after_kill9_restart() {
     let mut d = daemon(4);
     d.docker_ok(&["network", "create", "n1"]);
-    web(&d, "w1", &["--network", "n1", "-p", "8081:80"]);
-    web(&d, "w2", &["-p", "8082:80"]);
+    web_server(&d, IMG, "w1", &["--network", "n1", "-p", "8081:80"]);
+    web_server(&d, IMG, "w2", &["-p", "8082:80"]);
     netns_get_until(&d, "http://127.0.0.1:8081/", "hello from w1", 10);
     assert_eq!(links(&d).matches("veth").count(), 2, "{}", links(&d));
     assert!(nft_table(&d).contains("dport 8081"));
@@ -432,7 +426,7 @@ fn nothing_left_after_rm_and_after_kill9_restart() {
             == 0
     );
     // kill -9 with one container that stays up and one that exits while berthd is down.
-    web(&d, "keep", &["--network", "n1", "-p", "8083:80"]);
+    web_server(&d, IMG, "keep", &["--network", "n1", "-p", "8083:80"]);
     d.docker_ok(&[
         "run",
         "-d",
@@ -448,8 +442,9 @@ fn nothing_left_after_rm_and_after_kill9_restart() {
     ]);
     // And one with a restart policy whose process dies while berthd is down: restarted at
     // daemon start with a fresh sandbox, the stale one gone.
-    web(
+    web_server(
         &d,
+        IMG,
         "again",
         &["--network", "n1", "--restart", "always", "-p", "8085:80"],
     );

@@ -9,7 +9,7 @@ mod common;
 use std::time::Duration;
 
 use common::images::import_busybox;
-use common::{eventually, netns_get_until, stdout, TestDaemon};
+use common::{eventually, netns_get_until, stdout, web_server, TestDaemon};
 
 const IMG: &str = "bb:local";
 
@@ -22,17 +22,6 @@ fn daemon() -> TestDaemon {
     ]);
     import_busybox(&d, IMG);
     d
-}
-
-/// A web server answering `hello from NAME` on port 80 (all addresses, IPv6 too).
-fn web(d: &TestDaemon, name: &str, args: &[&str]) -> String {
-    let mut a = vec!["run", "-d", "--name", name];
-    a.extend_from_slice(args);
-    let cmd = format!(
-        "mkdir -p /w && echo hello from {name} > /w/index.html && exec httpd -f -p 80 -h /w"
-    );
-    a.extend_from_slice(&[IMG, "sh", "-c", &cmd]);
-    d.docker_ok(&a).trim().to_string()
 }
 
 fn inspect(d: &TestDaemon, what: &str, format: &str) -> String {
@@ -156,8 +145,9 @@ fn dual_stack_networks_addresses_dns_and_cleanup() {
     );
 
     // A pinned address and an allocated one (the first after the gateway).
-    web(
+    web_server(
         &d,
+        IMG,
         "s6",
         &[
             "--network",
@@ -375,7 +365,7 @@ fn dual_stack_networks_addresses_dns_and_cleanup() {
 
     // Published ports answer on the host's IPv6 addresses too ([::], as dockerd 20.10's
     // docker-proxy), for a container of an IPv4-only network; IPv4 is unchanged.
-    web(&d, "p4", &["-p", "8090:80"]);
+    web_server(&d, IMG, "p4", &["-p", "8090:80"]);
     netns_get_until(&d, "http://127.0.0.1:8090/", "hello from p4", 20);
     netns_get_until(&d, "http://[::1]:8090/", "hello from p4", 20);
     d.docker_ok(&["rm", "-f", "p4"]);
@@ -406,8 +396,9 @@ fn dual_stack_networks_addresses_dns_and_cleanup() {
 
     // kill -9 and restart: the running container keeps its IPv6 address, the bridge its
     // gateway (once), and everything goes with rm and network rm.
-    web(
+    web_server(
         &d,
+        IMG,
         "k6",
         &["--network", "net6", "--ip6", "fd00:30::20", "-p", "8091:80"],
     );
@@ -466,7 +457,7 @@ fn default_bridge_ipv6() {
     ]);
     import_busybox(&d, IMG);
     assert_eq!(inspect(&d, "bridge", "{{.EnableIPv6}}"), "true");
-    web(&d, "b6", &[]);
+    web_server(&d, IMG, "b6", &[]);
     assert_eq!(
         inspect(&d, "b6", "{{.NetworkSettings.GlobalIPv6Address}}"),
         "fd00:40::2"

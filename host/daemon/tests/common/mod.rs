@@ -420,6 +420,18 @@ pub fn eventually(what: &str, secs: u64, mut f: impl FnMut() -> Result<(), Strin
 /// GET `url` from inside the daemon's network namespace until the body contains
 /// `want`. (busybox 1.35's own `wget -T` crashes; `timeout` bounds it instead.)
 #[allow(dead_code)]
+/// A busybox web server container answering `hello from NAME` on port 80 (every address,
+/// IPv6 too); `args` go before the image. Its id.
+pub fn web_server(d: &TestDaemon, image: &str, name: &str, args: &[&str]) -> String {
+    let mut a = vec!["run", "-d", "--name", name];
+    a.extend_from_slice(args);
+    let cmd = format!(
+        "mkdir -p /w && echo hello from {name} > /w/index.html && exec httpd -f -p 80 -h /w"
+    );
+    a.extend_from_slice(&[image, "sh", "-c", &cmd]);
+    d.docker_ok(&a).trim().to_string()
+}
+
 pub fn netns_get_until(d: &TestDaemon, url: &str, want: &str, secs: u64) {
     eventually(&format!("GET {url} from the host"), secs, || {
         let o = d.in_netns(&["timeout", "5", "/bin/busybox", "wget", "-qO-", url]);

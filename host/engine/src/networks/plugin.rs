@@ -233,6 +233,27 @@ pub struct WasmIpam {
     pools: Vec<Pool>,
 }
 
+impl WasmIpam {
+    /// The host keeps IPAM honest: an answered address must be `inside` its subnet (and
+    /// range), free, and the one asked for when one was.
+    fn checked_address<A: Copy + Eq + std::hash::Hash + std::fmt::Display>(
+        &self,
+        ip: A,
+        inside: bool,
+        subnet: impl std::fmt::Display,
+        used: &HashSet<A>,
+        preferred: Option<A>,
+    ) -> Result<A> {
+        if !inside || used.contains(&ip) || preferred.is_some_and(|p| p != ip) {
+            return Err(Error::Forbidden(format!(
+                "IPAM driver {} answered {ip}, which is outside {subnet}, in use or not the address asked for",
+                self.handle.name()
+            )));
+        }
+        Ok(ip)
+    }
+}
+
 impl IpamDriver for WasmIpam {
     fn request_pool(&self, requested: Option<Ipv4Net>, used: &[Ipv4Net]) -> Result<Ipv4Net> {
         let pools: Vec<_> = self
@@ -283,13 +304,7 @@ impl IpamDriver for WasmIpam {
             && ip != subnet.network().addr
             && ip != subnet.broadcast()
             && range.is_none_or(|r| r.contains(ip) || Some(ip) == preferred);
-        if !inside || used.contains(&ip) || preferred.is_some_and(|p| p != ip) {
-            return Err(Error::Forbidden(format!(
-                "IPAM driver {} answered {ip}, which is outside {subnet}, in use or not the address asked for",
-                self.handle.name()
-            )));
-        }
-        Ok(ip)
+        self.checked_address(ip, inside, subnet, used, preferred)
     }
 
     fn request_pool6(&self, requested: Ipv6Net, used: &[Ipv6Net]) -> Result<Ipv6Net> {
@@ -329,13 +344,7 @@ impl IpamDriver for WasmIpam {
         let inside = subnet.contains(ip)
             && ip != subnet.network().addr
             && range.is_none_or(|r| r.contains(ip) || Some(ip) == preferred);
-        if !inside || used.contains(&ip) || preferred.is_some_and(|p| p != ip) {
-            return Err(Error::Forbidden(format!(
-                "IPAM driver {} answered {ip}, which is outside {subnet}, in use or not the address asked for",
-                self.handle.name()
-            )));
-        }
-        Ok(ip)
+        self.checked_address(ip, inside, subnet, used, preferred)
     }
 }
 

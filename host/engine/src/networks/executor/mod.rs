@@ -66,6 +66,17 @@ async fn set_up(h: &Handle, index: u32) -> Result<()> {
         .map_err(nl)
 }
 
+/// A default route; a second network's endpoint leaves the first one's in place.
+async fn add_default_route(
+    h: &Handle,
+    route: rtnetlink::packet_route::route::RouteMessage,
+) -> Result<()> {
+    match h.route().add(route).execute().await {
+        Err(e) if is_errno(&e, libc::EEXIST) => Ok(()),
+        r => r.map_err(nl),
+    }
+}
+
 async fn add_address(h: &Handle, index: u32, addr: impl Into<IpNet>) -> Result<()> {
     let addr: IpNet = addr.into();
     let mut req = h.address().add(index, addr.addr, addr.prefix);
@@ -408,11 +419,7 @@ impl Executor {
                 .gateway(gw)
                 .output_interface(idx)
                 .build();
-            match inner.route().add(route).execute().await {
-                // A second network's endpoint: the first one's default route stays.
-                Err(e) if is_errno(&e, libc::EEXIST) => {}
-                r => r.map_err(nl)?,
-            }
+            add_default_route(&inner, route).await?;
         }
         if let Some(a6) = address6 {
             add_address(&inner, idx, a6).await?;
@@ -421,10 +428,7 @@ impl Executor {
                     .gateway(gw)
                     .output_interface(idx)
                     .build();
-                match inner.route().add(route).execute().await {
-                    Err(e) if is_errno(&e, libc::EEXIST) => {}
-                    r => r.map_err(nl)?,
-                }
+                add_default_route(&inner, route).await?;
             }
         }
         Ok(())
